@@ -1,0 +1,384 @@
+"""Building blocks shared by the v1alpha1 kinds.
+
+Every model here is the source of both the Python validation and the CRD schema. Cross-field
+rules are written once as :class:`Rule`: a CEL expression for the apiserver and the same check
+in Python, with one message, so ``proctor validate`` and ``kubectl apply`` say the same thing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError
+
+from proctor.quantity import (
+    DURATION_PATTERN,
+    QUANTITY_PATTERN,
+    is_duration,
+    is_quantity,
+    parse_duration,
+)
+
+VERSION = "v1alpha1"
+API_VERSION = f"proctor.dev/{VERSION}"
+
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A cross-field rule: CEL for the apiserver, ``check`` for Python, one message for both."""
+
+    cel: str
+    message: str
+    check: Callable[[Any], bool]
+    field_path: str | None = None
+
+
+class ApiModel(BaseModel):
+    """Base for API objects: camelCase on the wire, unknown fields rejected, rules enforced."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=False,
+    )
+    rules: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> Self:
+        for rule in type(self).rules:
+            if not rule.check(self):
+                raise PydanticCustomError(
+                    "proctor_rule",
+                    "{message}",
+                    {"message": rule.message, "field_path": rule.field_path or ""},
+                )
+        return self
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        target = handler.resolve_ref_schema(schema)
+        if cls.rules:
+            validations = []
+            for rule in cls.rules:
+                item: dict[str, str] = {"rule": rule.cel, "message": rule.message}
+                if rule.field_path:
+                    item["fieldPath"] = rule.field_path
+                validations.append(item)
+            target["x-kubernetes-validations"] = validations
+        return schema
+
+    def to_wire(self) -> dict[str, Any]:
+        """The object as it is written to the API: camelCase, unset fields left out."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def _stringify_number(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+def _check_quantity(value: str) -> str:
+    if not is_quantity(value):
+        raise PydanticCustomError(
+            "quantity",
+            "'{value}' is not a Kubernetes quantity; write it like 500m, 2, 512Mi or 2Gi",
+            {"value": value},
+        )
+    return value
+
+
+def _check_duration(value: str) -> str:
+    if not is_duration(value):
+        raise PydanticCustomError(
+            "duration",
+            "'{value}' is not a duration; write it like 500ms, 30s, 5m or 1h30m",
+            {"value": value},
+        )
+    return value
+
+
+Quantity = Annotated[
+    str,
+    BeforeValidator(_stringify_number),
+    AfterValidator(_check_quantity),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": QUANTITY_PATTERN,
+            "x-kubernetes-int-or-string": True,
+        }
+    ),
+]
+"""A Kubernetes quantity such as ``500m``, ``2``, ``512Mi`` or ``2Gi``."""
+
+Duration = Annotated[
+    str,
+    AfterValidator(_check_duration),
+    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN}),
+]
+"""A Go duration such as ``500ms``, ``30s``, ``5m`` or ``1h30m``."""
+
+DnsLabel = Annotated[str, Field(pattern=DNS_LABEL_PATTERN, min_length=1, max_length=63)]
+
+Entrypoint = Annotated[str, Field(pattern=ENTRYPOINT_PATTERN, max_length=253)]
+
+FreeForm = Annotated[
+    dict[str, Any],
+    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
+]
+
+ProfileName = Literal["micro", "small", "medium", "large", "xlarge", "auto"]
+PROFILE_NAMES: tuple[str, ...] = ("micro", "small", "medium", "large", "xlarge", "auto")
+
+
+def seconds(value: str) -> float:
+    """Seconds in a validated :data:`Duration`."""
+    return parse_duration(value)
+
+
+class SecretKeySelector(ApiModel):
+    """A key of a Secret in the object's namespace."""
+
+    name: DnsLabel = Field(description="Name of the Secret, in the same namespace.")
+    key: str = Field(description="Key within the Secret.", min_length=1, max_length=253)
+    optional: bool | None = Field(
+        default=None, description="Whether a missing Secret or key is tolerated."
+    )
+
+
+class ConfigMapKeySelector(ApiModel):
+    """A key of a ConfigMap in the object's namespace."""
+
+    name: DnsLabel = Field(description="Name of the ConfigMap, in the same namespace.")
+    key: str = Field(description="Key within the ConfigMap.", min_length=1, max_length=253)
+    optional: bool | None = Field(
+        default=None, description="Whether a missing ConfigMap or key is tolerated."
+    )
+
+
+class EnvVarSource(ApiModel):
+    """Where an environment variable's value comes from. Secrets are only ever referenced."""
+
+    secret_key_ref: SecretKeySelector | None = Field(
+        default=None, description="Take the value from a key of a Secret."
+    )
+    config_map_key_ref: ConfigMapKeySelector | None = Field(
+        default=None, description="Take the value from a key of a ConfigMap."
+    )
+
+    rules = (
+        Rule(
+            cel="has(self.secretKeyRef) != has(self.configMapKeyRef)",
+            message="valueFrom needs exactly one of secretKeyRef or configMapKeyRef",
+            check=lambda m: (m.secret_key_ref is None) != (m.config_map_key_ref is None),
+        ),
+    )
+
+
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+
+
+class EnvVar(ApiModel):
+    """An environment variable for the worker or benchmark process."""
+
+    name: str = Field(
+        description="Variable name.", pattern=ENV_NAME_PATTERN, min_length=1, max_length=253
+    )
+    value: str | None = Field(default=None, description="Literal value.")
+    value_from: EnvVarSource | None = Field(
+        default=None, description="Value taken from a Secret or ConfigMap key."
+    )
+
+    rules = (
+        Rule(
+            cel="!(has(self.value) && has(self.valueFrom))",
+            message="env needs value or valueFrom, not both",
+            check=lambda m: not (m.value is not None and m.value_from is not None),
+        ),
+    )
+
+
+class LocalObjectReference(ApiModel):
+    """A reference to an object by name in the same namespace."""
+
+    name: DnsLabel = Field(description="Name of the referenced object.")
+
+
+class Toleration(ApiModel):
+    """A toleration, as in a Pod spec, added to worker pods."""
+
+    key: str | None = Field(default=None, description="Taint key; empty with Exists tolerates all.")
+    operator: Literal["Exists", "Equal"] | None = Field(
+        default=None, description="Exists or Equal (the default)."
+    )
+    value: str | None = Field(default=None, description="Taint value, for Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to tolerate; empty means all effects."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, description="For NoExecute: how long the pod stays bound after the taint."
+    )
+
+
+class Resources(ApiModel):
+    """Explicit per-worker requests, instead of a named profile."""
+
+    cpu: Quantity = Field(description="CPU request per worker, e.g. 500m or 2.")
+    memory: Quantity = Field(description="Memory request (and limit) per worker, e.g. 1Gi.")
+    cpu_limit: Quantity | None = Field(
+        default=None, description="CPU limit; unset means no CPU limit (no throttling)."
+    )
+    ephemeral_storage: Quantity | None = Field(
+        default=None, description="Ephemeral storage request per worker."
+    )
+
+
+class NodePool(ApiModel):
+    """A group of nodes selected by labels, with a relative weight for placement."""
+
+    name: DnsLabel = Field(description="Pool name, shown in status.plan.pools.")
+    node_selector: dict[str, str] = Field(
+        description="Labels a node must carry to belong to the pool."
+    )
+    weight: int = Field(
+        default=1, ge=0, le=100, description="Relative preference; 0 makes it a last resort."
+    )
+
+
+class SpotPolicy(ApiModel):
+    """Whether workers may run on spot (preemptible) nodes, and when to give up on them."""
+
+    allowed: bool = Field(
+        default=True,
+        description="Allow spot nodes: workers tolerate the usual spot taints.",
+    )
+    fallback_to_on_demand_after: int | None = Field(
+        default=None,
+        ge=1,
+        description="After this many disruptions on spot nodes, place new workers on "
+        "on-demand nodes only. Unset: never fall back.",
+    )
+
+
+class Placement(ApiModel):
+    """Where worker pods may run and how they spread."""
+
+    spread: Literal["preferred", "required", "none"] = Field(
+        default="preferred",
+        description="Pod anti-affinity between workers of one run: required places at most "
+        "one per node, preferred spreads when it can, none packs.",
+    )
+    node_selector: dict[str, str] | None = Field(
+        default=None, description="Labels every eligible node must carry."
+    )
+    tolerations: list[Toleration] | None = Field(
+        default=None, description="Tolerations added to worker pods.", max_length=32
+    )
+    pools: list[NodePool] | None = Field(
+        default=None,
+        description="Node pools with weights; when set, only nodes in a pool are eligible.",
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    spot: SpotPolicy | None = Field(default=None, description="Spot node policy.")
+
+
+class QueueSpec(ApiModel):
+    """The work queue. Connection details come only from a Secret."""
+
+    type: Literal["redis", "sqs"] = Field(
+        description="redis (Redis Streams) or sqs (Amazon SQS or an SQS-compatible endpoint)."
+    )
+    secret_ref: LocalObjectReference | None = Field(
+        default=None,
+        description="Secret with the connection: key `url` for redis (redis://...); for sqs "
+        "`region` and optionally `endpoint`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`. "
+        "Unset: the operator's default queue.",
+    )
+    lease: Duration = Field(
+        default="60s",
+        description="How long a claimed batch stays leased without a heartbeat before another "
+        "worker may claim it.",
+    )
+
+
+class Compression(ApiModel):
+    """How result objects are compressed."""
+
+    algorithm: Literal["zstd", "gzip", "none"] = Field(
+        default="zstd", description="Compression of result and checkpoint objects."
+    )
+    level: int = Field(default=3, ge=1, le=19, description="Compression level.")
+
+
+class StorageSpec(ApiModel):
+    """Where results and checkpoints go: an S3 (or S3-compatible) prefix."""
+
+    uri: str = Field(
+        description="s3://bucket/prefix under which the run's objects are written.",
+        pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$",
+        max_length=1024,
+    )
+    endpoint: str | None = Field(
+        default=None,
+        description="Endpoint URL for S3-compatible stores (MinIO, moto); unset for AWS.",
+        pattern=r"^https?://",
+    )
+    region: str | None = Field(default=None, description="Bucket region.")
+    secret_ref: LocalObjectReference | None = Field(
+        default=None,
+        description="Secret with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (optionally "
+        "`AWS_SESSION_TOKEN`). Unset: the workers' ambient credentials (e.g. IRSA).",
+    )
+    compression: Compression | None = Field(default=None, description="Compression settings.")
+    checkpoint_interval: Duration = Field(
+        default="30s", description="How often the run-level checkpoint is written."
+    )
+
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(ApiModel):
+    """A standard Kubernetes condition."""
+
+    type: str = Field(description="Condition type, e.g. Ready, Progressing, Succeeded.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(description="CamelCase reason for the last transition.")
+    message: str = Field(default="", description="Human-readable detail.")
+    last_transition_time: str = Field(
+        description="When the status last changed (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
+    observed_generation: int | None = Field(
+        default=None, description="The spec generation this condition was computed from."
+    )
+
+
+def name_is_dns_label(value: str) -> bool:
+    return bool(re.match(DNS_LABEL_PATTERN, value)) and len(value) <= 63

@@ -1,0 +1,204 @@
+"""BenchmarkSuite: benchmarks x variants x repetitions, measured in isolation."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from proctor.api.v1alpha1.base import (
+    ApiModel,
+    Condition,
+    DnsLabel,
+    Duration,
+    EnvVar,
+    Placement,
+    ProfileName,
+    QueueSpec,
+    Resources,
+    Rule,
+    StorageSpec,
+)
+
+KIND = "BenchmarkSuite"
+PLURAL = "benchmarksuites"
+
+_NAMED_LIST: dict[str, Any] = {
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["name"],
+}
+
+
+class Benchmark(ApiModel):
+    """One benchmark: a command measured over repetitions."""
+
+    name: DnsLabel = Field(description="Benchmark name, unique in the suite.")
+    command: list[str] = Field(
+        min_length=1, max_length=64, description="The command to measure (argv, no shell)."
+    )
+    args: list[str] | None = Field(
+        default=None, max_length=64, description="Arguments appended to the command."
+    )
+    image: str | None = Field(
+        default=None, max_length=1024, description="Image; unset: the suite's image."
+    )
+    profile: ProfileName | None = Field(default=None, description="Pod size profile.")
+    resources: Resources | None = Field(default=None, description="Explicit requests.")
+    warmup: int = Field(default=1, ge=0, le=100, description="Unrecorded runs before measuring.")
+    repetitions: int = Field(default=5, ge=1, le=10_000, description="Measured runs per variant.")
+    timeout: Duration = Field(default="10m", description="A repetition running longer fails.")
+    env: list[EnvVar] | None = Field(default=None, max_length=128, description="Environment.")
+
+    rules = (
+        Rule(
+            cel="!(has(self.profile) && has(self.resources))",
+            message="set either profile or resources, not both",
+            check=lambda m: not (m.profile is not None and m.resources is not None),
+            field_path=".resources",
+        ),
+    )
+
+
+class Variant(ApiModel):
+    """A variant every benchmark is measured under (e.g. git and jj)."""
+
+    name: DnsLabel = Field(description="Variant name, unique in the suite.")
+    image: str | None = Field(default=None, max_length=1024, description="Image override.")
+    env: list[EnvVar] | None = Field(
+        default=None, max_length=128, description="Environment added for this variant."
+    )
+    args: list[str] | None = Field(
+        default=None, max_length=64, description="Arguments appended for this variant."
+    )
+
+
+class BaselineSpec(ApiModel):
+    """An earlier result to compare against."""
+
+    suite_run: str | None = Field(
+        default=None, description="Name of an earlier BenchmarkSuite in this namespace."
+    )
+    results_uri: str | None = Field(
+        default=None, description="s3:// or local URI of a stored suite result."
+    )
+    threshold: float = Field(
+        default=0.10,
+        gt=0.0,
+        le=10.0,
+        description="Relative slowdown of the median that counts as a regression (0.10 = 10%).",
+    )
+    confidence_level: float = Field(
+        default=0.95, ge=0.5, le=0.9999, description="Confidence level of the comparison."
+    )
+
+    rules = (
+        Rule(
+            cel="has(self.suiteRun) != has(self.resultsUri)",
+            message="baseline needs exactly one of suiteRun or resultsUri",
+            check=lambda m: (m.suite_run is None) != (m.results_uri is None),
+        ),
+    )
+
+
+class ScheduleSpec(ApiModel):
+    """Re-run the suite on a schedule."""
+
+    cron: str = Field(
+        min_length=9,
+        max_length=128,
+        description="Cron expression (five fields, UTC), e.g. `0 3 * * *`.",
+        pattern=r"^\S+\s+\S+\s+\S+\s+\S+\s+\S+$",
+    )
+    history_limit: int = Field(default=10, ge=1, le=1000, description="Runs kept in history.")
+
+
+class BenchmarkSuiteSpec(ApiModel):
+    """Desired state of a BenchmarkSuite."""
+
+    image: str = Field(min_length=1, max_length=1024, description="Default image.")
+    benchmarks: list[Benchmark] = Field(
+        min_length=1, max_length=100, description="Benchmarks.", json_schema_extra=_NAMED_LIST
+    )
+    variants: list[Variant] = Field(
+        min_length=1, max_length=20, description="Variants.", json_schema_extra=_NAMED_LIST
+    )
+    isolation: Literal["exclusive", "spread", "shared"] = Field(
+        default="exclusive",
+        description="exclusive: no two benchmark pods of any suite share a node; spread: "
+        "prefer different nodes; shared: no constraint.",
+    )
+    profile: ProfileName | None = Field(default=None, description="Default pod size profile.")
+    baseline: BaselineSpec | None = Field(default=None, description="Compare to an earlier run.")
+    schedule: ScheduleSpec | None = Field(default=None, description="Optional cron schedule.")
+    placement: Placement | None = Field(default=None, description="Where benchmark pods run.")
+    queue: QueueSpec | None = Field(default=None, description="Work queue.")
+    storage: StorageSpec | None = Field(default=None, description="Results and reports.")
+    max_parallel: int = Field(
+        default=10, ge=1, le=1000, description="Benchmark pods running at once."
+    )
+    suspend: bool = Field(default=False, description="Pause the suite.")
+
+    rules = ()
+
+
+Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+
+
+class CellSummary(ApiModel):
+    """Statistics of one benchmark x variant cell (seconds of wall time)."""
+
+    benchmark: str = Field(description="Benchmark name.")
+    variant: str = Field(description="Variant name.")
+    completed: int = Field(default=0, description="Repetitions recorded.")
+    total: int = Field(default=0, description="Repetitions planned.")
+    failed: int = Field(default=0, description="Repetitions that exited non-zero or timed out.")
+    mean: float | None = Field(default=None, description="Mean wall time.")
+    stddev: float | None = Field(default=None, description="Standard deviation.")
+    min: float | None = Field(default=None, description="Minimum.")
+    p50: float | None = Field(default=None, description="Median.")
+    p95: float | None = Field(default=None, description="95th percentile.")
+    p99: float | None = Field(default=None, description="99th percentile.")
+    max: float | None = Field(default=None, description="Maximum.")
+    mean_ci: list[float] | None = Field(default=None, description="Interval of the mean.")
+    median_ci: list[float] | None = Field(default=None, description="Interval of the median.")
+    regression: bool | None = Field(default=None, description="Slower than the baseline.")
+
+
+class Regression(ApiModel):
+    """A cell found slower than its baseline."""
+
+    benchmark: str = Field(description="Benchmark name.")
+    variant: str = Field(description="Variant name.")
+    ratio: float = Field(description="Median now ÷ median in the baseline.")
+    ratio_ci: list[float] = Field(description="Interval of the ratio.")
+
+
+class BenchmarkSuiteStatus(ApiModel):
+    """Observed state of a BenchmarkSuite."""
+
+    phase: Phase | None = Field(default=None, description="Pending, Running, Succeeded, ...")
+    observed_generation: int | None = Field(default=None, description="Generation acted upon.")
+    conditions: list[Condition] | None = Field(
+        default=None,
+        description="Ready, Progressing, Succeeded, Failed, Suspended.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    progress_percent: float | None = Field(default=None, description="Repetitions done, 0-100.")
+    cells: list[CellSummary] | None = Field(default=None, description="Per-cell statistics.")
+    regressions: list[Regression] | None = Field(default=None, description="Regressions found.")
+    regression_count: int | None = Field(default=None, description="Number of regressions.")
+    disruptions: int | None = Field(default=None, description="Pods lost to preemption.")
+    report_uri: str | None = Field(default=None, description="Where the report is.")
+    last_schedule_time: str | None = Field(default=None, description="Last scheduled run.")
+    start_time: str | None = Field(default=None, description="When the run started.")
+    completion_time: str | None = Field(default=None, description="When it finished.")
+
+
+class BenchmarkSuite(ApiModel):
+    """A benchmark suite."""
+
+    api_version: Literal["proctor.dev/v1alpha1"] = Field(default="proctor.dev/v1alpha1")
+    kind: Literal["BenchmarkSuite"] = Field(default="BenchmarkSuite")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: BenchmarkSuiteSpec
+    status: BenchmarkSuiteStatus | None = None

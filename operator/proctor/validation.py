@@ -1,0 +1,226 @@
+"""Validate manifests against the API models, with errors that name the field.
+
+Messages follow the apiserver's wording where the rule is the same (``spec.workers.min:
+workers.min must not exceed workers.max``), so a user sees one message whether the spec was
+rejected by ``proctor validate`` or by ``kubectl apply``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from proctor.api.v1alpha1 import API_VERSION
+from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuite
+from proctor.api.v1alpha1.evalrun import EvalRun
+from proctor.quantity import DURATION_PATTERN, QUANTITY_PATTERN
+
+MODELS: dict[str, type[BaseModel]] = {"EvalRun": EvalRun, "BenchmarkSuite": BenchmarkSuite}
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem in one document."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+@dataclass(frozen=True)
+class DocumentResult:
+    """The outcome of validating one YAML document."""
+
+    source: str
+    index: int
+    kind: str
+    name: str
+    errors: tuple[FieldError, ...]
+    model: BaseModel | None
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def describe(self) -> str:
+        return f"{self.source}: {self.kind or '?'}/{self.name or '?'}"
+
+
+class ManifestError(Exception):
+    """A manifest that cannot be parsed or validated."""
+
+
+def _path(loc: Sequence[int | str], alias_of: dict[str, str] | None = None) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def _join_field(base: str, field_path: str) -> str:
+    if not field_path:
+        return base
+    return base + field_path if base else field_path.lstrip(".")
+
+
+def _message(error: ErrorDetails) -> tuple[str, str]:
+    """(path, message) of a pydantic error in the apiserver's words."""
+    loc = [p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+    # Pydantic adds the union branch or validator kind to the location; drop those parts.
+    loc = [p for p in loc if p not in {"str", "int", "float", "bool"}]
+    path = _path(loc)
+    kind = error["type"]
+    ctx: dict[str, Any] = dict(error.get("ctx") or {})
+    value = error.get("input")
+    if kind == "proctor_rule":
+        return _join_field(path, str(ctx.get("field_path", ""))), str(ctx["message"])
+    if kind == "missing":
+        return path, "Required value"
+    if kind == "extra_forbidden":
+        return "", f'unknown field "{path}"'
+    if kind == "literal_error":
+        expected = str(ctx.get("expected", ""))
+        options = ", ".join(
+            f'"{o.strip().strip(chr(39))}"' for o in expected.replace(" or ", ", ").split(", ")
+        )
+        return path, f'Unsupported value: "{value}": supported values: {options}'
+    if kind in {"greater_than_equal", "greater_than", "less_than_equal", "less_than"}:
+        words = {
+            "greater_than_equal": "greater than or equal to",
+            "greater_than": "greater than",
+            "less_than_equal": "less than or equal to",
+            "less_than": "less than",
+        }[kind]
+        bound = next(iter(ctx.values()))
+        return path, f"Invalid value: {value}: {path} in body should be {words} {bound}"
+    if kind == "string_pattern_mismatch":
+        return path, f"Invalid value: \"{value}\": {path} in body should match '{ctx['pattern']}'"
+    if kind in {"too_short", "string_too_short"}:
+        return path, f"Invalid value: {path} in body should have at least {ctx.get('min_length')} "
+    if kind in {"too_long", "string_too_long"}:
+        return path, f"Too many: {path} must have at most {ctx.get('max_length')} items"
+    if kind in {"quantity", "duration"}:
+        pattern = QUANTITY_PATTERN if kind == "quantity" else DURATION_PATTERN
+        example = "500m, 2, 512Mi or 2Gi" if kind == "quantity" else "500ms, 30s, 5m or 1h30m"
+        return path, (
+            f"Invalid value: \"{value}\": {path} in body should match '{pattern}' "
+            f"(a {kind} such as {example})"
+        )
+    return path, error["msg"]
+
+
+def _duplicates(doc: dict[str, Any]) -> list[FieldError]:
+    """Named lists (benchmarks, variants, pools) are maps keyed by name, as in the CRD."""
+    errors: list[FieldError] = []
+    spec = doc.get("spec")
+    if not isinstance(spec, dict):
+        return errors
+    candidates: list[tuple[str, Any]] = [
+        ("spec.benchmarks", spec.get("benchmarks")),
+        ("spec.variants", spec.get("variants")),
+    ]
+    placement = spec.get("placement")
+    if isinstance(placement, dict):
+        candidates.append(("spec.placement.pools", placement.get("pools")))
+    for path, items in candidates:
+        if not isinstance(items, list):
+            continue
+        seen: set[Any] = set()
+        for i, item in enumerate(items):
+            name = item.get("name") if isinstance(item, dict) else None
+            if name is None:
+                continue
+            if name in seen:
+                errors.append(
+                    FieldError(
+                        f"{path}[{i}]",
+                        f'Duplicate value: map[string]interface {{}}{{"name":"{name}"}}',
+                    )
+                )
+            seen.add(name)
+    return errors
+
+
+def validate_document(doc: Any, source: str = "<input>", index: int = 0) -> DocumentResult:
+    """Validate one parsed document."""
+    if not isinstance(doc, dict):
+        err = FieldError("", "a manifest must be a YAML mapping with apiVersion, kind and spec")
+        return DocumentResult(source, index, "", "", (err,), None)
+    kind = str(doc.get("kind", ""))
+    meta = doc.get("metadata") or {}
+    name = str(meta.get("name", "")) if isinstance(meta, dict) else ""
+    errors: list[FieldError] = []
+    if doc.get("apiVersion") != API_VERSION:
+        errors.append(
+            FieldError(
+                "apiVersion",
+                f'Unsupported value: "{doc.get("apiVersion")}": supported values: "{API_VERSION}"',
+            )
+        )
+    model_type = MODELS.get(kind)
+    if model_type is None:
+        supported = ", ".join(f'"{k}"' for k in MODELS)
+        errors.append(
+            FieldError("kind", f'Unsupported value: "{kind}": supported values: {supported}')
+        )
+        return DocumentResult(source, index, kind, name, tuple(errors), None)
+    if not name:
+        errors.append(
+            FieldError("metadata.name", "Required value: name or generateName is required")
+        )
+    model: BaseModel | None = None
+    errors.extend(_duplicates(doc))
+    try:
+        model = model_type.model_validate(doc)
+    except ValidationError as exc:
+        for detail in exc.errors():
+            path, message = _message(detail)
+            errors.append(FieldError(path, message))
+    return DocumentResult(source, index, kind, name, tuple(errors), None if errors else model)
+
+
+def iter_documents(path: Path) -> Iterator[tuple[int, Any]]:
+    """The non-empty YAML documents of a file."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{path}: not valid YAML: {exc}") from exc
+    for i, doc in enumerate(docs):
+        if doc is not None:
+            yield i, doc
+
+
+def validate_file(path: Path) -> list[DocumentResult]:
+    """Validate every document in a file."""
+    results = [validate_document(doc, str(path), i) for i, doc in iter_documents(path)]
+    if not results:
+        err = FieldError("", "the file holds no manifest")
+        results.append(DocumentResult(str(path), 0, "", "", (err,), None))
+    return results
+
+
+def load_evalrun(path: Path) -> EvalRun:
+    """Load exactly one valid EvalRun from a file, or raise ManifestError saying what is wrong."""
+    results = [r for r in validate_file(path) if r.kind == "EvalRun"]
+    if len(results) != 1:
+        raise ManifestError(f"{path}: expected exactly one EvalRun, found {len(results)}")
+    result = results[0]
+    if not result.ok or not isinstance(result.model, EvalRun):
+        lines = "\n".join(f"  {e}" for e in result.errors)
+        raise ManifestError(f"{result.describe()} is invalid:\n{lines}")
+    return result.model
