@@ -132,14 +132,14 @@ def _structural(node: Any) -> Any:
     if not isinstance(node, dict):
         return node
     node = dict(node)
-    for key in _DROP:
-        node.pop(key, None)
     if "anyOf" in node and not node.get("x-kubernetes-int-or-string"):
         branches = [b for b in node["anyOf"] if b.get("type") != "null"]
         if len(branches) != 1:
             raise ValueError(f"cannot express union in a structural schema: {node['anyOf']}")
         outer = {k: v for k, v in node.items() if k != "anyOf"}
         node = {**branches[0], **outer}
+    for key in _DROP:
+        node.pop(key, None)
     if node.get("additionalProperties") is False:
         del node["additionalProperties"]
     if "default" in node and (node["default"] is None or isinstance(node["default"], dict | list)):
