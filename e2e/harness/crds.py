@@ -1,0 +1,42 @@
+"""Apply CustomResourceDefinitions and wait until the apiserver serves them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+
+def apply_crds(api_client: Any, docs: Iterable[dict[str, Any]], timeout: float = 60.0) -> None:
+    """Create or replace each CRD, then wait for Established (and NamesAccepted)."""
+    ext = client.ApiextensionsV1Api(api_client)
+    names = []
+    for doc in docs:
+        name = doc["metadata"]["name"]
+        names.append(name)
+        try:
+            ext.create_custom_resource_definition(doc)
+        except ApiException as err:
+            if err.status != 409:
+                raise
+            live = ext.read_custom_resource_definition(name)
+            body = dict(doc)
+            body["metadata"] = {
+                **doc["metadata"],
+                "resourceVersion": live.metadata.resource_version,
+            }
+            ext.replace_custom_resource_definition(name, body)
+    deadline = time.monotonic() + timeout
+    for name in names:
+        while True:
+            crd = ext.read_custom_resource_definition(name)
+            conds = {c.type: c for c in (crd.status.conditions or [])}
+            est = conds.get("Established")
+            if est is not None and est.status == "True":
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"CRD {name} not Established: {conds}")
+            time.sleep(0.2)
