@@ -1,0 +1,105 @@
+"""Operator configuration: profiles, reserved margins, defaults and loop intervals.
+
+Loaded from a YAML file (``--config`` or ``PROCTOR_CONFIG``), typically a ConfigMap written by
+the Helm chart; every field has a default so the operator runs without one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from proctor.api.v1alpha1.base import Quantity
+
+
+class ProfileSize(BaseModel):
+    """Requests of one named worker profile."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    cpu: Quantity
+    memory: Quantity
+
+
+DEFAULT_PROFILES: dict[str, ProfileSize] = {
+    "micro": ProfileSize(cpu="500m", memory="512Mi"),
+    "small": ProfileSize(cpu="1", memory="1Gi"),
+    "medium": ProfileSize(cpu="2", memory="2Gi"),
+    "large": ProfileSize(cpu="4", memory="4Gi"),
+    "xlarge": ProfileSize(cpu="8", memory="8Gi"),
+}
+
+
+class OperatorConfig(BaseModel):
+    """Everything an operator installation may tune."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    profiles: dict[str, ProfileSize] = Field(
+        default_factory=lambda: dict(DEFAULT_PROFILES),
+        description="Profile sizes; entries here override the built-in ones by name.",
+    )
+    reserved_cpu_fraction: float = Field(
+        default=0.20, ge=0.0, lt=1.0, description="Share of node CPU never planned for."
+    )
+    reserved_memory_fraction: float = Field(
+        default=0.25, ge=0.0, lt=1.0, description="Share of node memory never planned for."
+    )
+    scaling_interval_seconds: float = Field(
+        default=3.0, gt=0.0, le=60.0, description="Autoscaling loop period."
+    )
+    stalled_after_seconds: float = Field(
+        default=300.0, gt=0.0, description="No progress for this long sets Stalled."
+    )
+    default_queue_url: str | None = Field(
+        default=None, description="Queue for runs that name none (redis://... or sqs://...)."
+    )
+    default_storage_uri: str | None = Field(
+        default=None, description="Storage for runs that name none (s3://bucket/prefix)."
+    )
+    default_storage_endpoint: str | None = Field(
+        default=None, description="S3 endpoint for the default storage."
+    )
+    worker_image: str | None = Field(
+        default=None, description="Override every run's image (air-gapped mirrors, tests)."
+    )
+    worker_command: list[str] = Field(
+        default_factory=lambda: ["proctor", "worker"],
+        description="Command that starts a worker in the image.",
+    )
+    worker_pod_labels: dict[str, str] = Field(
+        default_factory=dict, description="Extra labels on every worker pod."
+    )
+    worker_grace_seconds: int = Field(
+        default=30, ge=5, le=3600, description="terminationGracePeriodSeconds of workers."
+    )
+    spot_fallback_enabled: bool = Field(
+        default=True, description="Honour placement.spot.fallbackToOnDemandAfter."
+    )
+
+    def profile(self, name: str) -> ProfileSize:
+        merged = {**DEFAULT_PROFILES, **self.profiles}
+        if name not in merged:
+            known = ", ".join(sorted(merged))
+            raise KeyError(f"unknown profile {name!r}; known profiles: {known}")
+        return merged[name]
+
+    def profile_names(self) -> list[str]:
+        """Profiles from smallest to largest CPU request."""
+        from proctor.quantity import cpu_millis, to_bytes
+
+        merged = {**DEFAULT_PROFILES, **self.profiles}
+        return sorted(merged, key=lambda n: (cpu_millis(merged[n].cpu), to_bytes(merged[n].memory)))
+
+
+def load_config(path: str | Path | None = None) -> OperatorConfig:
+    """Read the configuration file, or defaults when there is none."""
+    path = path or os.environ.get("PROCTOR_CONFIG")
+    if not path:
+        return OperatorConfig()
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    return OperatorConfig.model_validate(data)
