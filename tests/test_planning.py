@@ -28,6 +28,7 @@ CONFIG = OperatorConfig()
 
 def node(
     name: str,
+    *,
     cpu: int = 8,
     mem_gi: int = 32,
     gpus: int = 0,
