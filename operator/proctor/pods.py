@@ -1,0 +1,199 @@
+"""Worker pod manifests, computed from the run, its plan and the operator configuration.
+
+Workers run under the restricted Pod Security Standard: non-root, no privilege escalation, all
+capabilities dropped, read-only root filesystem with an emptyDir for scratch, RuntimeDefault
+seccomp and no ServiceAccount token (workers never talk to the Kubernetes API).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from proctor.api.v1alpha1.base import Placement, Toleration
+from proctor.api.v1alpha1.evalrun import EvalRunSpec
+from proctor.config import OperatorConfig
+from proctor.planning import GPU_RESOURCE, SPOT_LABELS, WorkerSize, worker_tolerations
+from proctor.quantity import format_bytes, format_cpu
+
+LABEL_RUN = "proctor.dev/run"
+LABEL_RUN_UID = "proctor.dev/run-uid"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_POOL = "proctor.dev/pool"
+LABEL_CAPACITY = "proctor.dev/capacity"
+HOSTNAME_KEY = "kubernetes.io/hostname"
+ZONE_KEY = "topology.kubernetes.io/zone"
+METRICS_PORT = 9090
+
+
+def worker_labels(run_name: str, run_uid: str) -> dict[str, str]:
+    """Labels that identify one run's workers (also their selector)."""
+    return {
+        "app.kubernetes.io/name": "proctor",
+        LABEL_COMPONENT: "worker",
+        "app.kubernetes.io/managed-by": "proctor",
+        LABEL_RUN: run_name,
+        LABEL_RUN_UID: run_uid,
+    }
+
+
+def selector(run_name: str) -> str:
+    return f"{LABEL_COMPONENT}=worker,{LABEL_RUN}={run_name}"
+
+
+def _toleration(tol: Toleration) -> dict[str, Any]:
+    return tol.model_dump(by_alias=True, exclude_none=True)
+
+
+def _node_affinity(
+    spec: EvalRunSpec, pool_selector: Mapping[str, str] | None, on_demand_only: bool
+) -> dict[str, Any] | None:
+    expressions: list[dict[str, Any]] = [
+        {"key": k, "operator": "In", "values": [v]} for k, v in (pool_selector or {}).items()
+    ]
+    if on_demand_only:
+        # NotIn also matches nodes without the label, i.e. every on-demand node.
+        expressions += [{"key": k, "operator": "NotIn", "values": [v]} for k, v in SPOT_LABELS]
+    if not expressions:
+        return None
+    return {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": expressions}]
+        }
+    }
+
+
+def _anti_affinity(spread: str, run_name: str) -> dict[str, Any] | None:
+    term = {
+        "labelSelector": {
+            "matchLabels": {LABEL_COMPONENT: "worker", LABEL_RUN: run_name},
+        },
+        "topologyKey": HOSTNAME_KEY,
+    }
+    if spread == "required":
+        return {"requiredDuringSchedulingIgnoredDuringExecution": [term]}
+    if spread == "preferred":
+        return {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 100, "podAffinityTerm": term}
+            ]
+        }
+    return None
+
+
+def _resources(spec: EvalRunSpec, size: WorkerSize) -> dict[str, Any]:
+    requests: dict[str, str] = {
+        "cpu": format_cpu(size.cpu_millis),
+        "memory": format_bytes(size.memory),
+    }
+    limits: dict[str, str] = {"memory": format_bytes(size.memory)}
+    if spec.resources is not None:
+        if spec.resources.cpu_limit:
+            limits["cpu"] = spec.resources.cpu_limit
+        if spec.resources.ephemeral_storage:
+            requests["ephemeral-storage"] = spec.resources.ephemeral_storage
+    if size.gpus:
+        requests[GPU_RESOURCE] = str(size.gpus)
+        limits[GPU_RESOURCE] = str(size.gpus)
+    return {"requests": requests, "limits": limits}
+
+
+def worker_pod(
+    *,
+    run_name: str,
+    run_uid: str,
+    namespace: str,
+    spec: EvalRunSpec,
+    size: WorkerSize,
+    config: OperatorConfig,
+    env: Sequence[Mapping[str, Any]],
+    pool: str = "",
+    spot_fallback: bool = False,
+) -> dict[str, Any]:
+    """The manifest of one worker pod of the run."""
+    placement = spec.placement or Placement()
+    labels = {**config.worker_pod_labels, **worker_labels(run_name, run_uid)}
+    pool_selector: Mapping[str, str] | None = None
+    if pool:
+        labels[LABEL_POOL] = pool
+        pool_selector = next(p.node_selector for p in placement.pools or () if p.name == pool)
+    spot_ok = placement.spot.allowed if placement.spot else True
+    on_demand_only = not spot_ok or spot_fallback
+    labels[LABEL_CAPACITY] = "on-demand" if on_demand_only else "any"
+
+    affinity: dict[str, Any] = {}
+    node_affinity = _node_affinity(spec, pool_selector, on_demand_only)
+    if node_affinity:
+        affinity["nodeAffinity"] = node_affinity
+    anti = _anti_affinity(placement.spread, run_name)
+    if anti:
+        affinity["podAntiAffinity"] = anti
+
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": config.worker_grace_seconds,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "runAsGroup": 10001,
+            "fsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": "worker",
+                "image": config.worker_image or spec.image,
+                "command": list(config.worker_command),
+                "env": [dict(e) for e in env],
+                "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
+                "resources": _resources(spec, size),
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "runAsNonRoot": True,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                "volumeMounts": [{"name": "scratch", "mountPath": "/tmp"}],
+            }
+        ],
+        "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "1Gi"}}],
+        "tolerations": [_toleration(t) for t in worker_tolerations(spec, spot_fallback)],
+    }
+    if affinity:
+        pod_spec["affinity"] = affinity
+    if placement.spread != "none":
+        pod_spec["topologySpreadConstraints"] = [
+            {
+                "maxSkew": 1,
+                "topologyKey": ZONE_KEY,
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": {LABEL_RUN: run_name, LABEL_COMPONENT: "worker"}},
+            }
+        ]
+    if placement.node_selector:
+        pod_spec["nodeSelector"] = dict(placement.node_selector)
+    if spec.service_account_name:
+        pod_spec["serviceAccountName"] = spec.service_account_name
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": f"{run_name}-worker-",
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": {"proctor.dev/profile": size.profile},
+            "ownerReferences": [
+                {
+                    "apiVersion": "proctor.dev/v1alpha1",
+                    "kind": "EvalRun",
+                    "name": run_name,
+                    "uid": run_uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": pod_spec,
+    }

@@ -1,0 +1,147 @@
+"""Worker pod manifests."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from proctor.api.v1alpha1.evalrun import EvalRunSpec
+from proctor.config import OperatorConfig
+from proctor.planning import resolve_size
+from proctor.pods import LABEL_RUN, selector, worker_pod
+
+BASE: dict[str, Any] = {
+    "image": "img:1",
+    "task": {"entrypoint": "m:t"},
+    "cases": {"count": 10},
+    "profile": "small",
+}
+
+
+def build(config: OperatorConfig | None = None, **changes: Any) -> dict[str, Any]:
+    data = copy.deepcopy(BASE)
+    pool = changes.pop("pool", "")
+    fallback = changes.pop("spot_fallback", False)
+    data.update(changes)
+    spec = EvalRunSpec.model_validate(data)
+    cfg = config or OperatorConfig()
+    return worker_pod(
+        run_name="run1",
+        run_uid="uid-1",
+        namespace="ns",
+        spec=spec,
+        size=resolve_size(spec, cfg),
+        config=cfg,
+        env=[{"name": "PROCTOR_RUN", "value": "ns/run1"}],
+        pool=pool,
+        spot_fallback=fallback,
+    )
+
+
+def test_owner_labels_and_env() -> None:
+    pod = build()
+    meta = pod["metadata"]
+    assert meta["generateName"] == "run1-worker-"
+    assert meta["labels"][LABEL_RUN] == "run1"
+    owner = meta["ownerReferences"][0]
+    assert (owner["kind"], owner["uid"], owner["controller"]) == ("EvalRun", "uid-1", True)
+    container = pod["spec"]["containers"][0]
+    assert container["env"] == [{"name": "PROCTOR_RUN", "value": "ns/run1"}]
+    assert container["command"] == ["proctor", "worker"]
+    assert selector("run1") == "app.kubernetes.io/component=worker,proctor.dev/run=run1"
+
+
+def test_restricted_security() -> None:
+    pod = build()
+    spec = pod["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = spec["containers"][0]["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["readOnlyRootFilesystem"] is True
+
+
+@pytest.mark.parametrize(
+    ("spread", "key"),
+    [
+        ("required", "requiredDuringSchedulingIgnoredDuringExecution"),
+        ("preferred", "preferredDuringSchedulingIgnoredDuringExecution"),
+        ("none", None),
+    ],
+)
+def test_anti_affinity(spread: str, key: str | None) -> None:
+    pod = build(placement={"spread": spread})
+    anti = pod["spec"].get("affinity", {}).get("podAntiAffinity")
+    if key is None:
+        assert anti is None
+        assert "topologySpreadConstraints" not in pod["spec"]
+    else:
+        assert list(anti) == [key]
+
+
+def test_resources_from_profile_and_gpu() -> None:
+    pod = build(profile="large", gpus=2)
+    res = pod["spec"]["containers"][0]["resources"]
+    assert res["requests"] == {"cpu": "4", "memory": "4Gi", "nvidia.com/gpu": "2"}
+    assert res["limits"] == {"memory": "4Gi", "nvidia.com/gpu": "2"}
+    keys = {t.get("key") for t in pod["spec"]["tolerations"]}
+    assert "nvidia.com/gpu" in keys
+
+
+def test_explicit_resources_with_cpu_limit() -> None:
+    pod = build(profile=None, resources={"cpu": "1500m", "memory": "3Gi", "cpuLimit": "2"})
+    res = pod["spec"]["containers"][0]["resources"]
+    assert res["requests"] == {"cpu": "1500m", "memory": "3Gi"}
+    assert res["limits"] == {"memory": "3Gi", "cpu": "2"}
+
+
+@pytest.mark.parametrize(
+    ("placement", "fallback", "on_demand"),
+    [
+        ({}, False, False),
+        ({"spot": {"allowed": False}}, False, True),
+        ({"spot": {"allowed": True, "fallbackToOnDemandAfter": 2}}, True, True),
+    ],
+)
+def test_spot_affinity(placement: dict[str, Any], fallback: bool, on_demand: bool) -> None:
+    pod = build(placement=placement, spot_fallback=fallback)
+    node_aff = pod["spec"].get("affinity", {}).get("nodeAffinity")
+    if not on_demand:
+        assert node_aff is None
+        assert pod["metadata"]["labels"]["proctor.dev/capacity"] == "any"
+        return
+    terms = node_aff["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    exprs = {(e["key"], e["operator"]) for e in terms[0]["matchExpressions"]}
+    assert ("karpenter.sh/capacity-type", "NotIn") in exprs
+    assert ("cloud.google.com/gke-spot", "NotIn") in exprs
+    assert pod["metadata"]["labels"]["proctor.dev/capacity"] == "on-demand"
+    keys = {t.get("key") for t in pod["spec"]["tolerations"]}
+    assert "cloud.google.com/gke-spot" not in keys
+
+
+def test_pool_pins_node_affinity() -> None:
+    pod = build(
+        placement={"pools": [{"name": "fast", "nodeSelector": {"tier": "fast"}}]}, pool="fast"
+    )
+    terms = pod["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]["nodeSelectorTerms"]
+    assert terms[0]["matchExpressions"] == [{"key": "tier", "operator": "In", "values": ["fast"]}]
+    assert pod["metadata"]["labels"]["proctor.dev/pool"] == "fast"
+
+
+def test_config_overrides_image_labels_and_grace() -> None:
+    cfg = OperatorConfig(
+        worker_image="mirror/proctor:1",
+        worker_pod_labels={"e2e.proctor.dev/run": "local"},
+        worker_grace_seconds=20,
+    )
+    pod = build(config=cfg, placement={"nodeSelector": {"a": "b"}})
+    assert pod["spec"]["containers"][0]["image"] == "mirror/proctor:1"
+    assert pod["metadata"]["labels"]["e2e.proctor.dev/run"] == "local"
+    assert pod["spec"]["terminationGracePeriodSeconds"] == 20
+    assert pod["spec"]["nodeSelector"] == {"a": "b"}
