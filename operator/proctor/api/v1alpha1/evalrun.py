@@ -351,6 +351,9 @@ class EvalRunStatus(ApiModel):
         default=None, description="The last run checkpoint."
     )
     result: ResultSummary | None = Field(default=None, description="Outcome.")
+    last_progress_time: str | None = Field(
+        default=None, description="When the completed count last grew; drives Stalled."
+    )
     start_time: str | None = Field(default=None, description="When work started.")
     completion_time: str | None = Field(default=None, description="When the run finished.")
 

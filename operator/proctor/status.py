@@ -1,0 +1,244 @@
+"""EvalRun status as a pure function of what was observed.
+
+A chain of named decisions (terminal, budget, deadline, finished, suspended, problem, started)
+picks the phase; conditions follow from it with :func:`proctor.conditions.set_condition`, and
+events are emitted only for transitions a user must know about.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from proctor.api.v1alpha1.evalrun import (
+    CaseCounts,
+    CheckpointStatus,
+    EvalRunSpec,
+    EvalRunStatus,
+    Phase,
+    ResultSummary,
+    WorkerCounts,
+)
+from proctor.conditions import get_condition, rfc3339, set_condition
+from proctor.planning import PlanResult
+
+TERMINAL: frozenset[str] = frozenset({"Succeeded", "Failed"})
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a run cannot proceed now (a missing Secret, a profile no node holds)."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to post about the run."""
+
+    type: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything the operator saw in one pass."""
+
+    spec: EvalRunSpec
+    generation: int
+    now: datetime
+    previous: EvalRunStatus
+    counts: CaseCounts
+    workers: WorkerCounts
+    finished: bool = False
+    early_stopped: bool = False
+    problem: Problem | None = None
+    plan: PlanResult | None = None
+    result: ResultSummary | None = None
+    disruptions: int = 0
+    spot_fallback: bool = False
+    checkpoint: CheckpointStatus | None = None
+    rate: float | None = None
+    stalled_after_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class PhaseDecision:
+    phase: Phase
+    reason: str
+    message: str
+
+
+@dataclass
+class StatusUpdate:
+    status: EvalRunStatus
+    events: list[Event] = field(default_factory=list)
+
+
+def _parse(ts: str | None) -> datetime | None:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")) if ts else None
+
+
+def decide_phase(obs: Observation) -> PhaseDecision:
+    prev = obs.previous
+    if prev.phase in TERMINAL:
+        cond = get_condition(prev.conditions, prev.phase or "")
+        return PhaseDecision(
+            prev.phase or "Failed", cond.reason if cond else "", cond.message if cond else ""
+        )
+    budget = obs.spec.workers.failure_budget if obs.spec.workers else 5
+    if obs.workers.failures > budget:
+        return PhaseDecision(
+            "Failed",
+            "FailureBudgetExhausted",
+            f"{obs.workers.failures} worker failures exceed the budget of {budget} "
+            "(workers.failureBudget); see the worker pods' last state for the cause",
+        )
+    started = _parse(prev.start_time)
+    deadline = obs.spec.active_deadline_seconds
+    if deadline and started and (obs.now - started).total_seconds() > deadline:
+        return PhaseDecision(
+            "Failed",
+            "DeadlineExceeded",
+            f"the run did not finish within activeDeadlineSeconds={deadline}",
+        )
+    if obs.finished:
+        if obs.early_stopped:
+            return PhaseDecision(
+                "Succeeded", "EarlyStopped", "the decision settled before every case ran"
+            )
+        return PhaseDecision("Succeeded", "Completed", f"all {obs.counts.total} cases evaluated")
+    if obs.spec.suspend:
+        return PhaseDecision("Suspended", "Suspended", "spec.suspend is true; workers removed")
+    if obs.problem is not None:
+        return PhaseDecision("Pending", obs.problem.reason, obs.problem.message)
+    if obs.workers.ready > 0 or obs.counts.completed > 0 or prev.phase == "Running":
+        return PhaseDecision("Running", "Running", f"{obs.workers.ready} workers ready")
+    return PhaseDecision("Pending", "WaitingForWorkers", "workers are being scheduled")
+
+
+def _stalled(obs: Observation, phase: str, last_progress: str | None) -> bool:
+    if phase != "Running":
+        return False
+    since = _parse(last_progress) or _parse(obs.previous.start_time)
+    return since is not None and (obs.now - since).total_seconds() > obs.stalled_after_seconds
+
+
+def next_status(obs: Observation) -> StatusUpdate:
+    """The status to write and the events to post; the previous status is not modified."""
+    prev = obs.previous
+    decision = decide_phase(obs)
+    now_s = rfc3339(obs.now)
+    gen = obs.generation
+    counts = obs.counts
+    prev_completed = prev.counts.completed if prev.counts else 0
+    last_progress = (
+        now_s if counts.completed > prev_completed else (prev.last_progress_time or None)
+    )
+    start_time = prev.start_time or (now_s if decision.phase == "Running" else None)
+    completion = prev.completion_time or (now_s if decision.phase in TERMINAL else None)
+
+    conds = list(prev.conditions or [])
+
+    def put(type_: str, on: bool, reason: str, message: str = "") -> None:
+        nonlocal conds
+        conds = set_condition(
+            conds, type_, "True" if on else "False", reason, message, now=obs.now, generation=gen
+        )
+
+    phase = decision.phase
+    running = phase == "Running"
+    put(
+        "Ready",
+        (running and obs.workers.ready > 0) or phase == "Succeeded",
+        decision.reason,
+        decision.message,
+    )
+    put("Progressing", phase in {"Running", "Pending"} and obs.problem is None, decision.reason)
+    degraded_reasons = []
+    if obs.problem is not None:
+        degraded_reasons.append(obs.problem.message)
+    if counts.dead_lettered:
+        degraded_reasons.append(f"{counts.dead_lettered} cases dead-lettered")
+    if obs.workers.failures:
+        degraded_reasons.append(f"{obs.workers.failures} worker failures")
+    put(
+        "Degraded",
+        bool(degraded_reasons),
+        obs.problem.reason
+        if obs.problem
+        else ("DeadLetters" if counts.dead_lettered else "AsExpected"),
+        "; ".join(degraded_reasons),
+    )
+    put(
+        "Succeeded",
+        phase == "Succeeded",
+        decision.reason if phase == "Succeeded" else "NotFinished",
+    )
+    put(
+        "Failed",
+        phase == "Failed",
+        decision.reason if phase == "Failed" else "NotFailed",
+        decision.message if phase == "Failed" else "",
+    )
+    put("Suspended", phase == "Suspended", "Suspended" if phase == "Suspended" else "NotSuspended")
+    stalled = _stalled(obs, phase, last_progress)
+    put(
+        "Stalled",
+        stalled,
+        "NoProgress" if stalled else "Progressing",
+        f"no case completed for more than {obs.stalled_after_seconds:.0f}s" if stalled else "",
+    )
+
+    remaining = max(0, counts.total - counts.completed - counts.dead_lettered)
+    percent = round(100.0 * counts.completed / counts.total, 1) if counts.total else 0.0
+    eta = None
+    if obs.rate and obs.rate > 0 and phase == "Running":
+        eta = int(remaining / obs.rate)
+    elif phase in TERMINAL:
+        eta = 0
+    status = EvalRunStatus(
+        phase=phase,
+        observed_generation=gen,
+        conditions=conds,
+        counts=counts,
+        progress_percent=percent,
+        cases_per_second=round(obs.rate, 2) if obs.rate is not None else None,
+        eta_seconds=eta,
+        workers=obs.workers,
+        plan=obs.plan.to_status() if obs.plan else prev.plan,
+        disruptions=obs.disruptions,
+        spot_fallback=obs.spot_fallback or None,
+        last_checkpoint=obs.checkpoint or prev.last_checkpoint,
+        result=obs.result or prev.result,
+        last_progress_time=last_progress,
+        start_time=start_time,
+        completion_time=completion,
+    )
+    return StatusUpdate(status, _events(obs, decision, stalled))
+
+
+def _events(obs: Observation, decision: PhaseDecision, stalled: bool) -> list[Event]:
+    prev = obs.previous
+    events: list[Event] = []
+    if decision.phase != prev.phase:
+        warning = decision.phase == "Failed" or (
+            decision.phase == "Pending" and obs.problem is not None
+        )
+        events.append(Event("Warning" if warning else "Normal", decision.reason, decision.message))
+    elif obs.problem is not None:
+        before = get_condition(prev.conditions, "Degraded")
+        if before is None or before.reason != obs.problem.reason:
+            events.append(Event("Warning", obs.problem.reason, obs.problem.message))
+    was_stalled = get_condition(prev.conditions, "Stalled")
+    if stalled and not (was_stalled and was_stalled.status == "True"):
+        events.append(
+            Event("Warning", "Stalled", f"no progress for {obs.stalled_after_seconds:.0f}s")
+        )
+    if obs.spot_fallback and not prev.spot_fallback:
+        events.append(
+            Event("Warning", "SpotFallback", "too many spot disruptions; using on-demand nodes")
+        )
+    return events

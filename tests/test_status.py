@@ -1,0 +1,150 @@
+"""EvalRun status transitions, table-driven."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from proctor.api.v1alpha1.evalrun import CaseCounts, EvalRunSpec, EvalRunStatus, WorkerCounts
+from proctor.conditions import get_condition
+from proctor.status import Observation, Problem, decide_phase, next_status
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+SPEC: dict[str, Any] = {
+    "image": "i",
+    "task": {"entrypoint": "m:t"},
+    "cases": {"count": 100},
+    "workers": {"failureBudget": 2},
+    "activeDeadlineSeconds": 600,
+}
+
+
+def obs(**changes: Any) -> Observation:
+    spec_changes = changes.pop("spec", {})
+    spec = EvalRunSpec.model_validate({**copy.deepcopy(SPEC), **spec_changes})
+    base = Observation(
+        spec=spec,
+        generation=1,
+        now=T0,
+        previous=EvalRunStatus(),
+        counts=CaseCounts(total=100),
+        workers=WorkerCounts(desired=2, ready=0),
+    )
+    return replace(base, **changes)
+
+
+RUNNING = EvalRunStatus(phase="Running", start_time="2026-01-01T00:00:00Z")
+PHASES = {
+    "fresh run waits for workers": (obs(), "Pending", "WaitingForWorkers"),
+    "workers ready": (obs(workers=WorkerCounts(desired=2, ready=2)), "Running", "Running"),
+    "finished": (
+        obs(finished=True, counts=CaseCounts(total=100, completed=100)),
+        "Succeeded",
+        "Completed",
+    ),
+    "early stop": (obs(finished=True, early_stopped=True), "Succeeded", "EarlyStopped"),
+    "suspended": (obs(spec={"suspend": True}), "Suspended", "Suspended"),
+    "problem": (
+        obs(problem=Problem("SecretNotFound", "secret x missing")),
+        "Pending",
+        "SecretNotFound",
+    ),
+    "budget": (obs(workers=WorkerCounts(failures=3)), "Failed", "FailureBudgetExhausted"),
+    "budget not yet": (obs(workers=WorkerCounts(failures=2, ready=1)), "Running", "Running"),
+    "deadline": (
+        obs(previous=RUNNING, now=T0 + timedelta(seconds=601)),
+        "Failed",
+        "DeadlineExceeded",
+    ),
+    "terminal is sticky": (
+        obs(previous=EvalRunStatus(phase="Succeeded"), workers=WorkerCounts(failures=9)),
+        "Succeeded",
+        "",
+    ),
+    "running stays running with no ready workers": (obs(previous=RUNNING), "Running", "Running"),
+}
+
+
+@pytest.mark.parametrize(("o", "phase", "reason"), PHASES.values(), ids=PHASES.keys())
+def test_phase(o: Observation, phase: str, reason: str) -> None:
+    decision = decide_phase(o)
+    assert (decision.phase, decision.reason) == (phase, reason)
+
+
+def test_conditions_events_and_no_mutation() -> None:
+    first = obs(
+        workers=WorkerCounts(desired=2, ready=2), counts=CaseCounts(total=100, completed=10)
+    )
+    before = first.previous.model_copy(deep=True)
+    update = next_status(first)
+    assert first.previous == before
+    status = update.status
+    assert status.phase == "Running"
+    assert status.progress_percent == 10.0
+    assert status.start_time == "2026-01-01T00:00:00Z"
+    ready = get_condition(status.conditions, "Ready")
+    assert ready is not None
+    assert ready.status == "True"
+    assert ready.observed_generation == 1
+    assert [e.reason for e in update.events] == ["Running"]
+
+    later = replace(
+        first,
+        previous=status,
+        now=T0 + timedelta(seconds=30),
+        counts=CaseCounts(total=100, completed=40),
+        rate=2.0,
+    )
+    second = next_status(later)
+    assert second.events == []  # nothing a user must know about
+    assert second.status.eta_seconds == 30
+    ready2 = get_condition(second.status.conditions, "Ready")
+    assert ready2 is not None
+    assert ready2.last_transition_time == ready.last_transition_time
+    assert second.status.last_progress_time == "2026-01-01T00:00:30Z"
+
+
+def test_stalled_after_no_progress() -> None:
+    running = next_status(
+        obs(workers=WorkerCounts(ready=1), counts=CaseCounts(total=100, completed=5))
+    ).status
+    quiet = obs(
+        previous=running,
+        now=T0 + timedelta(seconds=301),
+        workers=WorkerCounts(ready=1),
+        counts=CaseCounts(total=100, completed=5),
+    )
+    update = next_status(quiet)
+    stalled = get_condition(update.status.conditions, "Stalled")
+    assert stalled is not None
+    assert stalled.status == "True"
+    assert "Stalled" in [e.reason for e in update.events]
+    again = next_status(replace(quiet, previous=update.status, now=T0 + timedelta(seconds=400)))
+    assert "Stalled" not in [e.reason for e in again.events]
+
+
+def test_problem_is_a_warning_event_and_degraded() -> None:
+    update = next_status(obs(problem=Problem("ProfileTooLarge", "no node holds xlarge")))
+    assert update.events[0].type == "Warning"
+    assert update.events[0].reason == "ProfileTooLarge"
+    degraded = get_condition(update.status.conditions, "Degraded")
+    assert degraded is not None
+    assert (degraded.status, degraded.reason) == ("True", "ProfileTooLarge")
+    same = next_status(
+        obs(previous=update.status, problem=Problem("ProfileTooLarge", "no node holds xlarge"))
+    )
+    assert same.events == []
+
+
+def test_finished_sets_completion_and_zero_eta() -> None:
+    update = next_status(
+        obs(previous=RUNNING, finished=True, counts=CaseCounts(total=100, completed=100))
+    )
+    assert update.status.phase == "Succeeded"
+    assert update.status.completion_time == "2026-01-01T00:00:00Z"
+    assert update.status.eta_seconds == 0
+    assert update.events[0].reason == "Completed"
