@@ -24,7 +24,9 @@ CREATE TABLE IF NOT EXISTS entries (
   deliveries INTEGER NOT NULL DEFAULT 0, owner TEXT, token TEXT, lease_until REAL
 );
 CREATE INDEX IF NOT EXISTS entries_run ON entries (run, lease_until);
-CREATE TABLE IF NOT EXISTS chunks (run TEXT NOT NULL, chunk TEXT NOT NULL, PRIMARY KEY (run, chunk));
+CREATE TABLE IF NOT EXISTS chunks (
+  run TEXT NOT NULL, chunk TEXT NOT NULL, PRIMARY KEY (run, chunk)
+);
 CREATE TABLE IF NOT EXISTS dead (
   run TEXT NOT NULL, start INTEGER NOT NULL, end_ INTEGER NOT NULL, deliveries INTEGER NOT NULL,
   reason TEXT NOT NULL
@@ -189,7 +191,7 @@ class SqliteQueue:
     def delete(self) -> None:
         with self._tx() as db:
             for table in ("entries", "chunks", "dead", "stops"):
-                db.execute(f"DELETE FROM {table} WHERE run = ?", (self.run_id,))  # noqa: S608
+                db.execute(f"DELETE FROM {table} WHERE run = ?", (self.run_id,))
 
     def close(self) -> None:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
