@@ -1,0 +1,493 @@
+"""Pass rates, intervals, accept/reject decisions and anytime-valid early stopping.
+
+Fixed-sample decisions follow Metamorphic Guard's rule: adopt the candidate iff the lower bound
+of the interval for ``candidate pass rate - baseline pass rate`` is at least ``minDelta`` and the
+candidate's pass rate is at least ``minPassRate``. The interval is Newcombe's hybrid score
+interval (from two Wilson intervals) or Wald's, both for two independent proportions.
+
+Early stopping uses confidence sequences, which are valid at every stopping time however often
+the data are looked at: for the paired difference a mixture likelihood-ratio (universal
+inference) confidence sequence over the trinomial of per-case differences, with a
+Dirichlet(1/2, 1/2, 1/2) mixture; for the candidate's pass rate the Beta(1/2, 1/2)-mixture
+(Robbins) confidence sequence. Both are computed from counts alone, so an :class:`Aggregate`
+merged from batches in any order gives the same answer. See docs/statistics.md.
+
+Pure standard library on purpose: numpy and scipy are only used by the tests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from statistics import NormalDist
+from typing import Any, Literal
+
+from proctor.api.v1alpha1.evalrun import CompareSpec, EarlyStoppingSpec, ResultSummary
+
+MAX_VIOLATION_KEYS = 256
+"""Distinct violation names an aggregate keeps; the rest are counted under ``(other)``."""
+OTHER_VIOLATIONS = "(other)"
+
+DecisionName = Literal["accept", "reject", "undecided"]
+Interval = tuple[float, float]
+
+_BISECTION_STEPS = 60
+
+
+@dataclass
+class Aggregate:
+    """A mergeable running aggregate over case records (see :func:`proctor.sdk` record schema).
+
+    Errored sides count as not passed: an implementation that raises or times out on a case has
+    not shown that it handles it. ``candidate_only_passed`` and ``baseline_only_passed`` are the
+    discordant pairs, which the paired confidence sequence needs.
+    """
+
+    total: int = 0
+    passed: int = 0
+    failed: int = 0
+    errored: int = 0
+    baseline_passed: int = 0
+    baseline_total: int = 0
+    candidate_passed: int = 0
+    candidate_total: int = 0
+    candidate_only_passed: int = 0
+    baseline_only_passed: int = 0
+    violations: dict[str, int] = field(default_factory=dict)
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        """Count one case record."""
+        self.total += 1
+        status = record.get("status")
+        if status == "passed":
+            self.passed += 1
+        elif status == "failed":
+            self.failed += 1
+        else:
+            self.errored += 1
+        baseline = record.get("baseline")
+        candidate = record.get("candidate")
+        if isinstance(baseline, Mapping) and isinstance(candidate, Mapping):
+            base_ok = bool(baseline.get("passed")) and not baseline.get("errored")
+            cand_ok = bool(candidate.get("passed")) and not candidate.get("errored")
+            self.baseline_total += 1
+            self.candidate_total += 1
+            self.baseline_passed += base_ok
+            self.candidate_passed += cand_ok
+            self.candidate_only_passed += cand_ok and not base_ok
+            self.baseline_only_passed += base_ok and not cand_ok
+            for name in baseline.get("violations") or ():
+                self._count_violation(f"baseline/{name}", 1)
+            for name in candidate.get("violations") or ():
+                self._count_violation(f"candidate/{name}", 1)
+        else:
+            for name in record.get("violations") or ():
+                self._count_violation(str(name), 1)
+
+    def _count_violation(self, name: str, count: int) -> None:
+        if name in self.violations or len(self.violations) < MAX_VIOLATION_KEYS:
+            self.violations[name] = self.violations.get(name, 0) + count
+        else:
+            self.violations[OTHER_VIOLATIONS] = self.violations.get(OTHER_VIOLATIONS, 0) + count
+
+    def merge(self, other: Aggregate) -> Aggregate:
+        """Add ``other``'s counts into this aggregate and return it (``other`` is unchanged).
+
+        In place so that both ``agg.merge(part)`` and ``agg = agg.merge(part)`` accumulate.
+        """
+        for f in fields(self):
+            if f.name != "violations":
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        for name, count in other.violations.items():
+            self._count_violation(name, count)
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (camelCase keys) for checkpoints."""
+        out: dict[str, Any] = {_camel(f.name): getattr(self, f.name) for f in fields(self)}
+        out["violations"] = dict(self.violations)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Aggregate:
+        """Read :meth:`to_json`'s output; missing counts (older checkpoints) read as zero."""
+        agg = cls()
+        for f in fields(agg):
+            if f.name == "violations":
+                continue
+            value = data.get(_camel(f.name), data.get(f.name, 0))
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"aggregate field {f.name!r} must be a count, got {value!r}")
+            setattr(agg, f.name, value)
+        violations = data.get("violations") or {}
+        if not isinstance(violations, Mapping):
+            raise ValueError("aggregate violations must be a mapping of name to count")
+        agg.violations = {str(k): int(v) for k, v in violations.items()}
+        return agg
+
+    @property
+    def pass_rate(self) -> float | None:
+        """Passed over total cases, or None before any case."""
+        return self.passed / self.total if self.total else None
+
+    @property
+    def baseline_pass_rate(self) -> float | None:
+        """The baseline's pass rate, or None without comparison records."""
+        return self.baseline_passed / self.baseline_total if self.baseline_total else None
+
+    @property
+    def candidate_pass_rate(self) -> float | None:
+        """The candidate's pass rate, or None without comparison records."""
+        return self.candidate_passed / self.candidate_total if self.candidate_total else None
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+# --- fixed-sample intervals -------------------------------------------------------------------
+
+
+def normal_quantile(confidence_level: float) -> float:
+    """The two-sided standard normal critical value: 1.96 for 0.95."""
+    if not 0.0 < confidence_level < 1.0:
+        raise ValueError(f"confidence level must be in (0, 1), got {confidence_level}")
+    return NormalDist().inv_cdf(0.5 + confidence_level / 2.0)
+
+
+def wilson_interval(successes: int, trials: int, confidence_level: float) -> Interval:
+    """Wilson's score interval for a binomial proportion."""
+    _check_counts(successes, trials)
+    if trials == 0:
+        return (0.0, 1.0)
+    z = normal_quantile(confidence_level)
+    p = successes / trials
+    z2n = z * z / trials
+    centre = (p + z2n / 2.0) / (1.0 + z2n)
+    half = z * math.sqrt(p * (1.0 - p) / trials + z2n / (4.0 * trials)) / (1.0 + z2n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def newcombe_interval(
+    successes_1: int, trials_1: int, successes_2: int, trials_2: int, confidence_level: float
+) -> Interval:
+    """Newcombe's hybrid score interval (his method 10) for ``p1 - p2``, independent samples."""
+    _check_counts(successes_1, trials_1)
+    _check_counts(successes_2, trials_2)
+    if trials_1 == 0 or trials_2 == 0:
+        return (-1.0, 1.0)
+    p1 = successes_1 / trials_1
+    p2 = successes_2 / trials_2
+    l1, u1 = wilson_interval(successes_1, trials_1, confidence_level)
+    l2, u2 = wilson_interval(successes_2, trials_2, confidence_level)
+    delta = p1 - p2
+    lower = delta - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    upper = delta + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return (max(-1.0, lower), min(1.0, upper))
+
+
+def wald_interval(
+    successes_1: int, trials_1: int, successes_2: int, trials_2: int, confidence_level: float
+) -> Interval:
+    """Wald's interval for ``p1 - p2``, independent samples (degenerate at rates 0 and 1)."""
+    _check_counts(successes_1, trials_1)
+    _check_counts(successes_2, trials_2)
+    if trials_1 == 0 or trials_2 == 0:
+        return (-1.0, 1.0)
+    p1 = successes_1 / trials_1
+    p2 = successes_2 / trials_2
+    z = normal_quantile(confidence_level)
+    half = z * math.sqrt(p1 * (1.0 - p1) / trials_1 + p2 * (1.0 - p2) / trials_2)
+    delta = p1 - p2
+    return (max(-1.0, delta - half), min(1.0, delta + half))
+
+
+def difference_interval(agg: Aggregate, compare: CompareSpec) -> Interval:
+    """The fixed-sample interval of candidate minus baseline pass rate that ``compare`` names."""
+    method = newcombe_interval if compare.interval == "newcombe" else wald_interval
+    return method(
+        agg.candidate_passed,
+        agg.candidate_total,
+        agg.baseline_passed,
+        agg.baseline_total,
+        compare.confidence_level,
+    )
+
+
+def _check_counts(successes: int, trials: int) -> None:
+    if trials < 0 or not 0 <= successes <= trials:
+        raise ValueError(f"need 0 <= successes <= trials, got {successes} of {trials}")
+
+
+# --- confidence sequences ---------------------------------------------------------------------
+
+
+def _xlogy(count: float, p: float) -> float:
+    if count == 0:
+        return 0.0
+    if p <= 0.0:
+        return -math.inf
+    return count * math.log(p)
+
+
+def bernoulli_confidence_sequence(successes: int, trials: int, alpha: float) -> Interval:
+    """The Beta(1/2, 1/2)-mixture confidence sequence for a Bernoulli mean.
+
+    With probability at least ``1 - alpha`` it contains the true rate at every ``trials`` at
+    once, so it may be looked at after every case and the run stopped whenever it is narrow
+    enough.
+    """
+    _check_counts(successes, trials)
+    _check_alpha(alpha)
+    if trials == 0:
+        return (0.0, 1.0)
+    failures = trials - successes
+    log_mixture = (
+        math.lgamma(successes + 0.5)
+        + math.lgamma(failures + 0.5)
+        - math.lgamma(trials + 1.0)
+        - 2.0 * math.lgamma(0.5)
+    )
+    threshold = log_mixture + math.log(alpha)
+
+    def profile(p: float) -> float:
+        return _xlogy(successes, p) + _xlogy(failures, 1.0 - p)
+
+    return _level_set(profile, successes / trials, 0.0, 1.0, threshold)
+
+
+def _trinomial_profile(minus: int, zero: int, plus: int, delta: float) -> float:
+    """Max log-likelihood of counts of (-1, 0, +1) differences with ``P(+1) - P(-1) = delta``.
+
+    The log-likelihood is concave in ``q = P(-1)`` on the feasible segment, so the maximum is
+    the stationary point (a root of a quadratic) when it lies inside, else an end of it.
+    """
+    n = minus + zero + plus
+
+    def loglik(q: float) -> float:
+        return _xlogy(minus, q) + _xlogy(zero, 1.0 - 2.0 * q - delta) + _xlogy(plus, q + delta)
+
+    lo = max(0.0, -delta)
+    hi = (1.0 - delta) / 2.0
+    candidates = [lo, hi]
+    b = minus * (1.0 - 3.0 * delta) - 2.0 * zero * delta + plus * (1.0 - delta)
+    c = minus * delta * (1.0 - delta)
+    disc = b * b + 8.0 * n * c
+    if disc >= 0.0:
+        root = math.sqrt(disc)
+        candidates.extend(q for q in ((b + root) / (4 * n), (b - root) / (4 * n)) if lo < q < hi)
+    return max(loglik(q) for q in candidates)
+
+
+def paired_difference_confidence_sequence(
+    candidate_only: int, baseline_only: int, total: int, alpha: float
+) -> Interval:
+    """A confidence sequence for ``P(candidate passes) - P(baseline passes)`` on paired cases.
+
+    Each case gives ``d = [candidate passed] - [baseline passed]`` in {-1, 0, +1}. The e-process
+    is the Dirichlet(1/2, 1/2, 1/2) mixture likelihood over the maximum likelihood under each
+    hypothesised difference (universal inference, Wasserman, Ramdas and Balakrishnan 2020); by
+    Ville's inequality the set of differences it has not rejected at level ``alpha`` covers the
+    truth at all sample sizes simultaneously with probability at least ``1 - alpha``.
+    """
+    if min(candidate_only, baseline_only) < 0 or candidate_only + baseline_only > total:
+        raise ValueError(
+            "need non-negative discordant counts whose sum is at most the total, got "
+            f"{candidate_only} + {baseline_only} of {total}"
+        )
+    _check_alpha(alpha)
+    if total == 0:
+        return (-1.0, 1.0)
+    plus, minus = candidate_only, baseline_only
+    zero = total - plus - minus
+    log_mixture = (
+        math.lgamma(1.5)
+        - math.lgamma(total + 1.5)
+        + sum(math.lgamma(k + 0.5) - math.lgamma(0.5) for k in (minus, zero, plus))
+    )
+    threshold = log_mixture + math.log(alpha)
+    return _level_set(
+        lambda d: _trinomial_profile(minus, zero, plus, d),
+        (plus - minus) / total,
+        -1.0,
+        1.0,
+        threshold,
+    )
+
+
+def _level_set(
+    profile: Callable[[float], float], mle: float, lo: float, hi: float, threshold: float
+) -> Interval:
+    """The interval where a concave profile log-likelihood exceeds ``threshold``.
+
+    The maximum-likelihood estimate is always inside, since a mixture likelihood never exceeds
+    the maximum likelihood and ``threshold`` is below the mixture's.
+    """
+
+    def edge(outside: float) -> float:
+        if profile(outside) > threshold:
+            return outside
+        inside = mle
+        for _ in range(_BISECTION_STEPS):
+            mid = (inside + outside) / 2.0
+            if profile(mid) > threshold:
+                inside = mid
+            else:
+                outside = mid
+        return outside
+
+    return (edge(lo), edge(hi))
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+
+
+# --- decisions --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An accept/reject decision with the interval it rests on."""
+
+    decision: DecisionName
+    reason: str
+    delta_lower: float | None = None
+    delta_upper: float | None = None
+
+
+def fixed_sample_decision(agg: Aggregate, compare: CompareSpec) -> Decision:
+    """Metamorphic Guard's rule on all the data: accept iff lower >= minDelta and rate >= min."""
+    if agg.candidate_total == 0 or agg.baseline_total == 0:
+        return Decision("reject", "no comparison cases were evaluated")
+    lower, upper = difference_interval(agg, compare)
+    rate = agg.candidate_passed / agg.candidate_total
+    level = f"{compare.confidence_level:.4g} {compare.interval}"
+    if lower < compare.min_delta:
+        reason = (
+            f"lower bound of the {level} interval of the pass-rate difference, {lower:.4f}, "
+            f"is below minDelta {compare.min_delta:.4f}"
+        )
+        return Decision("reject", reason, lower, upper)
+    if rate < compare.min_pass_rate:
+        reason = f"candidate pass rate {rate:.4f} is below minPassRate {compare.min_pass_rate:.4f}"
+        return Decision("reject", reason, lower, upper)
+    reason = (
+        f"lower bound of the {level} interval, {lower:.4f}, is at least minDelta "
+        f"{compare.min_delta:.4f} and candidate pass rate {rate:.4f} is at least minPassRate "
+        f"{compare.min_pass_rate:.4f}"
+    )
+    return Decision("accept", reason, lower, upper)
+
+
+def sequential_decision(agg: Aggregate, compare: CompareSpec) -> Decision:
+    """The decision the confidence sequences have settled so far, or ``undecided``.
+
+    Valid however often it is called: with ``alpha = 1 - confidenceLevel``, the chance that it
+    ever says accept when the true difference is below ``minDelta`` (or the true candidate rate
+    below ``minPassRate``) is at most ``alpha``, and likewise for a wrong reject. ``alpha`` is
+    split evenly between the two sequences when ``minPassRate`` is positive.
+    """
+    if agg.candidate_total == 0 or agg.baseline_total == 0:
+        return Decision("undecided", "no comparison cases yet")
+    alpha = 1.0 - compare.confidence_level
+    check_rate = compare.min_pass_rate > 0.0
+    alpha_delta = alpha / 2.0 if check_rate else alpha
+    lower, upper = paired_difference_confidence_sequence(
+        agg.candidate_only_passed,
+        agg.baseline_only_passed,
+        min(agg.candidate_total, agg.baseline_total),
+        alpha_delta,
+    )
+    rate_lower, rate_upper = (
+        bernoulli_confidence_sequence(agg.candidate_passed, agg.candidate_total, alpha / 2.0)
+        if check_rate
+        else (1.0, 1.0)
+    )
+    level = f"{compare.confidence_level:.4g} confidence sequence"
+    if upper < compare.min_delta:
+        reason = (
+            f"upper bound of the {level} of the pass-rate difference, {upper:.4f}, is below "
+            f"minDelta {compare.min_delta:.4f}"
+        )
+        return Decision("reject", reason, lower, upper)
+    if rate_upper < compare.min_pass_rate:
+        reason = (
+            f"upper bound of the {level} of the candidate pass rate, {rate_upper:.4f}, is below "
+            f"minPassRate {compare.min_pass_rate:.4f}"
+        )
+        return Decision("reject", reason, lower, upper)
+    if lower >= compare.min_delta and rate_lower >= compare.min_pass_rate:
+        reason = f"lower bound of the {level}, {lower:.4f}, is at least minDelta " + (
+            f"{compare.min_delta:.4f} and the candidate pass rate's, {rate_lower:.4f}, is at "
+            f"least minPassRate {compare.min_pass_rate:.4f}"
+            if check_rate
+            else f"{compare.min_delta:.4f}"
+        )
+        return Decision("accept", reason, lower, upper)
+    return Decision(
+        "undecided",
+        f"the {level} of the pass-rate difference, [{lower:.4f}, {upper:.4f}], still contains "
+        f"minDelta {compare.min_delta:.4f}",
+        lower,
+        upper,
+    )
+
+
+def summarize(
+    agg: Aggregate,
+    compare: CompareSpec | None,
+    *,
+    complete: bool,
+    early_stopped: bool = False,
+) -> ResultSummary:
+    """The result summary for a run's status.
+
+    ``complete``: every case has a record, so the fixed-sample rule decides. Otherwise the
+    decision is the confidence sequences' (``undecided`` until settled), which is what an
+    early-stopped run reports; pass ``early_stopped=True`` to mark the summary so.
+    """
+    if compare is None:
+        return ResultSummary(
+            pass_rate=agg.pass_rate, early_stopped=early_stopped if early_stopped else None
+        )
+    decision = (
+        fixed_sample_decision(agg, compare)
+        if complete and not early_stopped
+        else sequential_decision(agg, compare)
+    )
+    delta = (
+        agg.candidate_passed / agg.candidate_total - agg.baseline_passed / agg.baseline_total
+        if agg.candidate_total and agg.baseline_total
+        else None
+    )
+    return ResultSummary(
+        pass_rate=agg.pass_rate,
+        baseline_pass_rate=agg.baseline_pass_rate,
+        candidate_pass_rate=agg.candidate_pass_rate,
+        delta=delta,
+        delta_lower=decision.delta_lower,
+        delta_upper=decision.delta_upper,
+        decision=decision.decision,
+        reason=decision.reason,
+        early_stopped=early_stopped,
+    )
+
+
+def should_stop_early(
+    agg: Aggregate, compare: CompareSpec, early: EarlyStoppingSpec, looks_so_far: int
+) -> bool:
+    """Whether the decision is settled and the run may stop now.
+
+    The confidence sequences are valid at every look, so ``looks_so_far`` does not change the
+    boundary (it is accepted for engines that count looks; it must not be negative). The engine
+    looks every ``early.check_every`` cases; nothing stops before ``early.min_cases``.
+    """
+    if looks_so_far < 0:
+        raise ValueError(f"looks_so_far must not be negative, got {looks_so_far}")
+    if not early.enabled or agg.total < early.min_cases:
+        return False
+    return sequential_decision(agg, compare).decision != "undecided"
