@@ -1,0 +1,90 @@
+"""Where a run's results, dead letters, task state and checkpoints live.
+
+``open_storage(uri, run_id)`` picks the store from the URI:
+
+- ``s3://BUCKET/PREFIX``: S3, or an S3-compatible store with ``endpoint=`` (or boto3's
+  ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``); credentials the usual boto3 way;
+- ``file:///PATH`` or a plain path: a local folder.
+
+The run's objects go under ``<root>/<run_id>/`` (see :mod:`proctor.storage.run`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from proctor.storage.blobs import Blobs, LocalBlobs, S3Blobs, StorageError
+from proctor.storage.progress import IntervalSet, ProgressSnapshot, RunProgress
+from proctor.storage.run import RunStorage, Written, parse_range
+
+__all__ = [
+    "Blobs",
+    "IntervalSet",
+    "LocalBlobs",
+    "ProgressSnapshot",
+    "RunProgress",
+    "RunStorage",
+    "S3Blobs",
+    "StorageError",
+    "TaskStateStore",
+    "Written",
+    "open_storage",
+    "parse_range",
+]
+
+
+def open_blobs(uri: str, *, endpoint: str | None = None, region: str | None = None) -> Blobs:
+    parts = urlsplit(uri)
+    if parts.scheme == "s3":
+        if not parts.netloc:
+            raise StorageError(f"storage URI {uri!r} names no bucket; write s3://BUCKET/PREFIX")
+        return S3Blobs(parts.netloc, parts.path, endpoint_url=endpoint, region=region)
+    if parts.scheme == "file":
+        return LocalBlobs(Path(parts.path))
+    if parts.scheme == "":
+        return LocalBlobs(Path(uri))
+    raise StorageError(f"unknown storage URI {uri!r}: use s3://BUCKET/PREFIX or file:///PATH")
+
+
+def open_storage(
+    uri: str,
+    run_id: str,
+    *,
+    compression: str = "zstd",
+    level: int = 3,
+    endpoint: str | None = None,
+    region: str | None = None,
+) -> RunStorage:
+    """The storage of run ``run_id`` under ``uri``."""
+    return RunStorage(
+        open_blobs(uri, endpoint=endpoint, region=region),
+        run_id,
+        compression=compression,
+        level=level,
+    )
+
+
+class TaskStateStore:
+    """:class:`proctor.sdk.StateStore` over a run's storage, for ``save_state``/``load_state``.
+
+    ``on_put`` sees each checkpoint's size and duration (the worker's metrics).
+    """
+
+    def __init__(
+        self, storage: RunStorage, on_put: Callable[[int, float], None] | None = None
+    ) -> None:
+        self.storage = storage
+        self.on_put = on_put
+
+    def put(self, key: str, data: bytes) -> None:
+        import time
+
+        t0 = time.perf_counter()
+        self.storage.put_state(key, data)
+        if self.on_put is not None:
+            self.on_put(len(data), time.perf_counter() - t0)
+
+    def get(self, key: str) -> bytes | None:
+        return self.storage.get_state(key)

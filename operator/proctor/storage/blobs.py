@@ -1,0 +1,276 @@
+"""Object stores under one interface: a local folder and S3 (or an S3-compatible endpoint).
+
+``put_if_absent`` is the primitive exactly-once results rest on: S3's conditional put
+(``If-None-Match: *``) where the store supports it, else a check then a put (the content of a
+range's object is deterministic apart from timings, and a key is read as one object, so a rare
+double write can never show a case twice); on a local folder an atomic hard link.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import structlog
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+log = structlog.get_logger("proctor.storage")
+
+T = TypeVar("T")
+
+
+class StorageError(RuntimeError):
+    """The store failed for longer than the retry deadline, or is misconfigured."""
+
+
+class Blobs(Protocol):
+    """Keys are ``/``-separated paths relative to the store's root."""
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create ``key``; False (and nothing written) when it exists already."""
+        ...
+
+    def put(self, key: str, data: bytes) -> None:
+        """Create or replace ``key``."""
+        ...
+
+    def get(self, key: str) -> bytes | None:
+        """The object's bytes, or None when there is none."""
+        ...
+
+    def list(self, prefix: str, start_after: str = "") -> Iterator[str]:
+        """Keys under ``prefix`` in lexicographic order, after ``start_after`` if given."""
+        ...
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every key under ``prefix``."""
+        ...
+
+    def uri(self, key: str = "") -> str:
+        """Where ``key`` is, for people and status."""
+        ...
+
+
+class LocalBlobs:
+    """A folder. Writes go to a temporary file first, so a reader never sees half an object."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def _temp(self, path: Path, data: bytes) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{random.getrandbits(32):08x}.tmp"
+        with tmp.open("wb") as f:
+            f.write(data)
+        return tmp
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        if path.exists():
+            return False
+        tmp = self._temp(path, data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink()
+        return True
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        os.replace(self._temp(path, data), path)
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def list(self, prefix: str, start_after: str = "") -> Iterator[str]:
+        folder, _, stem = prefix.rpartition("/")
+        base = self.root / folder if folder else self.root
+        try:
+            names = sorted(
+                e.name for e in os.scandir(base) if e.is_file() and not e.name.startswith(".")
+            )
+        except FileNotFoundError:
+            return
+        for name in names:
+            key = f"{folder}/{name}" if folder else name
+            if name.startswith(stem) and key > start_after:
+                yield key
+
+    def delete_prefix(self, prefix: str) -> None:
+        folder = self.root / prefix.rstrip("/")
+        if folder.is_dir():
+            for path in sorted(folder.rglob("*"), reverse=True):
+                if path.is_dir():
+                    path.rmdir()
+                else:
+                    path.unlink()
+            folder.rmdir()
+
+    def uri(self, key: str = "") -> str:
+        return (self.root / key).as_uri() if key else self.root.as_uri()
+
+
+_RETRYABLE_CODES = {
+    "InternalError",
+    "ServiceUnavailable",
+    "SlowDown",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "Throttling",
+    "ThrottlingException",
+    "ConditionalRequestConflict",
+    "OperationAborted",
+}
+
+
+def _retryable(exc: Exception) -> bool:
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        return code in _RETRYABLE_CODES or status >= 500 or status == 409
+    return isinstance(exc, BotoCoreError)
+
+
+class S3Blobs:
+    """An S3 prefix. botocore retries each request; on top of that every operation is retried
+    with exponential backoff and jitter until ``retry_deadline`` seconds have passed, so a store
+    that is down for a while delays a worker but loses nothing."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        client: Any = None,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        retry_deadline: float = 300.0,
+    ) -> None:
+        import boto3
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.client = client or boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region,
+            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+        )
+        self.retry_deadline = retry_deadline
+        self.conditional_writes = True
+        self.retries = 0
+
+    def _retry(self, what: str, fn: Callable[[], T]) -> T:
+        deadline = time.monotonic() + self.retry_deadline
+        delay = 0.1
+        while True:
+            try:
+                return fn()
+            except (ClientError, BotoCoreError) as exc:
+                if not _retryable(exc) or time.monotonic() + delay > deadline:
+                    raise StorageError(
+                        f"S3 {what} in s3://{self.bucket}/{self.prefix} failed: {exc}; check "
+                        "the bucket, the endpoint and the credentials"
+                    ) from exc
+                self.retries += 1
+                log.warning("s3 retry", op=what, error=str(exc), delay=round(delay, 3))
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 10.0)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        full = self.prefix + key
+        if self.conditional_writes:
+
+            def conditional() -> bool:
+                try:
+                    self.client.put_object(Bucket=self.bucket, Key=full, Body=data, IfNoneMatch="*")
+                except ClientError as exc:
+                    code = str(exc.response.get("Error", {}).get("Code", ""))
+                    if code in ("PreconditionFailed", "412"):
+                        return False
+                    if code in ("NotImplemented", "501"):
+                        raise _NoConditionalWrites from exc
+                    raise
+                return True
+
+            try:
+                return self._retry(f"put {key}", conditional)
+            except _NoConditionalWrites:
+                log.warning("s3 store has no conditional writes; using check-then-put")
+                self.conditional_writes = False
+        if self.get(key) is not None:
+            return False
+        self.put(key, data)
+        return True
+
+    def put(self, key: str, data: bytes) -> None:
+        full = self.prefix + key
+        self._retry(
+            f"put {key}",
+            lambda: self.client.put_object(Bucket=self.bucket, Key=full, Body=data),
+        )
+
+    def get(self, key: str) -> bytes | None:
+        full = self.prefix + key
+
+        def read() -> bytes | None:
+            try:
+                reply = self.client.get_object(Bucket=self.bucket, Key=full)
+            except ClientError as exc:
+                if str(exc.response.get("Error", {}).get("Code", "")) in ("NoSuchKey", "404"):
+                    return None
+                raise
+            body: bytes = reply["Body"].read()
+            return body
+
+        return self._retry(f"get {key}", read)
+
+    def list(self, prefix: str, start_after: str = "") -> Iterator[str]:
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix}
+            if token:
+                kwargs["ContinuationToken"] = token
+            elif start_after:
+                kwargs["StartAfter"] = self.prefix + start_after
+            reply: dict[str, Any] = self._retry(
+                f"list {prefix}", functools.partial(self.client.list_objects_v2, **kwargs)
+            )
+            for item in reply.get("Contents", []):
+                yield str(item["Key"])[len(self.prefix) :]
+            if not reply.get("IsTruncated"):
+                return
+            token = reply["NextContinuationToken"]
+
+    def delete_prefix(self, prefix: str) -> None:
+        keys = list(self.list(prefix))
+        for i in range(0, len(keys), 1000):
+            objects = [{"Key": self.prefix + k} for k in keys[i : i + 1000]]
+            delete = functools.partial(
+                self.client.delete_objects,
+                Bucket=self.bucket,
+                Delete={"Objects": objects, "Quiet": True},
+            )
+            self._retry(f"delete {prefix}", delete)
+
+    def uri(self, key: str = "") -> str:
+        return f"s3://{self.bucket}/{self.prefix}{key}"
+
+
+class _NoConditionalWrites(Exception):  # noqa: N818 - internal control flow
+    pass

@@ -1,0 +1,190 @@
+"""Reading a run's progress from its results, and the run checkpoint.
+
+:class:`RunProgress` folds result objects into one :class:`proctor.stats.Aggregate`, each case
+index once, and remembers which indexes it has counted as a set of intervals. ``refresh()``
+reads only objects not yet counted, so a coordinator (the operator, or ``proctor run``) can
+call it every few seconds. ``checkpoint()`` writes the intervals and the aggregate to the run
+checkpoint, and :meth:`RunProgress.resume` starts from it, so after a restart only newer
+objects are read. The intervals are what :func:`proctor.engine.enqueue_run` subtracts to
+rebuild a lost queue.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from proctor.queue.base import Range
+from proctor.stats import Aggregate
+from proctor.storage.run import RunStorage
+
+CHECKPOINT_VERSION = 1
+
+
+class IntervalSet:
+    """Disjoint, merged ``[start, end)`` intervals."""
+
+    def __init__(self, intervals: Iterable[tuple[int, int]] = ()) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        for s, e in intervals:
+            self.add(s, e)
+
+    def add(self, start: int, end: int) -> None:
+        i = bisect.bisect_left(self.ends, start)  # first interval ending at or after start
+        j = bisect.bisect_right(self.starts, end)  # intervals starting at or before end
+        if i < j:
+            start = min(start, self.starts[i])
+            end = max(end, self.ends[j - 1])
+        self.starts[i:j] = [start]
+        self.ends[i:j] = [end]
+
+    def gaps(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The parts of ``[start, end)`` not in the set."""
+        out = []
+        cursor = start
+        i = bisect.bisect_right(self.ends, start)
+        while cursor < end and i < len(self.starts):
+            s, e = self.starts[i], self.ends[i]
+            if s >= end:
+                break
+            if s > cursor:
+                out.append((cursor, s))
+            cursor = max(cursor, e)
+            i += 1
+        if cursor < end:
+            out.append((cursor, end))
+        return out
+
+    def covers(self, start: int, end: int) -> bool:
+        i = bisect.bisect_right(self.starts, start) - 1
+        return i >= 0 and self.ends[i] >= end
+
+    def contains(self, index: int) -> bool:
+        return self.covers(index, index + 1)
+
+    def __len__(self) -> int:
+        return sum(e - s for s, e in zip(self.starts, self.ends, strict=True))
+
+    def intervals(self) -> list[tuple[int, int]]:
+        return list(zip(self.starts, self.ends, strict=True))
+
+    def ranges(self) -> list[Range]:
+        return [Range(s, e) for s, e in self.intervals()]
+
+
+@dataclass(frozen=True)
+class ProgressSnapshot:
+    """Counts for status and progress bars."""
+
+    total: int
+    completed: int
+    passed: int
+    failed: int
+    errored: int
+    dead_lettered: int
+    cases_per_second: float | None
+    eta_seconds: float | None
+
+    @property
+    def finished(self) -> bool:
+        return self.completed + self.dead_lettered >= self.total
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.completed / self.total if self.total else 100.0
+
+
+class RunProgress:
+    """Exact, incremental progress of one run from its result objects."""
+
+    def __init__(self, storage: RunStorage, total: int) -> None:
+        self.storage = storage
+        self.total = total
+        self.covered = IntervalSet()
+        self.aggregate = Aggregate()
+        self.dead = IntervalSet()
+        self.looks = 0
+        self._rate: list[tuple[float, int]] = []
+
+    @classmethod
+    def resume(cls, storage: RunStorage, total: int) -> RunProgress:
+        """Start from the run checkpoint if there is one."""
+        progress = cls(storage, total)
+        data = storage.read_checkpoint()
+        if data is not None and data.get("version") == CHECKPOINT_VERSION:
+            progress.covered = IntervalSet(tuple(x) for x in data["covered"])
+            progress.aggregate = Aggregate.from_json(data["aggregate"])
+            progress.looks = int(data.get("looks", 0))
+        return progress
+
+    def refresh(self) -> int:
+        """Count result objects not counted yet; returns the number of new cases."""
+        before = len(self.covered)
+        for r, key in self.storage.result_keys():
+            if self.covered.covers(r.start, r.end):
+                continue
+            gaps = self.covered.gaps(r.start, r.end)
+            lo, hi = gaps[0][0], gaps[-1][1]
+            wanted = IntervalSet(gaps)
+            for record in self.storage.read_object(key):
+                index = record["index"]
+                if lo <= index < hi and wanted.contains(index):
+                    self.aggregate.add(record)
+            self.covered.add(r.start, r.end)
+        for d in self.storage.dead_letters():
+            self.dead.add(d["start"], d["end"])
+        done = len(self.covered)
+        self._rate.append((time.monotonic(), done))
+        cutoff = time.monotonic() - 30.0
+        while len(self._rate) > 2 and self._rate[0][0] < cutoff:
+            self._rate.pop(0)
+        return done - before
+
+    def snapshot(self) -> ProgressSnapshot:
+        completed = len(self.covered)
+        dead = sum(e - s for s, e in self._dead_gaps())
+        rate = None
+        eta = None
+        if len(self._rate) >= 2:
+            (t0, c0), (t1, c1) = self._rate[0], self._rate[-1]
+            if t1 > t0:
+                rate = (c1 - c0) / (t1 - t0)
+                remaining = max(0, self.total - completed - dead)
+                eta = remaining / rate if rate > 0 else None
+        agg = self.aggregate
+        return ProgressSnapshot(
+            total=self.total,
+            completed=completed,
+            passed=agg.passed,
+            failed=agg.failed,
+            errored=agg.errored,
+            dead_lettered=dead,
+            cases_per_second=rate,
+            eta_seconds=eta,
+        )
+
+    def _dead_gaps(self) -> list[tuple[int, int]]:
+        # A dead-lettered range may have had some cases recorded before it died.
+        out = []
+        for s, e in self.dead.intervals():
+            out += self.covered.gaps(s, e)
+        return out
+
+    def checkpoint(self, **extra: Any) -> int:
+        """Write the run checkpoint; returns its size in bytes."""
+        data = {
+            "version": CHECKPOINT_VERSION,
+            "runId": self.storage.run_id,
+            "total": self.total,
+            "covered": self.covered.intervals(),
+            "deadLettered": self.dead.intervals(),
+            "aggregate": self.aggregate.to_json(),
+            "looks": self.looks,
+            "time": time.time(),
+            **extra,
+        }
+        return self.storage.write_checkpoint(data)
