@@ -129,6 +129,17 @@ def test_dead_letter_is_recorded_and_removed(queue: WorkQueue) -> None:
     assert queue.depth().empty
 
 
+def test_dead_letter_narrowed_keeps_the_rest(queue: WorkQueue) -> None:
+    queue.enqueue([Range(0, 10)], chunk="0")
+    (lease,) = queue.claim(1, "a")
+    assert queue.dead_letter(lease, "a", "poison", dead=Range(3, 4), remainder=[Range(4, 10)])
+    (dead,) = queue.dead_letters()
+    assert dead.range == Range(3, 4)
+    (rest,) = queue.claim(1, "b")
+    assert (rest.range, rest.delivery) == (Range(4, 10), 1)
+    assert queue.ack(rest, "b")
+
+
 def test_stop_drains_waiting_and_blocks_claims(queue: WorkQueue) -> None:
     queue.enqueue(partition(50, 10), chunk="0")
     (held,) = queue.claim(1, "a")

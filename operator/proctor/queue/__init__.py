@@ -25,6 +25,7 @@ from proctor.queue.base import (
     partition,
     subtract,
 )
+from proctor.queue.enqueue import enqueue_run
 
 __all__ = [
     "DeadLetter",
@@ -33,6 +34,7 @@ __all__ = [
     "QueueError",
     "Range",
     "WorkQueue",
+    "enqueue_run",
     "open_queue",
     "partition",
     "subtract",

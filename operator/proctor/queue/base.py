@@ -110,8 +110,17 @@ class WorkQueue(Protocol):
         """Atomically ack the entry and enqueue ``remainder`` (with ``prior`` attempts)."""
         ...
 
-    def dead_letter(self, lease: Lease, consumer: str, reason: str) -> bool:
-        """Remove the entry for good and record it as a dead letter."""
+    def dead_letter(
+        self,
+        lease: Lease,
+        consumer: str,
+        reason: str,
+        *,
+        dead: Range | None = None,
+        remainder: Iterable[Range] = (),
+    ) -> bool:
+        """Atomically remove the entry, record ``dead`` (default: the entry's whole range) as
+        a dead letter and enqueue ``remainder`` afresh (the part found not to be at fault)."""
         ...
 
     def dead_letters(self) -> list[DeadLetter]:

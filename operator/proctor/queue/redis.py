@@ -213,16 +213,20 @@ class RedisQueue:
     ) -> bool:
         return self._finish(lease, consumer, remainder, prior, "")
 
-    def dead_letter(self, lease: Lease, consumer: str, reason: str) -> bool:
+    def dead_letter(
+        self,
+        lease: Lease,
+        consumer: str,
+        reason: str,
+        *,
+        dead: Range | None = None,
+        remainder: Iterable[Range] = (),
+    ) -> bool:
+        r = dead or lease.range
         record = json.dumps(
-            {
-                "start": lease.range.start,
-                "end": lease.range.end,
-                "deliveries": lease.delivery,
-                "reason": reason,
-            }
+            {"start": r.start, "end": r.end, "deliveries": lease.delivery, "reason": reason}
         )
-        return self._finish(lease, consumer, (), 0, record)
+        return self._finish(lease, consumer, remainder, 0, record)
 
     def dead_letters(self) -> list[DeadLetter]:
         out = []

@@ -123,7 +123,7 @@ class SqliteQueue:
         lease: Lease,
         remainder: Iterable[Range],
         prior: int,
-        dead: tuple[str] | None = None,
+        dead: tuple[Range, str] | None = None,
     ) -> bool:
         with self._tx() as db:
             cur = db.execute(
@@ -134,7 +134,7 @@ class SqliteQueue:
             if dead is not None:
                 db.execute(
                     "INSERT INTO dead (run, start, end_, deliveries, reason) VALUES (?,?,?,?,?)",
-                    (self.run_id, lease.range.start, lease.range.end, lease.delivery, dead[0]),
+                    (self.run_id, dead[0].start, dead[0].end, lease.delivery, dead[1]),
                 )
             if not db.execute("SELECT 1 FROM stops WHERE run = ?", (self.run_id,)).fetchone():
                 db.executemany(
@@ -151,8 +151,16 @@ class SqliteQueue:
     ) -> bool:
         return self._finish(lease, remainder, prior)
 
-    def dead_letter(self, lease: Lease, consumer: str, reason: str) -> bool:
-        return self._finish(lease, (), 0, (reason,))
+    def dead_letter(
+        self,
+        lease: Lease,
+        consumer: str,
+        reason: str,
+        *,
+        dead: Range | None = None,
+        remainder: Iterable[Range] = (),
+    ) -> bool:
+        return self._finish(lease, remainder, 0, (dead or lease.range, reason))
 
     def dead_letters(self) -> list[DeadLetter]:
         rows = self._db().execute(

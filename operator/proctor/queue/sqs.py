@@ -161,12 +161,19 @@ class SqsQueue:
             )
         return self.ack(lease, consumer)
 
-    def dead_letter(self, lease: Lease, consumer: str, reason: str) -> bool:
-        body = json.dumps(
-            {"s": lease.range.start, "e": lease.range.end, "d": lease.delivery, "r": reason}
-        )
-        self._send(self.dead_url, [(body, "dead", f"d-{lease.range.start}-{lease.range.end}")])
-        return self.ack(lease, consumer)
+    def dead_letter(
+        self,
+        lease: Lease,
+        consumer: str,
+        reason: str,
+        *,
+        dead: Range | None = None,
+        remainder: Iterable[Range] = (),
+    ) -> bool:
+        r = dead or lease.range
+        body = json.dumps({"s": r.start, "e": r.end, "d": lease.delivery, "r": reason})
+        self._send(self.dead_url, [(body, "dead", f"d-{r.start}-{r.end}")])
+        return self.handback(lease, consumer, remainder)
 
     def dead_letters(self) -> list[DeadLetter]:
         """Peek at the dead-letter queue (messages stay; visibility timeout 0)."""

@@ -1,0 +1,76 @@
+"""GPU utilization and memory through NVML (nvidia-ml-py), where a GPU exists.
+
+Without a driver, NVML or a device every call returns an empty list: a CPU-only worker is
+the common case, not an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger("proctor.gpu")
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    index: int
+    name: str
+    utilization: float  # 0-1
+    memory_used: int  # bytes
+    memory_total: int  # bytes
+
+
+class GpuMonitor:
+    """Samples every visible GPU; silent and empty where there is none."""
+
+    def __init__(self) -> None:
+        self._nvml: Any = None
+        self._handles: list[Any] = []
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            count = pynvml.nvmlDeviceGetCount()
+            self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+            self._nvml = pynvml
+        except Exception as exc:  # NVMLError, ImportError, OSError: no GPU here
+            log.debug("no gpu", reason=str(exc))
+            self._handles = []
+
+    @property
+    def available(self) -> bool:
+        return bool(self._handles)
+
+    def sample(self) -> list[GpuSample]:
+        if self._nvml is None:
+            return []
+        out = []
+        for i, handle in enumerate(self._handles):
+            try:
+                util = self._nvml.nvmlDeviceGetUtilizationRates(handle)
+                mem = self._nvml.nvmlDeviceGetMemoryInfo(handle)
+                name = self._nvml.nvmlDeviceGetName(handle)
+            except Exception as exc:  # a GPU that fell off the bus: report the others
+                log.warning("gpu sample failed", gpu=i, error=str(exc))
+                continue
+            out.append(
+                GpuSample(
+                    index=i,
+                    name=name.decode() if isinstance(name, bytes) else str(name),
+                    utilization=float(util.gpu) / 100.0,
+                    memory_used=int(mem.used),
+                    memory_total=int(mem.total),
+                )
+            )
+        return out
+
+    def close(self) -> None:
+        if self._nvml is not None:
+            try:
+                self._nvml.nvmlShutdown()
+            except Exception as exc:
+                log.debug("nvml shutdown failed", error=str(exc))
+            self._nvml = None

@@ -1,0 +1,38 @@
+"""structlog set-up for workers and ``proctor run``.
+
+``PROCTOR_LOG_FORMAT`` is ``json`` (one object per line, for pods) or ``console``;
+``PROCTOR_LOG_LEVEL`` is a standard level name (default ``info``). Logs go to stderr, so
+``proctor run --json`` keeps stdout for its summary.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import os
+import sys
+
+import structlog
+
+
+def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
+    """Configure structlog once for this process."""
+    fmt = (fmt or os.environ.get("PROCTOR_LOG_FORMAT") or "console").lower()
+    level_name = (level or os.environ.get("PROCTOR_LOG_LEVEL") or "info").upper()
+    numeric = std_logging.getLevelNamesMapping().get(level_name, std_logging.INFO)
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )

@@ -1,0 +1,87 @@
+"""The worker's Prometheus metrics (all named ``proctor_worker_*``).
+
+Each worker owns a registry, so a test or a process running several workers never mixes them;
+``serve`` exposes it over HTTP for Prometheus to scrape.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_CASE_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300)
+_BATCH_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+
+
+class WorkerMetrics:
+    """Counters, histograms and gauges a worker updates as it goes."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.cases = Counter(
+            "proctor_worker_cases", "Cases evaluated, by outcome.", ["status"], registry=r
+        )
+        self.case_duration = Histogram(
+            "proctor_worker_case_duration_seconds",
+            "Time to evaluate one case.",
+            buckets=_CASE_BUCKETS,
+            registry=r,
+        )
+        self.batch_duration = Histogram(
+            "proctor_worker_batch_duration_seconds",
+            "Time to evaluate and record one batch.",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Gauge(
+            "proctor_worker_batch_size", "Current adaptive batch size (cases).", registry=r
+        )
+        self.batches = Counter(
+            "proctor_worker_batches", "Batches recorded, by outcome.", ["outcome"], registry=r
+        )
+        self.errors = Counter(
+            "proctor_worker_errors", "Engine errors by kind (not failing cases).", ["kind"],
+            registry=r,
+        )  # fmt: skip
+        self.checkpoint_duration = Histogram(
+            "proctor_worker_checkpoint_duration_seconds",
+            "Time to write a task-level checkpoint.",
+            buckets=_CASE_BUCKETS,
+            registry=r,
+        )
+        self.checkpoint_bytes = Counter(
+            "proctor_worker_checkpoint_bytes", "Bytes of task-level checkpoints written.",
+            registry=r,
+        )  # fmt: skip
+        self.result_bytes = Counter(
+            "proctor_worker_result_bytes", "Compressed bytes of result objects written.",
+            registry=r,
+        )  # fmt: skip
+        self.leases_lost = Counter(
+            "proctor_worker_leases_lost", "Leases that expired while working.", registry=r
+        )
+        self.dead_lettered = Counter(
+            "proctor_worker_dead_lettered_cases", "Cases this worker dead-lettered.", registry=r
+        )
+        self.heartbeat = Gauge(
+            "proctor_worker_last_heartbeat_timestamp_seconds",
+            "When the worker last renewed its leases (Unix time).",
+            registry=r,
+        )
+        self.gpu_utilization = Gauge(
+            "proctor_worker_gpu_utilization_ratio", "GPU utilization, 0-1.", ["gpu"], registry=r
+        )
+        self.gpu_memory_used = Gauge(
+            "proctor_worker_gpu_memory_used_bytes", "GPU memory in use.", ["gpu"], registry=r
+        )
+        self.gpu_memory_total = Gauge(
+            "proctor_worker_gpu_memory_total_bytes", "GPU memory in all.", ["gpu"], registry=r
+        )
+
+    def observe_checkpoint(self, size: int, seconds: float) -> None:
+        self.checkpoint_bytes.inc(size)
+        self.checkpoint_duration.observe(seconds)
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        """Expose the metrics at http://addr:port/metrics."""
+        start_http_server(port, addr=addr, registry=self.registry)

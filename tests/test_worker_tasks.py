@@ -1,0 +1,87 @@
+"""Tasks the worker tests and benchmarks run (entrypoints ``tests.test_worker_tasks:...``).
+
+No tests here: the module is importable by worker subprocesses with the repository root on
+PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from proctor.sdk import Property, Task, load_state, save_state, stop_requested
+from proctor.sdk.state import CaseInterrupted
+
+
+class Noop(Task):
+    """Every case passes at once."""
+
+    def generate(self, seed: int, index: int) -> Any:
+        return index
+
+    def solve(self, case: Any) -> Any:
+        return case
+
+
+class Faulty(Task):
+    """Configurable misbehaviour by index: ``raise`` (an exception), ``crash`` (the process
+    dies as a segfault would: os._exit), ``fail`` (a property fails); ``sleep_ms`` per case."""
+
+    properties = (Property("even-ok", lambda case, out: out is not None),)
+
+    def __init__(self, params: Mapping[str, Any] | None = None) -> None:
+        super().__init__(params)
+        self.raise_at = set(self.params.get("raise", []))
+        self.crash_at = set(self.params.get("crash", []))
+        self.fail_at = set(self.params.get("fail", []))
+        self.sleep = float(self.params.get("sleep_ms", 0)) / 1000.0
+
+    def generate(self, seed: int, index: int) -> Any:
+        return index
+
+    def solve(self, case: Any) -> Any:
+        if self.sleep:
+            time.sleep(self.sleep)
+        if case in self.crash_at:
+            os._exit(70)
+        if case in self.raise_at:
+            raise RuntimeError(f"boom at {case}")
+        return None if case in self.fail_at else case
+
+
+class Cpu(Task):
+    """A CPU-bound case: ``work`` rounds of integer arithmetic."""
+
+    def generate(self, seed: int, index: int) -> Any:
+        return index
+
+    def solve(self, case: Any) -> Any:
+        x = case
+        for i in range(int(self.params.get("work", 20000))):
+            x = (x * 1103515245 + 12345 + i) & 0x7FFFFFFF
+        return x
+
+
+class Stateful(Task):
+    """A long case in ``steps`` steps that checkpoints every ``every`` steps and resumes."""
+
+    def generate(self, seed: int, index: int) -> Any:
+        return index
+
+    def solve(self, case: Any) -> Any:
+        steps = int(self.params.get("steps", 100))
+        every = int(self.params.get("every", 10))
+        step_ms = float(self.params.get("step_ms", 1.0)) / 1000.0
+        state = load_state("progress") or {"step": 0, "acc": 0}
+        while state["step"] < steps:
+            if stop_requested():
+                save_state("progress", state)
+                raise CaseInterrupted
+            time.sleep(step_ms)
+            state["acc"] += state["step"]
+            state["step"] += 1
+            if state["step"] % every == 0:
+                save_state("progress", state)
+        return state["acc"]
