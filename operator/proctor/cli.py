@@ -46,6 +46,40 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from proctor.localrun import LocalRunOptions, run_local
+    from proctor.logging import configure_logging
+
+    configure_logging(level=args.log_level)
+    options = LocalRunOptions(
+        manifest=Path(args.file),
+        workers=args.workers,
+        queue_url=args.queue,
+        storage_uri=args.storage,
+        results_dir=Path(args.results_dir),
+        run_id=args.run_id,
+        resume=args.resume,
+        json_output=args.json,
+    )
+    return run_local(options)
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    import os
+
+    from proctor.worker import main as worker_main
+
+    overrides = {
+        "PROCTOR_QUEUE_URL": args.queue,
+        "PROCTOR_STORAGE_URI": args.storage,
+        "PROCTOR_SPEC_FILE": args.spec_file,
+        "PROCTOR_RUN_ID": args.run_id,
+        "PROCTOR_METRICS_PORT": None if args.metrics_port is None else str(args.metrics_port),
+    }
+    os.environ.update({k: v for k, v in overrides.items() if v is not None})
+    return worker_main()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="proctor",
@@ -61,6 +95,52 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="validate manifests against the API")
     validate.add_argument("files", nargs="+", metavar="FILE", help="YAML manifests")
     validate.set_defaults(func=_cmd_validate)
+
+    run = sub.add_parser(
+        "run",
+        help="run an EvalRun manifest on this machine",
+        description="Run an EvalRun on this machine with local worker processes. Exit code: "
+        "0 accepted (or, without compare, every case recorded), 1 rejected, 2 bad manifest, "
+        "arguments or task, 3 incomplete (dead-lettered cases, crashed workers, undecided), "
+        "130 interrupted.",
+    )
+    run.add_argument("file", metavar="FILE", help="YAML manifest with one EvalRun")
+    run.add_argument(
+        "-n", "--workers", type=int, default=None, help="worker processes (default: CPU count)"
+    )
+    run.add_argument(
+        "--queue", help="redis://HOST:PORT/DB or sqs://[HOST:PORT] (default: embedded SQLite)"
+    )
+    run.add_argument(
+        "--storage", help="s3://BUCKET/PREFIX or file:///PATH (default: --results-dir)"
+    )
+    run.add_argument(
+        "--results-dir", default="proctor-results",
+        help="local folder for results, logs and the embedded queue (default: proctor-results)",
+    )  # fmt: skip
+    run.add_argument("--run-id", help="key of the run in the queue and storage (default: name)")
+    run.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run instead of restarting"
+    )
+    run.add_argument(
+        "--json", action="store_true", help="print the final summary as one JSON object"
+    )
+    run.add_argument("--log-level", default="warning", help="log level (default: warning)")
+    run.set_defaults(func=_cmd_run)
+
+    worker = sub.add_parser(
+        "worker",
+        help="run a worker (configured by PROCTOR_* variables; see docs/engine.md)",
+        description="Claim batches of a run from its queue, evaluate them and record the "
+        "results until no work remains. Configured by environment variables (PROCTOR_SPEC, "
+        "PROCTOR_QUEUE_URL, PROCTOR_STORAGE_URI, PROCTOR_RUN_ID, ...); options override them.",
+    )
+    worker.add_argument("--queue", help="overrides PROCTOR_QUEUE_URL")
+    worker.add_argument("--storage", help="overrides PROCTOR_STORAGE_URI")
+    worker.add_argument("--spec-file", help="overrides PROCTOR_SPEC_FILE (EvalRun or its spec)")
+    worker.add_argument("--run-id", help="overrides PROCTOR_RUN_ID")
+    worker.add_argument("--metrics-port", type=int, help="overrides PROCTOR_METRICS_PORT")
+    worker.set_defaults(func=_cmd_worker)
     return parser
 
 
