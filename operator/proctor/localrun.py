@@ -91,6 +91,7 @@ def load_evalrun(path: Path) -> EvalRun:
 
 
 def _summary_dict(
+    *,
     name: str,
     run_id: str,
     snap: ProgressSnapshot,
