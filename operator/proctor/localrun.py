@@ -350,7 +350,16 @@ def run_local(options: LocalRunOptions, console: Console | None = None) -> int:
         out.print(
             f"[red]error:[/red] a worker could not load the task; see {local_dir}/worker-*.log"
         )
-    data = _summary_dict(name, run_id, snap, summary, storage.results_uri(), elapsed, code, stopped)
+    data = _summary_dict(
+        name=name,
+        run_id=run_id,
+        snap=snap,
+        summary=summary,
+        results_uri=storage.results_uri(),
+        seconds=elapsed,
+        exit_code=code,
+        stopped=stopped,
+    )
     progress.checkpoint(summary=data)
     storage.write_summary(data)
     queue.close()
