@@ -317,7 +317,8 @@ def test_million_cases_keep_worker_memory_flat(tmp_path: Path, run_id: str) -> N
     assert proc.wait() == 0
     early = [rss for done, rss in samples if 100_000 <= done <= 200_000]
     late = [rss for done, rss in samples if done >= 800_000]
-    assert early and late, samples
+    assert early, samples
+    assert late, samples
     growth_mb = (max(late) - min(early)) / 1024
     print(json.dumps({"early_rss_mb": min(early) / 1024, "late_rss_mb": max(late) / 1024}))
     assert growth_mb < 20, f"worker RSS grew {growth_mb:.1f} MB from 10% to the end"
