@@ -1,0 +1,124 @@
+"""``proctor run``: local workers, the embedded queue, the summary and the exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proctor.cli import main
+from proctor.localrun import EXIT_ACCEPT, EXIT_INCOMPLETE, EXIT_REJECT, EXIT_USAGE
+
+REPO = Path(__file__).resolve().parent.parent
+
+MANIFEST = """
+apiVersion: proctor.dev/v1alpha1
+kind: EvalRun
+metadata:
+  name: {name}
+spec:
+  image: proctor/proctor:0.1.0
+  task:
+    entrypoint: {entrypoint}
+    params: {params}
+  cases:
+    count: {count}
+    seed: 42
+{compare}
+  batch:
+    initialSize: 50
+  retries: 2
+  queue:
+    type: redis
+    lease: 1s
+  caseTimeout: 10s
+"""
+
+COMPARE = """
+  compare:
+    baseline:
+      ref: proctor.examples.topk:top_k_sorted
+    candidate:
+      ref: proctor.examples.topk:{candidate}
+    minDelta: -0.01
+"""
+
+
+@pytest.fixture(autouse=True)
+def _task_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.chdir(tmp_path)
+
+
+def run(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    *,
+    name: str,
+    entrypoint: str = "proctor.examples.topk:task",
+    params: str = "{maxLength: 50, k: 5}",
+    count: int = 600,
+    candidate: str | None = None,
+) -> tuple[int, dict[str, Any]]:
+    compare = COMPARE.format(candidate=candidate) if candidate else ""
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        MANIFEST.format(
+            name=name, entrypoint=entrypoint, params=params, count=count, compare=compare
+        )
+    )
+    capsys.readouterr()
+    code = main(["run", str(path), "-n", "2", "--json"])
+    out = capsys.readouterr().out.strip().splitlines()
+    return code, json.loads(out[-1]) if out else {}
+
+
+def test_accepting_comparison(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, summary = run(tmp_path, capsys, name="same", candidate="top_k_heap")
+    assert code == EXIT_ACCEPT
+    assert summary["decision"] == "accept"
+    assert (summary["total"], summary["completed"], summary["deadLettered"]) == (600, 600, 0)
+    assert summary["interval"][0] <= 0 <= summary["interval"][1]
+    results = Path(summary["resultsUri"].removeprefix("file://"))
+    assert results.is_dir()
+    assert (tmp_path / "proctor-results" / "same" / "summary.json").is_file()
+
+
+def test_rejecting_comparison(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, summary = run(tmp_path, capsys, name="buggy", candidate="top_k_buggy")
+    assert code == EXIT_REJECT
+    assert summary["decision"] == "reject"
+    assert summary["candidatePassRate"] < summary["baselinePassRate"]
+
+
+def test_poison_case_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, summary = run(
+        tmp_path,
+        capsys,
+        name="poison",
+        entrypoint="tests.test_worker_tasks:Faulty",
+        params="{crash: [123], raise: [7]}",
+        count=300,
+    )
+    assert code == EXIT_INCOMPLETE
+    assert summary["deadLettered"] == 1
+    assert summary["completed"] == 299
+    assert summary["errored"] == 1
+    assert summary["decision"] is None
+
+
+def test_invalid_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "apiVersion: proctor.dev/v1alpha1\nkind: EvalRun\nmetadata: {name: x}\nspec: {}\n"
+    )
+    assert main(["run", str(bad), "--json"]) == EXIT_USAGE
+    assert "invalid" in capsys.readouterr().err
+
+
+def test_unloadable_task(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = run(tmp_path, capsys, name="nope", entrypoint="no.such.module:task", count=10)
+    assert code == EXIT_USAGE
