@@ -100,7 +100,9 @@ class SignalGuard:
 
 def _raise_in_thread(thread_id: int, exc: type[BaseException] | None) -> None:
     # None clears an exception set earlier and not yet raised.
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), exc)
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), None if exc is None else ctypes.py_object(exc)
+    )
 
 
 class ThreadGuard:
