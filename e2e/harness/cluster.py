@@ -261,6 +261,8 @@ def up(
     if do_build:
         build()
     started = time.monotonic()
+    # Start clean: a failed `up` leaves logs (and etcd data) behind for reading.
+    shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True, exist_ok=True)
     try:
         state = _start(directory, timeout)
@@ -433,6 +435,7 @@ def _start(directory: Path, timeout: float) -> ClusterState:
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
             f"--server-address=127.0.0.1:{ports['kwok']}",
             "--node-ip=127.0.0.1",
+            "--node-lease-duration-seconds=40",
         ],
     )
     env = dict(os.environ)

@@ -1,0 +1,108 @@
+"""Fixtures for end-to-end tests against the real local control plane.
+
+`cluster` (session) reuses a cluster already started by hand with
+`e2e/cluster up` in the same state dir and leaves it running; otherwise it
+builds (or reuses the cached binaries), starts one, and stops it at the end.
+Set PROCTOR_E2E_KEEP_CLUSTER=1 to keep a started cluster for inspection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from e2e.harness import cluster as cluster_mod
+from e2e.harness import services
+from e2e.harness.crds import apply_crds
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "e2e: needs the local control plane (e2e/cluster)")
+
+
+class Cluster:
+    """A running local control plane and an admin client for it."""
+
+    def __init__(self, state: cluster_mod.ClusterState) -> None:
+        self.state = state
+        self.kubeconfig = Path(state.kubeconfig)
+        self.state_dir = Path(state.dir)
+        self.api_client: Any = config.new_client_from_config(config_file=str(self.kubeconfig))
+        self.core: Any = client.CoreV1Api(self.api_client)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    directory = cluster_mod.default_state_dir()
+    running = cluster_mod.status(directory)
+    if running is not None:
+        yield Cluster(running)
+        return
+    state = cluster_mod.up(directory, do_build=True)
+    try:
+        yield Cluster(state)
+    finally:
+        if os.environ.get("PROCTOR_E2E_KEEP_CLUSTER") != "1":
+            cluster_mod.down(directory)
+
+
+@pytest.fixture
+def core(cluster: Cluster) -> Any:
+    return cluster.core
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> Iterator[str]:
+    """A fresh namespace, deleted (without waiting) after the test."""
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    cluster.core.create_namespace(
+        {"metadata": {"name": name, "labels": {"e2e.proctor.dev/test": "true"}}}
+    )
+    # The ServiceAccount controller creates `default` asynchronously; pods need it.
+    for _ in range(100):
+        try:
+            cluster.core.read_namespaced_service_account("default", name)
+            break
+        except ApiException:
+            time.sleep(0.1)
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(ApiException):
+            cluster.core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: Cluster) -> list[dict[str, Any]]:
+    """Proctor's CRDs from crds/, applied and Established."""
+    docs = []
+    for path in sorted((REPO_ROOT / "crds").glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    apply_crds(cluster.api_client, docs)
+    return docs
+
+
+@pytest.fixture
+def redis_server() -> Iterator[str]:
+    """A fresh redis-server per test; yields its redis:// URL."""
+    with services.redis_server() as svc:
+        yield svc.url
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """One moto server (S3, SQS) per session; yields its endpoint URL."""
+    with services.moto_server() as svc:
+        yield svc.url
