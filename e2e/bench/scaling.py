@@ -69,6 +69,22 @@ def run(redis_url: str, folder: Path, workers: int, cases: int, work: int) -> fl
     return max(ends) - min(starts)
 
 
+BUSY = "x=0\nfor i in range({n}): x=(x*1103515245+12345+i)&0x7FFFFFFF"
+
+
+def bare_ceiling(rounds: int) -> float:
+    """What this machine gives two bare Python processes over one, right now."""
+
+    def timed(k: int) -> float:
+        t0 = time.perf_counter()
+        procs = [subprocess.Popen([sys.executable, "-c", BUSY.format(n=rounds)]) for _ in range(k)]
+        for p in procs:
+            p.wait()
+        return time.perf_counter() - t0
+
+    return 2 * timed(1) / timed(2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cases", type=int, default=1500)
@@ -77,6 +93,8 @@ def main() -> None:
     with redis_server() as redis, tempfile.TemporaryDirectory() as tmp:
         one = min(run(redis.url, Path(tmp), 1, args.cases, args.work) for _ in range(2))
         two = min(run(redis.url, Path(tmp), 2, args.cases, args.work) for _ in range(2))
+    ceiling = bare_ceiling(args.cases * args.work // 2)
+    print(f"bare ceiling on this machine now: 2 processes do {ceiling:.2f}x the work of 1")
     print(f"1 worker: {one:.2f}s ({args.cases / one:.0f} cases/s)")
     print(f"2 workers: {two:.2f}s ({args.cases / two:.0f} cases/s)")
     print(f"scaling 2 workers vs 1: {one / two:.2f}x (target >= 1.85)")
