@@ -203,6 +203,41 @@ def test_required_anti_affinity_leaves_the_third_pod_pending(
     assert "0/" in message, message  # the scheduler's "0/N nodes are available" summary
 
 
+def test_gpu_capacity_and_taints_are_scheduled_for_real(
+    core: Any, namespace: str, kwok_nodes: Callable[..., Any]
+) -> None:
+    pool = {"e2e.proctor.dev/pool": namespace}
+    taint = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+    gpu_node = kwok_nodes(labels=pool, gpus=1, taints=[taint], instance_type="g5.xlarge")
+    kwok_nodes(labels=pool)  # a CPU node: the GPU pods may not land there
+    assert gpu_node.status.allocatable[nodes.GPU] == "1"
+    toleration = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    gpu = {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}
+    for i in range(2):
+        core.create_namespaced_pod(
+            namespace,
+            _pod(
+                f"gpu-{i}",
+                ["sleep", "3600"],
+                nodeSelector=pool,
+                tolerations=[toleration],
+                container={"resources": gpu},
+            ),
+        )
+    core.create_namespaced_pod(namespace, _pod("untolerated", ["sleep", "3600"], nodeSelector=pool))
+
+    def placed() -> dict[str, Any] | None:
+        pods = {p.metadata.name: p for p in core.list_namespaced_pod(namespace).items}
+        phases = sorted(p.status.phase for p in pods.values())
+        return pods if phases == ["Pending", "Running", "Running"] else None
+
+    pods = wait_until(placed, 60, "one GPU pod Running, one Pending")
+    assert pods["untolerated"].spec.node_name != gpu_node.metadata.name
+    pending = next(p for p in pods.values() if p.status.phase == "Pending")
+    message = next(c.message for c in pending.status.conditions if c.type == "PodScheduled")
+    assert "Insufficient nvidia.com/gpu" in message, message
+
+
 # --- garbage collection ------------------------------------------------------------------
 
 
@@ -410,6 +445,36 @@ def test_restart_policy_on_failure_restarts_until_success(
     status = core.read_namespaced_pod("flaky", namespace).status.container_statuses[0]
     assert status.restart_count == 1
     assert status.state.terminated.exit_code == 0
+
+
+def test_missing_secret_holds_the_pod_until_it_exists(
+    cluster: Cluster, core: Any, namespace: str, kwok_nodes: Callable[..., Any]
+) -> None:
+    pool = {"e2e.proctor.dev/pool": namespace}
+    kwok_nodes(labels=pool)
+    env = [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "late", "key": "token"}}}]
+    pod = _pod(
+        "patient",
+        ["python", "-c", "import os; print('token', os.environ['TOKEN'])"],
+        labels={MARKER: MARKER_VALUE},
+        nodeSelector=pool,
+        restartPolicy="Never",
+        container={"env": env},
+    )
+    core.create_namespaced_pod(namespace, pod)
+
+    def waiting_reason() -> str | None:
+        statuses = core.read_namespaced_pod("patient", namespace).status.container_statuses
+        waiting = statuses[0].state.waiting if statuses else None
+        return waiting.reason if waiting else None
+
+    reason = wait_until(waiting_reason, 60, "a waiting reason")
+    assert reason == "CreateContainerConfigError"
+    core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "late"}, "stringData": {"token": "t0k"}}
+    )
+    wait_until(lambda: _phase(core, namespace, "patient") == "Succeeded", 60, "pod Succeeded")
+    assert "token t0k" in read_log(namespace, "patient", state_dir=cluster.state_dir)
 
 
 def test_process_has_its_service_accounts_rbac(

@@ -310,6 +310,10 @@ def _start(directory: Path, timeout: float) -> ClusterState:
         ips=["127.0.0.1", "10.96.0.1"],
     )
     sa = pki.service_account_keys(pki_dir)
+    # The aggregation layer's front-proxy CA: without it, the controller-manager
+    # and scheduler retry reading requestheader-client-ca-file forever.
+    front_proxy = pki.Authority(pki_dir / "front-proxy")
+    proxy_client = front_proxy.issue("front-proxy-client", "front-proxy-client")
     kubeconfigs: dict[str, Path] = {}
     for name, user, groups in [
         ("admin", "proctor-e2e-admin", ["system:masters"]),
@@ -374,6 +378,13 @@ def _start(directory: Path, timeout: float) -> ClusterState:
             # The loopback address may not be an Endpoints address; nothing
             # in-cluster dials the `kubernetes` Service here anyway.
             "--endpoint-reconciler-type=none",
+            f"--requestheader-client-ca-file={front_proxy.cert_path}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={proxy_client.cert}",
+            f"--proxy-client-key-file={proxy_client.key}",
             "--allow-privileged=true",
             "--profiling=false",
         ],

@@ -315,10 +315,14 @@ class Runner:
         container = pod["spec"]["containers"][0]
         try:
             env = self._resolve_env(pod, container)
-        except ConfigError as err:
-            if str(err) != local.config_error:
-                local.config_error = str(err)
-                self._write_waiting(local, pod, "CreateContainerConfigError", str(err))
+            kubeconfig_path = self._service_account_kubeconfig(pod)
+        except (ConfigError, ApiException) as err:
+            message = str(err)
+            if isinstance(err, ApiException):
+                message = f"ServiceAccount token request failed: {err.status} {err.reason}"
+            if message != local.config_error:
+                local.config_error = message
+                self._write_waiting(local, pod, "CreateContainerConfigError", message)
             local.next_start = time.monotonic() + 1.0
             return
         local.config_error = ""
@@ -332,7 +336,6 @@ class Runner:
             )
             self._write_final(local, pod)
             return
-        kubeconfig_path = self._service_account_kubeconfig(pod)
         base = {
             k: v
             for k, v in os.environ.items()
@@ -524,6 +527,7 @@ class Runner:
         return {k: base64.b64decode(v).decode() for k, v in data.items()}
 
     def _service_account_kubeconfig(self, pod: Pod) -> Path:
+        """A kubeconfig with a TokenRequest token for the pod's ServiceAccount."""
         meta = pod["metadata"]
         sa = pod["spec"].get("serviceAccountName") or "default"
         request = client.AuthenticationV1TokenRequest(
