@@ -1,9 +1,10 @@
 """Fixtures for end-to-end tests against the real local control plane.
 
-`cluster` (session) reuses a cluster already started by hand with
-`e2e/cluster up` in the same state dir and leaves it running; otherwise it
-builds (or reuses the cached binaries), starts one, and stops it at the end.
-Set PROCTOR_E2E_KEEP_CLUSTER=1 to keep a started cluster for inspection.
+`cluster` (session) reuses a cluster started by hand with `e2e/cluster up`
+(in the default state dir) and leaves it running; otherwise it builds (or
+reuses the cached binaries) and starts one in a state dir of its own, and
+stops it at the end (PROCTOR_E2E_KEEP_CLUSTER=1 keeps it, for inspection).
+For the session, KUBECONFIG and PROCTOR_CLUSTER_DIR point at that cluster.
 """
 
 from __future__ import annotations
@@ -45,17 +46,44 @@ class Cluster:
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
-    directory = cluster_mod.default_state_dir()
-    running = cluster_mod.status(directory)
+    default = cluster_mod.default_state_dir()
+    running = cluster_mod.status(default)
     if running is not None:
-        yield Cluster(running)
+        with _pointing_at(running):
+            yield Cluster(running)
         return
+    # A cluster of our own gets its own state dir (unless one was named), so
+    # that two test sessions never stop each other's cluster.
+    if "PROCTOR_CLUSTER_DIR" in os.environ:
+        directory = default
+    else:
+        directory = default.parent / f"cluster-pytest-{os.getpid()}"
     state = cluster_mod.up(directory, do_build=True)
     try:
-        yield Cluster(state)
+        with _pointing_at(state):
+            yield Cluster(state)
     finally:
         if os.environ.get("PROCTOR_E2E_KEEP_CLUSTER") != "1":
             cluster_mod.down(directory)
+
+
+@contextlib.contextmanager
+def _pointing_at(state: cluster_mod.ClusterState) -> Iterator[None]:
+    """Point KUBECONFIG and PROCTOR_CLUSTER_DIR at the cluster for the session.
+
+    Code under test (an operator, `read_log` without a state dir) then finds it.
+    """
+    saved = {k: os.environ.get(k) for k in ("KUBECONFIG", "PROCTOR_CLUSTER_DIR")}
+    os.environ["KUBECONFIG"] = state.kubeconfig
+    os.environ["PROCTOR_CLUSTER_DIR"] = state.dir
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture
