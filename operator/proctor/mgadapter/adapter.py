@@ -1,0 +1,339 @@
+"""A Metamorphic Guard ``Spec`` as a Proctor task, evaluated in process case by case.
+
+One case of an EvalRun is one input of the spec's generator. For each side (baseline and
+candidate) the worker calls the implementation on the input, checks the spec's *hard*
+properties, and, only when they all hold, runs the relations in order with their transforms
+(seeded with Metamorphic Guard's own ``relation_rng``), re-running the implementation and
+comparing with the spec's ``equivalence`` (``expect: equal``) or the hard properties
+(``expect: properties_hold``), stopping at the first relation that fails. That is
+``metamorphic_guard.harness.reporting.evaluate_results`` case by case, so a side passes exactly
+when Metamorphic Guard counts it as a pass. Violations are recorded as
+``property:<description>`` and ``relation:<name>``; an implementation that raises or times out
+errors the side, which Metamorphic Guard reports as an ``execution`` property violation.
+
+Inputs come from Metamorphic Guard's ``ChunkedInputGenerator``: case ``i`` is input
+``i % chunkSize`` of ``gen_inputs(chunkSize, seed + chunkStart)`` with ``chunkStart = i -
+i % chunkSize``, so a worker holds one or two chunks, never all ``n`` inputs. With ``n <=
+chunkSize`` (the default chunk is 10,000) this is exactly ``gen_inputs(n, seed)``, the inputs
+``metamorphic-guard evaluate`` uses, for any generator whose first ``m`` inputs do not depend
+on how many are asked for (all built-ins; checked when the task loads).
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from proctor.sdk import Task, TaskLoadError, resolve_ref
+
+INSTALL_HINT = "install it with: pip install 'proctor[metamorphic-guard]'"
+
+DEFAULT_CHUNK_SIZE = 10_000
+"""Metamorphic Guard's own default chunk size (``ChunkedInputGenerator``)."""
+
+CHUNKS_CACHED = 2
+"""Chunks of inputs a worker keeps: the current one and its neighbour."""
+
+RELATION_CORRECTIONS = ("holm", "hochberg", "fdr", "none")
+CI_METHODS = (
+    "bootstrap",
+    "bootstrap_bca",
+    "bootstrap_cluster",
+    "bootstrap_cluster_bca",
+    "newcombe",
+    "wilson",
+    "bayesian",
+)
+
+
+def import_mg() -> Any:
+    """The ``metamorphic_guard`` package, or a TaskLoadError saying how to install it."""
+    try:
+        import metamorphic_guard
+    except ImportError as exc:
+        raise TaskLoadError(f"metamorphic-guard is not installed ({exc}); {INSTALL_HINT}") from exc
+    return metamorphic_guard
+
+
+@dataclass(frozen=True)
+class MGParams:
+    """``task.params`` of a Metamorphic Guard EvalRun, with Metamorphic Guard's CLI defaults.
+
+    Every knob that changes the verdict is here, under the CLI option's name in camelCase.
+    """
+
+    task: str
+    min_delta: float = 0.02
+    min_pass_rate: float = 0.80
+    alpha: float = 0.05
+    ci_method: str = "bootstrap"
+    bootstrap_samples: int = 1000
+    relation_correction: str = "holm"
+    rr_ci_method: str = "log"
+    violation_cap: int = 25
+    bayesian_samples: int = 5000
+    bayesian_hierarchical: bool = False
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+
+    _KEYS = {
+        "task": "task",
+        "minDelta": "min_delta",
+        "minPassRate": "min_pass_rate",
+        "alpha": "alpha",
+        "ciMethod": "ci_method",
+        "bootstrapSamples": "bootstrap_samples",
+        "relationCorrection": "relation_correction",
+        "rrCiMethod": "rr_ci_method",
+        "violationCap": "violation_cap",
+        "bayesianSamples": "bayesian_samples",
+        "bayesianHierarchical": "bayesian_hierarchical",
+        "chunkSize": "chunk_size",
+    }
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any] | None) -> MGParams:
+        """Read and check ``task.params``; a TaskLoadError names the offending key."""
+        data = dict(params or {})
+        unknown = sorted(set(data) - set(cls._KEYS))
+        if unknown:
+            raise TaskLoadError(
+                f"unknown Metamorphic Guard task params {unknown}; known: {sorted(cls._KEYS)}"
+            )
+        if not isinstance(data.get("task"), str) or not data["task"]:
+            raise TaskLoadError(
+                "task.params.task must name a Metamorphic Guard task (e.g. top_k) or a "
+                "module:factory returning a metamorphic_guard Spec"
+            )
+        kwargs: dict[str, Any] = {}
+        for key, raw in data.items():
+            name = cls._KEYS[key]
+            value = raw
+            default = getattr(cls, name, None)
+            try:
+                if isinstance(default, bool):
+                    if not isinstance(value, bool):
+                        raise TypeError("a boolean")
+                elif isinstance(default, int):
+                    if isinstance(value, bool) or int(value) != value:
+                        raise TypeError("an integer")
+                    value = int(value)
+                elif isinstance(default, float):
+                    if isinstance(value, bool):
+                        raise TypeError("a number")
+                    value = float(value)
+                elif not isinstance(value, str):
+                    raise TypeError("a string")
+            except (TypeError, ValueError) as exc:
+                raise TaskLoadError(f"task.params.{key} must be {exc}, got {value!r}") from None
+            kwargs[name] = value
+        made = cls(**kwargs)
+        made.check()
+        return made
+
+    def check(self) -> None:
+        """Range checks, with Metamorphic Guard's spelling of choices accepted."""
+        method = self.ci_method.lower().replace("-", "_")
+        if method not in CI_METHODS:
+            raise TaskLoadError(f"task.params.ciMethod must be one of {CI_METHODS}")
+        object.__setattr__(self, "ci_method", method)
+        if self.relation_correction not in RELATION_CORRECTIONS:
+            raise TaskLoadError(
+                f"task.params.relationCorrection must be one of {RELATION_CORRECTIONS}"
+            )
+        if not 0.0 < self.alpha < 1.0:
+            raise TaskLoadError("task.params.alpha must be in (0, 1)")
+        if not -1.0 <= self.min_delta <= 1.0:
+            raise TaskLoadError("task.params.minDelta must be in [-1, 1]")
+        if not 0.0 <= self.min_pass_rate <= 1.0:
+            raise TaskLoadError("task.params.minPassRate must be in [0, 1]")
+        if self.rr_ci_method != "log":
+            raise TaskLoadError("task.params.rrCiMethod must be log")
+        for name in ("bootstrap_samples", "violation_cap", "bayesian_samples", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise TaskLoadError(f"task.params: {name} must be at least 1")
+
+    def correction(self) -> str | None:
+        """``relation_correction`` as ``run_eval`` takes it."""
+        return None if self.relation_correction == "none" else self.relation_correction
+
+
+def load_spec(ref: str) -> Any:
+    """A Metamorphic Guard ``Spec``: a registered task name (built-ins, plugins) or a
+    ``module:factory`` / ``file.py:factory`` returning one (a Spec object itself also works)."""
+    mg = import_mg()
+    from metamorphic_guard.specs import Spec, get_task
+
+    if ":" in ref:
+        obj = resolve_ref(ref)
+        spec = obj() if callable(obj) and not isinstance(obj, Spec) else obj
+    else:
+        try:
+            spec = get_task(ref)
+        except (ValueError, TypeError) as exc:
+            raise TaskLoadError(f"Metamorphic Guard task {ref!r}: {exc}") from exc
+    if not isinstance(spec, mg.Spec):
+        raise TaskLoadError(f"{ref!r} gave {type(spec).__name__}, not a metamorphic_guard Spec")
+    return spec
+
+
+def resolve_implementation(ref: str) -> Callable[..., Any]:
+    """An implementation as Metamorphic Guard names it: ``path/to/file.py`` (its ``solve``),
+    ``file.py:function`` or ``module:function``."""
+    if ref.endswith(".py") and ":" not in ref:
+        ref = f"{ref}:solve"
+    fn = resolve_ref(ref)
+    if not callable(fn):
+        raise TaskLoadError(f"implementation {ref!r} is not callable")
+    return fn  # type: ignore[no-any-return]
+
+
+def fresh_copy(value: Any) -> Any:
+    """An independent copy of an input, as the sandbox's serialisation gives each call."""
+    try:
+        return pickle.loads(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:
+        return copy.deepcopy(value)
+
+
+class ChunkedInputs:
+    """Input ``i`` of a run, generating Metamorphic Guard chunks on demand and keeping few."""
+
+    def __init__(self, spec: Any, seed: int, chunk_size: int, cached: int = CHUNKS_CACHED) -> None:
+        from metamorphic_guard.scalability import ChunkedInputGenerator
+
+        self.chunk_size = chunk_size
+        # total_n only bounds the last chunk; inputs do not depend on it (prefix property).
+        self._gen = ChunkedInputGenerator(spec.gen_inputs, 1 << 62, seed, chunk_size)
+        self._cached = cached
+        self._chunks: OrderedDict[int, list[tuple[Any, ...]]] = OrderedDict()
+
+    def get(self, index: int) -> tuple[Any, ...]:
+        """Input ``index`` (shared: copy it before handing it to an implementation)."""
+        chunk, offset = divmod(index, self.chunk_size)
+        inputs = self._chunks.get(chunk)
+        if inputs is None:
+            inputs = [tuple(args) for args in self._gen.get_chunk(chunk)]
+            self._chunks[chunk] = inputs
+            while len(self._chunks) > self._cached:
+                self._chunks.popitem(last=False)
+        else:
+            self._chunks.move_to_end(chunk)
+        return inputs[offset]
+
+    def iter_range(self, start: int, end: int) -> Any:
+        """Inputs ``start`` to ``end - 1`` in order, one chunk in memory at a time."""
+        for index in range(start, end):
+            yield index, self.get(index)
+
+
+def check_prefix_property(spec: Any, seed: int) -> None:
+    """Chunked generation equals one-shot generation only if the first m inputs do not depend
+    on n. Cheap to test on small sizes; a generator that fails it is refused, not silently
+    evaluated on other inputs than ``metamorphic-guard evaluate`` would use."""
+    small = [tuple(a) for a in spec.gen_inputs(8, seed)]
+    large = [tuple(a) for a in spec.gen_inputs(24, seed)][:8]
+    if small != large:
+        raise TaskLoadError(
+            "this spec's gen_inputs(n, seed) gives different first inputs for different n, so "
+            "it cannot be generated in chunks; generate a dataset instead (cases.dataset)"
+        )
+
+
+@dataclass(slots=True)
+class Case:
+    """One input and where it came from (the relation RNG needs seed and index)."""
+
+    seed: int
+    index: int
+    args: tuple[Any, ...]
+
+
+class MGTask(Task):
+    """A Metamorphic Guard Spec as a Proctor task (see the module docstring)."""
+
+    def __init__(self, params: Mapping[str, Any] | None = None) -> None:
+        super().__init__(params)
+        self.mg = MGParams.from_params(params)
+        self.spec = load_spec(self.mg.task)
+        from metamorphic_guard.harness.execution import relation_rng
+
+        self._relation_rng = relation_rng
+        self._hard = [p for p in self.spec.properties if p.mode == "hard"]
+        self._relations = list(self.spec.relations)
+        for rel in self._relations:
+            if rel.expect not in ("equal", "properties_hold"):
+                raise TaskLoadError(
+                    f"relation {rel.name!r}: unsupported expect {rel.expect!r} "
+                    "(Metamorphic Guard supports equal and properties_hold)"
+                )
+        self._inputs: ChunkedInputs | None = None
+
+    def inputs(self, seed: int) -> ChunkedInputs:
+        """The run's inputs (one generator per task; a new seed starts afresh)."""
+        current = self._inputs
+        if current is None or current._gen.seed != seed:
+            check_prefix_property(self.spec, seed)
+            current = self._inputs = ChunkedInputs(self.spec, seed, self.mg.chunk_size)
+        return current
+
+    def generate(self, seed: int, index: int) -> Case:
+        """Input ``index`` of the spec's generator for ``seed``, in chunks."""
+        return Case(seed, index, self.inputs(seed).get(index))
+
+    def resolve(self, ref: str) -> Callable[..., Any]:
+        """Implementations as Metamorphic Guard names them (see :func:`resolve_implementation`)."""
+        return resolve_implementation(ref)
+
+    def _holds(self, output: Any, args: Sequence[Any]) -> list[str]:
+        failed = []
+        for prop in self._hard:
+            try:
+                ok = bool(prop.check(output, *args))
+            except Exception:
+                ok = False
+            if not ok:
+                failed.append(f"property:{prop.description}")
+        return failed
+
+    def run(self, impl: Callable[..., Any], case: Case) -> list[str]:
+        """Evaluate one side of one case the way Metamorphic Guard does; the violations.
+
+        An exception from the implementation's first call propagates (the side errors); one
+        from a relation's re-run is a violation of that relation, as in Metamorphic Guard.
+        """
+        args = case.args
+        output = impl(*fresh_copy(args))
+        failed = self._holds(output, args)
+        if failed:
+            return failed
+        for ri, rel in enumerate(self._relations):
+            violation = [f"relation:{rel.name}"]
+            try:
+                if rel.accepts_rng:
+                    rng = self._relation_rng(case.seed, case.index, ri, rel.name)
+                    follow_args = rel.transform(*args, rng=rng)
+                else:
+                    follow_args = rel.transform(*args)
+                follow_out = impl(*fresh_copy(follow_args))
+                if rel.expect == "equal":
+                    same = bool(self.spec.equivalence(output, follow_out))
+                else:
+                    same = not self._holds(follow_out, follow_args)
+            except Exception:
+                return violation
+            if not same:
+                return violation
+        return []
+
+    def check(self, case: Any, output: Any) -> list[str]:
+        """``run`` already checked everything; its result is the list of violations."""
+        return list(output)
+
+
+def task(params: Mapping[str, Any] | None = None) -> MGTask:
+    """The EvalRun entrypoint ``proctor.mgadapter:task``."""
+    return MGTask(params)
