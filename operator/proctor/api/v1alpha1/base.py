@@ -51,6 +51,26 @@ class Rule:
     field_path: str | None = None
 
 
+def exactly_one(first: str, second: str, message: str, field_path: str | None = None) -> Rule:
+    """Exactly one of two optional fields (snake_case names) must be set."""
+    return Rule(
+        cel=f"has(self.{to_camel(first)}) != has(self.{to_camel(second)})",
+        message=message,
+        check=lambda m: (getattr(m, first) is None) != (getattr(m, second) is None),
+        field_path=field_path,
+    )
+
+
+def not_both(first: str, second: str, message: str, field_path: str | None = None) -> Rule:
+    """At most one of two optional fields (snake_case names) may be set."""
+    return Rule(
+        cel=f"!(has(self.{to_camel(first)}) && has(self.{to_camel(second)}))",
+        message=message,
+        check=lambda m: getattr(m, first) is None or getattr(m, second) is None,
+        field_path=field_path,
+    )
+
+
 class ApiModel(BaseModel):
     """Base for API objects: camelCase on the wire, unknown fields rejected, rules enforced."""
 
@@ -161,6 +181,11 @@ def seconds(value: str) -> float:
     return parse_duration(value)
 
 
+PROFILE_OR_RESOURCES = not_both(
+    "profile", "resources", "set either profile or resources, not both", field_path=".resources"
+)
+
+
 class SecretKeySelector(ApiModel):
     """A key of a Secret in the object's namespace."""
 
@@ -192,10 +217,10 @@ class EnvVarSource(ApiModel):
     )
 
     rules = (
-        Rule(
-            cel="has(self.secretKeyRef) != has(self.configMapKeyRef)",
-            message="valueFrom needs exactly one of secretKeyRef or configMapKeyRef",
-            check=lambda m: (m.secret_key_ref is None) != (m.config_map_key_ref is None),
+        exactly_one(
+            "secret_key_ref",
+            "config_map_key_ref",
+            "valueFrom needs exactly one of secretKeyRef or configMapKeyRef",
         ),
     )
 
@@ -214,13 +239,7 @@ class EnvVar(ApiModel):
         default=None, description="Value taken from a Secret or ConfigMap key."
     )
 
-    rules = (
-        Rule(
-            cel="!(has(self.value) && has(self.valueFrom))",
-            message="env needs value or valueFrom, not both",
-            check=lambda m: not (m.value is not None and m.value_from is not None),
-        ),
-    )
+    rules = (not_both("value", "value_from", "env needs value or valueFrom, not both"),)
 
 
 class LocalObjectReference(ApiModel):

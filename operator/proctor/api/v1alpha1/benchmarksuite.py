@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from proctor.api.v1alpha1.base import (
+    PROFILE_OR_RESOURCES,
     ApiModel,
     Condition,
     DnsLabel,
@@ -16,8 +17,8 @@ from proctor.api.v1alpha1.base import (
     ProfileName,
     QueueSpec,
     Resources,
-    Rule,
     StorageSpec,
+    exactly_one,
 )
 
 KIND = "BenchmarkSuite"
@@ -49,14 +50,7 @@ class Benchmark(ApiModel):
     timeout: Duration = Field(default="10m", description="A repetition running longer fails.")
     env: list[EnvVar] | None = Field(default=None, max_length=128, description="Environment.")
 
-    rules = (
-        Rule(
-            cel="!(has(self.profile) && has(self.resources))",
-            message="set either profile or resources, not both",
-            check=lambda m: not (m.profile is not None and m.resources is not None),
-            field_path=".resources",
-        ),
-    )
+    rules = (PROFILE_OR_RESOURCES,)
 
 
 class Variant(ApiModel):
@@ -92,10 +86,8 @@ class BaselineSpec(ApiModel):
     )
 
     rules = (
-        Rule(
-            cel="has(self.suiteRun) != has(self.resultsUri)",
-            message="baseline needs exactly one of suiteRun or resultsUri",
-            check=lambda m: (m.suite_run is None) != (m.results_uri is None),
+        exactly_one(
+            "suite_run", "results_uri", "baseline needs exactly one of suiteRun or resultsUri"
         ),
     )
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from proctor.api.v1alpha1.base import (
+    PROFILE_OR_RESOURCES,
     ApiModel,
     Condition,
     Duration,
@@ -19,6 +20,7 @@ from proctor.api.v1alpha1.base import (
     Resources,
     Rule,
     StorageSpec,
+    exactly_one,
 )
 
 KIND = "EvalRun"
@@ -44,10 +46,10 @@ class TaskSpec(ApiModel):
     )
 
     rules = (
-        Rule(
-            cel="has(self.entrypoint) != has(self.command)",
-            message="task needs exactly one of entrypoint (a Python task) or command",
-            check=lambda m: (m.entrypoint is None) != (m.command is None),
+        exactly_one(
+            "entrypoint",
+            "command",
+            "task needs exactly one of entrypoint (a Python task) or command",
         ),
     )
 
@@ -228,14 +230,7 @@ class EvalRunSpec(ApiModel):
         default=None, ge=1, description="Fail the run if it has not finished after this long."
     )
 
-    rules = (
-        Rule(
-            cel="!(has(self.profile) && has(self.resources))",
-            message="set either profile or resources, not both",
-            check=lambda m: not (m.profile is not None and m.resources is not None),
-            field_path=".resources",
-        ),
-    )
+    rules = (PROFILE_OR_RESOURCES,)
 
     def profile_name(self) -> str:
         """The profile to plan with: explicit, or auto when nothing is set."""
