@@ -80,6 +80,27 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return worker_main()
 
 
+def _cmd_operator(args: argparse.Namespace) -> int:
+    from proctor.config import load_config
+    from proctor.controller import run_operator
+    from proctor.logging import configure_logging
+
+    configure_logging(level=args.log_level)
+    try:
+        config = load_config(args.config)
+    except Exception as exc:
+        print(f"error: cannot read the operator configuration: {exc}", file=sys.stderr)
+        return 2
+    run_operator(
+        config,
+        namespaces=list(args.namespace or []),
+        peering=args.peering,
+        liveness_port=args.liveness_port or None,
+        metrics_port=args.metrics_port or None,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="proctor",
@@ -141,6 +162,26 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--run-id", help="overrides PROCTOR_RUN_ID")
     worker.add_argument("--metrics-port", type=int, help="overrides PROCTOR_METRICS_PORT")
     worker.set_defaults(func=_cmd_worker)
+
+    op = sub.add_parser(
+        "operator",
+        help="run the Kubernetes operator (EvalRun controller)",
+        description="Reconcile EvalRuns: plan, start and scale worker pods, follow progress, "
+        "report status. Cluster-wide unless --namespace is given.",
+    )
+    op.add_argument("--config", help="operator configuration YAML (default: $PROCTOR_CONFIG)")
+    op.add_argument(
+        "-n", "--namespace", action="append", help="watch only this namespace (repeatable)"
+    )
+    op.add_argument("--peering", action="store_true", help="enable kopf peering (several replicas)")
+    op.add_argument(
+        "--liveness-port", type=int, default=8080, help="/healthz port (0: off; default 8080)"
+    )
+    op.add_argument(
+        "--metrics-port", type=int, default=9090, help="metrics port (0: off; default 9090)"
+    )
+    op.add_argument("--log-level", default="info", help="log level (default: info)")
+    op.set_defaults(func=_cmd_operator)
     return parser
 
 

@@ -1,0 +1,219 @@
+"""The EvalRun operator end to end: real control plane, kwok nodes, worker pods run as local
+`proctor worker` processes by the pod runner, Redis for the queue and moto for S3."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+from kubernetes import client
+
+from e2e.conftest import Cluster
+from e2e.harness import nodes
+from e2e.harness.operator import OperatorProcess, operator_process
+from e2e.harness.poll import wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+QUICKSTART = REPO_ROOT / "manifests" / "samples" / "quickstart.yaml"
+GROUP, VERSION, PLURAL = "proctor.dev", "v1alpha1", "evalruns"
+CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+class Env:
+    """One test's namespace, Secrets, bucket, node label and operator."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        *,
+        namespace: str,
+        pool: str,
+        bucket: str,
+        moto: str,
+        workdir: Path,
+    ) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.pool = pool
+        self.bucket = bucket
+        self.moto = moto
+        self.workdir = workdir
+        self.custom = client.CustomObjectsApi(cluster.api_client)
+        self.nodes: list[str] = []
+
+    def node(self, **kwargs: Any) -> str:
+        name = f"kwok-{self.pool}-{len(self.nodes)}"
+        labels = {"e2e.proctor.dev/pool": self.pool, **kwargs.pop("labels", {})}
+        nodes.create_node(self.cluster.core, name, labels=labels, **kwargs)
+        self.nodes.append(name)
+        return name
+
+    def operator(self) -> Any:
+        config = {
+            "workerPodLabels": {"e2e.proctor.dev/run": "local"},
+            "scalingIntervalSeconds": 1.0,
+            "workerGraceSeconds": 10,
+        }
+        return operator_process(
+            self.cluster.kubeconfig, self.workdir, config, namespace=self.namespace
+        )
+
+    def evalrun(self, name: str, count: int = 2000, **spec: Any) -> dict[str, Any]:
+        doc: dict[str, Any] = yaml.safe_load(QUICKSTART.read_text())
+        doc["metadata"] = {"name": name}
+        doc["spec"]["cases"]["count"] = count
+        doc["spec"]["queue"] = {"type": "redis", "secretRef": {"name": "queue"}, "lease": "10s"}
+        doc["spec"]["storage"] = {
+            "uri": f"s3://{self.bucket}/runs",
+            "endpoint": self.moto,
+            "region": "us-east-1",
+            "secretRef": {"name": "s3"},
+            "checkpointInterval": "2s",
+        }
+        doc["spec"]["placement"] = {"nodeSelector": {"e2e.proctor.dev/pool": self.pool}}
+        doc["spec"].update(spec)
+        return doc
+
+    def create(self, doc: dict[str, Any]) -> dict[str, Any]:
+        created: dict[str, Any] = self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, doc, field_validation="Strict"
+        )
+        return created
+
+    def get(self, name: str) -> dict[str, Any]:
+        got: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, name
+        )
+        return got
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, name, {"spec": spec}
+        )
+
+    def status(self, name: str) -> dict[str, Any]:
+        return dict(self.get(name).get("status") or {})
+
+    def wait_phase(self, name: str, phase: str, timeout: float = 120.0) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            s = self.status(name)
+            return s if s.get("phase") == phase else None
+
+        return wait_until(
+            reached,
+            timeout=timeout,
+            what=f"{name} phase {phase} (status: {self.status(name)})",
+            interval=0.5,
+        )
+
+    def workers(self, name: str) -> list[Any]:
+        pods = self.cluster.core.list_namespaced_pod(
+            self.namespace, label_selector=f"proctor.dev/run={name}"
+        ).items
+        return [p for p in pods if not p.metadata.deletion_timestamp]
+
+    def events(self, name: str) -> list[Any]:
+        items = self.cluster.core.list_namespaced_event(self.namespace).items
+        return [e for e in items if e.involved_object.name == name]
+
+
+@pytest.fixture
+def env(  # noqa: PLR0917 - pytest fixtures arrive as positional arguments
+    cluster: Cluster,
+    crds: list[dict[str, Any]],
+    namespace: str,
+    redis_server: str,
+    moto_server: str,
+    tmp_path: Path,
+) -> Iterator[Env]:
+    bucket = f"proctor-{uuid.uuid4().hex[:8]}"
+    boto3.client(
+        "s3", endpoint_url=moto_server, region_name="us-east-1", **_lower(CREDS)
+    ).create_bucket(Bucket=bucket)
+    cluster.core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "queue"}, "stringData": {"url": redis_server}}
+    )
+    cluster.core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "s3"}, "stringData": dict(CREDS)}
+    )
+    e = Env(
+        cluster,
+        namespace=namespace,
+        pool=uuid.uuid4().hex[:6],
+        bucket=bucket,
+        moto=moto_server,
+        workdir=tmp_path,
+    )
+    try:
+        yield e
+    finally:
+        for name in e.nodes:
+            nodes.delete_node(cluster.core, name)
+
+
+def _lower(creds: dict[str, str]) -> dict[str, str]:
+    return {k.lower(): v for k, v in creds.items()}
+
+
+def _local_summary(doc: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    """What `proctor run` decides for the same manifest on this machine."""
+    local = copy.deepcopy(doc)
+    for key in ("queue", "storage", "placement"):
+        local["spec"].pop(key, None)
+    path = tmp / "local.yaml"
+    path.write_text(yaml.safe_dump(local))
+    out = subprocess.run(
+        [sys.executable, "-m", "proctor", "run", str(path), "-n", "2", "--json",
+         "--results-dir", str(tmp / "local-results")],
+        capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert out.returncode in (0, 1), out.stderr
+    data: dict[str, Any] = json.loads(out.stdout)
+    return data
+
+
+def _dump(op: OperatorProcess) -> str:
+    return "\n--- operator log ---\n" + op.output()[-6000:]
+
+
+def test_quickstart_succeeds_with_the_local_decision(env: Env) -> None:
+    env.node(cpu="4", memory="8Gi")
+    doc = env.evalrun("quickstart")
+    with env.operator() as op:
+        env.create(doc)
+        first = wait_until(lambda: env.workers("quickstart"), timeout=30, what="a first worker pod")
+        assert first[0].metadata.labels["e2e.proctor.dev/run"] == "local"
+        owner = first[0].metadata.owner_references[0]
+        assert (owner.kind, owner.name, owner.controller) == ("EvalRun", "quickstart", True)
+        try:
+            status = env.wait_phase("quickstart", "Succeeded", timeout=180)
+        except TimeoutError as exc:
+            raise AssertionError(str(exc) + _dump(op)) from exc
+        wait_until(lambda: not env.workers("quickstart"), timeout=30, what="workers gone")
+    counts = status["counts"]
+    assert counts["completed"] == counts["total"] == 2000
+    assert status["workers"]["failures"] == 0
+    assert status["disruptions"] == 0
+    assert status["plan"]["boundBy"] in {"cpu", "backlog", "done"}
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert conds["Succeeded"]["status"] == "True"
+    assert conds["Succeeded"]["reason"] == "Completed"
+    assert env.get("quickstart")["metadata"]["annotations"].get("proctor.dev/enqueued")
+    local = _local_summary(doc, env.workdir)
+    result = status["result"]
+    assert result["decision"] == local["decision"]
+    assert result["baselinePassRate"] == pytest.approx(local["baselinePassRate"])
+    assert result["candidatePassRate"] == pytest.approx(local["candidatePassRate"])
+    assert result["deltaLower"] == pytest.approx(local["interval"][0])
+    assert result["resultsUri"].startswith(f"s3://{env.bucket}/runs/")

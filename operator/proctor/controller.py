@@ -1,0 +1,234 @@
+"""kopf handlers of the EvalRun operator. Thin: they say *when*; :mod:`proctor.reconcile` says
+*what*, and :mod:`proctor.observe` is the only code that talks to the API.
+
+Handlers are registered on a registry built by :func:`build_registry`, because the timer's
+interval comes from the operator configuration, which is read at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+import structlog
+
+from proctor.config import OperatorConfig
+from proctor.observe import ClusterApi, WorkerObs, node_info, pod_usage, worker_obs
+from proctor.operator_metrics import OperatorMetrics
+from proctor.pods import LABEL_COMPONENT, LABEL_RUN
+from proctor.reconcile import (
+    ClusterView,
+    PassResult,
+    RunRef,
+    RunRuntime,
+    finalize_run,
+    reconcile_run,
+)
+from proctor.status import Event
+
+log = structlog.get_logger("proctor.operator")
+
+GROUP = "proctor.dev"
+FINALIZER = "proctor.dev/finalizer"
+RESOURCE = (GROUP, "v1alpha1", "evalruns")
+
+
+def _api_client() -> Any:
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def configure(settings: kopf.OperatorSettings, *, peering: bool) -> None:
+    """Operator settings: quiet Events, our finalizer, progress in annotations (the status
+    schema is strict, so kopf must not write ``status.kopf``), peering only when asked."""
+    settings.posting.level = logging.WARNING
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.peering.standalone = not peering
+    settings.peering.mandatory = peering
+    settings.peering.name = "proctor"
+    settings.watching.server_timeout = 300
+    settings.execution.max_workers = 16
+
+
+def _ref(meta: Mapping[str, Any]) -> RunRef:
+    return RunRef(
+        namespace=str(meta["namespace"]),
+        name=str(meta["name"]),
+        uid=str(meta["uid"]),
+        generation=int(meta.get("generation") or 1),
+        annotations=dict(meta.get("annotations") or {}),
+    )
+
+
+def _runtime(memo: Any, uid: str) -> RunRuntime:
+    runs: dict[str, RunRuntime] = memo.runs
+    if uid not in runs:
+        runs[uid] = RunRuntime()
+    return runs[uid]
+
+
+def run_pass(
+    *,
+    body: kopf.Body,
+    memo: Any,
+    nodes: Any,
+    usage: Any,
+    workers: Any,
+) -> PassResult | None:
+    """One reconcile pass of one run, serialized per run, with metrics."""
+    meta = body["metadata"]
+    ref = _ref(meta)
+    rt = _runtime(memo, ref.uid)
+    metrics: OperatorMetrics = memo.metrics
+    if not rt.lock.acquire(blocking=False):
+        return None  # Another pass of this run is under way; the next tick catches up.
+    started = time.monotonic()
+    try:
+        view = ClusterView(
+            nodes=list(nodes.get(None, [])),
+            usage={k: list(v) for k, v in usage.items()},
+            workers=list(workers.get((ref.namespace, ref.name), [])),
+        )
+
+        def emit(event: Event) -> None:
+            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+
+        result = reconcile_run(
+            body_spec=body["spec"],
+            body_status=body.get("status"),
+            ref=ref,
+            config=memo.config,
+            api=memo.api,
+            view=view,
+            rt=rt,
+            emit=emit,
+        )
+    except Exception:
+        metrics.reconcile_errors.inc()
+        raise
+    finally:
+        metrics.reconcile_seconds.observe(time.monotonic() - started)
+        rt.lock.release()
+    metrics.observe_run(ref.namespace, ref.name, result.phase)
+    metrics.planned.labels(ref.namespace, ref.name).set(result.planned)
+    metrics.ready.labels(ref.namespace, ref.name).set(result.ready)
+    metrics.backlog.labels(ref.namespace, ref.name).set(result.backlog)
+    if result.new_disruptions:
+        metrics.disruptions.labels(ref.namespace, ref.name).inc(result.new_disruptions)
+    return result
+
+
+def build_registry(
+    config: OperatorConfig, *, peering: bool = False, metrics_port: int | None = None
+) -> kopf.OperatorRegistry:
+    """Every handler of the operator, on a fresh registry."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        configure(settings, peering=peering)
+        memo.config = config
+        memo.api = ClusterApi(_api_client())
+        memo.runs = {}
+        memo.metrics = OperatorMetrics()
+        if metrics_port:
+            memo.metrics.serve(metrics_port)
+        log.info("operator started", peering=peering, metrics_port=metrics_port)
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # A custom registry lacks kopf's default login: use the kubernetes client's
+        # (in-cluster ServiceAccount, else $KUBECONFIG).
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.cleanup(registry=registry)
+    def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        for rt in memo.runs.values():
+            rt.close()
+        memo.api.close()
+
+    @kopf.index("nodes", id="proctor_nodes", registry=registry)
+    def proctor_nodes(body: kopf.Body, **_: Any) -> dict[None, Any]:
+        return {None: node_info(body)}
+
+    @kopf.index("pods", id="proctor_usage", registry=registry)
+    def proctor_usage(body: kopf.Body, **_: Any) -> dict[str, Any] | None:
+        found = pod_usage(body)
+        return {found[0]: found[1]} if found else None
+
+    @kopf.index(
+        "pods",
+        id="proctor_workers",
+        labels={LABEL_COMPONENT: "worker", LABEL_RUN: kopf.PRESENT},
+        registry=registry,
+    )
+    def proctor_workers(body: kopf.Body, **_: Any) -> dict[tuple[str, str], WorkerObs]:
+        obs = worker_obs(body)
+        return {(obs.namespace, obs.run): obs}
+
+    @kopf.on.resume(*RESOURCE, registry=registry)
+    @kopf.on.create(*RESOURCE, registry=registry)
+    @kopf.on.update(*RESOURCE, field="spec", registry=registry)
+    def apply(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+        # One pass at once, so the first worker starts without waiting for the timer.
+        run_pass(
+            body=body,
+            memo=memo,
+            nodes=kwargs["proctor_nodes"],
+            usage=kwargs["proctor_usage"],
+            workers=kwargs["proctor_workers"],
+        )
+
+    @kopf.timer(*RESOURCE, interval=config.scaling_interval_seconds, registry=registry)
+    def reconcile(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+        run_pass(
+            body=body,
+            memo=memo,
+            nodes=kwargs["proctor_nodes"],
+            usage=kwargs["proctor_usage"],
+            workers=kwargs["proctor_workers"],
+        )
+
+    @kopf.on.delete(*RESOURCE, registry=registry)
+    def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        ref = _ref(body["metadata"])
+        finalize_run(body["spec"], ref, memo.config, memo.api)
+        rt = memo.runs.pop(ref.uid, None)
+        if rt is not None:
+            rt.close()
+        memo.metrics.forget_run(ref.namespace, ref.name)
+
+    return registry
+
+
+def run_operator(
+    config: OperatorConfig,
+    *,
+    namespaces: list[str],
+    peering: bool = False,
+    liveness_port: int | None = 8080,
+    metrics_port: int | None = 9090,
+) -> None:
+    """Run until SIGTERM/SIGINT: cluster-wide, or only in ``namespaces``."""
+    registry = build_registry(config, peering=peering, metrics_port=metrics_port)
+    liveness = f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None
+    kopf.run(
+        registry=registry,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        standalone=not peering,
+        liveness_endpoint=liveness,
+        memo=kopf.Memo(),
+    )

@@ -1,0 +1,320 @@
+"""What the operator sees in the cluster, and the only code that writes to the Kubernetes API.
+
+Parsing of pod and node bodies into planning/scaling facts is pure (``node_info``,
+``worker_obs``, ``pod_usage``, ``quota_headroom``); :class:`ClusterApi` wraps the few calls the
+operator makes (read Secrets and ResourceQuotas, create and delete pods, patch status, delete a
+run) so that every side effect lives here.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from proctor.planning import GPU_RESOURCE, Capacity, NodeInfo, QuotaHeadroom, Taint
+from proctor.pods import LABEL_RUN
+from proctor.quantity import cpu_millis, to_bytes
+
+GROUP = "proctor.dev"
+VERSION = "v1alpha1"
+PLURAL = "evalruns"
+
+# Waiting reasons that mean the container will never start without a change to the spec.
+IMAGE_ERRORS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+
+
+def _get(obj: Mapping[str, Any] | None, *path: str) -> Any:
+    cur: Any = obj
+    for key in path:
+        if not isinstance(cur, Mapping):
+            return None
+        cur = cur.get(key)
+    return cur
+
+
+def _parse_time(value: str | None) -> datetime:
+    if not value:
+        return datetime.now(UTC)
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _capacity(resources: Mapping[str, Any] | None, pods: int = 0) -> Capacity:
+    res = resources or {}
+    return Capacity(
+        cpu_millis=cpu_millis(str(res["cpu"])) if res.get("cpu") else 0,
+        memory=to_bytes(str(res["memory"])) if res.get("memory") else 0,
+        gpus=int(str(res.get(GPU_RESOURCE, 0))),
+        pods=pods,
+    )
+
+
+def node_info(body: Mapping[str, Any]) -> NodeInfo:
+    """A node as planning sees it (``requested`` is filled in later from the pod index)."""
+    alloc = _get(body, "status", "allocatable") or {}
+    conditions = _get(body, "status", "conditions") or []
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    taints = tuple(
+        Taint(key=t.get("key", ""), effect=t.get("effect", ""), value=t.get("value") or "")
+        for t in _get(body, "spec", "taints") or []
+    )
+    return NodeInfo(
+        name=str(_get(body, "metadata", "name")),
+        allocatable=_capacity(alloc, pods=int(str(alloc.get("pods", 110)))),
+        labels=dict(_get(body, "metadata", "labels") or {}),
+        taints=taints,
+        ready=ready,
+        unschedulable=bool(_get(body, "spec", "unschedulable")),
+    )
+
+
+@dataclass(frozen=True)
+class PodUsage:
+    """Requests of one non-terminated pod bound to a node."""
+
+    uid: str
+    run_uid: str
+    requests: Capacity
+
+
+def pod_usage(body: Mapping[str, Any]) -> tuple[str, PodUsage] | None:
+    """(node name, usage) for a pod that holds resources on a node; None otherwise."""
+    node = _get(body, "spec", "nodeName")
+    if not node or _get(body, "status", "phase") in {"Succeeded", "Failed"}:
+        return None
+    total = Capacity()
+    for container in _get(body, "spec", "containers") or []:
+        req = _capacity(_get(container, "resources", "requests"))
+        total = Capacity(
+            total.cpu_millis + req.cpu_millis, total.memory + req.memory, total.gpus + req.gpus
+        )
+    labels = _get(body, "metadata", "labels") or {}
+    usage = Capacity(total.cpu_millis, total.memory, total.gpus, 1)
+    return str(node), PodUsage(
+        str(_get(body, "metadata", "uid")), labels.get("proctor.dev/run-uid", ""), usage
+    )
+
+
+def nodes_with_usage(
+    nodes: Iterable[NodeInfo], usage: Mapping[str, Iterable[PodUsage]], run_uid: str
+) -> list[NodeInfo]:
+    """Nodes with ``requested`` = requests of their pods, this run's workers excluded."""
+    out = []
+    for node in nodes:
+        cpu = mem = gpus = pods = 0
+        for u in usage.get(node.name, ()):
+            if u.run_uid == run_uid:
+                continue
+            cpu += u.requests.cpu_millis
+            mem += u.requests.memory
+            gpus += u.requests.gpus
+            pods += u.requests.pods
+        out.append(
+            NodeInfo(
+                node.name,
+                node.allocatable,
+                Capacity(cpu, mem, gpus, pods),
+                node.labels,
+                node.taints,
+                node.ready,
+                node.unschedulable,
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class WorkerObs:
+    """One worker pod of a run, classified.
+
+    ``lost`` is "disruption" (preempted, evicted, node gone: replaced, not charged) or
+    "failure" (crash, OOM, image error: charged to the failure budget) once the pod is gone for
+    good; empty while it lives or after it exited cleanly.
+    """
+
+    name: str
+    uid: str
+    run: str
+    namespace: str
+    created: datetime
+    node: str
+    phase: str
+    ready: bool
+    terminating: bool
+    finished: bool
+    lost: str = ""
+    why: str = ""
+    requests: Capacity = field(default_factory=Capacity)
+
+
+def worker_obs(body: Mapping[str, Any]) -> WorkerObs:
+    """Classify a worker pod (pure)."""
+    status = body.get("status") or {}
+    meta = body.get("metadata") or {}
+    phase = status.get("phase") or "Pending"
+    conditions = status.get("conditions") or []
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    disrupted = next(
+        (
+            c
+            for c in conditions
+            if c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+        ),
+        None,
+    )
+    lost, why = "", ""
+    if disrupted is not None:
+        lost, why = "disruption", disrupted.get("reason") or "DisruptionTarget"
+    elif status.get("reason") in {"Evicted", "Preempting", "NodeLost", "Terminated", "Shutdown"}:
+        lost, why = "disruption", str(status["reason"])
+    else:
+        for cs in status.get("containerStatuses") or []:
+            waiting = _get(cs, "state", "waiting") or {}
+            term = _get(cs, "state", "terminated") or {}
+            if waiting.get("reason") in IMAGE_ERRORS:
+                lost, why = "failure", f"{waiting['reason']}: {waiting.get('message', '')}"
+            elif term and term.get("reason") == "OOMKilled":
+                lost, why = "failure", "OOMKilled"
+            elif term and int(term.get("exitCode") or 0) != 0:
+                lost, why = "failure", f"exit code {term.get('exitCode')} ({term.get('reason')})"
+        if not lost and phase == "Failed":
+            lost, why = "failure", str(status.get("reason") or status.get("message") or "Failed")
+    usage = pod_usage({**body, "status": {"phase": "Running"}})
+    return WorkerObs(
+        name=str(meta.get("name")),
+        uid=str(meta.get("uid")),
+        run=str((meta.get("labels") or {}).get(LABEL_RUN, "")),
+        namespace=str(meta.get("namespace")),
+        created=_parse_time(meta.get("creationTimestamp")),
+        node=str(_get(body, "spec", "nodeName") or ""),
+        phase=phase,
+        ready=ready and phase == "Running",
+        terminating=bool(meta.get("deletionTimestamp")),
+        finished=phase in {"Succeeded", "Failed"} or lost == "failure",
+        lost=lost,
+        why=why,
+        requests=usage[1].requests if usage else Capacity(),
+    )
+
+
+_QUOTA_KEYS = {
+    "cpu": ("requests.cpu", "cpu"),
+    "memory": ("requests.memory", "memory"),
+    "gpus": (f"requests.{GPU_RESOURCE}",),
+    "pods": ("pods",),
+}
+
+
+def quota_headroom(quotas: Iterable[Mapping[str, Any]], own: Iterable[Capacity]) -> QuotaHeadroom:
+    """What every ResourceQuota of the namespace still allows, the run's own workers added
+    back (they are part of what the plan counts)."""
+    mine = list(own)
+    own_total = {
+        "cpu": sum(c.cpu_millis for c in mine),
+        "memory": sum(c.memory for c in mine),
+        "gpus": sum(c.gpus for c in mine),
+        "pods": len(mine),
+    }
+    parse: dict[str, Callable[[str], int]] = {
+        "cpu": cpu_millis,
+        "memory": to_bytes,
+        "gpus": int,
+        "pods": int,
+    }
+    room: dict[str, int | None] = dict.fromkeys(_QUOTA_KEYS)
+    for quota in quotas:
+        hard = _get(quota, "status", "hard") or _get(quota, "spec", "hard") or {}
+        used = _get(quota, "status", "used") or {}
+        for what, keys in _QUOTA_KEYS.items():
+            for key in keys:
+                if key not in hard:
+                    continue
+                free = parse[what](str(hard[key])) - parse[what](str(used.get(key, "0")))
+                free += own_total[what]
+                current = room[what]
+                room[what] = free if current is None else min(current, free)
+    return QuotaHeadroom(room["cpu"], room["memory"], room["gpus"], room["pods"])
+
+
+class ClusterApi:
+    """The operator's writes and the reads that are not served by an index."""
+
+    def __init__(self, api_client: Any) -> None:
+        self.api_client = api_client
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+
+    def close(self) -> None:
+        self.api_client.close()
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The Secret's data, decoded; None when it does not exist."""
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        data = secret.data or {}
+        return {k: base64.b64decode(v).decode() for k, v in data.items()}
+
+    def quotas(self, namespace: str) -> list[dict[str, Any]]:
+        listed = self.core.list_namespaced_resource_quota(namespace)
+        out: list[dict[str, Any]] = self.api_client.sanitize_for_serialization(listed)["items"]
+        return out
+
+    def create_pod(self, manifest: Mapping[str, Any]) -> str:
+        created = self.core.create_namespaced_pod(manifest["metadata"]["namespace"], manifest)
+        return str(created.metadata.name)
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        try:
+            self.core.delete_namespaced_pod(name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, {"status": dict(status)}
+        )
+
+    def annotate(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, {"metadata": {"annotations": annotations}}
+        )
+
+    def delete_run(self, namespace: str, name: str) -> None:
+        try:
+            self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+def status_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    """A merge patch that turns ``old`` into ``new`` (removed keys become null); empty when
+    nothing changed, so an unchanged status is never written."""
+    before = dict(old or {})
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        if before.get(key) != value:
+            patch[key] = value
+    for key in before:
+        if key not in new and key != "kopf":
+            patch[key] = None
+    return patch

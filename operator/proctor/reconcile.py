@@ -1,0 +1,552 @@
+"""One reconcile pass of an EvalRun: observe, decide with the pure functions, act at the edges.
+
+Order: admit (Secrets, feasibility) -> enqueue once -> progress and early stopping -> plan ->
+classify pods (disruption vs failure) -> scale -> status and Events. Every step is safe to
+repeat; what must survive a pass (the incremental progress, the scaler's stabilization clock,
+pods already counted) lives in :class:`RunRuntime`, kept in kopf's ``memo``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+
+from proctor.api.v1alpha1.base import Placement
+from proctor.api.v1alpha1.evalrun import (
+    CaseCounts,
+    CheckpointStatus,
+    EvalRunSpec,
+    EvalRunStatus,
+    ResultSummary,
+    WorkerCounts,
+)
+from proctor.conditions import rfc3339
+from proctor.config import OperatorConfig
+from proctor.observe import (
+    ClusterApi,
+    PodUsage,
+    WorkerObs,
+    nodes_with_usage,
+    quota_headroom,
+    status_patch,
+)
+from proctor.planning import Demand, NodeInfo, PlanResult, compute_plan
+from proctor.pods import worker_pod
+from proctor.quantity import parse_duration
+from proctor.queue import WorkQueue, enqueue_run, open_queue
+from proctor.scaling import ScaleState, WorkerPod, decide
+from proctor.stats import should_stop_early, summarize
+from proctor.status import Event, Observation, Problem, next_status
+from proctor.storage import RunProgress, RunStorage
+from proctor.storage.blobs import S3Blobs
+
+log = structlog.get_logger("proctor.operator")
+
+ENQUEUED_ANNOTATION = "proctor.dev/enqueued"
+AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+@dataclass
+class Connection:
+    """Where a run's queue and storage are, and the worker env that reaches them."""
+
+    queue_url: str
+    storage_uri: str
+    storage_endpoint: str | None
+    storage_region: str | None
+    storage_credentials: dict[str, str]
+    env: list[dict[str, Any]]
+
+
+@dataclass
+class RunRuntime:
+    """Per-run state kept between passes (in memo); rebuilt from storage after a restart."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    queue: WorkQueue | None = None
+    storage: RunStorage | None = None
+    progress: RunProgress | None = None
+    enqueued: bool = False
+    scale: ScaleState = field(default_factory=ScaleState)
+    counted: set[str] = field(default_factory=set)
+    known: dict[str, str] = field(default_factory=dict)
+    deleted: set[str] = field(default_factory=set)
+    spot_disruptions: int = 0
+    last_checkpoint: float = field(default_factory=time.monotonic)
+    stopped: str | None = None
+
+    def close(self) -> None:
+        if self.queue is not None:
+            self.queue.close()
+            self.queue = None
+
+
+@dataclass(frozen=True)
+class RunRef:
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    annotations: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """Indexed facts: nodes, per-node pod usage, and this run's worker pods."""
+
+    nodes: Sequence[NodeInfo]
+    usage: Mapping[str, Sequence[PodUsage]]
+    workers: Sequence[WorkerObs]
+
+
+@dataclass
+class PassResult:
+    """What a pass did, for metrics and tests."""
+
+    phase: str
+    planned: int
+    ready: int
+    backlog: int
+    new_disruptions: int
+    created: int
+    deleted: int
+
+
+EventSink = Callable[[Event], None]
+
+
+def connection(
+    spec: EvalRunSpec, ref: RunRef, config: OperatorConfig, api: ClusterApi
+) -> Connection | Problem:
+    """Queue and storage of the run from its Secrets or the operator's defaults."""
+    env: list[dict[str, Any]] = []
+    queue_url = config.default_queue_url or ""
+    if spec.queue is not None and spec.queue.secret_ref is not None:
+        secret_name = spec.queue.secret_ref.name
+        data = api.read_secret(ref.namespace, secret_name)
+        if data is None:
+            return Problem(
+                "SecretNotFound",
+                f"spec.queue.secretRef names Secret {secret_name!r}, which does not exist in "
+                f"namespace {ref.namespace}; create it with key 'url' (redis://...)",
+            )
+        if spec.queue.type == "redis":
+            if "url" not in data:
+                return Problem(
+                    "SecretKeyMissing",
+                    f"Secret {secret_name!r} has no key 'url'; add the redis:// URL under 'url'",
+                )
+            queue_url = data["url"]
+            env.append(_secret_env("PROCTOR_QUEUE_URL", secret_name, "url"))
+        else:
+            query = f"?region={data.get('region', '')}" if data.get("region") else ""
+            host = data.get("endpoint", "").removeprefix("http://").removeprefix("https://")
+            queue_url = f"sqs://{host}{query}"
+            env.append({"name": "PROCTOR_QUEUE_URL", "value": queue_url})
+            env += [_secret_env(k, secret_name, k, optional=True) for k in AWS_KEYS]
+    elif queue_url:
+        env.append({"name": "PROCTOR_QUEUE_URL", "value": queue_url})
+    if not queue_url:
+        return Problem(
+            "NoQueue",
+            "the run names no queue (spec.queue) and the operator has no defaultQueueUrl; "
+            "set spec.queue with a secretRef",
+        )
+    storage = spec.storage
+    uri = storage.uri if storage else (config.default_storage_uri or "")
+    endpoint = storage.endpoint if storage else config.default_storage_endpoint
+    region = storage.region if storage else None
+    if not uri:
+        return Problem(
+            "NoStorage",
+            "the run names no storage (spec.storage) and the operator has no "
+            "defaultStorageUri; set spec.storage.uri",
+        )
+    creds: dict[str, str] = {}
+    if storage is not None and storage.secret_ref is not None:
+        secret_name = storage.secret_ref.name
+        data = api.read_secret(ref.namespace, secret_name)
+        if data is None:
+            return Problem(
+                "SecretNotFound",
+                f"spec.storage.secretRef names Secret {secret_name!r}, which does not exist in "
+                f"namespace {ref.namespace}; create it with AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY",
+            )
+        creds = {k: data[k] for k in AWS_KEYS if k in data}
+        env += [_secret_env(k, secret_name, k) for k in AWS_KEYS if k in data]
+    env.append({"name": "PROCTOR_STORAGE_URI", "value": uri})
+    if endpoint:
+        env.append({"name": "PROCTOR_STORAGE_ENDPOINT", "value": endpoint})
+    if region:
+        env += [
+            {"name": "PROCTOR_STORAGE_REGION", "value": region},
+            {"name": "AWS_DEFAULT_REGION", "value": region},
+        ]
+    return Connection(queue_url, uri, endpoint, region, creds, env)
+
+
+def _secret_env(name: str, secret: str, key: str, optional: bool = False) -> dict[str, Any]:
+    ref: dict[str, Any] = {"name": secret, "key": key}
+    if optional:
+        ref["optional"] = True
+    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
+
+
+def worker_env(spec: EvalRunSpec, ref: RunRef, conn: Connection) -> list[dict[str, Any]]:
+    """Variables that :meth:`proctor.worker.WorkerConfig.from_env` reads."""
+    lease = parse_duration(spec.queue.lease) if spec.queue else 60.0
+    env: list[dict[str, Any]] = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "PROCTOR_WORKER_ID", "value": "$(POD_NAME)"},
+        {"name": "PROCTOR_RUN_ID", "value": ref.uid},
+        {"name": "PROCTOR_RUN", "value": f"{ref.namespace}/{ref.name}"},
+        {"name": "PROCTOR_SPEC", "value": spec.model_dump_json(by_alias=True, exclude_none=True)},
+        {"name": "PROCTOR_LEASE_SECONDS", "value": str(lease)},
+        {"name": "PROCTOR_LOG_FORMAT", "value": "json"},
+    ]
+    env += conn.env
+    env += [e.model_dump(by_alias=True, exclude_none=True) for e in spec.env or ()]
+    return env
+
+
+def open_run(
+    spec: EvalRunSpec, ref: RunRef, conn: Connection, rt: RunRuntime
+) -> tuple[WorkQueue, RunStorage, RunProgress]:
+    """The run's queue, storage and progress, opened once per operator process."""
+    if rt.storage is None:
+        import boto3
+        from botocore.config import Config
+
+        from proctor.storage import open_storage
+
+        compression = spec.storage.compression if spec.storage else None
+        algorithm = compression.algorithm if compression else "zstd"
+        level = compression.level if compression else 3
+        if conn.storage_uri.startswith("s3://") and conn.storage_credentials:
+            bucket, _, prefix = conn.storage_uri.removeprefix("s3://").partition("/")
+            s3 = boto3.client(
+                "s3",
+                endpoint_url=conn.storage_endpoint,
+                region_name=conn.storage_region,
+                aws_access_key_id=conn.storage_credentials.get("AWS_ACCESS_KEY_ID"),
+                aws_secret_access_key=conn.storage_credentials.get("AWS_SECRET_ACCESS_KEY"),
+                aws_session_token=conn.storage_credentials.get("AWS_SESSION_TOKEN"),
+                config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+            )
+            blobs = S3Blobs(bucket, prefix, client=s3, retry_deadline=30.0)
+            rt.storage = RunStorage(blobs, ref.uid, compression=algorithm, level=level)
+        else:
+            rt.storage = open_storage(
+                conn.storage_uri,
+                ref.uid,
+                compression=algorithm,
+                level=level,
+                endpoint=conn.storage_endpoint,
+                region=conn.storage_region,
+            )
+    if rt.queue is None:
+        lease = parse_duration(spec.queue.lease) if spec.queue else 60.0
+        rt.queue = open_queue(conn.queue_url, ref.uid, lease_seconds=lease)
+    if rt.progress is None:
+        # Resume from the run checkpoint: refresh then reads only objects written since.
+        rt.progress = RunProgress.resume(rt.storage, spec.cases.count)
+    return rt.queue, rt.storage, rt.progress
+
+
+def _failures_and_disruptions(
+    workers: Sequence[WorkerObs], rt: RunRuntime, nodes: Sequence[NodeInfo]
+) -> tuple[int, int, list[str]]:
+    """New failures and disruptions since the last pass (each pod counted once), and why."""
+    failures = disruptions = 0
+    notes: list[str] = []
+    spot = {n.name for n in nodes if n.is_spot}
+    present = {w.uid for w in workers}
+    for w in workers:
+        if w.lost and w.uid not in rt.counted and w.uid not in rt.deleted:
+            rt.counted.add(w.uid)
+            if w.lost == "disruption":
+                disruptions += 1
+                if w.node in spot:
+                    rt.spot_disruptions += 1
+            else:
+                failures += 1
+            notes.append(f"{w.name}: {w.lost} ({w.why})")
+        rt.known[w.uid] = w.node
+    # A pod that vanished without our deleting it, unclassified: its node went away.
+    for uid, node in list(rt.known.items()):
+        if uid in present:
+            continue
+        del rt.known[uid]
+        if uid not in rt.counted and uid not in rt.deleted:
+            rt.counted.add(uid)
+            disruptions += 1
+            if node in spot:
+                rt.spot_disruptions += 1
+            notes.append(f"pod {uid} on {node or 'no node'} vanished: disruption")
+    return failures, disruptions, notes
+
+
+def _pool_for_new_pod(plan: PlanResult, workers: Sequence[WorkerObs], pods: dict[str, int]) -> str:
+    if not plan.pools:
+        return ""
+    deficit = [(p.replicas - pods.get(p.name, 0), p.name) for p in plan.pools]
+    best = max(deficit)
+    return best[1] if best[0] > 0 else ""
+
+
+def reconcile_run(
+    *,
+    body_spec: Mapping[str, Any],
+    body_status: Mapping[str, Any] | None,
+    ref: RunRef,
+    config: OperatorConfig,
+    api: ClusterApi,
+    view: ClusterView,
+    rt: RunRuntime,
+    emit: EventSink,
+    now: datetime | None = None,
+) -> PassResult:
+    """One pass; see the module doc. Returns what it did."""
+    now = now or datetime.now(UTC)
+    spec = EvalRunSpec.model_validate(dict(body_spec))
+    prev = EvalRunStatus.model_validate(dict(body_status or {}))
+    workers = list(view.workers)
+    live = [w for w in workers if not w.terminating and not w.finished]
+
+    if prev.phase in {"Succeeded", "Failed"}:
+        for w in live:
+            rt.deleted.add(w.uid)
+            api.delete_pod(w.namespace, w.name)
+        ttl = spec.ttl_seconds_after_finished
+        done_at = prev.completion_time
+        if ttl is not None and done_at:
+            ended = datetime.fromisoformat(done_at.replace("Z", "+00:00"))
+            if now >= ended + timedelta(seconds=ttl):
+                log.info("ttl expired, deleting run", run=ref.name, namespace=ref.namespace)
+                api.delete_run(ref.namespace, ref.name)
+        return PassResult(prev.phase, 0, 0, 0, 0, 0, len(live))
+
+    new_failures, new_disruptions, notes = _failures_and_disruptions(workers, rt, view.nodes)
+    for note in notes:
+        log.info("worker lost", run=ref.name, detail=note)
+    disruptions = (prev.disruptions or 0) + new_disruptions
+    failures = (prev.workers.failures if prev.workers else 0) + new_failures
+    placement = spec.placement or Placement()
+    after = placement.spot.fallback_to_on_demand_after if placement.spot else None
+    spot_fallback = bool(prev.spot_fallback) or (
+        config.spot_fallback_enabled and after is not None and rt.spot_disruptions >= after
+    )
+
+    nodes = nodes_with_usage(view.nodes, view.usage, ref.uid)
+    quota = quota_headroom(api.quotas(ref.namespace), [w.requests for w in live])
+    problem: Problem | None = None
+    conn = connection(spec, ref, config, api)
+    if isinstance(conn, Problem):
+        problem = conn
+
+    counts = prev.counts or CaseCounts(total=spec.cases.count)
+    rate: float | None = None
+    finished = False
+    backlog = 0
+    leases_out = 0
+    result: ResultSummary | None = None
+    checkpoint: CheckpointStatus | None = None
+    if not isinstance(conn, Connection) or problem is not None:
+        plan = compute_plan(
+            spec, nodes, Demand(0, True), config, quota=quota, spot_fallback=spot_fallback
+        )
+    else:
+        queue, storage, progress = open_run(spec, ref, conn, rt)
+        if not rt.enqueued:
+            added = enqueue_run(queue, storage, spec)
+            rt.enqueued = True
+            if ENQUEUED_ANNOTATION not in ref.annotations:
+                api.annotate(ref.namespace, ref.name, {ENQUEUED_ANNOTATION: rfc3339(now)})
+            log.info("enqueued", run=ref.name, entries=added)
+        progress.refresh()
+        snap = progress.snapshot()
+        rate = snap.cases_per_second
+        depth = queue.depth()
+        rt.stopped = depth.stopped or rt.stopped
+        early = spec.early_stopping
+        if (
+            early is not None
+            and early.enabled
+            and spec.compare is not None
+            and rt.stopped is None
+            and snap.completed // early.check_every > progress.looks
+            and snap.completed >= early.min_cases
+        ):
+            progress.looks = snap.completed // early.check_every
+            if should_stop_early(progress.aggregate, spec.compare, early, progress.looks):
+                rt.stopped = "early stop: the decision is settled"
+                queue.stop(rt.stopped)
+                depth = queue.depth()
+        finished = snap.finished or (rt.stopped is not None and depth.in_flight == 0)
+        backlog = depth.total
+        leases_out = depth.in_flight
+        counts = CaseCounts(
+            total=snap.total,
+            completed=snap.completed,
+            passed=snap.passed,
+            failed=snap.failed,
+            errored=snap.errored,
+            in_flight=0 if depth.cases is None else min(depth.cases, snap.total),
+            dead_lettered=snap.dead_lettered,
+        )
+        interval = parse_duration(spec.storage.checkpoint_interval) if spec.storage else 30.0
+        if time.monotonic() - rt.last_checkpoint >= interval or finished:
+            progress.checkpoint()
+            rt.last_checkpoint = time.monotonic()
+            checkpoint = CheckpointStatus(
+                time=rfc3339(now),
+                uri=storage.blobs.uri(storage.checkpoint_key()),
+                batches_done=len(storage.result_ranges()),
+            )
+        if finished:
+            early_stopped = rt.stopped is not None and not snap.finished
+            result = summarize(
+                progress.aggregate,
+                spec.compare,
+                complete=snap.completed == snap.total,
+                early_stopped=early_stopped,
+            ).model_copy(update={"results_uri": storage.results_uri()})
+            storage.write_summary(
+                {
+                    "run": ref.name,
+                    "runId": ref.uid,
+                    "total": snap.total,
+                    "completed": snap.completed,
+                    "passed": snap.passed,
+                    "failed": snap.failed,
+                    "errored": snap.errored,
+                    "deadLettered": snap.dead_lettered,
+                    **result.model_dump(by_alias=True, exclude_none=True),
+                }
+            )
+        plan = compute_plan(
+            spec,
+            nodes,
+            Demand(backlog=backlog, work_remaining=not finished),
+            config,
+            quota=quota,
+            spot_fallback=spot_fallback,
+        )
+    if problem is None and not plan.feasible:
+        reason = "NoEligibleNodes" if not plan.eligible_nodes else "ProfileTooLarge"
+        problem = Problem(reason, plan.infeasible_reason)
+
+    # Finished pods have been counted: remove them so they neither linger nor count twice.
+    removed = 0
+    for w in workers:
+        if w.finished and not w.terminating and w.uid not in rt.deleted:
+            rt.deleted.add(w.uid)
+            api.delete_pod(w.namespace, w.name)
+            removed += 1
+
+    created = 0
+    stop_all = finished or spec.suspend or problem is not None
+    if stop_all:
+        for w in live:
+            rt.deleted.add(w.uid)
+            api.delete_pod(w.namespace, w.name)
+            removed += 1
+        rt.scale = ScaleState()
+        desired = 0
+    else:
+        pods = [WorkerPod(w.name, w.created, ready=w.ready, scheduled=bool(w.node)) for w in live]
+        # The queue cannot name lease holders: while any lease is out, every worker counts
+        # as busy, so scale-down never kills one mid-batch.
+        busy = {w.name for w in live} if leases_out > 0 else set()
+        stabilization = parse_duration(
+            spec.workers.scale_down_stabilization if spec.workers else "30s"
+        )
+        decision = decide(
+            plan.replicas, pods, busy, rt.scale, now=now, stabilization_seconds=stabilization
+        )
+        rt.scale = decision.state
+        desired = decision.desired
+        by_name = {w.name: w for w in live}
+        for name in decision.delete:
+            victim = by_name[name]
+            rt.deleted.add(victim.uid)
+            api.delete_pod(victim.namespace, victim.name)
+            removed += 1
+        assert isinstance(conn, Connection)
+        env = worker_env(spec, ref, conn)
+        pool_counts: dict[str, int] = {}
+        for _ in range(decision.create):
+            pool = _pool_for_new_pod(plan, live, pool_counts)
+            pool_counts[pool] = pool_counts.get(pool, 0) + 1
+            manifest = worker_pod(
+                run_name=ref.name,
+                run_uid=ref.uid,
+                namespace=ref.namespace,
+                spec=spec,
+                size=plan.size,
+                config=config,
+                env=env,
+                pool=pool,
+                spot_fallback=spot_fallback,
+            )
+            api.create_pod(manifest)
+            created += 1
+
+    ready = sum(1 for w in live if w.ready)
+    obs = Observation(
+        spec=spec,
+        generation=ref.generation,
+        now=now,
+        previous=prev,
+        counts=counts,
+        workers=WorkerCounts(desired=desired, ready=ready, failures=failures),
+        finished=finished,
+        early_stopped=finished and rt.stopped is not None and counts.completed < counts.total,
+        problem=problem,
+        plan=plan,
+        result=result,
+        disruptions=disruptions,
+        spot_fallback=spot_fallback,
+        checkpoint=checkpoint,
+        rate=rate,
+        stalled_after_seconds=config.stalled_after_seconds,
+    )
+    update = next_status(obs)
+    new = update.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    patch = status_patch(body_status, new)
+    if patch:
+        api.patch_status(ref.namespace, ref.name, patch)
+    for event in update.events:
+        emit(event)
+    return PassResult(
+        phase=update.status.phase or "Pending",
+        planned=plan.replicas,
+        ready=ready,
+        backlog=backlog,
+        new_disruptions=new_disruptions,
+        created=created,
+        deleted=removed,
+    )
+
+
+def finalize_run(
+    spec_body: Mapping[str, Any], ref: RunRef, config: OperatorConfig, api: ClusterApi
+) -> None:
+    """On deletion: remove the run's queue; results in storage are kept."""
+    spec = EvalRunSpec.model_validate(dict(spec_body))
+    conn = connection(spec, ref, config, api)
+    if isinstance(conn, Problem):
+        log.warning("queue not deleted", run=ref.name, reason=conn.message)
+        return
+    queue = open_queue(conn.queue_url, ref.uid)
+    try:
+        queue.delete()
+    finally:
+        queue.close()
