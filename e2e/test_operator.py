@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import subprocess
 import sys
@@ -59,9 +60,11 @@ class Env:
         self.nodes.append(name)
         return name
 
-    def operator(self) -> Any:
+    def operator(self, run_workers: bool = True) -> Any:
+        """The operator; with ``run_workers=False`` worker pods only look Running (kwok), which
+        is all that planning tests need, and costs no CPU."""
         config = {
-            "workerPodLabels": {"e2e.proctor.dev/run": "local"},
+            "workerPodLabels": {"e2e.proctor.dev/run": "local"} if run_workers else {},
             "scalingIntervalSeconds": 1.0,
             "workerGraceSeconds": 10,
         }
@@ -217,3 +220,186 @@ def test_quickstart_succeeds_with_the_local_decision(env: Env) -> None:
     assert result["candidatePassRate"] == pytest.approx(local["candidatePassRate"])
     assert result["deltaLower"] == pytest.approx(local["interval"][0])
     assert result["resultsUri"].startswith(f"s3://{env.bucket}/runs/")
+
+
+def _condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in status.get("conditions", []) if c["type"] == type_)
+
+
+def test_impossible_profile_missing_secret_and_bad_spec_say_why(env: Env) -> None:
+    env.node(cpu="4", memory="8Gi")
+    with env.operator(run_workers=False) as op:
+        env.create(env.evalrun("toolarge", profile="xlarge"))
+        missing = env.evalrun("nosecret")
+        missing["spec"]["queue"]["secretRef"] = {"name": "no-such-secret"}
+        env.create(missing)
+        try:
+            big = wait_until(
+                lambda: _problem(env, "toolarge", "ProfileTooLarge"), 30, "ProfileTooLarge"
+            )
+            nos = wait_until(
+                lambda: _problem(env, "nosecret", "SecretNotFound"), 30, "SecretNotFound"
+            )
+        except TimeoutError as exc:
+            raise AssertionError(str(exc) + _dump(op)) from exc
+        assert big["phase"] == "Pending"
+        assert "xlarge" in _condition(big, "Degraded")["message"]
+        assert "smaller profile" in _condition(big, "Degraded")["message"]
+        assert "no-such-secret" in _condition(nos, "Degraded")["message"]
+        for name, reason in (("toolarge", "ProfileTooLarge"), ("nosecret", "SecretNotFound")):
+            events = wait_until(
+                lambda n=name, r=reason: [  # type: ignore[misc]
+                    e for e in env.events(n) if e.reason == r and e.type == "Warning"
+                ],
+                20,
+                f"{reason} event",
+            )
+            assert events[0].message
+        assert not env.workers("toolarge")
+        assert not env.workers("nosecret")
+    bad = env.evalrun("badspec", workers={"min": 5, "max": 2})
+    with pytest.raises(client.ApiException) as err:
+        env.create(bad)
+    assert err.value.status == 422
+    assert "workers.min must not exceed workers.max" in str(err.value.body)
+
+
+def _problem(env: Env, name: str, reason: str) -> dict[str, Any] | None:
+    status = env.status(name)
+    degraded = [c for c in status.get("conditions", []) if c["type"] == "Degraded"]
+    return status if degraded and degraded[0]["reason"] == reason else None
+
+
+def _planned(env: Env, name: str, bound: str, replicas: int) -> dict[str, Any] | None:
+    status = env.status(name)
+    plan = status.get("plan") or {}
+    if plan.get("boundBy") != bound or plan.get("replicas") != replicas:
+        return None
+    pods = env.workers(name)
+    return status if len(pods) == replicas else None
+
+
+@pytest.mark.parametrize(
+    ("node", "spec", "bound", "replicas"),
+    [
+        # 4 CPUs less 20% reserved hold 3 workers of 1 CPU.
+        ({"cpu": "4", "memory": "32Gi"}, {"profile": "small"}, "cpu", 3),
+        # 8Gi less 25% reserved hold 2 workers of 3Gi.
+        (
+            {"cpu": "16", "memory": "8Gi"},
+            {"profile": None, "resources": {"cpu": "100m", "memory": "3Gi"}},
+            "memory",
+            2,
+        ),
+        ({"cpu": "16", "memory": "32Gi", "gpus": 2}, {"gpus": 1, "profile": "small"}, "gpu", 2),
+        ({"cpu": "16", "memory": "32Gi"}, {"workers": {"max": 2}}, "max", 2),
+        # 2000 cases in batches of 250 are 8 entries; 4 per worker wants 2 workers.
+        ({"cpu": "16", "memory": "32Gi"}, {"workers": {"targetBacklogPerWorker": 4}}, "backlog", 2),
+    ],
+    ids=["cpu", "memory", "gpu", "max", "backlog"],
+)
+def test_plan_is_bound_and_realised(
+    env: Env, node: dict[str, Any], spec: dict[str, Any], bound: str, replicas: int
+) -> None:
+    env.node(**node)
+    doc = env.evalrun("plan", **spec)
+    doc["spec"] = {k: v for k, v in doc["spec"].items() if v is not None}
+    with env.operator(run_workers=False) as op:
+        env.create(doc)
+        try:
+            status = wait_until(
+                lambda: _planned(env, "plan", bound, replicas), 40, f"plan bound by {bound}"
+            )
+        except TimeoutError as exc:
+            raise AssertionError(str(exc) + _dump(op)) from exc
+    assert status["plan"]["fit"] >= replicas
+    assert bound in status["plan"]["message"]
+
+
+def test_required_spread_places_one_worker_per_node(env: Env) -> None:
+    for _ in range(2):
+        env.node(cpu="16", memory="32Gi")
+    doc = env.evalrun("spread")
+    doc["spec"]["placement"]["spread"] = "required"
+    with env.operator(run_workers=False) as op:
+        env.create(doc)
+        try:
+            wait_until(lambda: _planned(env, "spread", "nodes", 2), 40, "two workers")
+        except TimeoutError as exc:
+            raise AssertionError(str(exc) + _dump(op)) from exc
+        pods = wait_until(
+            lambda: [p for p in env.workers("spread") if p.spec.node_name] or None,
+            30,
+            "scheduled workers",
+        )
+        wait_until(lambda: len(pods) == 2 or None, 1, "both scheduled")
+        assert len({p.spec.node_name for p in pods}) == 2
+
+
+def test_suspend_removes_workers_and_resume_finishes(env: Env) -> None:
+    env.node(cpu="4", memory="8Gi")
+    doc = env.evalrun("pause", count=4000)
+    with env.operator() as op:
+        env.create(doc)
+        try:
+            wait_until(
+                lambda: (env.status("pause").get("counts") or {}).get("completed", 0) > 0,
+                60,
+                "first results",
+                interval=0.3,
+            )
+            env.patch_spec("pause", {"suspend": True})
+            status = env.wait_phase("pause", "Suspended", timeout=30)
+            wait_until(lambda: not env.workers("pause"), 30, "workers removed")
+            assert _condition(status, "Suspended")["status"] == "True"
+            env.patch_spec("pause", {"suspend": False})
+            status = env.wait_phase("pause", "Succeeded", timeout=180)
+        except TimeoutError as exc:
+            raise AssertionError(str(exc) + _dump(op)) from exc
+    assert status["counts"]["completed"] == 4000
+    assert status["workers"]["failures"] == 0
+
+
+def test_preempted_node_loses_and_repeats_nothing(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = env.node(cpu="4", memory="8Gi", spot=True)
+    env.node(cpu="4", memory="8Gi")
+    doc = env.evalrun("spot", count=6000)
+    doc["spec"]["placement"]["spread"] = "required"
+    with env.operator() as op:
+        created = env.create(doc)
+        try:
+            wait_until(
+                lambda: any(p.spec.node_name == first for p in env.workers("spot")),
+                40,
+                "a worker on the spot node",
+            )
+            wait_until(
+                lambda: (env.status("spot").get("counts") or {}).get("completed", 0) > 0,
+                60,
+                "first results",
+                interval=0.3,
+            )
+            nodes.preempt_node(env.cluster.core, first)
+            env.nodes.remove(first)
+            status = env.wait_phase("spot", "Succeeded", timeout=200)
+        except TimeoutError as exc:
+            raise AssertionError(str(exc) + _dump(op)) from exc
+    assert status["counts"]["completed"] == 6000
+    assert status["disruptions"] >= 1
+    assert status["workers"]["failures"] == 0
+    # Every case once: the result objects' ranges tile [0, 6000) without overlap.
+    for key, value in CREDS.items():
+        monkeypatch.setenv(key, value)
+    from proctor.storage import open_storage
+
+    storage = open_storage(
+        f"s3://{env.bucket}/runs",
+        created["metadata"]["uid"],
+        endpoint=env.moto,
+        region="us-east-1",
+    )
+    ranges = sorted((r.start, r.end) for r in storage.result_ranges())
+    assert sum(e - s for s, e in ranges) == 6000
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(ranges))
