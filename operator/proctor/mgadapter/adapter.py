@@ -169,7 +169,10 @@ def load_spec(ref: str) -> Any:
 
     if ":" in ref:
         obj = resolve_ref(ref)
-        spec = obj() if callable(obj) and not isinstance(obj, Spec) else obj
+        try:
+            spec = obj() if callable(obj) and not isinstance(obj, Spec) else obj
+        except Exception as exc:
+            raise TaskLoadError(f"{ref}() failed: {type(exc).__name__}: {exc}") from exc
     else:
         try:
             spec = get_task(ref)
