@@ -403,3 +403,39 @@ def test_preempted_node_loses_and_repeats_nothing(
     ranges = sorted((r.start, r.end) for r in storage.result_ranges())
     assert sum(e - s for s, e in ranges) == 6000
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(ranges))
+
+
+def test_operator_killed_mid_run_a_new_one_finishes_without_enqueueing_twice(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env.node(cpu="4", memory="8Gi")
+    doc = env.evalrun("restart", count=6000)
+    with env.operator() as first:
+        created = env.create(doc)
+        wait_until(
+            lambda: (env.status("restart").get("counts") or {}).get("completed", 0) > 0,
+            60,
+            "first results",
+            interval=0.3,
+        )
+        first.kill()
+    assert "entries=24" in first.output()
+    stamp = env.get("restart")["metadata"]["annotations"]["proctor.dev/enqueued"]
+    with env.operator() as second:
+        try:
+            status = env.wait_phase("restart", "Succeeded", timeout=180)
+        except TimeoutError as exc:
+            raise AssertionError(str(exc) + _dump(second)) from exc
+        # The new operator's enqueue found every chunk already there and added nothing.
+        assert "entries=0" in second.output()
+    assert env.get("restart")["metadata"]["annotations"]["proctor.dev/enqueued"] == stamp
+    assert status["counts"]["completed"] == 6000
+    for key, value in CREDS.items():
+        monkeypatch.setenv(key, value)
+    from proctor.storage import open_storage
+
+    storage = open_storage(
+        f"s3://{env.bucket}/runs", created["metadata"]["uid"], endpoint=env.moto, region="us-east-1"
+    )
+    ranges = sorted((r.start, r.end) for r in storage.result_ranges())
+    assert sum(e - s for s, e in ranges) == 6000
