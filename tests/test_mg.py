@@ -297,3 +297,21 @@ def test_manifest_helper_validates() -> None:
     doc = manifest(name="m", task="top_k", baseline="b.py", candidate="c.py", n=10, seed=1)
     run = EvalRun.model_validate(doc)
     assert run.spec.task.entrypoint == "proctor.mgadapter:task"
+
+
+def test_generating_a_chunk_does_not_count_against_the_case_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    from metamorphic_guard import generators
+
+    def slow(n: int, seed: int) -> list[tuple[list[int], int]]:
+        time.sleep(0.6)
+        return [(list(a[0]), a[1]) for a in generators.gen_top_k_inputs(n, seed)]
+
+    spec = spec_for(f"{IMPLS}:top_k_sorted", f"{IMPLS}:top_k_heap", 20, 1)
+    with load_task(spec.task, spec.compare, 1) as loaded:
+        loaded.task.spec.gen_inputs = slow  # type: ignore[attr-defined]
+        records = list(loaded.evaluate_batch(0, 20, 0.3))
+    assert [r["status"] for r in records] == ["passed"] * 20

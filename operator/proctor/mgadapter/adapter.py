@@ -23,12 +23,16 @@ from __future__ import annotations
 
 import copy
 import pickle
+import signal
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from proctor.sdk import Task, TaskLoadError, resolve_ref
+
+_T = TypeVar("_T")
 
 INSTALL_HINT = "install it with: pip install 'proctor[metamorphic-guard]'"
 
@@ -202,6 +206,23 @@ def fresh_copy(value: Any) -> Any:
         return copy.deepcopy(value)
 
 
+def _untimed(make: Callable[[], _T]) -> _T:
+    """Run ``make`` with the case's ``ITIMER_REAL`` paused, so that generating a whole chunk
+    (which one case pays for) does not count against that case's timeout."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(
+        signal, "getitimer"
+    ):
+        return make()
+    remaining, interval = signal.getitimer(signal.ITIMER_REAL)
+    if remaining:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    try:
+        return make()
+    finally:
+        if remaining:
+            signal.setitimer(signal.ITIMER_REAL, remaining, interval)
+
+
 class ChunkedInputs:
     """Input ``i`` of a run, generating Metamorphic Guard chunks on demand and keeping few."""
 
@@ -219,7 +240,7 @@ class ChunkedInputs:
         chunk, offset = divmod(index, self.chunk_size)
         inputs = self._chunks.get(chunk)
         if inputs is None:
-            inputs = [tuple(args) for args in self._gen.get_chunk(chunk)]
+            inputs = _untimed(lambda: [tuple(args) for args in self._gen.get_chunk(chunk)])
             self._chunks[chunk] = inputs
             while len(self._chunks) > self._cached:
                 self._chunks.popitem(last=False)
@@ -279,7 +300,7 @@ class MGTask(Task):
         """The run's inputs (one generator per task; a new seed starts afresh)."""
         current = self._inputs
         if current is None or current._gen.seed != seed:
-            check_prefix_property(self.spec, seed)
+            _untimed(lambda: check_prefix_property(self.spec, seed))
             current = self._inputs = ChunkedInputs(self.spec, seed, self.mg.chunk_size)
         return current
 
