@@ -1,0 +1,141 @@
+"""Shared set-up for the operator benchmarks: a cluster of their own (own state dir), the CRDs,
+Redis and moto, a namespace with the queue and S3 Secrets, and the operator as a process."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import yaml
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from e2e.harness import cluster as cluster_mod  # noqa: E402
+from e2e.harness import services  # noqa: E402
+from e2e.harness.crds import apply_crds  # noqa: E402
+from e2e.harness.operator import OperatorProcess, operator_process  # noqa: E402
+
+GROUP, VERSION, PLURAL = "proctor.dev", "v1alpha1", "evalruns"
+CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+QUICKSTART = ROOT / "manifests" / "samples" / "quickstart.yaml"
+
+
+@dataclass
+class BenchEnv:
+    api_client: Any
+    core: Any
+    custom: Any
+    namespace: str
+    bucket: str
+    moto: str
+    redis_url: str
+    workdir: Path
+    kubeconfig: Path
+
+    def evalrun(self, name: str, count: int = 2000, **spec: Any) -> dict[str, Any]:
+        doc: dict[str, Any] = yaml.safe_load(QUICKSTART.read_text())
+        doc["metadata"] = {"name": name}
+        doc["spec"]["cases"]["count"] = count
+        doc["spec"]["queue"] = {"type": "redis", "secretRef": {"name": "queue"}, "lease": "10s"}
+        doc["spec"]["storage"] = {
+            "uri": f"s3://{self.bucket}/runs",
+            "endpoint": self.moto,
+            "region": "us-east-1",
+            "secretRef": {"name": "s3"},
+        }
+        doc["spec"].update(spec)
+        return doc
+
+    def create(self, doc: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, doc
+        )
+        return out
+
+    def operator(self, run_workers: bool = False, **extra: Any) -> Any:
+        cfg = {
+            "workerPodLabels": {"e2e.proctor.dev/run": "local"} if run_workers else {},
+            "scalingIntervalSeconds": 1.0,
+            "workerGraceSeconds": 10,
+            **extra,
+        }
+        return operator_process(self.kubeconfig, self.workdir, cfg, namespace=self.namespace)
+
+
+@contextlib.contextmanager
+def bench_env(name: str) -> Iterator[BenchEnv]:
+    """Everything a benchmark needs; torn down on exit."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"proctor-bench-{name}-"))
+    directory = (
+        cluster_mod.default_state_dir().parent / f"cluster-bench-{name}-{uuid.uuid4().hex[:6]}"
+    )
+    state = cluster_mod.up(directory, do_build=True)
+    try:
+        api_client = config.new_client_from_config(config_file=state.kubeconfig)
+        core = client.CoreV1Api(api_client)
+        docs: list[dict[str, Any]] = []
+        for path in sorted((ROOT / "crds").glob("*.yaml")):
+            docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+        apply_crds(api_client, docs)
+        with services.redis_server() as redis, services.moto_server() as moto:
+            namespace = f"bench-{uuid.uuid4().hex[:6]}"
+            core.create_namespace({"metadata": {"name": namespace}})
+            for _ in range(100):
+                try:
+                    core.read_namespaced_service_account("default", namespace)
+                    break
+                except ApiException:
+                    time.sleep(0.1)
+            bucket = f"bench-{uuid.uuid4().hex[:8]}"
+            boto3.client(
+                "s3",
+                endpoint_url=moto.url,
+                region_name="us-east-1",
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+            ).create_bucket(Bucket=bucket)
+            core.create_namespaced_secret(
+                namespace, {"metadata": {"name": "queue"}, "stringData": {"url": redis.url}}
+            )
+            core.create_namespaced_secret(
+                namespace, {"metadata": {"name": "s3"}, "stringData": dict(CREDS)}
+            )
+            yield BenchEnv(
+                api_client,
+                core,
+                client.CustomObjectsApi(api_client),
+                namespace,
+                bucket,
+                moto.url,
+                redis.url,
+                tmp,
+                Path(state.kubeconfig),
+            )
+    finally:
+        cluster_mod.down(directory)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def rss_mb(op: OperatorProcess) -> float:
+    """Resident set size of the operator process, from /proc."""
+    for line in Path(f"/proc/{op.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
