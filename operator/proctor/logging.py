@@ -14,6 +14,24 @@ import sys
 import structlog
 
 
+class _StderrLogger:
+    """Writes each event to whatever ``sys.stderr`` is *now*.
+
+    structlog's PrintLogger keeps the stream it was created with; when that stream is
+    replaced and closed (pytest's capture, a daemonised process) every later log call would
+    raise. Looking the stream up per call costs nothing measurable here.
+    """
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
+def _stderr_logger(*_: object) -> _StderrLogger:
+    return _StderrLogger()
+
+
 def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
     """Configure structlog once for this process."""
     fmt = (fmt or os.environ.get("PROCTOR_LOG_FORMAT") or "console").lower()
@@ -33,6 +51,6 @@ def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=True,
     )
