@@ -248,6 +248,9 @@ PAIRS = {
     "baseline-bug": ("dedup", "heap", {}),
 }
 N, SEED = 100, 7
+# Generous per-call timeouts on both sides: on a loaded machine Metamorphic Guard's sandbox
+# (2 s by default) times calls out, which turns its verdict into a reject on its own.
+TIMEOUT = "--timeout-s=60"
 
 
 @pytest.mark.slow
@@ -260,7 +263,7 @@ def test_decisions_equal_metamorphic_guard_evaluate(tmp_path: Path) -> None:
         options = [f"--{k}={v}" for k, v in extra.items()]
         mg_procs[pair] = subprocess.Popen(
             ["metamorphic-guard", "evaluate", "--task", "top_k", f"--baseline={base}.py",
-             f"--candidate={cand}.py", f"--n={N}", f"--seed={SEED}", "--parallel=2",
+             f"--candidate={cand}.py", f"--n={N}", f"--seed={SEED}", "--parallel=2", TIMEOUT,
              f"--report-dir=mg-{pair}", *options],
             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -270,7 +273,7 @@ def test_decisions_equal_metamorphic_guard_evaluate(tmp_path: Path) -> None:
         run = subprocess.run(
             [sys.executable, "-m", "proctor.mgadapter", "evaluate", "--task", "top_k",
              f"--baseline={base}.py", f"--candidate={cand}.py", f"--n={N}", f"--seed={SEED}",
-             "--workers=1", f"--name={pair}", "--json", *options],
+             "--workers=1", f"--name={pair}", "--json", TIMEOUT, *options],
             cwd=tmp_path, capture_output=True, text=True, check=False, timeout=120,
         )  # fmt: skip
         assert run.returncode in (0, 1), run.stderr

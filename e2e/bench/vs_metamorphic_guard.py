@@ -5,7 +5,8 @@ Guard implementation files) on Metamorphic Guard's built-in ``top_k`` task. Meta
 runs with ``--parallel W`` (its sandbox: one subprocess per call); Proctor runs the same options
 through ``python -m proctor.mgadapter evaluate`` (``proctor run`` with W local workers, then
 Metamorphic Guard's report from the records). Each side's time is its whole command, start to
-exit, so Proctor's figure includes starting workers, the queue and the report. The decisions
+exit, with 60 s per-call timeouts on both (a loaded machine must not time calls out and change
+the verdict), so Proctor's figure includes starting workers, the queue and the report. The decisions
 must agree. The last line is the ratio of cases per second (target: >= 100).
 
     python e2e/bench/vs_metamorphic_guard.py [--n 400] [--seed 42] [--workers 2]
@@ -37,7 +38,7 @@ def run_proctor(cwd: Path, n: int, seed: int, workers: int, name: str) -> tuple[
     seconds, done = timed(
         [sys.executable, "-m", "proctor.mgadapter", "evaluate", "--task", "top_k",
          "--baseline", "b.py", "--candidate", "c.py", f"--n={n}", f"--seed={seed}",
-         f"--workers={workers}", f"--name=bench-{n}", "--json"],
+         f"--workers={workers}", f"--name=bench-{n}", "--json", "--timeout-s=60"],
         cwd,
     )  # fmt: skip
     if done.returncode not in (0, 1):
@@ -60,7 +61,7 @@ def main() -> None:
         mg_s, mg = timed(
             ["metamorphic-guard", "evaluate", "--task", "top_k", "--baseline", "b.py",
              "--candidate", "c.py", f"--n={args.n}", f"--seed={args.seed}",
-             f"--parallel={args.workers}", "--report-dir=mg"],
+             f"--parallel={args.workers}", "--report-dir=mg", "--timeout-s=60"],
             cwd,
         )  # fmt: skip
         if mg.returncode not in (0, 1):
