@@ -349,8 +349,8 @@ def test_suspend_removes_workers_and_resume_finishes(env: Env) -> None:
                 interval=0.3,
             )
             env.patch_spec("pause", {"suspend": True})
-            status = env.wait_phase("pause", "Suspended", timeout=30)
-            wait_until(lambda: not env.workers("pause"), 30, "workers removed")
+            status = env.wait_phase("pause", "Suspended", timeout=60)
+            wait_until(lambda: not env.workers("pause"), 60, "workers removed")
             assert _condition(status, "Suspended")["status"] == "True"
             env.patch_spec("pause", {"suspend": False})
             status = env.wait_phase("pause", "Succeeded", timeout=180)

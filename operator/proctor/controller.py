@@ -183,13 +183,16 @@ def build_registry(
     @kopf.on.update(*RESOURCE, field="spec", registry=registry)
     def apply(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         # One pass at once, so the first worker starts without waiting for the timer.
-        run_pass(
+        result = run_pass(
             body=body,
             memo=memo,
             nodes=kwargs["proctor_nodes"],
             usage=kwargs["proctor_usage"],
             workers=kwargs["proctor_workers"],
         )
+        if result is None:
+            # A timer pass holds the run; retry soon so a spec change is never dropped.
+            raise kopf.TemporaryError("another pass of this run is under way", delay=0.5)
 
     @kopf.timer(*RESOURCE, interval=config.scaling_interval_seconds, registry=registry)
     def reconcile(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
