@@ -338,7 +338,8 @@ def test_required_spread_places_one_worker_per_node(env: Env) -> None:
 
 def test_suspend_removes_workers_and_resume_finishes(env: Env) -> None:
     env.node(cpu="4", memory="8Gi")
-    doc = env.evalrun("pause", count=4000)
+    # Large enough that it cannot finish (about 1,700 cases/s here) before the suspend lands.
+    doc = env.evalrun("pause", count=30000)
     with env.operator() as op:
         env.create(doc)
         try:
@@ -356,7 +357,7 @@ def test_suspend_removes_workers_and_resume_finishes(env: Env) -> None:
             status = env.wait_phase("pause", "Succeeded", timeout=180)
         except TimeoutError as exc:
             raise AssertionError(str(exc) + _dump(op)) from exc
-    assert status["counts"]["completed"] == 4000
+    assert status["counts"]["completed"] == 30000
     assert status["workers"]["failures"] == 0
 
 
