@@ -410,7 +410,8 @@ def test_operator_killed_mid_run_a_new_one_finishes_without_enqueueing_twice(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env.node(cpu="4", memory="8Gi")
-    doc = env.evalrun("restart", count=6000)
+    # Large enough that the workers cannot finish it before the first operator is killed.
+    doc = env.evalrun("restart", count=30000)
     with env.operator() as first:
         created = env.create(doc)
         wait_until(
@@ -420,7 +421,7 @@ def test_operator_killed_mid_run_a_new_one_finishes_without_enqueueing_twice(
             interval=0.3,
         )
         first.kill()
-    assert "entries=24" in first.output()
+    assert "entries=120" in first.output()
     stamp = env.get("restart")["metadata"]["annotations"]["proctor.dev/enqueued"]
     with env.operator() as second:
         try:
@@ -428,9 +429,10 @@ def test_operator_killed_mid_run_a_new_one_finishes_without_enqueueing_twice(
         except TimeoutError as exc:
             raise AssertionError(str(exc) + _dump(second)) from exc
         # The new operator's enqueue found every chunk already there and added nothing.
-        assert "entries=0" in second.output()
+        wait_until(lambda: "entries=" in second.output() or None, 30, "the second enqueue")
+        assert "entries=0" in second.output(), second.output()
     assert env.get("restart")["metadata"]["annotations"]["proctor.dev/enqueued"] == stamp
-    assert status["counts"]["completed"] == 6000
+    assert status["counts"]["completed"] == 30000
     for key, value in CREDS.items():
         monkeypatch.setenv(key, value)
     from proctor.storage import open_storage
@@ -439,4 +441,4 @@ def test_operator_killed_mid_run_a_new_one_finishes_without_enqueueing_twice(
         f"s3://{env.bucket}/runs", created["metadata"]["uid"], endpoint=env.moto, region="us-east-1"
     )
     ranges = sorted((r.start, r.end) for r in storage.result_ranges())
-    assert sum(e - s for s, e in ranges) == 6000
+    assert sum(e - s for s, e in ranges) == 30000
