@@ -366,7 +366,8 @@ def test_preempted_node_loses_and_repeats_nothing(
 ) -> None:
     first = env.node(cpu="4", memory="8Gi", spot=True)
     env.node(cpu="4", memory="8Gi")
-    doc = env.evalrun("spot", count=6000)
+    # Large enough that the preemption lands mid-run, not after the last batch.
+    doc = env.evalrun("spot", count=30000)
     doc["spec"]["placement"]["spread"] = "required"
     with env.operator() as op:
         created = env.create(doc)
@@ -387,10 +388,10 @@ def test_preempted_node_loses_and_repeats_nothing(
             status = env.wait_phase("spot", "Succeeded", timeout=200)
         except TimeoutError as exc:
             raise AssertionError(str(exc) + _dump(op)) from exc
-    assert status["counts"]["completed"] == 6000
+    assert status["counts"]["completed"] == 30000
     assert status["disruptions"] >= 1
     assert status["workers"]["failures"] == 0
-    # Every case once: the result objects' ranges tile [0, 6000) without overlap.
+    # Every case once: the result objects' ranges tile [0, 30000) without overlap.
     for key, value in CREDS.items():
         monkeypatch.setenv(key, value)
     from proctor.storage import open_storage
@@ -402,7 +403,7 @@ def test_preempted_node_loses_and_repeats_nothing(
         region="us-east-1",
     )
     ranges = sorted((r.start, r.end) for r in storage.result_ranges())
-    assert sum(e - s for s, e in ranges) == 6000
+    assert sum(e - s for s, e in ranges) == 30000
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(ranges))
 
 
