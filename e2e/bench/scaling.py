@@ -87,7 +87,7 @@ def bare_ceiling(rounds: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--cases", type=int, default=1500)
+    parser.add_argument("--cases", type=int, default=6000)
     parser.add_argument("--work", type=int, default=20_000)
     args = parser.parse_args()
     with redis_server() as redis, tempfile.TemporaryDirectory() as tmp:
