@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from e2e.harness import cluster as cluster_mod
 from e2e.harness import services
-from e2e.harness.crds import apply_crds
+from e2e.harness.crds import apply_crds, repo_crds
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -115,9 +114,7 @@ def namespace(cluster: Cluster) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def crds(cluster: Cluster) -> list[dict[str, Any]]:
     """Proctor's CRDs from crds/, applied and Established."""
-    docs = []
-    for path in sorted((REPO_ROOT / "crds").glob("*.yaml")):
-        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    docs = repo_crds()
     apply_crds(cluster.api_client, docs)
     return docs
 

@@ -20,15 +20,19 @@ from kubernetes import client
 
 from e2e.conftest import Cluster
 from e2e.harness import nodes
-from e2e.harness.operator import OperatorProcess, operator_process
+from e2e.harness.operator import (
+    CREDS,
+    GROUP,
+    PLURAL,
+    VERSION,
+    OperatorProcess,
+    evalrun_doc,
+    operator_config,
+    operator_process,
+)
 from e2e.harness.poll import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-QUICKSTART = REPO_ROOT / "manifests" / "samples" / "quickstart.yaml"
-GROUP, VERSION, PLURAL = "proctor.dev", "v1alpha1", "evalruns"
-CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
 class Env:
@@ -63,27 +67,21 @@ class Env:
     def operator(self, run_workers: bool = True) -> Any:
         """The operator; with ``run_workers=False`` worker pods only look Running (kwok), which
         is all that planning tests need, and costs no CPU."""
-        config = {
-            "workerPodLabels": {"e2e.proctor.dev/run": "local"} if run_workers else {},
-            "scalingIntervalSeconds": 1.0,
-            "workerGraceSeconds": 10,
-        }
         return operator_process(
-            self.cluster.kubeconfig, self.workdir, config, namespace=self.namespace
+            self.cluster.kubeconfig,
+            self.workdir,
+            operator_config(run_workers=run_workers),
+            namespace=self.namespace,
         )
 
     def evalrun(self, name: str, count: int = 2000, **spec: Any) -> dict[str, Any]:
-        doc: dict[str, Any] = yaml.safe_load(QUICKSTART.read_text())
-        doc["metadata"] = {"name": name}
-        doc["spec"]["cases"]["count"] = count
-        doc["spec"]["queue"] = {"type": "redis", "secretRef": {"name": "queue"}, "lease": "10s"}
-        doc["spec"]["storage"] = {
-            "uri": f"s3://{self.bucket}/runs",
-            "endpoint": self.moto,
-            "region": "us-east-1",
-            "secretRef": {"name": "s3"},
-            "checkpointInterval": "2s",
-        }
+        doc = evalrun_doc(
+            name,
+            count=count,
+            bucket=self.bucket,
+            moto=self.moto,
+            storage={"checkpointInterval": "2s"},
+        )
         doc["spec"]["placement"] = {"nodeSelector": {"e2e.proctor.dev/pool": self.pool}}
         doc["spec"].update(spec)
         return doc

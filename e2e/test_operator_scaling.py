@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from e2e.harness.operator import CREDS
 from e2e.harness.podrunner import read_log
 from e2e.harness.poll import wait_until
-from e2e.test_operator import CREDS, Env, _dump
+from e2e.test_operator import Env, _dump
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
@@ -24,12 +23,17 @@ if str(ROOT) not in sys.path:
 
 from e2e.harness import cluster as cluster_mod  # noqa: E402
 from e2e.harness import services  # noqa: E402
-from e2e.harness.crds import apply_crds  # noqa: E402
-from e2e.harness.operator import OperatorProcess, operator_process  # noqa: E402
-
-GROUP, VERSION, PLURAL = "proctor.dev", "v1alpha1", "evalruns"
-CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-QUICKSTART = ROOT / "manifests" / "samples" / "quickstart.yaml"
+from e2e.harness.crds import apply_crds, repo_crds  # noqa: E402
+from e2e.harness.operator import (  # noqa: E402
+    CREDS,
+    GROUP,
+    PLURAL,
+    VERSION,
+    OperatorProcess,
+    evalrun_doc,
+    operator_config,
+    operator_process,
+)
 
 
 @dataclass
@@ -45,16 +49,7 @@ class BenchEnv:
     kubeconfig: Path
 
     def evalrun(self, name: str, count: int = 2000, **spec: Any) -> dict[str, Any]:
-        doc: dict[str, Any] = yaml.safe_load(QUICKSTART.read_text())
-        doc["metadata"] = {"name": name}
-        doc["spec"]["cases"]["count"] = count
-        doc["spec"]["queue"] = {"type": "redis", "secretRef": {"name": "queue"}, "lease": "10s"}
-        doc["spec"]["storage"] = {
-            "uri": f"s3://{self.bucket}/runs",
-            "endpoint": self.moto,
-            "region": "us-east-1",
-            "secretRef": {"name": "s3"},
-        }
+        doc = evalrun_doc(name, count=count, bucket=self.bucket, moto=self.moto)
         doc["spec"].update(spec)
         return doc
 
@@ -65,12 +60,7 @@ class BenchEnv:
         return out
 
     def operator(self, run_workers: bool = False, **extra: Any) -> Any:
-        cfg = {
-            "workerPodLabels": {"e2e.proctor.dev/run": "local"} if run_workers else {},
-            "scalingIntervalSeconds": 1.0,
-            "workerGraceSeconds": 10,
-            **extra,
-        }
+        cfg = operator_config(run_workers=run_workers, **extra)
         return operator_process(self.kubeconfig, self.workdir, cfg, namespace=self.namespace)
 
 
@@ -85,10 +75,7 @@ def bench_env(name: str) -> Iterator[BenchEnv]:
     try:
         api_client = config.new_client_from_config(config_file=state.kubeconfig)
         core = client.CoreV1Api(api_client)
-        docs: list[dict[str, Any]] = []
-        for path in sorted((ROOT / "crds").glob("*.yaml")):
-            docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
-        apply_crds(api_client, docs)
+        apply_crds(api_client, repo_crds())
         with services.redis_server() as redis, services.moto_server() as moto:
             namespace = f"bench-{uuid.uuid4().hex[:6]}"
             core.create_namespace({"metadata": {"name": namespace}})

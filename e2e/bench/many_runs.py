@@ -14,8 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from e2e.bench._operator_env import GROUP, PLURAL, VERSION, bench_env, rss_mb
+from e2e.bench._operator_env import bench_env, rss_mb
 from e2e.harness import nodes
+from e2e.harness.operator import GROUP, PLURAL, VERSION
 
 
 def main() -> None:

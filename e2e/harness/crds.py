@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+
+CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
+
+
+def repo_crds() -> list[dict[str, Any]]:
+    """The CRDs that ship in ``crds/``, as parsed documents."""
+    docs: list[dict[str, Any]] = []
+    for path in sorted(CRD_DIR.glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
 
 
 def apply_crds(api_client: Any, docs: Iterable[dict[str, Any]], timeout: float = 60.0) -> None:

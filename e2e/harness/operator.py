@@ -15,6 +15,40 @@ import yaml
 
 from e2e.harness.net import free_port
 
+GROUP, VERSION, PLURAL = "proctor.dev", "v1alpha1", "evalruns"
+CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+QUICKSTART = Path(__file__).resolve().parents[2] / "manifests" / "samples" / "quickstart.yaml"
+
+
+def evalrun_doc(
+    name: str, *, count: int, bucket: str, moto: str, storage: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The quickstart EvalRun pointed at the test's Redis (Secret ``queue``) and moto bucket
+    (Secret ``s3``); ``storage`` adds fields to ``spec.storage``."""
+    doc: dict[str, Any] = yaml.safe_load(QUICKSTART.read_text())
+    doc["metadata"] = {"name": name}
+    doc["spec"]["cases"]["count"] = count
+    doc["spec"]["queue"] = {"type": "redis", "secretRef": {"name": "queue"}, "lease": "10s"}
+    doc["spec"]["storage"] = {
+        "uri": f"s3://{bucket}/runs",
+        "endpoint": moto,
+        "region": "us-east-1",
+        "secretRef": {"name": "s3"},
+        **(storage or {}),
+    }
+    return doc
+
+
+def operator_config(*, run_workers: bool, **extra: Any) -> dict[str, Any]:
+    """OperatorConfig for tests: a 1 s loop; with ``run_workers`` worker pods carry the pod
+    runner's label and really run, otherwise they only look Running (kwok)."""
+    return {
+        "workerPodLabels": {"e2e.proctor.dev/run": "local"} if run_workers else {},
+        "scalingIntervalSeconds": 1.0,
+        "workerGraceSeconds": 10,
+        **extra,
+    }
+
 
 class OperatorProcess:
     """A running operator; ``log`` holds its stderr."""

@@ -58,7 +58,7 @@ class ManifestError(Exception):
     """A manifest that cannot be parsed or validated."""
 
 
-def _path(loc: Sequence[int | str], alias_of: dict[str, str] | None = None) -> str:
+def _path(loc: Sequence[int | str]) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):

@@ -7,7 +7,6 @@ in Python, with one message, so ``proctor validate`` and ``kubectl apply`` say t
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, Self
@@ -31,7 +30,6 @@ from proctor.quantity import (
     QUANTITY_PATTERN,
     is_duration,
     is_quantity,
-    parse_duration,
 )
 
 VERSION = "v1alpha1"
@@ -174,11 +172,6 @@ FreeForm = Annotated[
 
 ProfileName = Literal["micro", "small", "medium", "large", "xlarge", "auto"]
 PROFILE_NAMES: tuple[str, ...] = ("micro", "small", "medium", "large", "xlarge", "auto")
-
-
-def seconds(value: str) -> float:
-    """Seconds in a validated :data:`Duration`."""
-    return parse_duration(value)
 
 
 PROFILE_OR_RESOURCES = not_both(
@@ -397,7 +390,3 @@ class Condition(ApiModel):
     observed_generation: int | None = Field(
         default=None, description="The spec generation this condition was computed from."
     )
-
-
-def name_is_dns_label(value: str) -> bool:
-    return bool(re.match(DNS_LABEL_PATTERN, value)) and len(value) <= 63
