@@ -12,7 +12,9 @@ One loop per process (``proctor worker``, or each process of ``proctor run``):
 A redelivered entry (its last worker died) is first compared with the results already
 written, so finished batches are skipped, and its cases run one per batch, so the next crash
 pins the case at fault: when an entry has been delivered more than ``spec.retries`` times, the
-first unrecorded case is dead-lettered and the rest goes back to the queue afresh.
+first unrecorded case is run once alone in a forked child; if that kills or hangs the child it
+is dead-lettered and the rest goes back to the queue afresh, otherwise (the entry was only held
+by a worker another case killed) the entry is evaluated as usual.
 
 On SIGTERM the worker stops claiming, lets the running case finish (or abandons it after
 ``shutdown_grace`` seconds), writes the results of the cases finished in the current batch,
@@ -399,7 +401,9 @@ class Worker:
         if not gaps:
             self.queue.ack(lease, me)
             return
-        if lease.delivery > self.retries:
+        if lease.delivery > self.retries and not (
+            self.retries >= 2 and self._survives_alone(gaps[0].start)
+        ):
             self._dead_letter(lease, gaps)
             return
         for gi, gap in enumerate(gaps):
@@ -427,6 +431,40 @@ class Worker:
         if not self.queue.ack(lease, me):
             self.stats.leases_lost += 1
             self.metrics.leases_lost.inc()
+
+    def _survives_alone(self, index: int) -> bool:
+        """Evaluate case ``index`` once in a forked child that touches neither queue nor store.
+
+        A delivery count says how often a worker holding the entry died, not that this entry
+        killed it: a worker claims several entries at once, and one poison case charges every
+        entry it held. Before a case is dead-lettered it must kill (or hang) a process on its
+        own; when it finishes, the entry was charged for another's crash and is evaluated
+        normally. Costs one fork, and only on this rare path.
+        """
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child; coverage cannot follow os._exit
+            code = 1
+            try:
+                for _ in self._task.evaluate_batch(index, index + 1, self.case_timeout):
+                    pass
+                code = 0
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + self.case_timeout + 10.0
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                survived = os.waitstatus_to_exitcode(status) == 0
+                break
+            if time.monotonic() > deadline or self._stop.is_set():
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                # Stopping proves nothing either way: leave it to the next delivery.
+                survived = self._stop.is_set()
+                break
+            time.sleep(0.01)
+        self.log.info("poison check", index=index, survived=survived)
+        return survived
 
     def _dead_letter(self, lease: Lease, gaps: list[Range]) -> None:
         # After a crash, batches of one case: the first unrecorded case is the one at fault.
