@@ -263,7 +263,7 @@ def check_prefix_property(spec: Any, seed: int) -> None:
     if small != large:
         raise TaskLoadError(
             "this spec's gen_inputs(n, seed) gives different first inputs for different n, so "
-            "it cannot be generated in chunks; generate a dataset instead (cases.dataset)"
+            "it cannot be generated in chunks; make the first inputs independent of n"
         )
 
 
