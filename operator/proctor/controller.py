@@ -125,6 +125,15 @@ def run_pass(
     metrics.planned.labels(ref.namespace, ref.name).set(result.planned)
     metrics.ready.labels(ref.namespace, ref.name).set(result.ready)
     metrics.backlog.labels(ref.namespace, ref.name).set(result.backlog)
+    metrics.observe_progress(
+        ref.namespace,
+        ref.name,
+        desired=result.desired,
+        completed=result.completed,
+        total=result.total,
+        cases_per_second=result.cases_per_second,
+        stalled=result.stalled,
+    )
     if result.new_disruptions:
         metrics.disruptions.labels(ref.namespace, ref.name).inc(result.new_disruptions)
     return result

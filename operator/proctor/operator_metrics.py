@@ -50,15 +50,72 @@ class OperatorMetrics:
             ["namespace", "run"],
             registry=self.registry,
         )
+        self.desired = Gauge(
+            "proctor_operator_desired_workers",
+            "Workers the autoscaler wants now per run (status.workers.desired).",
+            ["namespace", "run"],
+            registry=self.registry,
+        )
+        self.completed = Gauge(
+            "proctor_operator_completed_cases",
+            "Cases with a recorded result per run (status.counts.completed).",
+            ["namespace", "run"],
+            registry=self.registry,
+        )
+        self.progress = Gauge(
+            "proctor_operator_progress_ratio",
+            "Completed share of a run's cases, 0-1 (status.progressPercent / 100).",
+            ["namespace", "run"],
+            registry=self.registry,
+        )
+        self.throughput = Gauge(
+            "proctor_operator_cases_per_second",
+            "Recent throughput per run (status.casesPerSecond); 0 once finished.",
+            ["namespace", "run"],
+            registry=self.registry,
+        )
+        self.stalled = Gauge(
+            "proctor_operator_run_stalled",
+            "1 while a run's Stalled condition is True, else 0.",
+            ["namespace", "run"],
+            registry=self.registry,
+        )
         self._phase: dict[tuple[str, str], str] = {}
 
     def observe_run(self, namespace: str, run: str, phase: str) -> None:
         self._phase[(namespace, run)] = phase
         self._publish_phases()
 
+    def observe_progress(
+        self,
+        namespace: str,
+        run: str,
+        *,
+        desired: int,
+        completed: int,
+        total: int,
+        cases_per_second: float,
+        stalled: bool,
+    ) -> None:
+        """The per-run gauges that follow the status (progress, throughput, Stalled)."""
+        self.desired.labels(namespace, run).set(desired)
+        self.completed.labels(namespace, run).set(completed)
+        self.progress.labels(namespace, run).set(completed / total if total > 0 else 0.0)
+        self.throughput.labels(namespace, run).set(cases_per_second)
+        self.stalled.labels(namespace, run).set(1 if stalled else 0)
+
     def forget_run(self, namespace: str, run: str) -> None:
         self._phase.pop((namespace, run), None)
-        for gauge in (self.planned, self.ready, self.backlog):
+        for gauge in (
+            self.planned,
+            self.ready,
+            self.backlog,
+            self.desired,
+            self.completed,
+            self.progress,
+            self.throughput,
+            self.stalled,
+        ):
             with contextlib.suppress(KeyError):
                 gauge.remove(namespace, run)
         self._publish_phases()

@@ -26,7 +26,7 @@ from proctor.api.v1alpha1.evalrun import (
     ResultSummary,
     WorkerCounts,
 )
-from proctor.conditions import rfc3339
+from proctor.conditions import is_true, rfc3339
 from proctor.config import OperatorConfig
 from proctor.observe import (
     ClusterApi,
@@ -116,6 +116,11 @@ class PassResult:
     new_disruptions: int
     created: int
     deleted: int
+    desired: int = 0
+    completed: int = 0
+    total: int = 0
+    cases_per_second: float = 0.0
+    stalled: bool = False
 
 
 EventSink = Callable[[Event], None]
@@ -331,7 +336,10 @@ def reconcile_run(
             if now >= ended + timedelta(seconds=ttl):
                 log.info("ttl expired, deleting run", run=ref.name, namespace=ref.namespace)
                 api.delete_run(ref.namespace, ref.name)
-        return PassResult(prev.phase, 0, 0, 0, 0, 0, len(live))
+        done = prev.counts or CaseCounts()
+        return PassResult(
+            prev.phase, 0, 0, 0, 0, 0, len(live), completed=done.completed, total=done.total
+        )
 
     new_failures, new_disruptions, notes = _failures_and_disruptions(workers, rt, view.nodes)
     for note in notes:
@@ -533,6 +541,11 @@ def reconcile_run(
         new_disruptions=new_disruptions,
         created=created,
         deleted=removed,
+        desired=desired,
+        completed=counts.completed,
+        total=counts.total,
+        cases_per_second=rate or 0.0,
+        stalled=is_true(update.status.conditions, "Stalled"),
     )
 
 
