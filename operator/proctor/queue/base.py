@@ -56,12 +56,15 @@ class QueueDepth:
 
     ``cases`` is the number of cases in those entries where the backend can say cheaply
     (Redis, embedded); ``None`` where it cannot (SQS). ``stopped`` is the stop reason, if any.
+    ``holders`` names the consumers holding the in-flight entries (Redis, embedded); ``None``
+    where the backend cannot say who holds a lease (SQS).
     """
 
     waiting: int
     in_flight: int
     cases: int | None = None
     stopped: str | None = None
+    holders: frozenset[str] | None = None
 
     @property
     def total(self) -> int:
@@ -129,6 +132,11 @@ class WorkQueue(Protocol):
 
     def depth(self) -> QueueDepth:
         """Waiting and in-flight entries."""
+        ...
+
+    def lease_holders(self) -> frozenset[str] | None:
+        """The consumers that hold an in-flight entry (workers pass their pod name as the
+        consumer); ``None`` when the backend cannot tell (SQS)."""
         ...
 
     def stop(self, reason: str) -> None:

@@ -132,6 +132,13 @@ def _fields(raw: Sequence[Any]) -> dict[str, str]:
     return dict(zip(items[::2], items[1::2], strict=True))
 
 
+def _holders(pending: Any) -> frozenset[str]:
+    """Consumers with pending entries, from the summary form of ``XPENDING``."""
+    consumers = (pending or {}).get("consumers") or []
+    names = (c["name"] for c in consumers if int(c.get("pending") or 0) > 0)
+    return frozenset(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+
+
 class RedisQueue:
     """A run's queue in Redis Streams. Keys share the hash tag ``{run_id}`` (Cluster-safe)."""
 
@@ -248,7 +255,11 @@ class RedisQueue:
             in_flight=in_flight,
             cases=int(cases or 0),
             stopped=stop.decode() if stop else None,
+            holders=_holders(pending),
         )
+
+    def lease_holders(self) -> frozenset[str] | None:
+        return _holders(self.client.xpending(self.stream, GROUP))
 
     def stop(self, reason: str) -> None:
         self._stop(keys=[self.stop_key, self.stream, self.cases_key], args=[GROUP, reason])

@@ -178,7 +178,18 @@ class SqliteQueue:
             "FROM entries WHERE run = ?",
             (now, now, self.run_id),
         ).fetchone()
-        return QueueDepth(int(waiting), int(in_flight), int(cases), self.stopped())
+        holders = self._holders(db, now)
+        return QueueDepth(int(waiting), int(in_flight), int(cases), self.stopped(), holders)
+
+    def _holders(self, db: sqlite3.Connection, now: float) -> frozenset[str]:
+        rows = db.execute(
+            "SELECT DISTINCT owner FROM entries WHERE run = ? AND lease_until >= ?",
+            (self.run_id, now),
+        )
+        return frozenset(str(owner) for (owner,) in rows if owner)
+
+    def lease_holders(self) -> frozenset[str] | None:
+        return self._holders(self._db(), time.time())
 
     def stop(self, reason: str) -> None:
         with self._tx() as db:

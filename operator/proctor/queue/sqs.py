@@ -203,6 +203,10 @@ class SqsQueue:
             stopped=self.stopped(),
         )
 
+    def lease_holders(self) -> frozenset[str] | None:
+        # A received message carries no record of who received it: SQS cannot tell.
+        return None
+
     def stop(self, reason: str) -> None:
         self.client.tag_queue(QueueUrl=self.url, Tags={_STOP_TAG: reason[:256]})
         with self._lock:

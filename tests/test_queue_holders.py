@@ -1,0 +1,62 @@
+"""Lease holders: the queue names the workers that hold a lease (Redis, embedded) so that
+scale-down can remove idle workers only; SQS cannot tell and says so with ``None``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from proctor.queue import Range, WorkQueue, open_queue
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def queue(request: pytest.FixtureRequest, tmp_path: Path, run_id: str) -> Iterator[WorkQueue]:
+    if request.param == "sqlite":
+        url = f"sqlite://{tmp_path / 'queue.sqlite3'}"
+    else:
+        url = request.getfixturevalue("redis_url")
+    q = open_queue(url, run_id, lease_seconds=1.0)
+    yield q
+    q.delete()
+    q.close()
+
+
+def test_holders_follow_claims_and_acks(queue: WorkQueue) -> None:
+    queue.enqueue([Range(0, 10), Range(10, 20), Range(20, 30)], chunk="0")
+    assert queue.lease_holders() == frozenset()
+    a = queue.claim(1, "worker-a")
+    b = queue.claim(1, "worker-b")
+    assert queue.lease_holders() == {"worker-a", "worker-b"}
+    assert queue.depth().holders == {"worker-a", "worker-b"}
+    assert queue.ack(a[0], "worker-a")
+    assert queue.lease_holders() == {"worker-b"}
+    assert queue.handback(b[0], "worker-b", [Range(15, 20)])
+    assert queue.lease_holders() == frozenset()
+    assert queue.depth().holders == frozenset()
+
+
+def test_an_expired_lease_moves_to_its_new_holder(queue: WorkQueue) -> None:
+    queue.enqueue([Range(0, 10)], chunk="0")
+    assert queue.claim(1, "worker-a")
+    time.sleep(1.2)
+    assert queue.claim(1, "worker-b")
+    assert queue.lease_holders() == {"worker-b"}
+
+
+def test_sqs_cannot_name_holders(moto_url: str, run_id: str) -> None:
+    q = open_queue("sqs://" + moto_url.removeprefix("http://"), run_id, lease_seconds=5.0)
+    try:
+        q.enqueue([Range(0, 10)], chunk="0")
+        assert q.claim(1, "worker-a")
+        assert q.lease_holders() is None
+        depth = q.depth()
+        assert depth.holders is None
+        assert depth.in_flight == 1
+    finally:
+        q.delete()
+        q.close()
