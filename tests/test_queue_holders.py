@@ -31,10 +31,10 @@ def test_holders_follow_claims_and_acks(queue: WorkQueue) -> None:
     assert queue.lease_holders() == frozenset()
     a = queue.claim(1, "worker-a")
     b = queue.claim(1, "worker-b")
-    assert queue.lease_holders() == {"worker-a", "worker-b"}
-    assert queue.depth().holders == {"worker-a", "worker-b"}
+    assert queue.lease_holders() == frozenset({"worker-a", "worker-b"})
+    assert queue.depth().holders == frozenset({"worker-a", "worker-b"})
     assert queue.ack(a[0], "worker-a")
-    assert queue.lease_holders() == {"worker-b"}
+    assert queue.lease_holders() == frozenset({"worker-b"})
     assert queue.handback(b[0], "worker-b", [Range(15, 20)])
     assert queue.lease_holders() == frozenset()
     assert queue.depth().holders == frozenset()
@@ -45,7 +45,7 @@ def test_an_expired_lease_moves_to_its_new_holder(queue: WorkQueue) -> None:
     assert queue.claim(1, "worker-a")
     time.sleep(1.2)
     assert queue.claim(1, "worker-b")
-    assert queue.lease_holders() == {"worker-b"}
+    assert queue.lease_holders() == frozenset({"worker-b"})
 
 
 def test_sqs_cannot_name_holders(moto_url: str, run_id: str) -> None:
