@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from proctor.api.v1alpha1.base import (
     PROFILE_OR_RESOURCES,
@@ -20,6 +21,7 @@ from proctor.api.v1alpha1.base import (
     StorageSpec,
     exactly_one,
 )
+from proctor.cron import CronError, parse_cron
 
 KIND = "BenchmarkSuite"
 PLURAL = "benchmarksuites"
@@ -101,7 +103,22 @@ class ScheduleSpec(ApiModel):
         description="Cron expression (five fields, UTC), e.g. `0 3 * * *`.",
         pattern=r"^\S+\s+\S+\s+\S+\s+\S+\s+\S+$",
     )
-    history_limit: int = Field(default=10, ge=1, le=1000, description="Runs kept in history.")
+    history_limit: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="Finished runs kept, summarized in status.history and with their records "
+        "and reports in storage; older ones are deleted.",
+    )
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        try:
+            parse_cron(value)
+        except CronError as exc:
+            raise PydanticCustomError("cron", "{message}", {"message": str(exc)}) from exc
+        return value
 
 
 class BenchmarkSuiteSpec(ApiModel):
@@ -127,6 +144,13 @@ class BenchmarkSuiteSpec(ApiModel):
     storage: StorageSpec | None = Field(default=None, description="Results and reports.")
     max_parallel: int = Field(
         default=10, ge=1, le=1000, description="Benchmark pods running at once."
+    )
+    failure_budget: int = Field(
+        default=5,
+        ge=0,
+        le=1000,
+        description="Benchmark pod failures (crashes, OOM, image errors; not disruptions and "
+        "not failing repetitions, which are recorded) tolerated before the run fails.",
     )
     suspend: bool = Field(default=False, description="Pause the suite.")
 
@@ -165,6 +189,21 @@ class Regression(ApiModel):
     ratio_ci: list[float] = Field(description="Interval of the ratio.")
 
 
+class SuiteRunSummary(ApiModel):
+    """One finished run of the suite, as kept in status.history."""
+
+    run_id: str = Field(description="The run's id (also its storage prefix).")
+    phase: Phase = Field(description="Succeeded or Failed.")
+    start_time: str | None = Field(default=None, description="When the run started.")
+    completion_time: str | None = Field(default=None, description="When it finished.")
+    completed: int = Field(default=0, description="Repetitions recorded.")
+    total: int = Field(default=0, description="Repetitions planned.")
+    regression_count: int | None = Field(default=None, description="Regressions found.")
+    disruptions: int = Field(default=0, description="Benchmark pods lost to disruptions.")
+    report_uri: str | None = Field(default=None, description="The run's report.")
+    results_uri: str | None = Field(default=None, description="The run's records.")
+
+
 class BenchmarkSuiteStatus(ApiModel):
     """Observed state of a BenchmarkSuite."""
 
@@ -179,9 +218,33 @@ class BenchmarkSuiteStatus(ApiModel):
     cells: list[CellSummary] | None = Field(default=None, description="Per-cell statistics.")
     regressions: list[Regression] | None = Field(default=None, description="Regressions found.")
     regression_count: int | None = Field(default=None, description="Number of regressions.")
-    disruptions: int | None = Field(default=None, description="Pods lost to preemption.")
+    disruptions: int | None = Field(
+        default=None,
+        description="Benchmark pods lost to preemption, eviction or their node going away; "
+        "their repetitions are re-run. Not failures.",
+    )
+    failures: int | None = Field(
+        default=None,
+        description="Benchmark pods that failed (crash, OOM, image error), against "
+        "spec.failureBudget.",
+    )
+    run_id: str | None = Field(
+        default=None, description="The current (or last) run; each scheduled fire starts one."
+    )
     report_uri: str | None = Field(default=None, description="Where the report is.")
+    results_uri: str | None = Field(
+        default=None,
+        description="Where the run's records are; what another suite's baseline.suiteRun reads.",
+    )
+    baseline_uri: str | None = Field(
+        default=None, description="The results the run was compared against."
+    )
     last_schedule_time: str | None = Field(default=None, description="Last scheduled run.")
+    next_schedule_time: str | None = Field(default=None, description="Next scheduled run.")
+    history: list[SuiteRunSummary] | None = Field(
+        default=None,
+        description="Finished runs, oldest first, at most schedule.historyLimit.",
+    )
     start_time: str | None = Field(default=None, description="When the run started.")
     completion_time: str | None = Field(default=None, description="When it finished.")
 
