@@ -51,6 +51,7 @@ def test_observe_progress_sets_every_gauge(case: Case) -> None:
     assert sample(m, "proctor_operator_progress_ratio", labels) == pytest.approx(case.want_progress)
     assert sample(m, "proctor_operator_cases_per_second", labels) == case.rate
     assert sample(m, "proctor_operator_run_stalled", labels) == case.want_stalled
+    assert sample(m, "proctor_operator_disruptions_total", labels) == 0.0
 
 
 def test_a_later_pass_overwrites_and_forget_removes_the_run() -> None:

@@ -103,10 +103,13 @@ class OperatorMetrics:
         self.progress.labels(namespace, run).set(completed / total if total > 0 else 0.0)
         self.throughput.labels(namespace, run).set(cases_per_second)
         self.stalled.labels(namespace, run).set(1 if stalled else 0)
+        # A counter child exists from the run's first pass, at 0, so increase() in the
+        # HighDisruptionRate alert sees the first disruption too.
+        self.disruptions.labels(namespace, run)
 
     def forget_run(self, namespace: str, run: str) -> None:
         self._phase.pop((namespace, run), None)
-        for gauge in (
+        for metric in (
             self.planned,
             self.ready,
             self.backlog,
@@ -115,9 +118,10 @@ class OperatorMetrics:
             self.progress,
             self.throughput,
             self.stalled,
+            self.disruptions,
         ):
             with contextlib.suppress(KeyError):
-                gauge.remove(namespace, run)
+                metric.remove(namespace, run)
         self._publish_phases()
 
     def _publish_phases(self) -> None:
