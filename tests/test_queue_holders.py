@@ -60,3 +60,24 @@ def test_sqs_cannot_name_holders(moto_url: str, run_id: str) -> None:
     finally:
         q.delete()
         q.close()
+
+
+def test_connections_share_one_client_per_url(redis_url: str, tmp_path: Path) -> None:
+    from proctor.queue import QueueConnections
+
+    conns = QueueConnections()
+    a = conns.open(redis_url, "run-a", lease_seconds=5.0)
+    b = conns.open(redis_url, "run-b", lease_seconds=5.0)
+    embedded = conns.open(f"sqlite://{tmp_path / 'q.sqlite3'}", "run-c", lease_seconds=5.0)
+    try:
+        assert getattr(a, "client", None) is getattr(b, "client", None)
+        assert conns.shared(a)
+        assert not conns.shared(embedded)
+        a.enqueue([Range(0, 5)], chunk="0")
+        conns.release(a)  # shared: left open for b
+        assert b.depth().total == 0
+        assert a.depth().waiting == 1
+    finally:
+        conns.release(embedded)
+        a.delete()
+        conns.close()

@@ -9,7 +9,7 @@ import pytest
 
 from proctor.api.v1alpha1.base import Condition
 from proctor.conditions import get_condition, is_true, set_condition
-from proctor.scaling import ScaleState, WorkerPod, decide
+from proctor.scaling import ScaleState, WorkerPod, busy_workers, decide
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -97,3 +97,38 @@ def test_conditions_other_types_untouched() -> None:
     assert out[0] == base[0]
     assert get_condition(out, "B") is not None
     assert get_condition(out, "C") is None
+
+
+BUSY_CASES = [
+    # (name, holders, waiting, in_flight, busy)
+    ("nothing out", frozenset(), 0, 0, set()),
+    ("holders known, nothing waits: exactly the holders", frozenset({"b"}), 0, 1, {"b"}),
+    ("a holder that is not a worker pod is ignored", frozenset({"gone", "a"}), 0, 2, {"a"}),
+    ("holders known but work waits: every worker", frozenset({"b"}), 3, 1, {"a", "b", "c"}),
+    ("holders unknown (SQS), a lease out: every worker", None, 0, 1, {"a", "b", "c"}),
+    ("holders unknown, nothing out: nobody", None, 0, 0, set()),
+    ("waiting only: nobody holds anything yet", frozenset(), 4, 0, set()),
+]
+
+
+@pytest.mark.parametrize(
+    ("holders", "waiting", "in_flight", "busy"),
+    [c[1:] for c in BUSY_CASES],
+    ids=[c[0] for c in BUSY_CASES],
+)
+def test_busy_workers(
+    holders: frozenset[str] | None, waiting: int, in_flight: int, busy: set[str]
+) -> None:
+    names = ["a", "b", "c"]
+    got = busy_workers(names, holders=holders, waiting=waiting, in_flight=in_flight)
+    assert got == frozenset(busy)
+
+
+def test_scale_down_with_named_holders_removes_only_idle_workers() -> None:
+    pods = [pod("a", 0), pod("b", 1), pod("c", 2)]
+    busy = busy_workers(["a", "b", "c"], holders=frozenset({"c"}), waiting=0, in_flight=1)
+    decision = decide(
+        1, pods, busy, ScaleState(T0), now=T0 + timedelta(seconds=60), stabilization_seconds=30
+    )
+    assert set(decision.delete) == {"a", "b"}
+    assert decision.held == 0

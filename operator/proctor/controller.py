@@ -24,6 +24,7 @@ from proctor.reconcile import (
     PassResult,
     RunRef,
     RunRuntime,
+    SharedClients,
     finalize_run,
     reconcile_run,
 )
@@ -114,6 +115,7 @@ def run_pass(
             view=view,
             rt=rt,
             emit=emit,
+            clients=memo.clients,
         )
     except Exception:
         metrics.reconcile_errors.inc()
@@ -151,6 +153,7 @@ def build_registry(
         memo.config = config
         memo.api = ClusterApi(_api_client())
         memo.runs = {}
+        memo.clients = SharedClients()
         memo.metrics = OperatorMetrics()
         if metrics_port:
             memo.metrics.serve(metrics_port)
@@ -166,6 +169,7 @@ def build_registry(
     def cleanup(memo: kopf.Memo, **_: Any) -> None:
         for rt in memo.runs.values():
             rt.close()
+        memo.clients.close()
         memo.api.close()
 
     @kopf.index("nodes", id="proctor_nodes", registry=registry)
@@ -216,7 +220,7 @@ def build_registry(
     @kopf.on.delete(*RESOURCE, registry=registry)
     def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         ref = _ref(body["metadata"])
-        finalize_run(body["spec"], ref, memo.config, memo.api)
+        finalize_run(body["spec"], ref, memo.config, memo.api, memo.clients)
         rt = memo.runs.pop(ref.uid, None)
         if rt is not None:
             rt.close()

@@ -9,6 +9,8 @@ run) so that every side effect lives here.
 from __future__ import annotations
 
 import base64
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -250,6 +252,11 @@ def quota_headroom(quotas: Iterable[Mapping[str, Any]], own: Iterable[Capacity])
     return QuotaHeadroom(room["cpu"], room["memory"], room["gpus"], room["pods"])
 
 
+QUOTA_MAX_AGE_SECONDS = 1.0
+"""ResourceQuotas are listed at most this often per namespace (every run of the namespace shares
+the list), and again after this operator creates or deletes a pod there."""
+
+
 class ClusterApi:
     """The operator's writes and the reads that are not served by an index."""
 
@@ -257,6 +264,8 @@ class ClusterApi:
         self.api_client = api_client
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
+        self._lock = threading.Lock()
+        self._quotas: dict[str, tuple[float, list[dict[str, Any]]]] = {}
 
     def close(self) -> None:
         self.api_client.close()
@@ -273,13 +282,29 @@ class ClusterApi:
         return {k: base64.b64decode(v).decode() for k, v in data.items()}
 
     def quotas(self, namespace: str) -> list[dict[str, Any]]:
+        with self._lock:
+            cached = self._quotas.get(namespace)
+        if cached is not None and time.monotonic() - cached[0] < QUOTA_MAX_AGE_SECONDS:
+            return cached[1]
+        at = time.monotonic()
         listed = self.core.list_namespaced_resource_quota(namespace)
         out: list[dict[str, Any]] = self.api_client.sanitize_for_serialization(listed)["items"]
+        with self._lock:
+            self._quotas[namespace] = (at, out)
         return out
 
-    def create_pod(self, manifest: Mapping[str, Any]) -> str:
-        created = self.core.create_namespaced_pod(manifest["metadata"]["namespace"], manifest)
-        return str(created.metadata.name)
+    def _pods_changed(self, namespace: str) -> None:
+        with self._lock:
+            self._quotas.pop(namespace, None)
+
+    def create_pod(self, manifest: Mapping[str, Any]) -> tuple[str, str]:
+        """Create a pod; returns its name and uid."""
+        namespace = manifest["metadata"]["namespace"]
+        try:
+            created = self.core.create_namespaced_pod(namespace, manifest)
+        finally:
+            self._pods_changed(namespace)
+        return str(created.metadata.name), str(created.metadata.uid)
 
     def delete_pod(self, namespace: str, name: str) -> None:
         try:
@@ -287,6 +312,8 @@ class ClusterApi:
         except ApiException as exc:
             if exc.status != 404:
                 raise
+        finally:
+            self._pods_changed(namespace)
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object_status(

@@ -39,8 +39,8 @@ from proctor.observe import (
 from proctor.planning import Demand, NodeInfo, PlanResult, compute_plan
 from proctor.pods import worker_pod
 from proctor.quantity import parse_duration
-from proctor.queue import WorkQueue, enqueue_run, open_queue
-from proctor.scaling import ScaleState, WorkerPod, decide
+from proctor.queue import QueueConnections, WorkQueue, enqueue_run
+from proctor.scaling import ScaleState, WorkerPod, busy_workers, decide
 from proctor.stats import should_stop_early, summarize
 from proctor.status import Event, Observation, Problem, next_status
 from proctor.storage import RunProgress, RunStorage
@@ -50,6 +50,57 @@ log = structlog.get_logger("proctor.operator")
 
 ENQUEUED_ANNOTATION = "proctor.dev/enqueued"
 AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+CONNECTION_TTL_SECONDS = 30.0
+"""How long a run's Secrets, once read, are trusted before they are read again (a spec change
+reads them at once). A missing Secret is looked for on every pass."""
+
+PROGRESS_REFRESH_SECONDS = 10.0
+"""Result objects are listed when the queue changed (an ack, a handback, a dead letter) and at
+least this often otherwise, so an idle run costs no storage requests on most passes."""
+
+EXPECTATION_SECONDS = 30.0
+"""A pod this operator created counts as a worker until the pod index shows it, or this long."""
+
+
+class SharedClients:
+    """Queue and S3 clients shared by every run (kept in ``memo``, closed on cleanup).
+
+    A boto3 client costs 10-20 MB and tens of milliseconds to create; with hundreds of runs
+    one per run was most of the operator's memory and of a new run's first pass.
+    """
+
+    def __init__(self) -> None:
+        self.queues = QueueConnections()
+        self._lock = threading.Lock()
+        self._s3: dict[tuple[str, ...], Any] = {}
+
+    def s3(self, endpoint: str | None, region: str | None, creds: Mapping[str, str]) -> Any:
+        """One S3 client per endpoint, region and credentials."""
+        key = (endpoint or "", region or "", *(creds.get(k, "") for k in AWS_KEYS))
+        with self._lock:
+            if key not in self._s3:
+                import boto3
+                from botocore.config import Config
+
+                self._s3[key] = boto3.client(
+                    "s3",
+                    endpoint_url=endpoint,
+                    region_name=region,
+                    aws_access_key_id=creds.get("AWS_ACCESS_KEY_ID"),
+                    aws_secret_access_key=creds.get("AWS_SECRET_ACCESS_KEY"),
+                    aws_session_token=creds.get("AWS_SESSION_TOKEN"),
+                    config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+                )
+            return self._s3[key]
+
+    def close(self) -> None:
+        self.queues.close()
+        with self._lock:
+            clients = list(self._s3.values())
+            self._s3.clear()
+        for client in clients:
+            client.close()
 
 
 @dataclass
@@ -70,6 +121,7 @@ class RunRuntime:
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     queue: WorkQueue | None = None
+    queue_owned: bool = True
     storage: RunStorage | None = None
     progress: RunProgress | None = None
     enqueued: bool = False
@@ -77,13 +129,21 @@ class RunRuntime:
     counted: set[str] = field(default_factory=set)
     known: dict[str, str] = field(default_factory=dict)
     deleted: set[str] = field(default_factory=set)
+    # Pods created but not yet in the pod index: name -> (uid, monotonic time of creation).
+    expected: dict[str, tuple[str, float]] = field(default_factory=dict)
     spot_disruptions: int = 0
     last_checkpoint: float = field(default_factory=time.monotonic)
+    checkpointed: tuple[int, int, int] | None = None
+    refreshed_at: float = 0.0
+    depth_seen: tuple[object, ...] | None = None
+    conn: Connection | None = None
+    conn_read: tuple[float, int] = (0.0, 0)
     stopped: str | None = None
 
     def close(self) -> None:
         if self.queue is not None:
-            self.queue.close()
+            if self.queue_owned:
+                self.queue.close()
             self.queue = None
 
 
@@ -197,6 +257,21 @@ def connection(
     return Connection(queue_url, uri, endpoint, region, creds, env)
 
 
+def cached_connection(
+    spec: EvalRunSpec, ref: RunRef, config: OperatorConfig, api: ClusterApi, rt: RunRuntime
+) -> Connection | Problem:
+    """:func:`connection`, read again after :data:`CONNECTION_TTL_SECONDS` or a spec change;
+    a problem is never cached, so a Secret created later is found on the next pass."""
+    at, generation = rt.conn_read
+    fresh = time.monotonic() - at < CONNECTION_TTL_SECONDS and generation == ref.generation
+    if rt.conn is not None and fresh:
+        return rt.conn
+    conn = connection(spec, ref, config, api)
+    rt.conn = conn if isinstance(conn, Connection) else None
+    rt.conn_read = (time.monotonic(), ref.generation)
+    return conn
+
+
 def _secret_env(name: str, secret: str, key: str, optional: bool = False) -> dict[str, Any]:
     ref: dict[str, Any] = {"name": secret, "key": key}
     if optional:
@@ -222,29 +297,25 @@ def worker_env(spec: EvalRunSpec, ref: RunRef, conn: Connection) -> list[dict[st
 
 
 def open_run(
-    spec: EvalRunSpec, ref: RunRef, conn: Connection, rt: RunRuntime
+    spec: EvalRunSpec,
+    ref: RunRef,
+    conn: Connection,
+    rt: RunRuntime,
+    clients: SharedClients,
+    *,
+    fresh: bool = False,
 ) -> tuple[WorkQueue, RunStorage, RunProgress]:
-    """The run's queue, storage and progress, opened once per operator process."""
+    """The run's queue, storage and progress, opened once per operator process on the shared
+    clients. A ``fresh`` run (never enqueued) has no checkpoint to resume from."""
     if rt.storage is None:
-        import boto3
-        from botocore.config import Config
-
         from proctor.storage import open_storage
 
         compression = spec.storage.compression if spec.storage else None
         algorithm = compression.algorithm if compression else "zstd"
         level = compression.level if compression else 3
-        if conn.storage_uri.startswith("s3://") and conn.storage_credentials:
+        if conn.storage_uri.startswith("s3://"):
             bucket, _, prefix = conn.storage_uri.removeprefix("s3://").partition("/")
-            s3 = boto3.client(
-                "s3",
-                endpoint_url=conn.storage_endpoint,
-                region_name=conn.storage_region,
-                aws_access_key_id=conn.storage_credentials.get("AWS_ACCESS_KEY_ID"),
-                aws_secret_access_key=conn.storage_credentials.get("AWS_SECRET_ACCESS_KEY"),
-                aws_session_token=conn.storage_credentials.get("AWS_SESSION_TOKEN"),
-                config=Config(retries={"max_attempts": 5, "mode": "standard"}),
-            )
+            s3 = clients.s3(conn.storage_endpoint, conn.storage_region, conn.storage_credentials)
             blobs = S3Blobs(bucket, prefix, client=s3, retry_deadline=30.0)
             rt.storage = RunStorage(blobs, ref.uid, compression=algorithm, level=level)
         else:
@@ -258,10 +329,15 @@ def open_run(
             )
     if rt.queue is None:
         lease = parse_duration(spec.queue.lease) if spec.queue else 60.0
-        rt.queue = open_queue(conn.queue_url, ref.uid, lease_seconds=lease)
+        rt.queue = clients.queues.open(conn.queue_url, ref.uid, lease_seconds=lease)
+        rt.queue_owned = not clients.queues.shared(rt.queue)
     if rt.progress is None:
         # Resume from the run checkpoint: refresh then reads only objects written since.
-        rt.progress = RunProgress.resume(rt.storage, spec.cases.count)
+        rt.progress = (
+            RunProgress(rt.storage, spec.cases.count)
+            if fresh
+            else RunProgress.resume(rt.storage, spec.cases.count)
+        )
     return rt.queue, rt.storage, rt.progress
 
 
@@ -298,6 +374,25 @@ def _failures_and_disruptions(
     return failures, disruptions, notes
 
 
+def _unseen_pods(rt: RunRuntime, workers: Sequence[WorkerObs]) -> list[str]:
+    """Pods this operator created that the pod index does not show yet (forgotten once seen,
+    or after :data:`EXPECTATION_SECONDS`)."""
+    seen = {w.name for w in workers}
+    now = time.monotonic()
+    for name, (_, at) in list(rt.expected.items()):
+        if name in seen or now - at > EXPECTATION_SECONDS:
+            del rt.expected[name]
+    return list(rt.expected)
+
+
+def _delete_unseen(api: ClusterApi, ref: RunRef, rt: RunRuntime, names: Sequence[str]) -> int:
+    for name in names:
+        uid, _ = rt.expected.pop(name)
+        rt.deleted.add(uid)
+        api.delete_pod(ref.namespace, name)
+    return len(names)
+
+
 def _pool_for_new_pod(plan: PlanResult, workers: Sequence[WorkerObs], pods: dict[str, int]) -> str:
     if not plan.pools:
         return ""
@@ -316,6 +411,7 @@ def reconcile_run(
     view: ClusterView,
     rt: RunRuntime,
     emit: EventSink,
+    clients: SharedClients,
     now: datetime | None = None,
 ) -> PassResult:
     """One pass; see the module doc. Returns what it did."""
@@ -324,11 +420,13 @@ def reconcile_run(
     prev = EvalRunStatus.model_validate(dict(body_status or {}))
     workers = list(view.workers)
     live = [w for w in workers if not w.terminating and not w.finished]
+    unseen = _unseen_pods(rt, workers)
 
     if prev.phase in {"Succeeded", "Failed"}:
         for w in live:
             rt.deleted.add(w.uid)
             api.delete_pod(w.namespace, w.name)
+        _delete_unseen(api, ref, rt, unseen)
         ttl = spec.ttl_seconds_after_finished
         done_at = prev.completion_time
         if ttl is not None and done_at:
@@ -355,7 +453,7 @@ def reconcile_run(
     nodes = nodes_with_usage(view.nodes, view.usage, ref.uid)
     quota = quota_headroom(api.quotas(ref.namespace), [w.requests for w in live])
     problem: Problem | None = None
-    conn = connection(spec, ref, config, api)
+    conn = cached_connection(spec, ref, config, api, rt)
     if isinstance(conn, Problem):
         problem = conn
 
@@ -364,6 +462,8 @@ def reconcile_run(
     finished = False
     backlog = 0
     leases_out = 0
+    waiting = 0
+    holders: frozenset[str] | None = None
     result: ResultSummary | None = None
     checkpoint: CheckpointStatus | None = None
     if not isinstance(conn, Connection) or problem is not None:
@@ -371,17 +471,31 @@ def reconcile_run(
             spec, nodes, Demand(0, True), config, quota=quota, spot_fallback=spot_fallback
         )
     else:
-        queue, storage, progress = open_run(spec, ref, conn, rt)
+        # Never enqueued (no annotation, not by this process): no worker has run, so there is
+        # neither a checkpoint nor a result in storage, and the reads that rebuild a lost
+        # queue from storage are skipped. The annotation is written before the first pod.
+        fresh = not rt.enqueued and ENQUEUED_ANNOTATION not in ref.annotations
+        queue, storage, progress = open_run(spec, ref, conn, rt, clients, fresh=fresh)
         if not rt.enqueued:
-            added = enqueue_run(queue, storage, spec)
+            added = enqueue_run(queue, None if fresh else storage, spec)
             rt.enqueued = True
             if ENQUEUED_ANNOTATION not in ref.annotations:
                 api.annotate(ref.namespace, ref.name, {ENQUEUED_ANNOTATION: rfc3339(now)})
             log.info("enqueued", run=ref.name, entries=added)
-        progress.refresh()
+        depth = queue.depth()
+        signature = (depth.waiting, depth.in_flight, depth.cases, depth.stopped)
+        if fresh:
+            rt.depth_seen, rt.refreshed_at = signature, time.monotonic()
+        elif (
+            signature != rt.depth_seen
+            or time.monotonic() - rt.refreshed_at >= PROGRESS_REFRESH_SECONDS
+        ):
+            # Results are written before their entry is acked, so a refresh after the queue
+            # changed sees them.
+            progress.refresh()
+            rt.depth_seen, rt.refreshed_at = signature, time.monotonic()
         snap = progress.snapshot()
         rate = snap.cases_per_second
-        depth = queue.depth()
         rt.stopped = depth.stopped or rt.stopped
         early = spec.early_stopping
         if (
@@ -400,6 +514,8 @@ def reconcile_run(
         finished = snap.finished or (rt.stopped is not None and depth.in_flight == 0)
         backlog = depth.total
         leases_out = depth.in_flight
+        waiting = depth.waiting
+        holders = depth.holders
         counts = CaseCounts(
             total=snap.total,
             completed=snap.completed,
@@ -410,9 +526,13 @@ def reconcile_run(
             dead_lettered=snap.dead_lettered,
         )
         interval = parse_duration(spec.storage.checkpoint_interval) if spec.storage else 30.0
-        if time.monotonic() - rt.last_checkpoint >= interval or finished:
+        mark = (snap.completed, snap.dead_lettered, progress.looks)
+        due = time.monotonic() - rt.last_checkpoint >= interval or finished
+        if due and mark != rt.checkpointed:
+            # Only when something changed: a waiting run costs no writes.
             progress.checkpoint()
             rt.last_checkpoint = time.monotonic()
+            rt.checkpointed = mark
             checkpoint = CheckpointStatus(
                 time=rfc3339(now),
                 uri=storage.blobs.uri(storage.checkpoint_key()),
@@ -426,6 +546,10 @@ def reconcile_run(
                 complete=snap.completed == snap.total,
                 early_stopped=early_stopped,
             ).model_copy(update={"results_uri": storage.results_uri()})
+            # Metamorphic Guard task specs: its report and rule (docs/metamorphic-guard.md).
+            from proctor.mgadapter.summary import with_mg_report
+
+            result, _ = with_mg_report(spec, storage, result, metrics=False)
             storage.write_summary(
                 {
                     "run": ref.name,
@@ -466,13 +590,17 @@ def reconcile_run(
             rt.deleted.add(w.uid)
             api.delete_pod(w.namespace, w.name)
             removed += 1
+        removed += _delete_unseen(api, ref, rt, unseen)
         rt.scale = ScaleState()
         desired = 0
     else:
         pods = [WorkerPod(w.name, w.created, ready=w.ready, scheduled=bool(w.node)) for w in live]
-        # The queue cannot name lease holders: while any lease is out, every worker counts
-        # as busy, so scale-down never kills one mid-batch.
-        busy = {w.name for w in live} if leases_out > 0 else set()
+        # Pods created by an earlier pass that the index does not show yet count too (so they
+        # are not created twice); they are never picked for removal before they are seen.
+        pods += [WorkerPod(name, now, ready=False, scheduled=False) for name in unseen]
+        busy = busy_workers(
+            [w.name for w in live], holders=holders, waiting=waiting, in_flight=leases_out
+        ) | frozenset(unseen)
         stabilization = parse_duration(
             spec.workers.scale_down_stabilization if spec.workers else "30s"
         )
@@ -486,6 +614,7 @@ def reconcile_run(
             victim = by_name[name]
             rt.deleted.add(victim.uid)
             api.delete_pod(victim.namespace, victim.name)
+            log.info("idle worker removed", run=ref.name, pod=name, reason=decision.reason)
             removed += 1
         assert isinstance(conn, Connection)
         env = worker_env(spec, ref, conn)
@@ -504,7 +633,8 @@ def reconcile_run(
                 pool=pool,
                 spot_fallback=spot_fallback,
             )
-            api.create_pod(manifest)
+            name, uid = api.create_pod(manifest)
+            rt.expected[name] = (uid, time.monotonic())
             created += 1
 
     ready = sum(1 for w in live if w.ready)
@@ -550,7 +680,11 @@ def reconcile_run(
 
 
 def finalize_run(
-    spec_body: Mapping[str, Any], ref: RunRef, config: OperatorConfig, api: ClusterApi
+    spec_body: Mapping[str, Any],
+    ref: RunRef,
+    config: OperatorConfig,
+    api: ClusterApi,
+    clients: SharedClients,
 ) -> None:
     """On deletion: remove the run's queue; results in storage are kept."""
     spec = EvalRunSpec.model_validate(dict(spec_body))
@@ -558,8 +692,8 @@ def finalize_run(
     if isinstance(conn, Problem):
         log.warning("queue not deleted", run=ref.name, reason=conn.message)
         return
-    queue = open_queue(conn.queue_url, ref.uid)
+    queue = clients.queues.open(conn.queue_url, ref.uid)
     try:
         queue.delete()
     finally:
-        queue.close()
+        clients.queues.release(queue)

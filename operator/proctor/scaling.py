@@ -85,3 +85,22 @@ def decide(
     if held:
         reason += f"; {held} busy workers kept until they finish their batch"
     return ScaleDecision(desired, 0, victims, ScaleState(lower_since), reason, held=held)
+
+
+def busy_workers(
+    names: Collection[str],
+    *,
+    holders: Collection[str] | None,
+    waiting: int,
+    in_flight: int,
+) -> frozenset[str]:
+    """The workers scale-down must keep, from what the queue says.
+
+    Where the queue names its lease holders and nothing waits, exactly the holders are busy:
+    the others have nothing to claim, so removing them stops no batch. Where entries wait, an
+    idle worker is about to claim one, and where the queue cannot name holders (SQS), nobody
+    can tell who is idle: then every worker counts as busy while any lease is out.
+    """
+    if holders is not None and waiting == 0:
+        return frozenset(n for n in names if n in holders)
+    return frozenset(names) if in_flight > 0 else frozenset()

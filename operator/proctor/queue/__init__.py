@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from typing import Any
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from proctor.queue.base import (
     DeadLetter,
@@ -30,6 +32,7 @@ from proctor.queue.enqueue import enqueue_run
 __all__ = [
     "DeadLetter",
     "Lease",
+    "QueueConnections",
     "QueueDepth",
     "QueueError",
     "Range",
@@ -39,6 +42,27 @@ __all__ = [
     "partition",
     "subtract",
 ]
+
+
+def _sqs_location(parts: SplitResult) -> tuple[str | None, str | None]:
+    """(endpoint URL, region) of an ``sqs://`` URL."""
+    query = parse_qs(parts.query)
+    region = (
+        query.get("region", [None])[0]
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+    )
+    endpoint = None
+    if parts.netloc:
+        tls = parts.scheme.lower() == "sqs+https"
+        endpoint = f"{'https' if tls else 'http'}://{parts.netloc}"
+    return endpoint, region
+
+
+def _unknown(url: str) -> QueueError:
+    return QueueError(
+        f"unknown queue URL {url!r}: use redis://HOST:PORT/DB, sqs://[HOST:PORT] or sqlite:///PATH"
+    )
 
 
 def open_queue(url: str, run_id: str, *, lease_seconds: float = 60.0) -> WorkQueue:
@@ -52,22 +76,93 @@ def open_queue(url: str, run_id: str, *, lease_seconds: float = 60.0) -> WorkQue
     if scheme in ("sqs", "sqs+http", "sqs+https"):
         from proctor.queue.sqs import SqsQueue
 
-        query = parse_qs(parts.query)
-        region = (
-            query.get("region", [None])[0]
-            or os.environ.get("AWS_REGION")
-            or os.environ.get("AWS_DEFAULT_REGION")
-        )
-        endpoint = None
-        if parts.netloc:
-            tls = scheme == "sqs+https"
-            endpoint = f"{'https' if tls else 'http'}://{parts.netloc}"
+        endpoint, region = _sqs_location(parts)
         return SqsQueue(run_id, lease_seconds=lease_seconds, endpoint_url=endpoint, region=region)
     if scheme == "sqlite":
         from proctor.queue.sqlite import SqliteQueue
 
         path = "/" + parts.path.lstrip("/") if parts.path.startswith("/") else parts.path
         return SqliteQueue(Path(path), run_id, lease_seconds=lease_seconds)
-    raise QueueError(
-        f"unknown queue URL {url!r}: use redis://HOST:PORT/DB, sqs://[HOST:PORT] or sqlite:///PATH"
-    )
+    raise _unknown(url)
+
+
+class QueueConnections:
+    """Clients shared by the queues of many runs: one Redis connection pool per URL, one SQS
+    client per endpoint and region.
+
+    The operator holds every run's queue open; a client per run would cost a connection pool
+    (Redis) or 10-20 MB and tens of milliseconds (boto3) each. Queues from :meth:`open` share
+    these clients, so they are given back with :meth:`release`, never closed one by one; the
+    clients are closed with :meth:`close`. Both are thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._clients: dict[tuple[str, ...], Any] = {}
+
+    def _client(self, key: tuple[str, ...], make: Any) -> Any:
+        with self._lock:
+            if key not in self._clients:
+                self._clients[key] = make()
+            return self._clients[key]
+
+    def open(self, url: str, run_id: str, *, lease_seconds: float = 60.0) -> WorkQueue:
+        """Run ``run_id``'s queue at ``url`` on a shared client (the embedded queue has none
+        to share and gets its own)."""
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme in ("redis", "rediss", "unix"):
+            import redis
+
+            from proctor.queue.redis import RedisQueue
+
+            def connect() -> Any:
+                try:
+                    client = redis.Redis.from_url(url, socket_timeout=30, health_check_interval=30)
+                    client.ping()
+                except (redis.RedisError, ValueError) as exc:
+                    raise QueueError(
+                        f"cannot reach Redis at {url}: {exc}; check the queue URL and that "
+                        "Redis runs"
+                    ) from exc
+                return client
+
+            client = self._client(("redis", url), connect)
+            return RedisQueue(client, run_id, lease_seconds=lease_seconds)
+        if scheme in ("sqs", "sqs+http", "sqs+https"):
+            import boto3
+            from botocore.config import Config
+
+            from proctor.queue.sqs import SqsQueue
+
+            endpoint, region = _sqs_location(parts)
+
+            def make_sqs() -> Any:
+                return boto3.client(
+                    "sqs",
+                    endpoint_url=endpoint,
+                    region_name=region or "us-east-1",
+                    config=Config(retries={"max_attempts": 10, "mode": "standard"}),
+                )
+
+            client = self._client(("sqs", endpoint or "", region or ""), make_sqs)
+            return SqsQueue(run_id, lease_seconds=lease_seconds, client=client)
+        return open_queue(url, run_id, lease_seconds=lease_seconds)
+
+    def shared(self, queue: WorkQueue) -> bool:
+        """Whether ``queue`` runs on one of the shared clients."""
+        client = getattr(queue, "client", None)
+        with self._lock:
+            return any(client is c for c in self._clients.values())
+
+    def release(self, queue: WorkQueue) -> None:
+        """Done with ``queue``: closed if it owns its connections, kept if they are shared."""
+        if not self.shared(queue):
+            queue.close()
+
+    def close(self) -> None:
+        with self._lock:
+            clients = list(self._clients.values())
+            self._clients.clear()
+        for client in clients:
+            client.close()
