@@ -87,6 +87,7 @@ def run_pass(
     nodes: Any,
     usage: Any,
     workers: Any,
+    trigger: str = "timer",
 ) -> PassResult | None:
     """One reconcile pass of one run, serialized per run, with metrics."""
     meta = body["metadata"]
@@ -121,8 +122,21 @@ def run_pass(
         metrics.reconcile_errors.inc()
         raise
     finally:
-        metrics.reconcile_seconds.observe(time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        metrics.reconcile_seconds.observe(elapsed)
         rt.lock.release()
+    if result.created or result.deleted:
+        log.info(
+            "workers changed",
+            run=ref.name,
+            namespace=ref.namespace,
+            trigger=trigger,
+            created=result.created,
+            deleted=result.deleted,
+            planned=result.planned,
+            backlog=result.backlog,
+            pass_ms=round(elapsed * 1000, 1),
+        )
     metrics.observe_run(ref.namespace, ref.name, result.phase)
     metrics.planned.labels(ref.namespace, ref.name).set(result.planned)
     metrics.ready.labels(ref.namespace, ref.name).set(result.ready)
@@ -194,7 +208,7 @@ def build_registry(
     @kopf.on.resume(*RESOURCE, registry=registry)
     @kopf.on.create(*RESOURCE, registry=registry)
     @kopf.on.update(*RESOURCE, field="spec", registry=registry)
-    def apply(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    def apply(body: kopf.Body, memo: kopf.Memo, reason: str, **kwargs: Any) -> None:
         # One pass at once, so the first worker starts without waiting for the timer.
         result = run_pass(
             body=body,
@@ -202,6 +216,7 @@ def build_registry(
             nodes=kwargs["proctor_nodes"],
             usage=kwargs["proctor_usage"],
             workers=kwargs["proctor_workers"],
+            trigger=str(reason),
         )
         if result is None:
             # A timer pass holds the run; retry soon so a spec change is never dropped.
