@@ -80,6 +80,18 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return worker_main()
 
 
+def _peering_priority(peering: bool, given: int | None) -> int:
+    """kopf pauses every peer when two share the highest priority, so replicas of one
+    Deployment (same arguments) each draw their own."""
+    if given is not None:
+        return given
+    if not peering:
+        return 0
+    import secrets
+
+    return 1 + secrets.randbelow(2**31 - 1)
+
+
 def _cmd_operator(args: argparse.Namespace) -> int:
     from proctor.config import load_config
     from proctor.controller import run_operator
@@ -95,6 +107,7 @@ def _cmd_operator(args: argparse.Namespace) -> int:
         config,
         namespaces=list(args.namespace or []),
         peering=args.peering,
+        peering_priority=_peering_priority(args.peering, args.peering_priority),
         liveness_port=args.liveness_port or None,
         metrics_port=args.metrics_port or None,
     )
@@ -174,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
         "-n", "--namespace", action="append", help="watch only this namespace (repeatable)"
     )
     op.add_argument("--peering", action="store_true", help="enable kopf peering (several replicas)")
+    op.add_argument(
+        "--peering-priority", type=int, default=None,
+        help="with --peering, the highest live priority works, the others wait "
+        "(default: random, so replicas of one Deployment differ)",
+    )  # fmt: skip
     op.add_argument(
         "--liveness-port", type=int, default=8080, help="/healthz port (0: off; default 8080)"
     )

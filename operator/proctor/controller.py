@@ -249,10 +249,13 @@ def run_operator(
     *,
     namespaces: list[str],
     peering: bool = False,
+    peering_priority: int = 0,
     liveness_port: int | None = 8080,
     metrics_port: int | None = 9090,
 ) -> None:
-    """Run until SIGTERM/SIGINT: cluster-wide, or only in ``namespaces``."""
+    """Run until SIGTERM/SIGINT: cluster-wide, or only in ``namespaces``. With peering, the
+    live peer of highest ``peering_priority`` works and the others pause (kopf pauses all
+    peers of equal priority, so replicas need distinct ones)."""
     registry = build_registry(config, peering=peering, metrics_port=metrics_port)
     liveness = f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None
     kopf.run(
@@ -260,6 +263,7 @@ def run_operator(
         clusterwide=not namespaces,
         namespaces=namespaces,
         standalone=not peering,
+        priority=peering_priority,
         liveness_endpoint=liveness,
         memo=kopf.Memo(),
     )
