@@ -47,10 +47,24 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from proctor.bench.local import LocalSuiteOptions, holds_benchmark_suite, run_suite_local
     from proctor.localrun import LocalRunOptions, run_local
     from proctor.logging import configure_logging
 
     configure_logging(level=args.log_level)
+    if holds_benchmark_suite(Path(args.file)):
+        return run_suite_local(
+            LocalSuiteOptions(
+                manifest=Path(args.file),
+                workers=args.workers,
+                queue_url=args.queue,
+                storage_uri=args.storage,
+                results_dir=Path(args.results_dir),
+                run_id=args.run_id,
+                resume=args.resume,
+                json_output=args.json,
+            )
+        )
     options = LocalRunOptions(
         manifest=Path(args.file),
         workers=args.workers,
@@ -78,6 +92,12 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     }
     os.environ.update({k: v for k, v in overrides.items() if v is not None})
     return worker_main()
+
+
+def _cmd_bench_worker(args: argparse.Namespace) -> int:
+    from proctor.bench.worker import main as bench_worker_main
+
+    return bench_worker_main()
 
 
 def _peering_priority(peering: bool, given: int | None) -> int:
@@ -132,13 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run",
-        help="run an EvalRun manifest on this machine",
+        help="run an EvalRun or BenchmarkSuite manifest on this machine",
         description="Run an EvalRun on this machine with local worker processes. Exit code: "
         "0 accepted (or, without compare, every case recorded), 1 rejected, 2 bad manifest, "
         "arguments or task, 3 incomplete (dead-lettered cases, crashed workers, undecided), "
-        "130 interrupted.",
+        "130 interrupted. A BenchmarkSuite runs its cells one after another (--workers per "
+        "cell, default 1) and writes a report; exit 1 means regressions against the baseline, "
+        "3 failed repetitions (see docs/benchmarks.md).",
     )
-    run.add_argument("file", metavar="FILE", help="YAML manifest with one EvalRun")
+    run.add_argument(
+        "file", metavar="FILE", help="YAML manifest with one EvalRun or one BenchmarkSuite"
+    )
     run.add_argument(
         "-n", "--workers", type=int, default=None, help="worker processes (default: CPU count)"
     )
@@ -175,6 +199,17 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--run-id", help="overrides PROCTOR_RUN_ID")
     worker.add_argument("--metrics-port", type=int, help="overrides PROCTOR_METRICS_PORT")
     worker.set_defaults(func=_cmd_worker)
+
+    bench_worker = sub.add_parser(
+        "bench-worker",
+        help="measure one BenchmarkSuite cell (configured by PROCTOR_* variables; see "
+        "docs/benchmarks.md)",
+        description="Run the cell's warmups, then claim, measure and record its repetitions "
+        "one at a time until none is left. The container command of benchmark pods. "
+        "Configured by PROCTOR_SUITE_SPEC, PROCTOR_SUITE_NAMESPACE, PROCTOR_SUITE_NAME, "
+        "PROCTOR_SUITE_RUN_ID, PROCTOR_CELL, PROCTOR_QUEUE_URL, PROCTOR_STORAGE_URI.",
+    )
+    bench_worker.set_defaults(func=_cmd_bench_worker)
 
     op = sub.add_parser(
         "operator",

@@ -84,6 +84,11 @@ class SuiteStore:
         """The run's folder: what ``baseline.resultsUri`` of a later run points at."""
         return self.blobs.uri(self.base)
 
+    @property
+    def records_uri(self) -> str:
+        """The run's raw records, gzip'd JSON lines (written with the report)."""
+        return self.blobs.uri(self.base + RECORDS_KEY)
+
     def cell_storage(self, cell_id: str) -> RunStorage:
         """The cell's results, repetition ``i`` as the range ``[i, i + 1)``."""
         if not cell_id or "/" in cell_id:

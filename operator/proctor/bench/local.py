@@ -1,0 +1,410 @@
+"""``proctor run suite.yaml``: a BenchmarkSuite on this machine.
+
+The cells run one after another, each by ``--workers`` local ``proctor bench-worker``
+processes (default 1, so no two measured commands share the machine: the local form of
+``isolation: exclusive``), with the same queue, storage and records as benchmark pods. The
+images of the manifest are not used: the commands run on this machine as they are. The run's
+records, report and summary go to ``<storage>/<namespace>/<suite>/<run-id>/`` (by default
+``./proctor-results/...``); ``baseline.resultsUri`` (a folder or report of an earlier run) or
+``baseline.suiteRun`` (the newest earlier run of that suite in the same storage) is compared.
+
+Exit codes: 0 every repetition recorded and succeeded, no regression; 1 regressions found;
+2 the manifest or the arguments are wrong, or the baseline cannot be read; 3 incomplete
+(failed repetitions, or workers that crashed beyond ``failureBudget``); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuite
+from proctor.bench.enqueue import enqueue_cell
+from proctor.bench.matrix import Cell, cells
+from proctor.bench.report import render_html, render_markdown
+from proctor.bench.store import RECORDS_KEY, SuiteStore, load_records
+from proctor.bench.summary import SuiteSummary, summarize
+from proctor.bench.worker import BenchWorkerConfig, open_suite_store, suite_lease_seconds
+from proctor.queue import open_queue
+from proctor.storage import LocalBlobs
+
+log = structlog.get_logger("proctor.bench.local")
+
+EXIT_OK = 0
+EXIT_REGRESSION = 1
+EXIT_USAGE = 2
+EXIT_INCOMPLETE = 3
+EXIT_INTERRUPTED = 130
+
+LOCAL_LEASE_SECONDS = 10.0
+"""Lease for local runs: a crashed local worker's repetition is taken over within seconds."""
+
+
+class SuiteRunError(Exception):
+    """A manifest, argument or baseline problem; the message says what to change."""
+
+
+@dataclass
+class LocalSuiteOptions:
+    manifest: Path
+    workers: int | None = None
+    queue_url: str | None = None
+    storage_uri: str | None = None
+    results_dir: Path = Path("proctor-results")
+    run_id: str | None = None
+    resume: bool = False
+    json_output: bool = False
+    refresh_seconds: float = 0.2
+
+
+def holds_benchmark_suite(path: Path) -> bool:
+    """Whether the file's documents include a BenchmarkSuite (and so ``proctor run`` runs it)."""
+    try:
+        docs = list(yaml.safe_load_all(path.read_text()))
+    except (OSError, yaml.YAMLError):
+        return False  # the EvalRun path reports the error
+    return any(isinstance(d, dict) and d.get("kind") == "BenchmarkSuite" for d in docs)
+
+
+def load_suite(path: Path) -> BenchmarkSuite:
+    """The one BenchmarkSuite in ``path``, validated."""
+    from proctor.validation import ManifestError, validate_file
+
+    try:
+        results = validate_file(path)
+    except ManifestError as exc:
+        raise SuiteRunError(str(exc)) from exc
+    suites = [r for r in results if r.kind == "BenchmarkSuite"]
+    if len(suites) != 1:
+        raise SuiteRunError(f"{path} holds {len(suites)} BenchmarkSuite documents; need one")
+    (result,) = suites
+    if not result.ok or not isinstance(result.model, BenchmarkSuite):
+        raise SuiteRunError(
+            f"{result.describe()} is invalid:\n  " + "\n  ".join(map(str, result.errors))
+        )
+    return result.model
+
+
+def default_run_id() -> str:
+    """A UTC timestamp: later runs sort after earlier ones (what ``suiteRun`` picks)."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def latest_run_uri(storage_uri: str, namespace: str, suite: str, before: str) -> str:
+    """The newest run of ``suite`` with records in the same storage, other than ``before``."""
+    probe = SuiteStore(storage_uri, namespace, suite, "probe")
+    prefix = f"{namespace}/{suite}/"
+    runs: list[str] = []
+    if isinstance(probe.blobs, LocalBlobs):
+        folder = probe.blobs.root / prefix
+        if folder.is_dir():
+            runs = [p.name for p in folder.iterdir() if (p / RECORDS_KEY).is_file()]
+    else:
+        runs = [
+            k[len(prefix) :].split("/", 1)[0]
+            for k in probe.blobs.list(prefix)
+            if k.endswith("/" + RECORDS_KEY)
+        ]
+    runs = sorted(r for r in runs if r != before)
+    if not runs:
+        raise SuiteRunError(
+            f"baseline.suiteRun {suite!r}: no finished run of it under {probe.blobs.uri(prefix)}; "
+            "run that suite first, or set baseline.resultsUri"
+        )
+    return SuiteStore(storage_uri, namespace, suite, runs[-1]).results_uri
+
+
+class _CellWorkers:
+    """The local worker processes of one cell, restarted when they crash."""
+
+    def __init__(self, config: BenchWorkerConfig, count: int, log_file: IO[bytes]) -> None:
+        self.config = config
+        self.count = count
+        self.log_file = log_file
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.crashes = 0
+        self.setup_failed = False
+
+    def _start(self, slot: int) -> None:
+        env = dict(os.environ)
+        env.update(self.config.env())
+        env["PROCTOR_WORKER_ID"] = f"local-{self.config.cell}-{slot}-{self.crashes}"
+        env.setdefault("PROCTOR_LOG_FORMAT", "json")
+        self.procs[slot] = subprocess.Popen(
+            [sys.executable, "-m", "proctor", "bench-worker"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+        )
+
+    def start(self) -> None:
+        for slot in range(self.count):
+            self._start(slot)
+
+    def poll(self, budget: int) -> bool:
+        """Reap exits, restart crashed workers; False when none is running any more."""
+        for slot, proc in list(self.procs.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            del self.procs[slot]
+            if code == 2:
+                self.setup_failed = True
+            elif code != 0:
+                self.crashes += 1
+                log.warning("bench worker crashed", slot=slot, exit_code=code)
+                if self.crashes <= budget:
+                    self._start(slot)
+        return bool(self.procs)
+
+    def terminate(self, timeout: float = 10.0) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + timeout
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def summary_table(name: str, summary: SuiteSummary) -> Table:
+    """The summary as a terminal table: one row per cell."""
+    from proctor.bench.report import _s
+
+    table = Table(title=f"BenchmarkSuite {name}")
+    for col in ("benchmark", "variant", "done", "failed", "median", "median CI", "p95"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("vs baseline")
+    against = {(b.benchmark, b.variant): b for b in summary.baseline}
+    for c in summary.cells:
+        ci = f"[{_s(c.median_ci[0])}, {_s(c.median_ci[1])}]" if c.median_ci else "-"
+        b = against.get((c.benchmark, c.variant))
+        verdict = "-"
+        if b is not None:
+            word = "[bold red]REGRESSION[/bold red]" if b.regression else "ok"
+            verdict = f"{b.ratio:.3f}x {word}"
+        table.add_row(
+            c.benchmark,
+            c.variant,
+            f"{c.completed}/{c.total}",
+            str(c.failed),
+            _s(c.p50),
+            ci,
+            _s(c.p95),
+            verdict,
+        )
+    for comp in summary.comparisons:
+        table.caption = (table.caption + "; " if table.caption else "") + (
+            f"{comp.benchmark}: {comp.variant}/{comp.reference} = {comp.ratio:.3f}x "
+            f"[{comp.ratio_ci[0]:.3f}, {comp.ratio_ci[1]:.3f}]"
+        )
+    return table
+
+
+def _exit_code(summary: SuiteSummary, crashed: bool) -> int:
+    if summary.regressions:
+        return EXIT_REGRESSION
+    if summary.failed or summary.completed < summary.total or crashed:
+        return EXIT_INCOMPLETE
+    return EXIT_OK
+
+
+def run_suite_local(options: LocalSuiteOptions, console: Console | None = None) -> int:
+    """Run the manifest's BenchmarkSuite here; returns the exit code (see the module doc)."""
+    out = console or Console(stderr=True)
+    try:
+        suite = load_suite(options.manifest)
+        if options.resume and not options.run_id:
+            raise SuiteRunError("--resume needs --run-id: the run to continue")
+        if options.workers is not None and options.workers < 1:
+            raise SuiteRunError(f"--workers must be at least 1, got {options.workers}")
+    except SuiteRunError as exc:
+        out.print(f"[red]error:[/red] {exc}")
+        return EXIT_USAGE
+    spec = suite.spec
+    name = str(suite.metadata.get("name") or options.manifest.stem)
+    namespace = str(suite.metadata.get("namespace") or "default")
+    run_id = options.run_id or default_run_id()
+    results_dir = options.results_dir.resolve()
+    results_dir.mkdir(parents=True, exist_ok=True)
+    storage_uri = options.storage_uri or results_dir.as_uri()
+    queue_url = options.queue_url or f"sqlite://{results_dir / '.proctor-queue.sqlite3'}"
+    lease = min(suite_lease_seconds(spec), LOCAL_LEASE_SECONDS)
+    matrix = cells(spec)
+    configs = {
+        c.id: BenchWorkerConfig(
+            spec=spec,
+            namespace=namespace,
+            suite=name,
+            run_id=run_id,
+            cell=c.id,
+            queue_url=queue_url,
+            storage_uri=storage_uri,
+            lease_seconds=lease,
+        )
+        for c in matrix
+    }
+    try:
+        store = open_suite_store(next(iter(configs.values())))
+        if not options.resume:
+            store.delete()
+        baseline = None
+        baseline_uri = None
+        if spec.baseline is not None:
+            baseline_uri = spec.baseline.results_uri or latest_run_uri(
+                storage_uri, namespace, spec.baseline.suite_run or name, run_id
+            )
+            baseline = load_records(baseline_uri)
+    except Exception as exc:
+        out.print(f"[red]error:[/red] cannot set up the suite run: {exc}")
+        return EXIT_USAGE
+    log_dir = results_dir / ".logs" / f"{namespace}-{name}-{run_id}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    workers = options.workers or 1
+    budget = spec.failure_budget
+    interrupted = False
+    crashed = False
+    started = time.monotonic()
+    total = sum(c.repetitions for c in matrix)
+    out.print(
+        f"BenchmarkSuite {namespace}/{name}, run {run_id}: {len(matrix)} cells, {total} "
+        f"repetitions, {workers} worker(s) per cell; images are not used locally"
+    )
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=out,
+        transient=options.json_output,
+        disable=options.json_output and not out.is_terminal,
+    )
+    done_before = 0
+    try:
+        with bar:
+            task = bar.add_task(name, total=total)
+            for cell in matrix:
+                bar.update(task, description=f"{name} {cell.id}")
+                base = done_before
+
+                def progress(n: int, base: int = base) -> None:
+                    bar.update(task, completed=base + n)
+
+                ok = _run_cell(
+                    cell,
+                    configs[cell.id],
+                    store=store,
+                    workers=workers,
+                    budget=budget,
+                    log_dir=log_dir,
+                    on_progress=progress,
+                    refresh=options.refresh_seconds,
+                )
+                crashed = crashed or not ok
+                done_before += len(store.recorded(cell.id))
+                bar.update(task, completed=done_before)
+    except KeyboardInterrupt:
+        interrupted = True
+    except _WorkerSetupError as exc:
+        out.print(f"[red]error:[/red] {exc}; see {log_dir}")
+        return EXIT_USAGE
+    records = store.all_records([c.id for c in matrix])
+    summary = summarize(spec, records, baseline)
+    details = {
+        "suite": f"{namespace}/{name}",
+        "run": run_id,
+        "machine": f"local ({os.uname().nodename}), {workers} worker(s) per cell",
+    }
+    if baseline_uri:
+        details["baseline"] = baseline_uri
+    title = f"BenchmarkSuite {name}"
+    report_uri = store.write_report(
+        render_markdown(summary, records, title=title, details=details),
+        render_html(summary, records, baseline, title=title, details=details),
+        records,
+        summary.to_json(),
+    )
+    code = EXIT_INTERRUPTED if interrupted else _exit_code(summary, crashed)
+    data: dict[str, Any] = {
+        "suite": name,
+        "namespace": namespace,
+        "runId": run_id,
+        "resultsUri": store.results_uri,
+        "reportUri": report_uri,
+        "baselineUri": baseline_uri,
+        "seconds": round(time.monotonic() - started, 3),
+        "exitCode": code,
+        **summary.to_json(),
+    }
+    if options.json_output:
+        sys.stdout.write(json.dumps(data) + "\n")
+        sys.stdout.flush()
+    else:
+        console_out = Console()
+        console_out.print(summary_table(name, summary))
+        console_out.print(f"report: {report_uri}")
+        console_out.print(f"records: {store.records_uri}")
+        if summary.regressions:
+            cells_flagged = ", ".join(f"{r.benchmark}.{r.variant}" for r in summary.regressions)
+            console_out.print(f"[bold red]regressions:[/bold red] {cells_flagged}")
+    return code
+
+
+class _WorkerSetupError(Exception):
+    pass
+
+
+def _run_cell(
+    cell: Cell,
+    config: BenchWorkerConfig,
+    *,
+    store: SuiteStore,
+    workers: int,
+    budget: int,
+    log_dir: Path,
+    on_progress: Callable[[int], None],
+    refresh: float,
+) -> bool:
+    """Enqueue and measure one cell; False when its workers crashed beyond the budget."""
+    queue = open_queue(config.queue_url, config.queue_id, lease_seconds=config.lease_seconds or 60)
+    storage = store.cell_storage(cell.id)
+    try:
+        queue.delete()
+        queue.close()
+        queue = open_queue(
+            config.queue_url, config.queue_id, lease_seconds=config.lease_seconds or 60
+        )
+        enqueue_cell(queue, storage, cell)
+    finally:
+        queue.close()
+    with (log_dir / f"{cell.id}.log").open("ab") as log_file:
+        group = _CellWorkers(config, workers, log_file)
+        group.start()
+        try:
+            while group.poll(budget):
+                time.sleep(refresh)
+                on_progress(len(store.recorded(cell.id)))
+        except KeyboardInterrupt:
+            group.terminate()
+            raise
+    if group.setup_failed:
+        raise _WorkerSetupError(f"a bench worker for {cell.id} is misconfigured")
+    return group.crashes <= budget and len(store.recorded(cell.id)) == cell.repetitions
