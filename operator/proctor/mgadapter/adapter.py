@@ -42,6 +42,9 @@ DEFAULT_CHUNK_SIZE = 10_000
 CHUNKS_CACHED = 2
 """Chunks of inputs a worker keeps: the current one and its neighbour."""
 
+FIRST_PREFIX = 256
+"""Inputs generated the first time a chunk is touched (more when a later input is asked for)."""
+
 RELATION_CORRECTIONS = ("holm", "hochberg", "fdr", "none")
 CI_METHODS = (
     "bootstrap",
@@ -224,28 +227,52 @@ def _untimed(make: Callable[[], _T]) -> _T:
 
 
 class ChunkedInputs:
-    """Input ``i`` of a run, generating Metamorphic Guard chunks on demand and keeping few."""
+    """Input ``i`` of a run, generating Metamorphic Guard chunks on demand and keeping few.
+
+    Only the prefix of a chunk that has been asked for is generated, doubling as later inputs
+    are needed (from :data:`FIRST_PREFIX`; past a quarter of the chunk, the whole chunk): a
+    run of 400 cases does not pay for a whole 10,000-input chunk, and a worker that sweeps a
+    whole chunk generates at most about 1.4 chunks' worth.
+    The prefix property (checked when the task loads) makes a prefix of ``gen_inputs(m, s)``
+    equal to the first inputs of ``gen_inputs(C, s)``.
+    """
 
     def __init__(self, spec: Any, seed: int, chunk_size: int, cached: int = CHUNKS_CACHED) -> None:
-        from metamorphic_guard.scalability import ChunkedInputGenerator
-
         self.chunk_size = chunk_size
-        # total_n only bounds the last chunk; inputs do not depend on it (prefix property).
-        self._gen = ChunkedInputGenerator(spec.gen_inputs, 1 << 62, seed, chunk_size)
+        self.seed = seed
+        self._gen_inputs = spec.gen_inputs
         self._cached = cached
         self._chunks: OrderedDict[int, list[tuple[Any, ...]]] = OrderedDict()
+        self.generated = 0
+        """Inputs generated so far, prefixes regenerated while doubling included."""
+
+    def _generate(self, chunk: int, count: int) -> list[tuple[Any, ...]]:
+        from metamorphic_guard.scalability import ChunkedInputGenerator
+
+        # Metamorphic Guard's own chunking (seed + chunk start), bounded to the prefix needed.
+        start = chunk * self.chunk_size
+        gen = ChunkedInputGenerator(self._gen_inputs, start + count, self.seed, self.chunk_size)
+        inputs = _untimed(lambda: [tuple(args) for args in gen.get_chunk(chunk)])
+        self.generated += len(inputs)
+        return inputs
 
     def get(self, index: int) -> tuple[Any, ...]:
         """Input ``index`` (shared: copy it before handing it to an implementation)."""
         chunk, offset = divmod(index, self.chunk_size)
         inputs = self._chunks.get(chunk)
-        if inputs is None:
-            inputs = _untimed(lambda: [tuple(args) for args in self._gen.get_chunk(chunk)])
+        if inputs is None or offset >= len(inputs):
+            have = len(inputs) if inputs is not None else 0
+            count = max(FIRST_PREFIX, 2 * have)
+            while count <= offset:
+                count *= 2
+            if 4 * count > self.chunk_size:
+                # Far into the chunk: the whole of it, rather than more regenerated prefixes.
+                count = self.chunk_size
+            inputs = self._generate(chunk, count)
             self._chunks[chunk] = inputs
             while len(self._chunks) > self._cached:
                 self._chunks.popitem(last=False)
-        else:
-            self._chunks.move_to_end(chunk)
+        self._chunks.move_to_end(chunk)
         return inputs[offset]
 
     def iter_range(self, start: int, end: int) -> Any:
@@ -299,7 +326,7 @@ class MGTask(Task):
     def inputs(self, seed: int) -> ChunkedInputs:
         """The run's inputs (one generator per task; a new seed starts afresh)."""
         current = self._inputs
-        if current is None or current._gen.seed != seed:
+        if current is None or current.seed != seed:
             _untimed(lambda: check_prefix_property(self.spec, seed))
             current = self._inputs = ChunkedInputs(self.spec, seed, self.mg.chunk_size)
         return current

@@ -10,8 +10,10 @@ writes the EvalRun for those options, runs it with ``proctor run`` and reports. 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
-import subprocess
+import os
 import sys
 import tempfile
 import time
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from rich.console import Console
 
 EXIT_ADOPT = 0
 EXIT_REJECT = 1
@@ -38,6 +41,7 @@ def manifest(
     params: dict[str, Any] | None = None,
     case_timeout: str = "2s",
     batch_size: int = 250,
+    workers: int = 2,
 ) -> dict[str, Any]:
     """The EvalRun for ``metamorphic-guard evaluate --task --baseline --candidate --n --seed``.
 
@@ -56,7 +60,11 @@ def manifest(
             },
             "cases": {"count": n, "seed": seed},
             "compare": {"baseline": {"ref": baseline}, "candidate": {"ref": candidate}},
-            "batch": {"initialSize": min(batch_size, n), "maxSize": 10_000},
+            # At least four entries per worker, so that a small run is shared out evenly.
+            "batch": {
+                "initialSize": max(1, min(batch_size, n // (4 * workers))),
+                "maxSize": 10_000,
+            },
             "caseTimeout": case_timeout,
         },
     }
@@ -126,27 +134,41 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         params=params,
         case_timeout=f"{args.timeout_s:g}s",
+        workers=args.workers or os.cpu_count() or 1,
     )
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=results, delete=False) as f:
         yaml.safe_dump(doc, f, sort_keys=False)
         path = Path(f.name)
-    command = [sys.executable, "-m", "proctor", "run", str(path), "--json"]
-    command += ["--results-dir", str(results)]
-    if args.workers:
-        command += ["--workers", str(args.workers)]
-    t0 = time.monotonic()
-    run = subprocess.run(command, capture_output=True, text=True, check=False)
-    seconds = time.monotonic() - t0
-    if run.returncode not in (0, 1):
-        sys.stderr.write(run.stderr)
-        return EXIT_USAGE if run.returncode == 2 else EXIT_INCOMPLETE
-    from proctor.mgadapter.report import report_from_storage
+    from proctor.localrun import LocalRunOptions, run_local
+    from proctor.mgadapter.adapter import load_spec
 
-    evalrun, storage = _storage(path, results, None, None)
-    report = report_from_storage(evalrun.spec, storage)
-    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    # A wrong task fails here, before any worker starts; and local workers, forked from this
+    # process, find Metamorphic Guard imported (the report needs it here anyway).
+    load_spec(args.task)
+    captured = io.StringIO()
+    t0 = time.monotonic()
+    with contextlib.redirect_stdout(captured):
+        code = run_local(
+            LocalRunOptions(
+                manifest=path,
+                workers=args.workers,
+                results_dir=results,
+                json_output=True,
+                refresh_seconds=0.05,
+            ),
+            Console(stderr=True),
+        )
+    seconds = time.monotonic() - t0
+    lines = captured.getvalue().strip().splitlines()
+    if code not in (EXIT_ADOPT, EXIT_REJECT, EXIT_INCOMPLETE) or not lines:
+        return EXIT_USAGE if code == EXIT_USAGE else EXIT_INCOMPLETE
+    summary = json.loads(lines[-1])
+    report = summary.pop("metamorphicGuard", None)
+    if report is None:
+        sys.stderr.write(f"error: no Metamorphic Guard report: {summary.get('reason')}\n")
+        return EXIT_INCOMPLETE
     report["proctor"]["seconds"] = round(seconds, 3)
     report["proctor"]["runSummary"] = summary
     if args.out:

@@ -248,11 +248,15 @@ def _metrics(
     return payload
 
 
-def mg_report(spec: EvalRunSpec, records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+def mg_report(
+    spec: EvalRunSpec, records: Iterable[Mapping[str, Any]], *, metrics: bool = True
+) -> dict[str, Any]:
     """Metamorphic Guard's report for a finished (or partial) run, with its decision.
 
     Keys follow ``metamorphic-guard evaluate``'s JSON report; ``decision`` is its
     ``decide_adopt`` output and ``proctor`` holds the same as accept/reject with counts.
+    ``metrics=False`` leaves out ``Spec.metrics`` (extracting them calls the implementations
+    again, here); ``decide_adopt`` does not read them.
     """
     import_mg()
     from metamorphic_guard.gate import decide_adopt
@@ -337,9 +341,9 @@ def mg_report(spec: EvalRunSpec, records: Iterable[Mapping[str, Any]]) -> dict[s
         result["relation_coverage"] = coverage
         statistics["relation_categories"] = categories
     result["statistics"] = statistics
-    metrics = _metrics(mg_spec, spec, inputs, indexes, seed)
-    if metrics:
-        result["metrics"] = metrics
+    extracted = _metrics(mg_spec, spec, inputs, indexes, seed) if metrics else {}
+    if extracted:
+        result["metrics"] = extracted
     decision = dict(
         decide_adopt(result, min_delta=params.min_delta, min_pass_rate=params.min_pass_rate)
     )
@@ -385,6 +389,6 @@ def _side_report(metrics: Mapping[str, Any], tally: SideTally) -> dict[str, Any]
     }
 
 
-def report_from_storage(spec: EvalRunSpec, storage: Any) -> dict[str, Any]:
+def report_from_storage(spec: EvalRunSpec, storage: Any, *, metrics: bool = True) -> dict[str, Any]:
     """:func:`mg_report` over a run's stored records (``RunStorage.iter_records``)."""
-    return mg_report(spec, storage.iter_records())
+    return mg_report(spec, storage.iter_records(), metrics=metrics)
