@@ -29,6 +29,7 @@ from proctor.reconcile import (
     reconcile_run,
 )
 from proctor.status import Event
+from proctor.suite_controller import register_suite_handlers
 
 log = structlog.get_logger("proctor.operator")
 
@@ -241,6 +242,7 @@ def build_registry(
             rt.close()
         memo.metrics.forget_run(ref.namespace, ref.name)
 
+    register_suite_handlers(registry, config)
     return registry
 
 

@@ -1,0 +1,162 @@
+"""kopf handlers of BenchmarkSuites. Thin: they say *when*; :mod:`proctor.suite_reconcile`
+says *what*.
+
+Registered on the EvalRun operator's registry by :func:`register_suite_handlers` (called from
+:func:`proctor.controller.build_registry`), so one operator process serves both kinds and
+shares its node and pod-usage indexes, configuration and API client.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+import structlog
+
+from proctor.config import OperatorConfig
+from proctor.pods import LABEL_COMPONENT, LABEL_RUN
+from proctor.reconcile import RunRef
+from proctor.status import Event
+from proctor.suite_pods import COMPONENT
+from proctor.suite_reconcile import (
+    BenchPod,
+    SuiteApi,
+    SuitePassResult,
+    SuiteRuntime,
+    SuiteView,
+    bench_pod,
+    finalize_suite,
+    occupied_node,
+    reconcile_suite,
+)
+
+log = structlog.get_logger("proctor.operator")
+
+RESOURCE = ("proctor.dev", "v1alpha1", "benchmarksuites")
+
+
+def _ref(meta: Mapping[str, Any]) -> RunRef:
+    return RunRef(
+        namespace=str(meta["namespace"]),
+        name=str(meta["name"]),
+        uid=str(meta["uid"]),
+        generation=int(meta.get("generation") or 1),
+        annotations=dict(meta.get("annotations") or {}),
+    )
+
+
+def _created(meta: Mapping[str, Any]) -> datetime:
+    stamp = meta.get("creationTimestamp")
+    if not stamp:
+        return datetime.now(UTC)
+    return datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+
+
+def _runtime(memo: Any, uid: str) -> SuiteRuntime:
+    suites: dict[str, SuiteRuntime] = memo.suites
+    if uid not in suites:
+        suites[uid] = SuiteRuntime()
+    return suites[uid]
+
+
+def suite_pass(*, body: kopf.Body, memo: Any, **indexes: Any) -> SuitePassResult | None:
+    """One reconcile pass of one suite, serialized per suite."""
+    meta = body["metadata"]
+    ref = _ref(meta)
+    rt = _runtime(memo, ref.uid)
+    if not rt.lock.acquire(blocking=False):
+        return None  # Another pass of this suite is under way; the next tick catches up.
+    started = time.monotonic()
+    try:
+        view = SuiteView(
+            nodes=list(indexes["proctor_nodes"].get(None, [])),
+            usage={k: list(v) for k, v in indexes["proctor_usage"].items()},
+            pods=list(indexes["proctor_bench_pods"].get((ref.namespace, ref.name), [])),
+            occupied=list(indexes["proctor_bench_nodes"].get(None, [])),
+        )
+
+        def emit(event: Event) -> None:
+            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+
+        return reconcile_suite(
+            body_spec=body["spec"],
+            body_status=body.get("status"),
+            created=_created(meta),
+            ref=ref,
+            config=memo.config,
+            api=memo.suite_api,
+            clients=memo.clients,
+            view=view,
+            rt=rt,
+            emit=emit,
+        )
+    except Exception:
+        memo.metrics.reconcile_errors.inc()
+        raise
+    finally:
+        memo.metrics.reconcile_seconds.observe(time.monotonic() - started)
+        rt.lock.release()
+
+
+def register_suite_handlers(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
+    """Add the BenchmarkSuite handlers and indexes to ``registry`` (after the EvalRun ones,
+    whose start-up handler sets up the API client and metrics these use)."""
+
+    @kopf.on.startup(registry=registry)
+    def suite_startup(memo: kopf.Memo, **_: Any) -> None:
+        memo.suites = {}
+        memo.suite_api = SuiteApi(memo.api.api_client)
+
+    @kopf.on.cleanup(registry=registry)
+    def suite_cleanup(memo: kopf.Memo, **_: Any) -> None:
+        for rt in memo.suites.values():
+            rt.close()
+
+    @kopf.index(
+        "pods",
+        id="proctor_bench_pods",
+        labels={LABEL_COMPONENT: COMPONENT, LABEL_RUN: kopf.PRESENT},
+        registry=registry,
+    )
+    def proctor_bench_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], BenchPod]:
+        pod = bench_pod(body)
+        return {(pod.obs.namespace, pod.obs.run): pod}
+
+    @kopf.index(
+        "pods", id="proctor_bench_nodes", labels={LABEL_COMPONENT: COMPONENT}, registry=registry
+    )
+    def proctor_bench_nodes(body: kopf.Body, **_: Any) -> dict[None, str] | None:
+        # Nodes holding a benchmark pod of any suite: exclusive suites plan around them.
+        node = occupied_node(body)
+        return {None: node} if node else None
+
+    @kopf.on.resume(*RESOURCE, registry=registry)
+    @kopf.on.create(*RESOURCE, registry=registry)
+    @kopf.on.update(*RESOURCE, field="spec", registry=registry)
+    def suite_apply(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+        if suite_pass(body=body, memo=memo, **kwargs) is None:
+            # A timer pass holds the suite; retry soon so a spec change is never dropped.
+            raise kopf.TemporaryError("another pass of this suite is under way", delay=0.5)
+
+    @kopf.timer(*RESOURCE, interval=config.scaling_interval_seconds, registry=registry)
+    def suite_reconcile(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+        suite_pass(body=body, memo=memo, **kwargs)
+
+    @kopf.on.delete(*RESOURCE, registry=registry)
+    def suite_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        ref = _ref(body["metadata"])
+        finalize_suite(
+            spec_body=body["spec"],
+            status_body=body.get("status"),
+            ref=ref,
+            config=memo.config,
+            api=memo.suite_api,
+            clients=memo.clients,
+        )
+        rt = memo.suites.pop(ref.uid, None)
+        if rt is not None:
+            rt.close()
+        log.info("suite deleted", suite=ref.name, namespace=ref.namespace)

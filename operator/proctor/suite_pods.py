@@ -1,0 +1,161 @@
+"""Benchmark pods: one per cell of a suite run, built from the EvalRun worker pod.
+
+A cell is planned and sized as an EvalRun of at most one worker would be
+(:func:`cell_run_spec`), so profiles, explicit resources, node selectors, pools, tolerations,
+spot handling and the restricted security context are the EvalRun operator's, unchanged. What
+differs is said here: the command (``proctor bench-worker``), labels, the owner, and isolation
+between benchmark pods of *every* suite (:func:`isolation_affinity`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from proctor.api.v1alpha1.base import Placement
+from proctor.api.v1alpha1.benchmarksuite import KIND, BenchmarkSuiteSpec
+from proctor.api.v1alpha1.evalrun import CasesSpec, EvalRunSpec, TaskSpec, WorkersSpec
+from proctor.bench.matrix import Cell
+from proctor.config import OperatorConfig
+from proctor.planning import WorkerSize
+from proctor.pods import HOSTNAME_KEY, LABEL_COMPONENT, worker_pod
+
+COMPONENT = "benchmark"
+LABEL_CELL = "proctor.dev/cell"
+LABEL_SUITE_RUN = "proctor.dev/suite-run"
+LABEL_ISOLATION = "proctor.dev/isolation"
+ANNOTATION_CELL = "proctor.dev/cell"
+BENCH_WORKER_COMMAND = ("proctor", "bench-worker")
+
+# How each isolation mode is planned: exclusive holds one benchmark pod per node.
+PLANNER_SPREAD: Mapping[str, str] = {
+    "exclusive": "required",
+    "spread": "preferred",
+    "shared": "none",
+}
+
+# Every benchmark pod of every suite, in any namespace.
+_ANY_BENCHMARK_POD: dict[str, Any] = {
+    "labelSelector": {
+        "matchLabels": {LABEL_COMPONENT: COMPONENT, "app.kubernetes.io/managed-by": "proctor"}
+    },
+    "namespaceSelector": {},
+    "topologyKey": HOSTNAME_KEY,
+}
+
+
+def cell_run_spec(spec: BenchmarkSuiteSpec, cell: Cell) -> EvalRunSpec:
+    """The cell as the EvalRun planner and pod builder see it: the cell's image, command and
+    size, the suite's placement, queue and storage, at most one worker."""
+    placement = (spec.placement or Placement()).model_copy(
+        update={"spread": PLANNER_SPREAD[spec.isolation]}
+    )
+    return EvalRunSpec(
+        image=cell.image,
+        task=TaskSpec(command=list(cell.command)),
+        cases=CasesSpec(count=cell.repetitions),
+        profile=None if cell.resources else cell.profile,
+        resources=cell.resources,
+        workers=WorkersSpec(min=0, max=1, target_backlog_per_worker=1),
+        placement=placement,
+        queue=spec.queue,
+        storage=spec.storage,
+    )
+
+
+def label_value(text: str) -> str:
+    """``text`` as a label value (at most 63 characters, alphanumeric at both ends); long
+    values keep a readable head and a hash of the whole."""
+    clean = re.sub(r"[^A-Za-z0-9._-]", "-", text).strip("-._")
+    if len(clean) <= 63:
+        return clean
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    return f"{clean[:52].rstrip('-._')}-{digest}"
+
+
+def benchmark_labels(
+    suite: str, suite_uid: str, run_id: str, cell_id: str, isolation: str
+) -> dict[str, str]:
+    """Labels of one benchmark pod; ``component=benchmark`` is shared by all suites' pods."""
+    return {
+        "app.kubernetes.io/name": "proctor",
+        LABEL_COMPONENT: COMPONENT,
+        "app.kubernetes.io/managed-by": "proctor",
+        "proctor.dev/run": suite,
+        "proctor.dev/run-uid": suite_uid,
+        LABEL_SUITE_RUN: label_value(run_id),
+        LABEL_CELL: label_value(cell_id),
+        LABEL_ISOLATION: isolation,
+    }
+
+
+def isolation_affinity(isolation: str) -> dict[str, Any] | None:
+    """Pod anti-affinity against every benchmark pod of every suite, across namespaces.
+
+    exclusive: required, so no two benchmark pods share a node (the scheduler also keeps any
+    other benchmark pod off a node where an exclusive one runs, since it honours the running
+    pod's required term); spread: preferred; shared: none.
+    """
+    if isolation == "exclusive":
+        return {"requiredDuringSchedulingIgnoredDuringExecution": [dict(_ANY_BENCHMARK_POD)]}
+    if isolation == "spread":
+        return {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 100, "podAffinityTerm": dict(_ANY_BENCHMARK_POD)}
+            ]
+        }
+    return None
+
+
+def benchmark_pod(
+    *,
+    suite: str,
+    suite_uid: str,
+    namespace: str,
+    spec: BenchmarkSuiteSpec,
+    cell: Cell,
+    run_id: str,
+    size: WorkerSize,
+    config: OperatorConfig,
+    env: Sequence[Mapping[str, Any]],
+    pool: str = "",
+) -> dict[str, Any]:
+    """The manifest of the benchmark pod of ``cell`` in run ``run_id``."""
+    pod = worker_pod(
+        run_name=suite,
+        run_uid=suite_uid,
+        namespace=namespace,
+        spec=cell_run_spec(spec, cell),
+        size=size,
+        config=config,
+        env=env,
+        pool=pool,
+    )
+    meta = pod["metadata"]
+    labels = {
+        **meta["labels"],
+        **benchmark_labels(suite, suite_uid, run_id, cell.id, spec.isolation),
+    }
+    meta["labels"] = labels
+    meta["generateName"] = f"{label_value(f'{suite}-{cell.id}')[:50].replace('.', '-')}-"
+    meta["annotations"] = {**meta["annotations"], ANNOTATION_CELL: cell.id}
+    meta["ownerReferences"][0]["kind"] = KIND
+
+    pod_spec = pod["spec"]
+    # The EvalRun spreads one run's workers over zones; a benchmark pod is alone in its cell.
+    pod_spec.pop("topologySpreadConstraints", None)
+    affinity = {k: v for k, v in (pod_spec.get("affinity") or {}).items() if k == "nodeAffinity"}
+    anti = isolation_affinity(spec.isolation)
+    if anti:
+        affinity["podAntiAffinity"] = anti
+    if affinity:
+        pod_spec["affinity"] = affinity
+    else:
+        pod_spec.pop("affinity", None)
+    container = pod_spec["containers"][0]
+    container["name"] = COMPONENT
+    container["command"] = list(BENCH_WORKER_COMMAND)
+    container.pop("ports", None)  # the bench worker serves no metrics
+    return pod
