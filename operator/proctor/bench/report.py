@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from proctor.bench.summary import Records, SuiteSummary, wall_times
-from proctor.stats import median, percentile
+from proctor.stats import median, median_interval_ranks, percentile
 
 _NOW_COLOUR = "#2563eb"
 _BASE_COLOUR = "#9ca3af"
@@ -150,6 +150,23 @@ def _method(summary: SuiteSummary) -> str:
         "by Student's t, the median's from order statistics (distribution-free), ratios of "
         "medians by a seeded percentile bootstrap."
     )
+    short = sorted(
+        {
+            c.completed - c.failed
+            for c in summary.cells
+            if c.completed - c.failed >= 1
+            and median_interval_ranks(c.completed - c.failed, summary.confidence_level)[2]
+            < summary.confidence_level
+        }
+    )
+    if short:
+        n = short[-1]
+        coverage = median_interval_ranks(n, summary.confidence_level)[2]
+        text += (
+            f" With {n} or fewer successful repetitions a cell's median interval is its whole "
+            f"range [min, max], which covers the median with probability 1 - 2^(1-n) only "
+            f"({coverage:.3g} at n = {n}); more repetitions reach the level."
+        )
     if summary.threshold is not None:
         text += (
             f" A cell is a regression when the interval of median(now) / median(baseline) lies "
