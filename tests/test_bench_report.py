@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteSpec
 from proctor.bench.report import box_stats, render_html, render_markdown
@@ -82,7 +83,9 @@ def test_cell_statistics_match_numpy_and_failures_are_counted_not_measured() -> 
     assert sg.p99 == pytest.approx(np.percentile(xs, 99))
     assert (sg.min, sg.max) == (min(xs), max(xs))
     assert sg.mean_ci is not None
-    assert sg.mean_ci[0] < sg.mean < sg.mean_ci[1]
+    assert sg.mean_ci == pytest.approx(
+        [np.mean(xs) + s * stats.t.ppf(0.975, len(xs) - 1) * stats.sem(xs) for s in (-1, 1)]
+    )
     assert sg.regression is None
     assert (by[("log", "jj")].completed, by[("log", "jj")].failed) == (5, 0)
     assert (summary.total, summary.completed, summary.failed) == (32, 29, 1)
