@@ -360,8 +360,9 @@ def run_suite_local(options: LocalSuiteOptions, console: Console | None = None) 
     else:
         console_out = Console()
         console_out.print(summary_table(name, summary))
-        console_out.print(f"report: {report_uri}")
-        console_out.print(f"records: {store.records_uri}")
+        # Whole lines, never wrapped: people copy these into a browser or a later baseline.
+        console_out.print(f"report: {report_uri}", soft_wrap=True, highlight=False)
+        console_out.print(f"records: {store.records_uri}", soft_wrap=True, highlight=False)
         if summary.regressions:
             cells_flagged = ", ".join(f"{r.benchmark}.{r.variant}" for r in summary.regressions)
             console_out.print(f"[bold red]regressions:[/bold red] {cells_flagged}")
