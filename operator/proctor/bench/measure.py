@@ -3,8 +3,8 @@
 What is measured (see docs/benchmarks.md):
 
 - wall time: ``time.perf_counter_ns`` (monotonic, nanosecond resolution) from just before the
-  command's process is forked until ``wait4`` returns, so it includes fork and exec (well
-  under a millisecond on Linux);
+  command's process is forked until ``wait4`` returns, so it includes fork and exec (``true``
+  measures about 7 ms on a loaded 2-core machine; see docs/benchmarks.md);
 - user and system CPU time and peak RSS from the ``rusage`` that ``os.wait4`` returns for the
   command's process. The kernel folds in the usage of every descendant the command waited for
   (a shell's pipeline, ``make``'s jobs); peak RSS is the largest single process among them, not
