@@ -358,7 +358,7 @@ def test_finish_without_a_regression_says_so() -> None:
     same = records({"b.v1": [1.0, 1.01, 0.99], "b.v2": [1.0, 1.01, 0.99]})
     update = next_suite_status(
         observe({"phase": "Running", "runId": "r1"}, RUN, spec=spec,
-                summary=summarize(spec, same, same), finished=True)
+                summary=summarize(spec, same, same), finished=True, baseline_uri="s3://b/base/")
     )  # fmt: skip
     assert update.status.regression_count == 0
     assert update.status.regressions == []
@@ -408,6 +408,16 @@ def test_problem_is_pending_with_a_warning_once() -> None:
         observe(first.status.model_dump(by_alias=True, exclude_none=True), RUN, problem=problem)
     )
     assert again.events == []
+
+
+def test_without_a_baseline_nothing_is_compared() -> None:
+    even = summarize(spec_of(), records({"b.v1": [1.0] * 3, "b.v2": [2.0] * 3}))
+    s = next_suite_status(
+        observe({"phase": "Running", "runId": "r1"}, RUN, summary=even, finished=True)
+    ).status
+    assert (s.regressions, s.regression_count) == (None, None)
+    regressed = next(c for c in s.conditions or () if c.type == "Regressed")
+    assert (regressed.status, regressed.reason) == ("False", "NotCompared")
 
 
 def test_waiting_for_the_schedule_and_suspended() -> None:

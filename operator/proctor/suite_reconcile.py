@@ -370,7 +370,8 @@ def next_suite_status(obs: SuiteObservation) -> SuiteStatusUpdate:
     summary = obs.summary
     regressions: list[Regression] | None = base.regressions
     if summary is not None and obs.finished:
-        regressions = list(summary.regressions)
+        # Regressions exist only against a baseline; without one the run was not compared.
+        regressions = list(summary.regressions) if obs.baseline_uri else None
     put("Ready", phase in {"Running", "Succeeded"}, reason, message)
     put("Progressing", phase in {"Running", "Pending"} and obs.problem is None, reason)
     degraded = [obs.problem.message] if obs.problem else []
@@ -394,7 +395,9 @@ def next_suite_status(obs: SuiteObservation) -> SuiteStatusUpdate:
     put(
         "Regressed",
         regressed,
-        "RegressionFound" if regressed else "NoRegression",
+        "RegressionFound"
+        if regressed
+        else ("NoRegression" if regressions is not None else "NotCompared"),
         ", ".join(f"{r.benchmark}.{r.variant} x{r.ratio:.3f}" for r in regressions or ()),
     )
 
