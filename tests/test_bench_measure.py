@@ -132,3 +132,16 @@ def test_environment_is_exactly_what_is_given() -> None:
 def test_bad_arguments(command: list[str], timeout: float, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         run_measured(command, ENV, timeout)
+
+
+def test_a_daemon_escaping_the_group_cannot_hold_the_runner(tmp_path: Path) -> None:
+    """A process in its own session survives the group kill; the runner must not wait on it."""
+    pidfile = tmp_path / "daemon"
+    script = f"setsid sleep 30 & echo $! > {pidfile}; sleep 60"
+    t0 = time.monotonic()
+    m = run_measured(["sh", "-c", script], ENV, 0.5)
+    try:
+        assert m.timed_out
+        assert time.monotonic() - t0 < 5
+    finally:
+        os.kill(int(pidfile.read_text()), 9)

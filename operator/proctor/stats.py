@@ -803,7 +803,7 @@ def mann_whitney_greater(
     if method == "exact":
         if tied:
             raise ValueError("the exact Mann-Whitney distribution needs values without ties")
-        counts = _u_distribution(n1, n2)
+        counts = _u_distribution(min(n1, n2), max(n1, n2))  # symmetric in the sizes
         total = sum(counts)
         at_least = sum(counts[math.ceil(u) :])
         return u, at_least / total

@@ -35,7 +35,7 @@ from rich.table import Table
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuite
 from proctor.bench.enqueue import enqueue_cell
 from proctor.bench.matrix import Cell, cells
-from proctor.bench.report import render_html, render_markdown
+from proctor.bench.report import format_seconds, render_html, render_markdown
 from proctor.bench.store import RECORDS_KEY, SuiteStore, load_records
 from proctor.bench.summary import SuiteSummary, summarize
 from proctor.bench.worker import BenchWorkerConfig, open_suite_store, suite_lease_seconds
@@ -187,15 +187,15 @@ class _CellWorkers:
 
 def summary_table(name: str, summary: SuiteSummary) -> Table:
     """The summary as a terminal table: one row per cell."""
-    from proctor.bench.report import _s
-
     table = Table(title=f"BenchmarkSuite {name}")
     for col in ("benchmark", "variant", "done", "failed", "median", "median CI", "p95"):
         table.add_column(col, no_wrap=True)
     table.add_column("vs baseline")
     against = {(b.benchmark, b.variant): b for b in summary.baseline}
     for c in summary.cells:
-        ci = f"[{_s(c.median_ci[0])}, {_s(c.median_ci[1])}]" if c.median_ci else "-"
+        ci = "-"
+        if c.median_ci:
+            ci = f"[{format_seconds(c.median_ci[0])}, {format_seconds(c.median_ci[1])}]"
         b = against.get((c.benchmark, c.variant))
         verdict = "-"
         if b is not None:
@@ -206,9 +206,9 @@ def summary_table(name: str, summary: SuiteSummary) -> Table:
             c.variant,
             f"{c.completed}/{c.total}",
             str(c.failed),
-            _s(c.p50),
+            format_seconds(c.p50),
             ci,
-            _s(c.p95),
+            format_seconds(c.p95),
             verdict,
         )
     for comp in summary.comparisons:

@@ -45,6 +45,7 @@ EXIT_CANNOT_START = 127
 LAUNCHER = """\
 import os, sys, time
 fd = int(sys.argv[1]); argv = sys.argv[2:]
+os.set_inheritable(fd, False)  # the command must not hold the report pipe open
 t0 = time.perf_counter_ns()
 pid = os.fork()
 if pid == 0:
@@ -124,7 +125,12 @@ def run_measured(
             write_fd = -1
             why = _wait_watched(proc, timeout_seconds, cancel)
             outer_wall = (time.perf_counter_ns() - t0) / 1e9
-            report = os.read(read_fd, 4096).decode().split()
+            # The launcher has exited: its report, if it wrote one, is in the pipe already.
+            os.set_blocking(read_fd, False)
+            try:
+                report = os.read(read_fd, 4096).decode().split()
+            except BlockingIOError:
+                report = []
             tail = ""
             if len(report) != 5 or int(report[1]) != 0:
                 size = errfile.seek(0, os.SEEK_END)

@@ -21,7 +21,7 @@ _BASE_COLOUR = "#9ca3af"
 _BAD_COLOUR = "#dc2626"
 
 
-def _s(x: float | None) -> str:
+def format_seconds(x: float | None) -> str:
     """Seconds, readable at any scale."""
     if x is None or not math.isfinite(x):
         return "-"
@@ -32,7 +32,7 @@ def _s(x: float | None) -> str:
     return f"{x:.3f} s"
 
 
-def _interval(lo_hi: Sequence[float] | None, fmt: Any = _s) -> str:
+def _interval(lo_hi: Sequence[float] | None, fmt: Any = format_seconds) -> str:
     return f"[{fmt(lo_hi[0])}, {fmt(lo_hi[1])}]" if lo_hi else "-"
 
 
@@ -67,17 +67,17 @@ def _cell_rows(summary: SuiteSummary, records: Records | None) -> list[list[str]
                 c.variant,
                 f"{c.completed}/{c.total}",
                 str(c.failed),
-                _s(c.mean),
-                _s(c.stddev),
-                _s(c.min),
-                _s(c.p50),
+                format_seconds(c.mean),
+                format_seconds(c.stddev),
+                format_seconds(c.min),
+                format_seconds(c.p50),
                 _interval(c.median_ci),
                 _interval(c.mean_ci),
-                _s(c.p95),
-                _s(c.p99),
-                _s(c.max),
-                _s(res[0]) if res else "-",
-                _s(res[1]) if res else "-",
+                format_seconds(c.p95),
+                format_seconds(c.p99),
+                format_seconds(c.max),
+                format_seconds(res[0]) if res else "-",
+                format_seconds(res[1]) if res else "-",
                 _mib(res[2]) if res else "-",
                 verdict,
             ]
@@ -127,7 +127,7 @@ def _baseline_rows(summary: SuiteSummary) -> list[list[str]]:
         [
             b.benchmark,
             b.variant,
-            _s(b.baseline_median),
+            format_seconds(b.baseline_median),
             _ratio(b.ratio),
             _interval(b.ratio_ci, _ratio),
             f"{b.p_value:.4g}",
@@ -253,7 +253,7 @@ def _box_group(
         jitter = ((i * 0.618034) % 1.0 - 0.5) * height * 0.7
         parts.append(
             f'<circle class="point" cx="{scale(x):.1f}" cy="{mid + jitter:.1f}" r="2.2" '
-            f'fill="{colour}"><title>{html.escape(_s(x))}</title></circle>'
+            f'fill="{colour}"><title>{html.escape(format_seconds(x))}</title></circle>'
         )
     parts.append("</g>")
     return "".join(parts)
@@ -288,7 +288,7 @@ def render_plot(benchmark: str, series: list[tuple[str, str, list[float], bool]]
                 f'<line x1="{scale(t):.1f}" x2="{scale(t):.1f}" y1="{top}" y2="{axis_y}" '
                 'stroke="#e5e7eb"/>'
                 f'<text x="{scale(t):.1f}" y="{axis_y + 16}" font-size="11" '
-                f'text-anchor="middle">{e(_s(t))}</text>'
+                f'text-anchor="middle">{e(format_seconds(t))}</text>'
             )
     for n, (variant, kind, xs, flagged) in enumerate(shown):
         y = top + n * row_h + 6
