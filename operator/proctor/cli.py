@@ -164,7 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
         "file", metavar="FILE", help="YAML manifest with one EvalRun or one BenchmarkSuite"
     )
     run.add_argument(
-        "-n", "--workers", type=int, default=None, help="worker processes (default: CPU count)"
+        "-n",
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes (default: CPU count; for a BenchmarkSuite, per cell, default 1)",
     )
     run.add_argument(
         "--queue", help="redis://HOST:PORT/DB or sqs://[HOST:PORT] (default: embedded SQLite)"
