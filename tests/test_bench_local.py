@@ -182,3 +182,37 @@ def test_failed_repetitions_make_the_run_incomplete_and_the_table_says_so(tmp_pa
     assert result.returncode == 3, result.stderr
     assert "report: file://" in result.stdout
     assert "2/2" in result.stdout
+
+
+def test_records_report_and_baseline_on_s3(
+    tmp_path: Path, s3_bucket: str, aws_env: dict[str, str]
+) -> None:
+    import boto3
+
+    storage = f"s3://{s3_bucket}/suites"
+
+    def run(manifest: Path, run_id: str) -> subprocess.CompletedProcess[str]:
+        env = dict(aws_env)
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "operator"), env.get("PYTHONPATH", "")])
+        return subprocess.run(
+            [sys.executable, "-m", "proctor", "run", str(manifest), "--storage", storage,
+             "--results-dir", str(tmp_path / "local"), "--run-id", run_id, "--json"],
+            capture_output=True, text=True, check=False, cwd=tmp_path, env=env, timeout=300,
+        )  # fmt: skip
+
+    first = run(sleep_suite(tmp_path / "a.yaml", "s3nap", "0.05", None), "r1")
+    assert first.returncode == 0, first.stderr
+    data = json.loads(first.stdout)
+    assert data["reportUri"] == f"{storage}/default/s3nap/r1/report.html"
+    s3: Any = boto3.client("s3", endpoint_url=aws_env["AWS_ENDPOINT_URL"], region_name="us-east-1")
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket)["Contents"]}
+    prefix = "suites/default/s3nap/r1/"
+    assert {f"{prefix}{k}" for k in ("report.html", "report.md", "records.jsonl.gz")} <= keys
+    assert sum(1 for k in keys if k.startswith(f"{prefix}cells/nap.git/results/")) == 6
+    second = run(
+        sleep_suite(tmp_path / "b.yaml", "s3nap", "0.05", {"resultsUri": data["reportUri"]}), "r2"
+    )
+    assert second.returncode == 0, second.stderr
+    again = json.loads(second.stdout)
+    assert again["baselineUri"] == data["reportUri"]
+    assert len(again["baseline"]) == 2
