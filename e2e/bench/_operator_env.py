@@ -4,6 +4,7 @@ Redis and moto, a namespace with the queue and S3 Secrets, and the operator as a
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import tempfile
 import time
@@ -118,6 +119,13 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
     return ordered[index]
+
+
+def cpu_seconds(op: OperatorProcess) -> float:
+    """User plus system CPU time of the operator process so far, from /proc."""
+    fields = Path(f"/proc/{op.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(op: OperatorProcess) -> float:

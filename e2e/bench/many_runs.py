@@ -14,9 +14,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from e2e.bench._operator_env import bench_env, rss_mb
+from e2e.bench._operator_env import bench_env, cpu_seconds, rss_mb
 from e2e.harness import nodes
 from e2e.harness.operator import GROUP, PLURAL, VERSION
+
+
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def main() -> None:
@@ -66,6 +70,8 @@ def main() -> None:
                 time.sleep(1.0)
             elapsed = time.perf_counter() - t0
             peak = max(peak, rss_mb(op))
+            cpu = cpu_seconds(op)
+    print(f"operator CPU {cpu:.1f} s over {elapsed:.1f} s; load {_load()}")
     done = "all" if planned >= args.runs else f"only {planned}/{args.runs} (timed out)"
     print(
         f"{args.runs} EvalRuns / {args.nodes} nodes: {done} planned in {elapsed:.1f} s, "

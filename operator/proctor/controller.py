@@ -38,6 +38,11 @@ FINALIZER = "proctor.dev/finalizer"
 RESOURCE = (GROUP, "v1alpha1", "evalruns")
 
 
+WORKER_THREADS = 32
+"""Threads for sync handlers. A pass mostly waits on the API, Redis or S3, so more passes in
+flight than cores keeps a burst of new runs moving; the API client pools as many connections."""
+
+
 def _api_client() -> Any:
     from kubernetes import client, config
 
@@ -45,7 +50,10 @@ def _api_client() -> Any:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
-    return client.ApiClient()
+    configuration = client.Configuration.get_default_copy()
+    # Default: 5 per CPU; fewer than the handler threads means new TLS connections under load.
+    configuration.connection_pool_maxsize = WORKER_THREADS
+    return client.ApiClient(configuration)
 
 
 def configure(settings: kopf.OperatorSettings, *, peering: bool) -> None:
@@ -61,7 +69,7 @@ def configure(settings: kopf.OperatorSettings, *, peering: bool) -> None:
     settings.peering.mandatory = peering
     settings.peering.name = "proctor"
     settings.watching.server_timeout = 300
-    settings.execution.max_workers = 16
+    settings.execution.max_workers = WORKER_THREADS
 
 
 def _ref(meta: Mapping[str, Any]) -> RunRef:
@@ -97,6 +105,7 @@ def run_pass(
     metrics: OperatorMetrics = memo.metrics
     if not rt.lock.acquire(blocking=False):
         return None  # Another pass of this run is under way; the next tick catches up.
+    rt.pass_generation = ref.generation
     started = time.monotonic()
     try:
         view = ClusterView(
@@ -219,8 +228,12 @@ def build_registry(
             workers=kwargs["proctor_workers"],
             trigger=str(reason),
         )
-        if result is None:
-            # A timer pass holds the run; retry soon so a spec change is never dropped.
+        if result is None and memo.runs[body["metadata"]["uid"]].pass_generation < int(
+            body["metadata"].get("generation") or 1
+        ):
+            # A pass of an older spec holds the run; retry soon so a change is never dropped.
+            # (One that already sees this generation, such as the timer's first pass of a new
+            # run, does the work: a retry would only cost kopf's progress writes.)
             raise kopf.TemporaryError("another pass of this run is under way", delay=0.5)
 
     @kopf.timer(*RESOURCE, interval=config.scaling_interval_seconds, registry=registry)

@@ -253,8 +253,17 @@ def quota_headroom(quotas: Iterable[Mapping[str, Any]], own: Iterable[Capacity])
 
 
 QUOTA_MAX_AGE_SECONDS = 1.0
-"""ResourceQuotas are listed at most this often per namespace (every run of the namespace shares
-the list), and again after this operator creates or deletes a pod there."""
+"""ResourceQuotas are listed at most this often per namespace; every run of the namespace shares
+the list. A plan made from a list this old may ask for a pod the quota no longer allows: the API
+server refuses it (:class:`QuotaExceeded`) and the next pass plans again."""
+
+SECRET_MAX_AGE_SECONDS = 30.0
+"""A Secret that was found is read again after this long; one that was missing is looked for on
+every read. Runs of a namespace usually share their queue and storage Secrets."""
+
+
+class QuotaExceeded(Exception):  # noqa: N818 - a refusal, not a failure of the operator
+    """The API server refused a pod because a ResourceQuota is used up."""
 
 
 class ClusterApi:
@@ -266,20 +275,30 @@ class ClusterApi:
         self.custom = client.CustomObjectsApi(api_client)
         self._lock = threading.Lock()
         self._quotas: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        self._secrets: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
 
     def close(self) -> None:
         self.api_client.close()
 
     def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
         """The Secret's data, decoded; None when it does not exist."""
+        with self._lock:
+            cached = self._secrets.get((namespace, name))
+        if cached is not None and time.monotonic() - cached[0] < SECRET_MAX_AGE_SECONDS:
+            return dict(cached[1])
+        at = time.monotonic()
         try:
             secret = self.core.read_namespaced_secret(name, namespace)
         except ApiException as exc:
             if exc.status == 404:
+                with self._lock:
+                    self._secrets.pop((namespace, name), None)
                 return None
             raise
-        data = secret.data or {}
-        return {k: base64.b64decode(v).decode() for k, v in data.items()}
+        data = {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+        with self._lock:
+            self._secrets[(namespace, name)] = (at, data)
+        return dict(data)
 
     def quotas(self, namespace: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -293,17 +312,18 @@ class ClusterApi:
             self._quotas[namespace] = (at, out)
         return out
 
-    def _pods_changed(self, namespace: str) -> None:
-        with self._lock:
-            self._quotas.pop(namespace, None)
-
     def create_pod(self, manifest: Mapping[str, Any]) -> tuple[str, str]:
-        """Create a pod; returns its name and uid."""
+        """Create a pod; returns its name and uid. Raises :class:`QuotaExceeded` when a
+        ResourceQuota refuses it."""
         namespace = manifest["metadata"]["namespace"]
         try:
             created = self.core.create_namespaced_pod(namespace, manifest)
-        finally:
-            self._pods_changed(namespace)
+        except ApiException as exc:
+            if exc.status == 403 and "exceeded quota" in str(exc.body):
+                with self._lock:
+                    self._quotas.pop(namespace, None)
+                raise QuotaExceeded(str(exc.body)) from exc
+            raise
         return str(created.metadata.name), str(created.metadata.uid)
 
     def delete_pod(self, namespace: str, name: str) -> None:
@@ -312,8 +332,6 @@ class ClusterApi:
         except ApiException as exc:
             if exc.status != 404:
                 raise
-        finally:
-            self._pods_changed(namespace)
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object_status(

@@ -31,6 +31,7 @@ from proctor.config import OperatorConfig
 from proctor.observe import (
     ClusterApi,
     PodUsage,
+    QuotaExceeded,
     WorkerObs,
     nodes_with_usage,
     quota_headroom,
@@ -120,6 +121,7 @@ class RunRuntime:
     """Per-run state kept between passes (in memo); rebuilt from storage after a restart."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
+    pass_generation: int = 0  # the spec generation the latest pass started with
     queue: WorkQueue | None = None
     queue_owned: bool = True
     storage: RunStorage | None = None
@@ -633,7 +635,12 @@ def reconcile_run(
                 pool=pool,
                 spot_fallback=spot_fallback,
             )
-            name, uid = api.create_pod(manifest)
+            try:
+                name, uid = api.create_pod(manifest)
+            except QuotaExceeded as exc:
+                # The plan read a quota list up to a second old; the next pass reads it again.
+                log.info("quota refused a worker", run=ref.name, detail=str(exc)[:300])
+                break
             rt.expected[name] = (uid, time.monotonic())
             created += 1
 
