@@ -43,14 +43,16 @@ def test_install_manifest_holds_crds_rbac_and_a_restricted_deployment() -> None:
     assert docs[0]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     crd_names = {d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition"}
     shipped = {
-        d["metadata"]["name"]
-        for p in (ROOT / "crds").glob("*.yaml")
-        for d in _docs(p.read_text())
+        d["metadata"]["name"] for p in (ROOT / "crds").glob("*.yaml") for d in _docs(p.read_text())
     }
     assert crd_names == shipped
-    assert {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment"} <= set(
-        kinds
-    )
+    assert {
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "Deployment",
+    } <= set(kinds)
     namespaced = [d for d in docs if d["kind"] in ("ServiceAccount", "ConfigMap", "Deployment")]
     assert {d["metadata"]["namespace"] for d in namespaced} == {"proctor-system"}
     deploy = next(d for d in docs if d["kind"] == "Deployment")
