@@ -172,12 +172,14 @@ def suites(  # noqa: PLR0917 - pytest fixtures arrive as positional arguments
 
 class Bindings:
     """Watches benchmark pods over a whole run: which node each runs on, and whether two ever
-    ran on one node at once (bound, neither finished nor deleted)."""
+    ran on one node, or for one cell, at once (bound, neither finished nor deleted)."""
 
     def __init__(self, core: Any, namespace: str) -> None:
         self.core = core
         self.namespace = namespace
         self.running: dict[str, set[str]] = {}
+        self.cells: dict[str, set[str]] = {}
+        self.cell_violations: list[str] = []
         self.placed: dict[str, str] = {}
         self.violations: list[str] = []
         self.peak = 0
@@ -214,7 +216,8 @@ class Bindings:
         for event in stream:
             pod = event["object"]
             name, node = pod.metadata.name, pod.spec.node_name
-            for pods in self.running.values():
+            cell = (pod.metadata.annotations or {}).get("proctor.dev/cell", "")
+            for pods in (*self.running.values(), *self.cells.values()):
                 pods.discard(name)
             gone = event["type"] == "DELETED" or pod.status.phase in ("Succeeded", "Failed")
             if node and not gone:
@@ -223,6 +226,10 @@ class Bindings:
                 on_node.add(name)
                 if len(on_node) > 1:
                     self.violations.append(f"{node}: {sorted(on_node)}")
+                of_cell = self.cells.setdefault(cell, set())
+                of_cell.add(name)
+                if len(of_cell) > 1:
+                    self.cell_violations.append(f"{cell}: {sorted(of_cell)}")
             self.peak = max(self.peak, sum(len(p) for p in self.running.values()))
 
 
@@ -246,6 +253,7 @@ def test_exclusive_suite_never_shares_a_node_and_reports(suites: Suites) -> None
         suites.create(doc)
         status = suites.wait_phase(op, "iso", "Succeeded", timeout=300)
     assert seen.violations == []
+    assert seen.cell_violations == []
     # Four cells, three nodes: pods really did run side by side, each on its own node.
     assert seen.peak >= 2, seen.placed
     assert len(set(seen.placed.values())) >= 2
@@ -295,6 +303,7 @@ def test_preempted_node_loses_and_repeats_no_repetition(suites: Suites) -> None:
         assert victims, "the spot node held no pod when it was reclaimed"
         status = suites.wait_phase(op, "spot", "Succeeded", timeout=300)
     assert seen.violations == []
+    assert seen.cell_violations == []
     assert status["disruptions"] >= 1
     assert status["failures"] == 0
     assert all(c["completed"] == 5 for c in status["cells"])
@@ -351,3 +360,38 @@ def test_planted_slowdown_is_flagged_in_exactly_its_cell(suites: Suites) -> None
     assert same["regressions"] == [], same["cells"]
     assert same["regressionCount"] == 0
     assert not [e for e in suites.events("same") if e.reason == "RegressionFound"]
+
+
+def test_operator_killed_mid_suite_a_new_one_enqueues_nothing_twice(suites: Suites) -> None:
+    for _ in range(2):
+        suites.node()
+    doc = suites.doc(
+        "restart",
+        [benchmark("alpha", 0.6, warmup=0), benchmark("beta", 0.6, warmup=0)],
+        [{"name": "a"}, {"name": "b"}],
+    )
+    with Bindings(suites.cluster.core, suites.namespace) as seen:
+        with suites.operator() as first:
+            suites.create(doc)
+            wait_until(
+                lambda: any(
+                    c.get("completed") for c in suites.status("restart").get("cells") or ()
+                ),
+                90,
+                "a first recorded repetition",
+                interval=0.3,
+            )
+            first.kill()
+        enqueued = [line for line in first.output().splitlines() if "enqueued" in line]
+        assert len(enqueued) == 4, first.output()[-4000:]
+        assert all("entries=5" in line for line in enqueued), enqueued
+        with suites.operator() as second:
+            status = suites.wait_phase(second, "restart", "Succeeded", timeout=300)
+            again = [line for line in second.output().splitlines() if "enqueued" in line]
+    # The new operator found every repetition already queued or recorded, and its pods did
+    # not double the first one's.
+    assert len(again) >= 4, second.output()[-4000:]
+    assert all("entries=0" in line for line in again), again
+    assert seen.violations == []
+    assert seen.cell_violations == []
+    assert_every_repetition_once(suites.records("restart", status["runId"]), 4)

@@ -15,12 +15,15 @@ from proctor.api.v1alpha1.benchmarksuite import (
     SuiteRunSummary,
 )
 from proctor.bench.summary import summarize
+from proctor.config import OperatorConfig
 from proctor.observe import WorkerObs
+from proctor.planning import Capacity, NodeInfo
 from proctor.status import Problem
 from proctor.suite_reconcile import (
     LossLedger,
     RunDecision,
     SuiteObservation,
+    admission_problem,
     baseline_run_id,
     bench_pod,
     cell_needs_pod,
@@ -450,3 +453,32 @@ def test_the_previous_status_is_not_modified() -> None:
         )
     )
     assert prev.model_dump() == before
+
+
+def node(name: str, cpu: int, memory_gi: int, **labels: str) -> NodeInfo:
+    return NodeInfo(name, Capacity(cpu * 1000, memory_gi << 30, 0, 110), labels=labels)
+
+
+@pytest.mark.parametrize(
+    ("bench", "placement", "nodes", "expected"),
+    [
+        ({"profile": "small"}, None, [node("n1", 4, 8)], None),
+        ({"profile": "xlarge"}, None, [node("n1", 4, 8)], "ProfileTooLarge"),
+        ({"resources": {"cpu": "2", "memory": "1Gi"}}, None, [node("n1", 2, 8)], "ProfileTooLarge"),
+        ({}, {"nodeSelector": {"pool": "bench"}}, [node("n1", 4, 8)], "NoEligibleNodes"),
+        ({}, {"nodeSelector": {"pool": "bench"}}, [node("n1", 4, 8, pool="bench")], None),
+        ({}, None, [], "NoEligibleNodes"),
+    ],
+)
+def test_admission_names_the_cell_no_node_can_hold(
+    bench: dict[str, Any],
+    placement: dict[str, Any] | None,
+    nodes: list[NodeInfo],
+    expected: str | None,
+) -> None:
+    benchmarks = [{"name": "b", "command": ["true"], **bench}]
+    spec = spec_of(benchmarks=benchmarks, **({"placement": placement} if placement else {}))
+    problem = admission_problem(spec, nodes, OperatorConfig())
+    assert (problem.reason if problem else None) == expected
+    if problem:
+        assert problem.message.startswith("cell b.v1: ")
