@@ -395,3 +395,59 @@ def test_operator_killed_mid_suite_a_new_one_enqueues_nothing_twice(suites: Suit
     assert seen.violations == []
     assert seen.cell_violations == []
     assert_every_repetition_once(suites.records("restart", status["runId"]), 4)
+
+
+def test_schedule_starts_a_run_per_fire_and_keeps_a_bounded_history(suites: Suites) -> None:
+    suites.node()
+    doc = suites.doc(
+        "nightly",
+        [benchmark("alpha", 0.2, warmup=0)],
+        [{"name": "a"}],
+        schedule={"cron": "* * * * *", "historyLimit": 1},
+        # Each run against the suite's own previous one.
+        baseline={"suiteRun": "nightly"},
+    )
+    with suites.operator() as op:
+        suites.create(doc)
+
+        def scheduled() -> dict[str, Any] | None:
+            status = suites.status("nightly")
+            return status if status.get("nextScheduleTime") else None
+
+        planned = wait_until(scheduled, 30, "the next fire time in status")
+        if "runId" not in planned:
+            # Like a CronJob: nothing runs before the first fire.
+            assert planned["phase"] == "Pending", planned
+            ready = next(c for c in planned["conditions"] if c["type"] == "Ready")
+            assert ready["reason"] == "WaitingForSchedule", planned
+        first = wait_until(
+            lambda: (suites.status("nightly").get("history") or [None])[0],
+            150,
+            "a first scheduled run in history",
+            interval=0.5,
+        )
+        second = wait_until(
+            lambda: next(
+                (h for h in suites.status("nightly").get("history") or () if h != first), None
+            ),
+            150,
+            "a second scheduled run in history",
+            interval=0.5,
+        )
+        status = suites.status("nightly")
+        # The run dropped from history is deleted from storage, right after the status says so.
+        wait_until(
+            lambda: suites.records("nightly", first["runId"]) == {},
+            30,
+            "the dropped run's records deleted",
+        )
+        assert op.proc.poll() is None, op.output()[-4000:]
+    assert first["phase"] == second["phase"] == "Succeeded"
+    assert first["runId"] < second["runId"]
+    # Each run id names its fire time, on a whole minute.
+    assert first["runId"].split("-")[1].endswith("00")
+    assert [h["runId"] for h in status["history"]] == [second["runId"]]
+    assert status["runId"] == second["runId"]
+    assert status["baselineUri"] == first["resultsUri"]
+    assert status["regressionCount"] == 0
+    assert_every_repetition_once(suites.records("nightly", second["runId"]), 1)

@@ -82,17 +82,12 @@ EVERY_POD = "<every pod>"
 
 
 class SuiteApi(ClusterApi):
-    """:class:`ClusterApi` for BenchmarkSuites: status and annotations of the suite, and
-    reading another suite (a baseline)."""
+    """:class:`ClusterApi` for BenchmarkSuites: the suite's status, and reading another suite
+    (a baseline)."""
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, {"status": dict(status)}
-        )
-
-    def annotate(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
-        self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, name, {"metadata": {"annotations": annotations}}
         )
 
     def get_suite(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -392,12 +387,11 @@ def next_suite_status(obs: SuiteObservation) -> SuiteStatusUpdate:
     )
     put("Suspended", phase == "Suspended", "Suspended" if phase == "Suspended" else "NotSuspended")
     regressed = bool(regressions)
+    compared = "NoRegression" if regressions is not None else "NotCompared"
     put(
         "Regressed",
         regressed,
-        "RegressionFound"
-        if regressed
-        else ("NoRegression" if regressions is not None else "NotCompared"),
+        "RegressionFound" if regressed else compared,
         ", ".join(f"{r.benchmark}.{r.variant} x{r.ratio:.3f}" for r in regressions or ()),
     )
 
@@ -792,7 +786,9 @@ def reconcile_suite(
     finished = False
     created_pods = 0
     report_uri = results_uri = None
-    conn = cached_suite_connection(spec, ref, config, api, rt) if run.run_id else None
+    # A finished run needs neither queue nor storage: no Secret reads while it is kept.
+    active = run.run_id is not None and not terminal
+    conn = cached_suite_connection(spec, ref, config, api, rt) if active else None
     if isinstance(conn, Problem):
         problem = conn
     if run.run_id is None or terminal or spec.suspend or problem is not None:
