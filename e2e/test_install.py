@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -181,7 +182,18 @@ def test_helm_install_runs_a_sample_and_uninstall_keeps_only_the_crds(
     )
     assert pod_name in peering
 
-    run_sample_to_success(env, "helm-sample", log_of)
+    # A second peer (a local process, as another replica would be) joins; of the two, only the
+    # higher priority works and the other pauses, while the sample runs to success.
+    with second_peer(env, ns, config_dir / "config.yaml") as peer_log:
+        wait_until(lambda: len(_peers(env, ns)) == 2, 30, "two peers in KopfPeering proctor")
+        priorities = [p["priority"] for p in _peers(env, ns).values()]
+        assert len(set(priorities)) == 2, priorities
+        run_sample_to_success(env, "helm-sample", log_of)
+        # Exactly one of them enqueued the run and started its workers.
+        logs = {"pod": log_of(), "peer": peer_log.read_text()}
+        worked = [who for who, log in logs.items() if "workers changed" in log]
+        assert len(worked) == 1, "\n---\n".join(log[-3000:] for log in logs.values())
+        assert sum("enqueued" in log for log in logs.values()) == 1
 
     ok(tool([helm(), "uninstall", release, "-n", ns, "--wait", "--timeout", "90s"], env))
     # Helm deletes what it created; the garbage collector then removes the pods.
@@ -192,6 +204,28 @@ def test_helm_install_runs_a_sample_and_uninstall_keeps_only_the_crds(
     )
     # The CRDs stay (crds.keep), as docs/install.md says.
     assert set(crds_present(env)) == set(CRD_NAMES)
+
+
+@contextlib.contextmanager
+def second_peer(env_: Env, namespace: str, config: Path) -> Iterator[Path]:
+    """`proctor operator --peering` for ``namespace`` as a local process; yields its log."""
+    log = env_.workdir / "second-peer.log"
+    argv = [
+        sys.executable, "-m", "proctor", "operator", "--peering", f"--namespace={namespace}",
+        f"--config={config}", f"--liveness-port={free_port()}", f"--metrics-port={free_port()}",
+    ]  # fmt: skip
+    environ = {**os.environ, "KUBECONFIG": str(env_.cluster.kubeconfig)}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, env=environ, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 def _peers(env_: Env, namespace: str) -> dict[str, Any]:
