@@ -10,8 +10,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from e2e.harness.poll import wait_until
+from e2e.harness.promql import dashboard_exprs, metric_names, rules
 from e2e.test_operator import Env, env  # the same namespace, Secrets, bucket and nodes
-from tests.test_alerts import dashboard_exprs, metric_names, rules
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 __all__ = ["env"]

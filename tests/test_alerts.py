@@ -12,18 +12,22 @@ import json
 import re
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
 
+from e2e.harness.promql import (
+    DASHBOARD,
+    RULES,
+    dashboard_exprs,
+    exported_names,
+    metric_names,
+    rules,
+)
 from proctor.metrics import WorkerMetrics
 from proctor.operator_metrics import OperatorMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
-RULES = ROOT / "charts" / "proctor" / "files" / "prometheus-rules.yaml"
-DASHBOARD = ROOT / "charts" / "proctor" / "files" / "dashboards" / "proctor.json"
 OPERATIONS = ROOT / "docs" / "operations.md"
 PROMTOOL_TESTS = sorted((ROOT / "tests" / "promtool").glob("*.yaml"))
 ALERTS = {"LowThroughput", "Stalled", "WorkersNotReady", "HighDisruptionRate"}
@@ -54,56 +58,6 @@ def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProces
         timeout=120,
         check=False,
     )
-
-
-def rules() -> list[dict[str, Any]]:
-    doc = yaml.safe_load(RULES.read_text())
-    assert set(doc) == {"groups"}, "a rule file has exactly one top-level key, groups"
-    return [rule for group in doc["groups"] for rule in group["rules"]]
-
-
-def dashboard_exprs() -> list[str]:
-    board = json.loads(DASHBOARD.read_text())
-    exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
-    for var in board["templating"]["list"]:
-        if var["type"] == "query":
-            exprs.append(var["query"]["query"])
-    return exprs
-
-
-def exported_names(*registries: CollectorRegistry) -> set[str]:
-    """Series names a scrape shows: counters get _total, histograms _bucket/_sum/_count."""
-    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
-    return {
-        family.name + suffix
-        for registry in registries
-        for family in registry.collect()
-        for suffix in suffixes[family.type]
-    }
-
-
-_FUNCTION_OR_KEYWORD = {"by", "without", "on", "ignoring", "group_left", "group_right"}
-_OPERATORS = {"and", "or", "unless", "bool", "offset"}
-
-
-def metric_names(expr: str) -> set[str]:
-    """Metric names in a PromQL expression (or a Grafana label_values() query)."""
-    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # strings
-    text = re.sub(r"\$\{?\w+\}?", "", text)  # Grafana variables
-    text = re.sub(r"\{[^}]*\}", "", text)  # label matchers
-    text = re.sub(r"\[[^\]]*\]", "", text)  # ranges
-    grouping = "|".join(_FUNCTION_OR_KEYWORD)
-    text = re.sub(rf"\b({grouping})\s*\([^)]*\)", "", text)  # label lists
-    text = re.sub(r"label_values\(([^,()]*),[^)]*\)", r"\1", text)  # label_values(m, label)
-    text = re.sub(r"(?<![\w:])\d[\w.]*", "", text)  # numbers and durations
-    names = set()
-    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", text):
-        rest = text[match.end() :].lstrip()
-        word = match.group()
-        if rest.startswith("(") or word in _OPERATORS | _FUNCTION_OR_KEYWORD:
-            continue  # a function call or an operator
-        names.add(word)
-    return names
 
 
 @pytest.mark.parametrize(
