@@ -122,17 +122,18 @@ class Suites:
                 f"{exc}\nstatus: {self.status(name)}\n--- operator log ---\n{op.output()[-6000:]}"
             ) from exc
 
+    def s3(self) -> Any:
+        """An S3 client with the test's credentials (the operator has none of its own: it
+        reads the suite's Secret, as on a real cluster)."""
+        creds = {k.lower(): v for k, v in CREDS.items()}
+        return boto3.client("s3", endpoint_url=self.moto, region_name="us-east-1", **creds)
+
     def records(self, name: str, run_id: str) -> dict[str, list[dict[str, Any]]]:
         from proctor.bench.store import SuiteStore
+        from proctor.storage import S3Blobs
 
-        store = SuiteStore(
-            f"s3://{self.bucket}/suites",
-            self.namespace,
-            name,
-            run_id,
-            endpoint=self.moto,
-            region="us-east-1",
-        )
+        blobs = S3Blobs(self.bucket, "suites", client=self.s3())
+        store = SuiteStore(f"s3://{self.bucket}/suites", self.namespace, name, run_id, blobs=blobs)
         return store.all_records()
 
     def events(self, name: str) -> list[Any]:
@@ -151,18 +152,18 @@ def suites(  # noqa: PLR0917 - pytest fixtures arrive as positional arguments
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Suites]:
     bucket = f"bench-{uuid.uuid4().hex[:8]}"
-    for key, value in CREDS.items():
-        monkeypatch.setenv(key, value)  # the test's own reads of the records
-    boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1").create_bucket(
-        Bucket=bucket
-    )
+    for key in CREDS:
+        # The operator process inherits this environment: keep S3 credentials out of it, so
+        # only the suite's Secret can give them.
+        monkeypatch.delenv(key, raising=False)
+    s = Suites(cluster, namespace=namespace, bucket=bucket, moto=moto_server, tmp=tmp_path)
+    s.s3().create_bucket(Bucket=bucket)
     cluster.core.create_namespaced_secret(
         namespace, {"metadata": {"name": "queue"}, "stringData": {"url": redis_server}}
     )
     cluster.core.create_namespaced_secret(
         namespace, {"metadata": {"name": "s3"}, "stringData": dict(CREDS)}
     )
-    s = Suites(cluster, namespace=namespace, bucket=bucket, moto=moto_server, tmp=tmp_path)
     try:
         yield s
     finally:
@@ -271,7 +272,7 @@ def test_exclusive_suite_never_shares_a_node_and_reports(suites: Suites) -> None
     assert_every_repetition_once(records, 4)
     # Each record names the node it ran on: one of the pool's.
     assert {r["node"] for recs in records.values() for r in recs} <= set(suites.nodes)
-    s3 = boto3.client("s3", endpoint_url=suites.moto, region_name="us-east-1")
+    s3 = suites.s3()
     key = status["reportUri"].removeprefix(f"s3://{suites.bucket}/")
     html = s3.get_object(Bucket=suites.bucket, Key=key)["Body"].read().decode()
     assert "<svg" in html
