@@ -11,7 +11,7 @@ import pytest
 
 from proctor.api.v1alpha1.evalrun import CaseCounts, EvalRunSpec, EvalRunStatus, WorkerCounts
 from proctor.conditions import get_condition
-from proctor.status import Observation, Problem, decide_phase, next_status
+from proctor.status import Observation, Problem, decide_phase, drift_only, next_status
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 SPEC: dict[str, Any] = {
@@ -148,3 +148,47 @@ def test_finished_sets_completion_and_zero_eta() -> None:
     assert update.status.completion_time == "2026-01-01T00:00:00Z"
     assert update.status.eta_seconds == 0
     assert update.events[0].reason == "Completed"
+
+
+_PLAN = {
+    "replicas": 1,
+    "fit": 40,
+    "boundBy": "max",
+    "message": "bound by workers.max (1); 40 fit",
+    "pools": [{"name": "a", "replicas": 1, "fit": 40}],
+}
+_OLD = {"phase": "Running", "plan": _PLAN, "casesPerSecond": 3.5, "etaSeconds": 10}
+
+DRIFT_CASES = [
+    # (name, patch, drift only)
+    ("nothing", {}, False),
+    ("rate and eta", {"casesPerSecond": 4.0, "etaSeconds": 9}, True),
+    ("fit and message", {"plan": {**_PLAN, "fit": 39, "message": "... 39 fit"}}, True),
+    (
+        "a pool's fit",
+        {"plan": {**_PLAN, "fit": 39, "pools": [{"name": "a", "replicas": 1, "fit": 39}]}},
+        True,
+    ),
+    ("replicas", {"plan": {**_PLAN, "replicas": 2}}, False),
+    ("binding limit", {"plan": {**_PLAN, "boundBy": "cpu"}}, False),
+    (
+        "a pool's replicas",
+        {"plan": {**_PLAN, "pools": [{"name": "a", "replicas": 2, "fit": 40}]}},
+        False,
+    ),
+    ("phase with a rate", {"phase": "Succeeded", "casesPerSecond": 0.0}, False),
+    ("counts", {"counts": {"total": 10, "completed": 5}}, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("patch", "expected"), [c[1:] for c in DRIFT_CASES], ids=[c[0] for c in DRIFT_CASES]
+)
+def test_drift_only(patch: dict[str, Any], expected: bool) -> None:
+    old = copy.deepcopy(_OLD)
+    assert drift_only(old, patch) is expected
+    assert old == _OLD  # not mutated
+
+
+def test_drift_needs_a_previous_plan() -> None:
+    assert drift_only(None, {"plan": _PLAN}) is False

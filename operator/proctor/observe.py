@@ -275,6 +275,7 @@ class ClusterApi:
         self.custom = client.CustomObjectsApi(api_client)
         self._lock = threading.Lock()
         self._quotas: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        self._listing: dict[str, threading.Lock] = {}
         self._secrets: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
 
     def close(self) -> None:
@@ -302,15 +303,19 @@ class ClusterApi:
 
     def quotas(self, namespace: str) -> list[dict[str, Any]]:
         with self._lock:
-            cached = self._quotas.get(namespace)
-        if cached is not None and time.monotonic() - cached[0] < QUOTA_MAX_AGE_SECONDS:
-            return cached[1]
-        at = time.monotonic()
-        listed = self.core.list_namespaced_resource_quota(namespace)
-        out: list[dict[str, Any]] = self.api_client.sanitize_for_serialization(listed)["items"]
-        with self._lock:
-            self._quotas[namespace] = (at, out)
-        return out
+            listing = self._listing.setdefault(namespace, threading.Lock())
+        # One list at a time per namespace: passes that find the list stale wait for the one
+        # that is reading it instead of all listing at once.
+        with listing:
+            with self._lock:
+                cached = self._quotas.get(namespace)
+            if cached is not None and time.monotonic() - cached[0] < QUOTA_MAX_AGE_SECONDS:
+                return cached[1]
+            listed = self.core.list_namespaced_resource_quota(namespace)
+            out: list[dict[str, Any]] = self.api_client.sanitize_for_serialization(listed)["items"]
+            with self._lock:
+                self._quotas[namespace] = (time.monotonic(), out)
+            return out
 
     def create_pod(self, manifest: Mapping[str, Any]) -> tuple[str, str]:
         """Create a pod; returns its name and uid. Raises :class:`QuotaExceeded` when a

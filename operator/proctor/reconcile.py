@@ -43,7 +43,14 @@ from proctor.quantity import parse_duration
 from proctor.queue import QueueConnections, WorkQueue, enqueue_run
 from proctor.scaling import ScaleState, WorkerPod, busy_workers, decide
 from proctor.stats import should_stop_early, summarize
-from proctor.status import Event, Observation, Problem, next_status
+from proctor.status import (
+    STATUS_DRIFT_SECONDS,
+    Event,
+    Observation,
+    Problem,
+    drift_only,
+    next_status,
+)
 from proctor.storage import RunProgress, RunStorage
 from proctor.storage.blobs import S3Blobs
 
@@ -140,6 +147,7 @@ class RunRuntime:
     depth_seen: tuple[object, ...] | None = None
     conn: Connection | None = None
     conn_read: tuple[float, int] = (0.0, 0)
+    status_written: float = 0.0
     stopped: str | None = None
 
     def close(self) -> None:
@@ -666,8 +674,12 @@ def reconcile_run(
     update = next_status(obs)
     new = update.status.model_dump(by_alias=True, exclude_none=True, mode="json")
     patch = status_patch(body_status, new)
+    recent = time.monotonic() - rt.status_written < STATUS_DRIFT_SECONDS
+    if patch and recent and drift_only(body_status, patch):
+        patch = {}  # only estimates and cluster-wide figures moved: written a little later
     if patch:
         api.patch_status(ref.namespace, ref.name, patch)
+        rt.status_written = time.monotonic()
     for event in update.events:
         emit(event)
     return PassResult(

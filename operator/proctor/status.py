@@ -7,8 +7,10 @@ events are emitted only for transitions a user must know about.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from proctor.api.v1alpha1.evalrun import (
     CaseCounts,
@@ -242,3 +244,42 @@ def _events(obs: Observation, decision: PhaseDecision, stalled: bool) -> list[Ev
             Event("Warning", "SpotFallback", "too many spot disruptions; using on-demand nodes")
         )
     return events
+
+
+DRIFT_FIELDS = frozenset({"casesPerSecond", "etaSeconds"})
+"""Status fields that are estimates: a change in them alone is written at most every
+``STATUS_DRIFT_SECONDS`` (see :func:`drift_only`)."""
+
+DRIFT_PLAN_FIELDS = frozenset({"fit", "message"})
+"""Plan fields that follow the rest of the cluster: every pod any run starts changes how many
+more workers fit. With many runs, writing each such change would be a status write per run per
+pass, so alone they are written at most every ``STATUS_DRIFT_SECONDS``."""
+
+STATUS_DRIFT_SECONDS = 15.0
+
+
+def _pool_replicas(plan: Mapping[str, Any]) -> list[tuple[Any, Any]]:
+    return [(p.get("name"), p.get("replicas")) for p in plan.get("pools") or []]
+
+
+def drift_only(old: Mapping[str, Any] | None, patch: Mapping[str, Any]) -> bool:
+    """Whether a status merge ``patch`` changes only estimates and the plan's cluster-wide
+    figures (how many workers fit, its message, pools' fit), nothing a user or a tool acts on:
+    phase, conditions, counts, workers, replicas, the binding limit, pools' replicas."""
+    if not patch:
+        return False
+    before = old or {}
+    for key, value in patch.items():
+        if key in DRIFT_FIELDS:
+            continue
+        prev = before.get("plan")
+        if key == "plan" and isinstance(value, Mapping) and isinstance(prev, Mapping):
+            changed = {k for k in set(prev) | set(value) if prev.get(k) != value.get(k)}
+            if changed <= DRIFT_PLAN_FIELDS:
+                continue
+            if changed <= DRIFT_PLAN_FIELDS | {"pools"} and _pool_replicas(prev) == _pool_replicas(
+                value
+            ):
+                continue
+        return False
+    return True
