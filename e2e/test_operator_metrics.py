@@ -3,6 +3,7 @@ alert rules read exist in a live scrape and follow the run's status."""
 
 from __future__ import annotations
 
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -39,7 +40,10 @@ def test_per_run_series_follow_the_run(env: Env) -> None:
         env.create(env.evalrun("metrics", count=count))
 
         def running() -> dict[Any, float] | None:
-            s = scrape(op.metrics_port)
+            try:
+                s = scrape(op.metrics_port)
+            except (urllib.error.URLError, ConnectionError):
+                return None  # the operator has not started serving /metrics yet
             desired = value(s, "proctor_operator_desired_workers", **run)
             return s if desired and desired > 0 else None
 
