@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from proctor.losses import LossLedger, count_losses
 from proctor.observe import (
     PodUsage,
     WorkerObs,
@@ -20,7 +21,6 @@ from proctor.observe import (
     worker_obs,
 )
 from proctor.planning import GPU_RESOURCE, Capacity, NodeInfo, QuotaHeadroom, Taint
-from proctor.reconcile import RunRuntime, _failures_and_disruptions
 
 GiB = 1 << 30
 
@@ -399,42 +399,71 @@ def obs(uid: str, *, lost: str = "", node: str = "n1") -> WorkerObs:
     )
 
 
-SPOT = NodeInfo("spot", Capacity(), labels={"karpenter.sh/capacity-type": "spot"})
-ON_DEMAND = NodeInfo("n1", Capacity())
+SPOT = {"spot"}
+
+
+def losses(pods: list[WorkerObs], ledger: LossLedger, spot: set[str] = SPOT) -> tuple[int, int]:
+    got = count_losses(pods, ledger, spot)
+    return got.failures, got.disruptions
 
 
 def test_lost_pods_counted_once() -> None:
-    rt = RunRuntime()
-    nodes = [ON_DEMAND, SPOT]
+    ledger = LossLedger()
     workers = [obs("a"), obs("b", lost="failure"), obs("c", lost="disruption", node="spot")]
-    assert _failures_and_disruptions(workers, rt, nodes)[:2] == (1, 1)
-    assert rt.spot_disruptions == 1
+    assert losses(workers, ledger) == (1, 1)
+    assert ledger.spot_disruptions == 1
     # The same pods again: nothing new.
-    assert _failures_and_disruptions(workers, rt, nodes)[:2] == (0, 0)
+    assert losses(workers, ledger) == (0, 0)
+    assert ledger.spot_disruptions == 1
 
 
 def test_vanished_pod_is_a_disruption_once() -> None:
-    rt = RunRuntime()
-    nodes = [ON_DEMAND, SPOT]
-    _failures_and_disruptions([obs("a"), obs("s", node="spot")], rt, nodes)
-    failures, disruptions, notes = _failures_and_disruptions([obs("a")], rt, nodes)
-    assert (failures, disruptions) == (0, 1)
-    assert rt.spot_disruptions == 1
-    assert "vanished" in notes[0]
-    assert _failures_and_disruptions([obs("a")], rt, nodes)[:2] == (0, 0)
+    ledger = LossLedger()
+    losses([obs("a"), obs("s", node="spot")], ledger)
+    got = count_losses([obs("a")], ledger, SPOT)
+    assert (got.failures, got.disruptions, got.spot_disruptions) == (0, 1, 1)
+    assert ledger.spot_disruptions == 1
+    assert "vanished" in got.notes[0]
+    assert losses([obs("a")], ledger) == (0, 0)
+
+
+# (name, passes as (pods seen, spot nodes in the cluster then), expected spot disruptions)
+SPOT_LOSSES = [
+    ("flagged while its node is there", [([obs("s", lost="disruption", node="spot")], SPOT)], 1),
+    ("node deleted before the pod vanished", [([obs("s", node="spot")], SPOT), ([], set())], 1),
+    (
+        "node deleted before the flag was seen",
+        [([obs("s", node="spot")], SPOT), ([obs("s", lost="disruption", node="spot")], set())],
+        1,
+    ),
+    ("on-demand node", [([obs("a")], SPOT), ([], SPOT)], 0),
+    ("never seen on spot", [([obs("s", node="spot")], set()), ([], set())], 0),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "passes", "expected"), SPOT_LOSSES, ids=[c[0] for c in SPOT_LOSSES]
+)
+def test_spot_disruptions_remember_the_node(
+    name: str, passes: list[tuple[list[WorkerObs], set[str]]], expected: int
+) -> None:
+    ledger = LossLedger()
+    for pods, spot in passes:
+        count_losses(pods, ledger, spot)
+    assert ledger.spot_disruptions == expected
 
 
 def test_pods_we_deleted_are_not_charged() -> None:
-    rt = RunRuntime()
-    _failures_and_disruptions([obs("a"), obs("b")], rt, [ON_DEMAND])
-    rt.deleted |= {"a", "b"}
+    ledger = LossLedger()
+    losses([obs("a"), obs("b")], ledger)
+    ledger.deleted |= {"a", "b"}
     # b exits non-zero on SIGTERM; a vanishes: neither is a failure nor a disruption.
-    assert _failures_and_disruptions([obs("b", lost="failure")], rt, [ON_DEMAND])[:2] == (0, 0)
-    assert _failures_and_disruptions([], rt, [ON_DEMAND])[:2] == (0, 0)
+    assert losses([obs("b", lost="failure")], ledger) == (0, 0)
+    assert losses([], ledger) == (0, 0)
 
 
 def test_counted_then_vanished_not_counted_again() -> None:
-    rt = RunRuntime()
-    _failures_and_disruptions([obs("a", lost="failure")], rt, [ON_DEMAND])
-    assert _failures_and_disruptions([], rt, [ON_DEMAND])[:2] == (0, 0)
-    assert rt.known == {}
+    ledger = LossLedger()
+    losses([obs("a", lost="failure")], ledger)
+    assert losses([], ledger) == (0, 0)
+    assert ledger.known == {}

@@ -16,11 +16,11 @@ from proctor.api.v1alpha1.benchmarksuite import (
 )
 from proctor.bench.summary import summarize
 from proctor.config import OperatorConfig
+from proctor.losses import LossLedger, count_losses
 from proctor.observe import WorkerObs
 from proctor.planning import Capacity, NodeInfo
 from proctor.status import Problem
 from proctor.suite_reconcile import (
-    LossLedger,
     RunDecision,
     SuiteObservation,
     admission_problem,
@@ -28,7 +28,6 @@ from proctor.suite_reconcile import (
     bench_pod,
     cell_needs_pod,
     choose_cells,
-    count_losses,
     decide_run,
     next_suite_status,
     occupied_node,

@@ -28,6 +28,7 @@ from proctor.api.v1alpha1.evalrun import (
 )
 from proctor.conditions import is_true, rfc3339
 from proctor.config import OperatorConfig
+from proctor.losses import LossLedger, count_losses
 from proctor.observe import (
     ClusterApi,
     PodUsage,
@@ -135,12 +136,9 @@ class RunRuntime:
     progress: RunProgress | None = None
     enqueued: bool = False
     scale: ScaleState = field(default_factory=ScaleState)
-    counted: set[str] = field(default_factory=set)
-    known: dict[str, str] = field(default_factory=dict)
-    deleted: set[str] = field(default_factory=set)
+    ledger: LossLedger = field(default_factory=LossLedger)
     # Pods created but not yet in the pod index: name -> (uid, monotonic time of creation).
     expected: dict[str, tuple[str, float]] = field(default_factory=dict)
-    spot_disruptions: int = 0
     last_checkpoint: float = field(default_factory=time.monotonic)
     checkpointed: tuple[int, int, int] | None = None
     refreshed_at: float = 0.0
@@ -351,39 +349,6 @@ def open_run(
     return rt.queue, rt.storage, rt.progress
 
 
-def _failures_and_disruptions(
-    workers: Sequence[WorkerObs], rt: RunRuntime, nodes: Sequence[NodeInfo]
-) -> tuple[int, int, list[str]]:
-    """New failures and disruptions since the last pass (each pod counted once), and why."""
-    failures = disruptions = 0
-    notes: list[str] = []
-    spot = {n.name for n in nodes if n.is_spot}
-    present = {w.uid for w in workers}
-    for w in workers:
-        if w.lost and w.uid not in rt.counted and w.uid not in rt.deleted:
-            rt.counted.add(w.uid)
-            if w.lost == "disruption":
-                disruptions += 1
-                if w.node in spot:
-                    rt.spot_disruptions += 1
-            else:
-                failures += 1
-            notes.append(f"{w.name}: {w.lost} ({w.why})")
-        rt.known[w.uid] = w.node
-    # A pod that vanished without our deleting it, unclassified: its node went away.
-    for uid, node in list(rt.known.items()):
-        if uid in present:
-            continue
-        del rt.known[uid]
-        if uid not in rt.counted and uid not in rt.deleted:
-            rt.counted.add(uid)
-            disruptions += 1
-            if node in spot:
-                rt.spot_disruptions += 1
-            notes.append(f"pod {uid} on {node or 'no node'} vanished: disruption")
-    return failures, disruptions, notes
-
-
 def _unseen_pods(rt: RunRuntime, workers: Sequence[WorkerObs]) -> list[str]:
     """Pods this operator created that the pod index does not show yet (forgotten once seen,
     or after :data:`EXPECTATION_SECONDS`)."""
@@ -398,7 +363,7 @@ def _unseen_pods(rt: RunRuntime, workers: Sequence[WorkerObs]) -> list[str]:
 def _delete_unseen(api: ClusterApi, ref: RunRef, rt: RunRuntime, names: Sequence[str]) -> int:
     for name in names:
         uid, _ = rt.expected.pop(name)
-        rt.deleted.add(uid)
+        rt.ledger.deleted.add(uid)
         api.delete_pod(ref.namespace, name)
     return len(names)
 
@@ -434,7 +399,7 @@ def reconcile_run(
 
     if prev.phase in {"Succeeded", "Failed"}:
         for w in live:
-            rt.deleted.add(w.uid)
+            rt.ledger.deleted.add(w.uid)
             api.delete_pod(w.namespace, w.name)
         _delete_unseen(api, ref, rt, unseen)
         ttl = spec.ttl_seconds_after_finished
@@ -449,15 +414,16 @@ def reconcile_run(
             prev.phase, 0, 0, 0, 0, 0, len(live), completed=done.completed, total=done.total
         )
 
-    new_failures, new_disruptions, notes = _failures_and_disruptions(workers, rt, view.nodes)
-    for note in notes:
+    losses = count_losses(workers, rt.ledger, {n.name for n in view.nodes if n.is_spot})
+    new_failures, new_disruptions = losses.failures, losses.disruptions
+    for note in losses.notes:
         log.info("worker lost", run=ref.name, detail=note)
     disruptions = (prev.disruptions or 0) + new_disruptions
     failures = (prev.workers.failures if prev.workers else 0) + new_failures
     placement = spec.placement or Placement()
     after = placement.spot.fallback_to_on_demand_after if placement.spot else None
     spot_fallback = bool(prev.spot_fallback) or (
-        config.spot_fallback_enabled and after is not None and rt.spot_disruptions >= after
+        config.spot_fallback_enabled and after is not None and rt.ledger.spot_disruptions >= after
     )
 
     nodes = nodes_with_usage(view.nodes, view.usage, ref.uid)
@@ -588,8 +554,8 @@ def reconcile_run(
     # Finished pods have been counted: remove them so they neither linger nor count twice.
     removed = 0
     for w in workers:
-        if w.finished and not w.terminating and w.uid not in rt.deleted:
-            rt.deleted.add(w.uid)
+        if w.finished and not w.terminating and w.uid not in rt.ledger.deleted:
+            rt.ledger.deleted.add(w.uid)
             api.delete_pod(w.namespace, w.name)
             removed += 1
 
@@ -597,7 +563,7 @@ def reconcile_run(
     stop_all = finished or spec.suspend or problem is not None
     if stop_all:
         for w in live:
-            rt.deleted.add(w.uid)
+            rt.ledger.deleted.add(w.uid)
             api.delete_pod(w.namespace, w.name)
             removed += 1
         removed += _delete_unseen(api, ref, rt, unseen)
@@ -622,7 +588,7 @@ def reconcile_run(
         by_name = {w.name: w for w in live}
         for name in decision.delete:
             victim = by_name[name]
-            rt.deleted.add(victim.uid)
+            rt.ledger.deleted.add(victim.uid)
             api.delete_pod(victim.namespace, victim.name)
             log.info("idle worker removed", run=ref.name, pod=name, reason=decision.reason)
             removed += 1

@@ -44,6 +44,7 @@ from proctor.bench.worker import BenchWorkerConfig
 from proctor.conditions import get_condition, rfc3339, set_condition
 from proctor.config import OperatorConfig
 from proctor.cron import latest_fire, next_fire, parse_cron
+from proctor.losses import LossLedger, count_losses
 from proctor.observe import (
     GROUP,
     VERSION,
@@ -189,51 +190,6 @@ def decide_run(
     if fire is None:
         return RunDecision(prev.run_id, False, next_schedule=upcoming)
     return RunDecision(run_id_for(fire, uid), True, scheduled_at=fire, next_schedule=upcoming)
-
-
-@dataclass
-class LossLedger:
-    """Pods already counted, last seen node of each, and pods the operator deleted itself."""
-
-    counted: set[str] = field(default_factory=set)
-    known: dict[str, str] = field(default_factory=dict)
-    deleted: set[str] = field(default_factory=set)
-
-
-@dataclass(frozen=True)
-class Losses:
-    failures: int
-    disruptions: int
-    notes: tuple[str, ...]
-
-
-def count_losses(pods: Sequence[WorkerObs], ledger: LossLedger) -> Losses:
-    """New failures and disruptions since the last pass, each pod once (updates ``ledger``).
-
-    A pod with a DisruptionTarget condition, evicted, or that vanished without the operator
-    deleting it (its node went away) is a disruption; a crash, OOM or image error a failure.
-    """
-    failures = disruptions = 0
-    notes: list[str] = []
-    present = {p.uid for p in pods}
-    for p in pods:
-        if p.lost and p.uid not in ledger.counted and p.uid not in ledger.deleted:
-            ledger.counted.add(p.uid)
-            if p.lost == "disruption":
-                disruptions += 1
-            else:
-                failures += 1
-            notes.append(f"{p.name}: {p.lost} ({p.why})")
-        ledger.known[p.uid] = p.node
-    for uid, node in list(ledger.known.items()):
-        if uid in present:
-            continue
-        del ledger.known[uid]
-        if uid not in ledger.counted and uid not in ledger.deleted:
-            ledger.counted.add(uid)
-            disruptions += 1
-            notes.append(f"pod {uid} on {node or 'no node'} vanished: disruption")
-    return Losses(failures, disruptions, tuple(notes))
 
 
 def choose_cells(
