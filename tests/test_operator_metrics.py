@@ -72,3 +72,33 @@ def test_a_later_pass_overwrites_and_forget_removes_the_run() -> None:
     assert 'run="nightly"' not in text
     assert 'proctor_operator_progress_ratio{namespace="team-b",run="weekly"} 0.25' in text
     assert sample(m, "proctor_operator_runs", {"phase": "Running"}) == 1.0
+
+
+PHASE_STEPS = [
+    # (step, want counts of Pending, Running, Succeeded after it)
+    (("observe", "a", "Pending"), (1, 0, 0)),
+    (("observe", "b", "Pending"), (2, 0, 0)),
+    (("observe", "a", "Running"), (1, 1, 0)),
+    (("observe", "a", "Running"), (1, 1, 0)),  # a repeat moves nothing
+    (("observe", "b", "Running"), (0, 2, 0)),
+    (("observe", "a", "Succeeded"), (0, 1, 1)),
+    (("forget", "a", ""), (0, 1, 0)),
+    (("forget", "a", ""), (0, 1, 0)),  # forgetting twice is harmless
+    (("forget", "b", ""), (0, 0, 0)),
+]
+
+
+def test_runs_by_phase_follow_transitions_and_deletions() -> None:
+    m = OperatorMetrics()
+    for phase in ("Pending", "Running", "Succeeded", "Failed", "Suspended"):
+        assert sample(m, "proctor_operator_runs", {"phase": phase}) == 0.0  # before any run
+    for (op, run, phase), want in PHASE_STEPS:
+        if op == "observe":
+            m.observe_run("ns", run, phase)
+        else:
+            m.forget_run("ns", run)
+        got = tuple(
+            sample(m, "proctor_operator_runs", {"phase": p})
+            for p in ("Pending", "Running", "Succeeded")
+        )
+        assert got == want, (op, run, phase)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -81,9 +82,17 @@ class OperatorMetrics:
             registry=self.registry,
         )
         self._phase: dict[tuple[str, str], str] = {}
+        self._by_phase: collections.Counter[str] = collections.Counter()
+        self._publish_phases()
 
     def observe_run(self, namespace: str, run: str, phase: str) -> None:
+        old = self._phase.get((namespace, run))
+        if old == phase:
+            return  # every pass reports its run; the gauge moves only on a change
         self._phase[(namespace, run)] = phase
+        if old is not None:
+            self._by_phase[old] -= 1
+        self._by_phase[phase] += 1
         self._publish_phases()
 
     def observe_progress(
@@ -108,7 +117,9 @@ class OperatorMetrics:
         self.disruptions.labels(namespace, run)
 
     def forget_run(self, namespace: str, run: str) -> None:
-        self._phase.pop((namespace, run), None)
+        old = self._phase.pop((namespace, run), None)
+        if old is not None:
+            self._by_phase[old] -= 1
         for metric in (
             self.planned,
             self.ready,
@@ -125,8 +136,10 @@ class OperatorMetrics:
         self._publish_phases()
 
     def _publish_phases(self) -> None:
+        # Counted as runs change phase, not by walking every run on every pass (1,000 runs
+        # at a 1 s interval made that a million steps a second).
         for phase in PHASES:
-            self.runs.labels(phase).set(sum(1 for p in self._phase.values() if p == phase))
+            self.runs.labels(phase).set(self._by_phase[phase])
 
     def serve(self, port: int, host: str = "0.0.0.0") -> None:
         start_http_server(port, addr=host, registry=self.registry)
