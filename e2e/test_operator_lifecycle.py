@@ -103,12 +103,6 @@ def test_scale_down_removes_idle_workers_and_keeps_the_busy_one(env: Env) -> Non
     assert status["disruptions"] == 0
 
 
-@pytest.mark.xfail(
-    reason="open bug: after the preemption the operator's pod index keeps showing no loss, so "
-    "the spot disruption is never counted and status.spotFallback stays unset (seen 3/3 runs "
-    "with kwok pods; the same preemption with running workers is counted in test_operator.py)",
-    strict=False,
-)
 def test_spot_fallback_moves_new_workers_to_on_demand(env: Env) -> None:
     # Two small spot nodes hold one worker each (1 CPU of 2, less 20 % reserved).
     first = env.node(cpu="2", memory="8Gi", spot=True)

@@ -9,10 +9,8 @@ from typing import Any
 
 import pytest
 
-from proctor.losses import LossLedger, count_losses
 from proctor.observe import (
     PodUsage,
-    WorkerObs,
     node_info,
     nodes_with_usage,
     pod_usage,
@@ -380,90 +378,3 @@ def test_status_patch(
     old: dict[str, Any] | None, new: dict[str, Any], patch: dict[str, Any]
 ) -> None:
     assert status_patch(old, new) == patch
-
-
-def obs(uid: str, *, lost: str = "", node: str = "n1") -> WorkerObs:
-    return WorkerObs(
-        name=f"w-{uid}",
-        uid=uid,
-        run="r",
-        namespace="ns",
-        created=datetime(2026, 1, 1, tzinfo=UTC),
-        node=node,
-        phase="Running",
-        ready=True,
-        terminating=False,
-        finished=lost == "failure",
-        lost=lost,
-        why="why",
-    )
-
-
-SPOT = {"spot"}
-
-
-def losses(pods: list[WorkerObs], ledger: LossLedger, spot: set[str] = SPOT) -> tuple[int, int]:
-    got = count_losses(pods, ledger, spot)
-    return got.failures, got.disruptions
-
-
-def test_lost_pods_counted_once() -> None:
-    ledger = LossLedger()
-    workers = [obs("a"), obs("b", lost="failure"), obs("c", lost="disruption", node="spot")]
-    assert losses(workers, ledger) == (1, 1)
-    assert ledger.spot_disruptions == 1
-    # The same pods again: nothing new.
-    assert losses(workers, ledger) == (0, 0)
-    assert ledger.spot_disruptions == 1
-
-
-def test_vanished_pod_is_a_disruption_once() -> None:
-    ledger = LossLedger()
-    losses([obs("a"), obs("s", node="spot")], ledger)
-    got = count_losses([obs("a")], ledger, SPOT)
-    assert (got.failures, got.disruptions, got.spot_disruptions) == (0, 1, 1)
-    assert ledger.spot_disruptions == 1
-    assert "vanished" in got.notes[0]
-    assert losses([obs("a")], ledger) == (0, 0)
-
-
-# (name, passes as (pods seen, spot nodes in the cluster then), expected spot disruptions)
-SPOT_LOSSES = [
-    ("flagged while its node is there", [([obs("s", lost="disruption", node="spot")], SPOT)], 1),
-    ("node deleted before the pod vanished", [([obs("s", node="spot")], SPOT), ([], set())], 1),
-    (
-        "node deleted before the flag was seen",
-        [([obs("s", node="spot")], SPOT), ([obs("s", lost="disruption", node="spot")], set())],
-        1,
-    ),
-    ("on-demand node", [([obs("a")], SPOT), ([], SPOT)], 0),
-    ("never seen on spot", [([obs("s", node="spot")], set()), ([], set())], 0),
-]
-
-
-@pytest.mark.parametrize(
-    ("name", "passes", "expected"), SPOT_LOSSES, ids=[c[0] for c in SPOT_LOSSES]
-)
-def test_spot_disruptions_remember_the_node(
-    name: str, passes: list[tuple[list[WorkerObs], set[str]]], expected: int
-) -> None:
-    ledger = LossLedger()
-    for pods, spot in passes:
-        count_losses(pods, ledger, spot)
-    assert ledger.spot_disruptions == expected
-
-
-def test_pods_we_deleted_are_not_charged() -> None:
-    ledger = LossLedger()
-    losses([obs("a"), obs("b")], ledger)
-    ledger.deleted |= {"a", "b"}
-    # b exits non-zero on SIGTERM; a vanishes: neither is a failure nor a disruption.
-    assert losses([obs("b", lost="failure")], ledger) == (0, 0)
-    assert losses([], ledger) == (0, 0)
-
-
-def test_counted_then_vanished_not_counted_again() -> None:
-    ledger = LossLedger()
-    losses([obs("a", lost="failure")], ledger)
-    assert losses([], ledger) == (0, 0)
-    assert ledger.known == {}

@@ -19,6 +19,7 @@ import kopf
 import structlog
 
 from proctor.config import OperatorConfig
+from proctor.losses import Departed, Departures, SpotNodes
 from proctor.observe import ClusterApi, WorkerObs, node_info, pod_usage, worker_obs
 from proctor.operator_metrics import OperatorMetrics
 from proctor.pods import LABEL_COMPONENT, LABEL_RUN
@@ -115,6 +116,7 @@ def run_pass(
             nodes=list(nodes.get(None, [])),
             usage={k: list(v) for k, v in usage.items()},
             workers=list(workers.get((ref.namespace, ref.name), [])),
+            departed=memo.departures.take((ref.namespace, ref.name)),
         )
 
         def emit(event: Event) -> None:
@@ -181,6 +183,8 @@ def build_registry(
         memo.api = ClusterApi(_api_client())
         memo.runs = {}
         memo.clients = SharedClients()
+        memo.departures = Departures()
+        memo.spot_nodes = SpotNodes()
         memo.metrics = OperatorMetrics()
         if metrics_port:
             memo.metrics.serve(metrics_port)
@@ -200,8 +204,10 @@ def build_registry(
         memo.api.close()
 
     @kopf.index("nodes", id="proctor_nodes", registry=registry)
-    def proctor_nodes(body: kopf.Body, **_: Any) -> dict[None, Any]:
-        return {None: node_info(body)}
+    def proctor_nodes(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[None, Any]:
+        node = node_info(body)
+        memo.spot_nodes.note(node.name, node.is_spot)
+        return {None: node}
 
     @kopf.index("pods", id="proctor_usage", registry=registry)
     def proctor_usage(body: kopf.Body, **_: Any) -> dict[str, Any] | None:
@@ -217,6 +223,21 @@ def build_registry(
     def proctor_workers(body: kopf.Body, **_: Any) -> dict[tuple[str, str], WorkerObs]:
         obs = worker_obs(body)
         return {(obs.namespace, obs.run): obs}
+
+    @kopf.on.event(
+        "pods",
+        labels={LABEL_COMPONENT: "worker", LABEL_RUN: kopf.PRESENT},
+        registry=registry,
+    )
+    def worker_deleted(type: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+        # A pod may be bound and deleted between two passes; its last state is kept here for
+        # the run's next pass, with its node's spot-ness (the node may be gone by then).
+        if type != "DELETED":
+            return
+        obs = worker_obs(body)
+        memo.departures.add(
+            (obs.namespace, obs.run), Departed(obs, memo.spot_nodes.was_spot(obs.node))
+        )
 
     @kopf.on.resume(*RESOURCE, registry=registry)
     @kopf.on.create(*RESOURCE, registry=registry)
@@ -257,6 +278,7 @@ def build_registry(
         if rt is not None:
             rt.close()
         memo.metrics.forget_run(ref.namespace, ref.name)
+        memo.departures.forget((ref.namespace, ref.name))
 
     register_suite_handlers(registry, config)
     return registry

@@ -28,7 +28,7 @@ from proctor.api.v1alpha1.evalrun import (
 )
 from proctor.conditions import is_true, rfc3339
 from proctor.config import OperatorConfig
-from proctor.losses import LossLedger, count_losses
+from proctor.losses import Departed, LossLedger, count_losses
 from proctor.observe import (
     ClusterApi,
     PodUsage,
@@ -171,6 +171,7 @@ class ClusterView:
     nodes: Sequence[NodeInfo]
     usage: Mapping[str, Sequence[PodUsage]]
     workers: Sequence[WorkerObs]
+    departed: Sequence[Departed] = ()
 
 
 @dataclass
@@ -395,6 +396,8 @@ def reconcile_run(
     prev = EvalRunStatus.model_validate(dict(body_status or {}))
     workers = list(view.workers)
     live = [w for w in workers if not w.terminating and not w.finished]
+    for gone in view.departed:
+        rt.expected.pop(gone.obs.name, None)  # came and went between passes: replace it now
     unseen = _unseen_pods(rt, workers)
 
     if prev.phase in {"Succeeded", "Failed"}:
@@ -414,7 +417,8 @@ def reconcile_run(
             prev.phase, 0, 0, 0, 0, 0, len(live), completed=done.completed, total=done.total
         )
 
-    losses = count_losses(workers, rt.ledger, {n.name for n in view.nodes if n.is_spot})
+    spot = {n.name for n in view.nodes if n.is_spot}
+    losses = count_losses(workers, rt.ledger, spot, view.departed)
     new_failures, new_disruptions = losses.failures, losses.disruptions
     for note in losses.notes:
         log.info("worker lost", run=ref.name, detail=note)
