@@ -28,6 +28,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--nodes", type=int, default=100)
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=3.0,
+        help="scalingIntervalSeconds (default 3, the operator's; the e2e tests use 1)",
+    )
     args = parser.parse_args()
     with bench_env("many") as env:
         with ThreadPoolExecutor(8) as pool:
@@ -41,7 +47,7 @@ def main() -> None:
             )
         peak = 0.0
         planned = 0
-        with env.operator() as op:
+        with env.operator(scalingIntervalSeconds=args.interval) as op:
             t0 = time.perf_counter()
             with ThreadPoolExecutor(8) as pool:
                 list(

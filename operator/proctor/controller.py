@@ -204,13 +204,13 @@ def build_registry(
         memo.api.close()
 
     @kopf.index("nodes", id="proctor_nodes", registry=registry)
-    def proctor_nodes(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[None, Any]:
+    async def proctor_nodes(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[None, Any]:
         node = node_info(body)
         memo.spot_nodes.note(node.name, node.is_spot)
         return {None: node}
 
     @kopf.index("pods", id="proctor_usage", registry=registry)
-    def proctor_usage(body: kopf.Body, **_: Any) -> dict[str, Any] | None:
+    async def proctor_usage(body: kopf.Body, **_: Any) -> dict[str, Any] | None:
         found = pod_usage(body)
         return {found[0]: found[1]} if found else None
 
@@ -220,7 +220,7 @@ def build_registry(
         labels={LABEL_COMPONENT: "worker", LABEL_RUN: kopf.PRESENT},
         registry=registry,
     )
-    def proctor_workers(body: kopf.Body, **_: Any) -> dict[tuple[str, str], WorkerObs]:
+    async def proctor_workers(body: kopf.Body, **_: Any) -> dict[tuple[str, str], WorkerObs]:
         obs = worker_obs(body)
         return {(obs.namespace, obs.run): obs}
 
@@ -229,7 +229,7 @@ def build_registry(
         labels={LABEL_COMPONENT: "worker", LABEL_RUN: kopf.PRESENT},
         registry=registry,
     )
-    def worker_deleted(type: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    async def worker_deleted(type: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         # A pod may be bound and deleted between two passes; its last state is kept here for
         # the run's next pass, with its node's spot-ness (the node may be gone by then).
         if type != "DELETED":

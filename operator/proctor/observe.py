@@ -343,11 +343,6 @@ class ClusterApi:
             GROUP, VERSION, namespace, PLURAL, name, {"status": dict(status)}
         )
 
-    def annotate(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
-        self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, name, {"metadata": {"annotations": annotations}}
-        )
-
     def delete_run(self, namespace: str, name: str) -> None:
         try:
             self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)

@@ -58,6 +58,8 @@ from proctor.storage.blobs import S3Blobs
 log = structlog.get_logger("proctor.operator")
 
 ENQUEUED_ANNOTATION = "proctor.dev/enqueued"
+"""Written by operators before this one on a run's first enqueue; still read, never written
+(the first status write says the same, one API write fewer per run)."""
 AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 CONNECTION_TTL_SECONDS = 30.0
@@ -67,6 +69,19 @@ reads them at once). A missing Secret is looked for on every pass."""
 PROGRESS_REFRESH_SECONDS = 10.0
 """Result objects are listed when the queue changed (an ack, a handback, a dead letter) and at
 least this often otherwise, so an idle run costs no storage requests on most passes."""
+
+PROGRESS_REFRESH_MAX_SECONDS = 120.0
+"""Each listing that finds nothing new while the queue stood still doubles the wait before the
+next unprompted one, up to this: a thousand runs whose workers wait for nodes must not list
+storage a hundred times a second."""
+
+
+def next_refresh_interval(current: float, found: bool) -> float:
+    """Seconds until the next unprompted listing of result objects (pure)."""
+    if found:
+        return PROGRESS_REFRESH_SECONDS
+    return min(PROGRESS_REFRESH_MAX_SECONDS, max(current, PROGRESS_REFRESH_SECONDS) * 2)
+
 
 EXPECTATION_SECONDS = 30.0
 """A pod this operator created counts as a worker until the pod index shows it, or this long."""
@@ -142,6 +157,7 @@ class RunRuntime:
     last_checkpoint: float = field(default_factory=time.monotonic)
     checkpointed: tuple[int, int, int] | None = None
     refreshed_at: float = 0.0
+    refresh_every: float = PROGRESS_REFRESH_SECONDS
     depth_seen: tuple[object, ...] | None = None
     conn: Connection | None = None
     conn_read: tuple[float, int] = (0.0, 0)
@@ -347,6 +363,9 @@ def open_run(
             if fresh
             else RunProgress.resume(rt.storage, spec.cases.count)
         )
+        # What is in storage already needs no checkpoint (a fresh run: nothing at all).
+        start = rt.progress.snapshot()
+        rt.checkpointed = (start.completed, start.dead_lettered, rt.progress.looks)
     return rt.queue, rt.storage, rt.progress
 
 
@@ -451,28 +470,32 @@ def reconcile_run(
             spec, nodes, Demand(0, True), config, quota=quota, spot_fallback=spot_fallback
         )
     else:
-        # Never enqueued (no annotation, not by this process): no worker has run, so there is
-        # neither a checkpoint nor a result in storage, and the reads that rebuild a lost
-        # queue from storage are skipped. The annotation is written before the first pod.
-        fresh = not rt.enqueued and ENQUEUED_ANNOTATION not in ref.annotations
+        # A run no pass has written a status for (nor an operator before 0.1 annotated) has
+        # had no worker, so there is neither a checkpoint nor a result in storage, and the
+        # reads that rebuild a lost queue from storage are skipped. Should an operator die
+        # after creating the first pods but before writing that status, its successor takes
+        # the run for fresh too: enqueueing is idempotent on the queue, results are created
+        # once, and the first refresh lists whatever the pods wrote, so nothing is lost or
+        # repeated (only a queue lost in the same instant would be refilled from the start).
+        fresh = (
+            not rt.enqueued and prev.phase is None and ENQUEUED_ANNOTATION not in ref.annotations
+        )
         queue, storage, progress = open_run(spec, ref, conn, rt, clients, fresh=fresh)
         if not rt.enqueued:
             added = enqueue_run(queue, None if fresh else storage, spec)
             rt.enqueued = True
-            if ENQUEUED_ANNOTATION not in ref.annotations:
-                api.annotate(ref.namespace, ref.name, {ENQUEUED_ANNOTATION: rfc3339(now)})
             log.info("enqueued", run=ref.name, entries=added)
         depth = queue.depth()
         signature = (depth.waiting, depth.in_flight, depth.cases, depth.stopped)
         if fresh:
             rt.depth_seen, rt.refreshed_at = signature, time.monotonic()
         elif (
-            signature != rt.depth_seen
-            or time.monotonic() - rt.refreshed_at >= PROGRESS_REFRESH_SECONDS
-        ):
+            moved := signature != rt.depth_seen
+        ) or time.monotonic() - rt.refreshed_at >= rt.refresh_every:
             # Results are written before their entry is acked, so a refresh after the queue
             # changed sees them.
-            progress.refresh()
+            found = progress.refresh() > 0
+            rt.refresh_every = next_refresh_interval(rt.refresh_every, moved or found)
             rt.depth_seen, rt.refreshed_at = signature, time.monotonic()
         snap = progress.snapshot()
         rate = snap.cases_per_second

@@ -121,14 +121,14 @@ def register_suite_handlers(registry: kopf.OperatorRegistry, config: OperatorCon
         labels={LABEL_COMPONENT: COMPONENT, LABEL_RUN: kopf.PRESENT},
         registry=registry,
     )
-    def proctor_bench_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], BenchPod]:
+    async def proctor_bench_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], BenchPod]:
         pod = bench_pod(body)
         return {(pod.obs.namespace, pod.obs.run): pod}
 
     @kopf.index(
         "pods", id="proctor_bench_nodes", labels={LABEL_COMPONENT: COMPONENT}, registry=registry
     )
-    def proctor_bench_nodes(body: kopf.Body, **_: Any) -> dict[None, str] | None:
+    async def proctor_bench_nodes(body: kopf.Body, **_: Any) -> dict[None, str] | None:
         # Nodes holding a benchmark pod of any suite: exclusive suites plan around them.
         node = occupied_node(body)
         return {None: node} if node else None
