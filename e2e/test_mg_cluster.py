@@ -5,7 +5,6 @@ decision is ``metamorphic-guard evaluate``'s for the same task, implementations,
 from __future__ import annotations
 
 import glob
-import itertools
 import json
 import subprocess
 from pathlib import Path
@@ -16,10 +15,7 @@ import yaml
 
 pytest.importorskip("metamorphic_guard")
 
-from e2e.harness import nodes
-from e2e.harness.operator import CREDS
-from e2e.harness.poll import wait_until
-from e2e.test_operator import Env, _dump
+from e2e.test_operator import Env, _dump, assert_each_case_once
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
@@ -89,20 +85,7 @@ def test_metamorphic_guard_run_survives_preemption_with_metamorphic_guards_decis
         with env.operator() as op:
             created = env.create(doc)
             try:
-                wait_until(
-                    lambda: any(p.spec.node_name == spot for p in env.workers("mg")),
-                    60,
-                    "a worker on the spot node",
-                )
-                wait_until(
-                    lambda: (env.status("mg").get("counts") or {}).get("completed", 0) > 0,
-                    90,
-                    "first results",
-                    interval=0.3,
-                )
-                done_before = env.status("mg")["counts"]["completed"]
-                nodes.preempt_node(env.cluster.core, spot)
-                env.nodes.remove(spot)
+                done_before = env.reclaim_mid_run("mg", spot)
                 status = env.wait_phase("mg", "Succeeded", timeout=240)
             except TimeoutError as exc:
                 raise AssertionError(str(exc) + _dump(op)) from exc
@@ -118,18 +101,11 @@ def test_metamorphic_guard_run_survives_preemption_with_metamorphic_guards_decis
     assert status["disruptions"] >= 1
     assert status["workers"]["failures"] == 0
 
-    for key, value in CREDS.items():
-        monkeypatch.setenv(key, value)
     from proctor.mgadapter.summary import REPORT_NAME
-    from proctor.storage import open_storage
 
-    storage = open_storage(
-        f"s3://{env.bucket}/runs", created["metadata"]["uid"], endpoint=env.moto, region="us-east-1"
-    )
+    storage = env.run_storage(created["metadata"]["uid"], monkeypatch)
     # Every case exactly once: the result objects tile [0, N) and each index has one record.
-    ranges = sorted((r.start, r.end) for r in storage.result_ranges())
-    assert sum(e - s for s, e in ranges) == N
-    assert all(a[1] <= b[0] for a, b in itertools.pairwise(ranges))
+    assert_each_case_once(storage, N)
     assert [r["index"] for r in storage.iter_records()] == list(range(N))
 
     # The operator's summary is Metamorphic Guard's report, and its decision theirs.

@@ -103,6 +103,33 @@ class Env:
             GROUP, VERSION, self.namespace, PLURAL, name, {"spec": spec}
         )
 
+    def run_storage(self, uid: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+        """The run's storage in the test bucket (moto), read with the test credentials."""
+        for key, value in CREDS.items():
+            monkeypatch.setenv(key, value)
+        from proctor.storage import open_storage
+
+        return open_storage(f"s3://{self.bucket}/runs", uid, endpoint=self.moto, region="us-east-1")
+
+    def reclaim_mid_run(self, run: str, node: str, timeout: float = 60.0) -> int:
+        """Wait for a worker of ``run`` on ``node`` and for the run's first results, then
+        reclaim the node as a spot interruption does; returns the cases completed before."""
+        wait_until(
+            lambda: any(p.spec.node_name == node for p in self.workers(run)),
+            timeout,
+            "a worker on the spot node",
+        )
+        wait_until(
+            lambda: (self.status(run).get("counts") or {}).get("completed", 0) > 0,
+            90,
+            "first results",
+            interval=0.3,
+        )
+        done: int = self.status(run)["counts"]["completed"]
+        nodes.preempt_node(self.cluster.core, node)
+        self.nodes.remove(node)
+        return done
+
     def status(self, name: str) -> dict[str, Any]:
         return dict(self.get(name).get("status") or {})
 
@@ -182,6 +209,13 @@ def _local_summary(doc: dict[str, Any], tmp: Path) -> dict[str, Any]:
     assert out.returncode in (0, 1), out.stderr
     data: dict[str, Any] = json.loads(out.stdout)
     return data
+
+
+def assert_each_case_once(storage: Any, total: int) -> None:
+    """The run's result objects tile [0, total): no case lost, none recorded twice."""
+    ranges = sorted((r.start, r.end) for r in storage.result_ranges())
+    assert sum(e - s for s, e in ranges) == total
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(ranges))
 
 
 def _dump(op: OperatorProcess) -> str:
@@ -369,39 +403,14 @@ def test_preempted_node_loses_and_repeats_nothing(
     with env.operator() as op:
         created = env.create(doc)
         try:
-            wait_until(
-                lambda: any(p.spec.node_name == first for p in env.workers("spot")),
-                40,
-                "a worker on the spot node",
-            )
-            wait_until(
-                lambda: (env.status("spot").get("counts") or {}).get("completed", 0) > 0,
-                60,
-                "first results",
-                interval=0.3,
-            )
-            nodes.preempt_node(env.cluster.core, first)
-            env.nodes.remove(first)
+            env.reclaim_mid_run("spot", first, timeout=40)
             status = env.wait_phase("spot", "Succeeded", timeout=200)
         except TimeoutError as exc:
             raise AssertionError(str(exc) + _dump(op)) from exc
     assert status["counts"]["completed"] == 30000
     assert status["disruptions"] >= 1
     assert status["workers"]["failures"] == 0
-    # Every case once: the result objects' ranges tile [0, 30000) without overlap.
-    for key, value in CREDS.items():
-        monkeypatch.setenv(key, value)
-    from proctor.storage import open_storage
-
-    storage = open_storage(
-        f"s3://{env.bucket}/runs",
-        created["metadata"]["uid"],
-        endpoint=env.moto,
-        region="us-east-1",
-    )
-    ranges = sorted((r.start, r.end) for r in storage.result_ranges())
-    assert sum(e - s for s, e in ranges) == 30000
-    assert all(a[1] <= b[0] for a, b in itertools.pairwise(ranges))
+    assert_each_case_once(env.run_storage(created["metadata"]["uid"], monkeypatch), 30000)
 
 
 def test_operator_killed_mid_run_a_new_one_finishes_without_enqueueing_twice(
@@ -429,12 +438,4 @@ def test_operator_killed_mid_run_a_new_one_finishes_without_enqueueing_twice(
         wait_until(lambda: "entries=" in second.output() or None, 30, "the second enqueue")
         assert "entries=0" in second.output(), second.output()
     assert status["counts"]["completed"] == 30000
-    for key, value in CREDS.items():
-        monkeypatch.setenv(key, value)
-    from proctor.storage import open_storage
-
-    storage = open_storage(
-        f"s3://{env.bucket}/runs", created["metadata"]["uid"], endpoint=env.moto, region="us-east-1"
-    )
-    ranges = sorted((r.start, r.end) for r in storage.result_ranges())
-    assert sum(e - s for s, e in ranges) == 30000
+    assert_each_case_once(env.run_storage(created["metadata"]["uid"], monkeypatch), 30000)

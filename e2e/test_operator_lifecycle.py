@@ -15,7 +15,7 @@ from kubernetes.client.rest import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
 from e2e.harness import nodes
-from e2e.harness.operator import CREDS, OperatorProcess
+from e2e.harness.operator import OperatorProcess
 from e2e.harness.podrunner import read_log
 from e2e.harness.poll import wait_until
 from e2e.test_operator import Env, _dump
@@ -182,13 +182,7 @@ def test_ttl_after_finished_deletes_the_run_and_keeps_results(
     # Not before the TTL: the Succeeded status was seen at most a pass after completion.
     assert gone - finished_at >= 3 - 1.5, (gone, finished_at)
     assert status["result"]["resultsUri"]
-    for key, value in CREDS.items():
-        monkeypatch.setenv(key, value)
-    from proctor.storage import open_storage
-
-    storage = open_storage(
-        f"s3://{env.bucket}/runs", created["metadata"]["uid"], endpoint=env.moto, region="us-east-1"
-    )
+    storage = env.run_storage(created["metadata"]["uid"], monkeypatch)
     assert sum(r.end - r.start for r in storage.result_ranges()) == 500
 
 

@@ -3,17 +3,15 @@ scales down without stopping a worker mid-batch; every case is recorded exactly 
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from typing import Any
 
 import pytest
 
-from e2e.harness.operator import CREDS
 from e2e.harness.podrunner import read_log
 from e2e.harness.poll import wait_until
-from e2e.test_operator import Env, _dump
+from e2e.test_operator import Env, _dump, assert_each_case_once
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -84,14 +82,5 @@ def test_backlog_spike_scales_up_within_plan_and_tail_scales_down(
                 assert line.get("in_batch") is False, (pod, line)
             assert event not in {"case abandoned at shutdown", "handed back"}, (pod, line)
     # Every case exactly once.
-    for key, value in CREDS.items():
-        monkeypatch.setenv(key, value)
-    from proctor.storage import open_storage
-
-    storage = open_storage(
-        f"s3://{env.bucket}/runs", created["metadata"]["uid"], endpoint=env.moto, region="us-east-1"
-    )
-    ranges = sorted((r.start, r.end) for r in storage.result_ranges())
-    assert sum(e - s for s, e in ranges) == 4000
-    assert all(a[1] <= b[0] for a, b in itertools.pairwise(ranges))
+    assert_each_case_once(env.run_storage(created["metadata"]["uid"], monkeypatch), 4000)
     print("samples:", [(round(t, 1), r, len(n)) for t, r, n in samples[::5]])
