@@ -178,7 +178,9 @@ def env(  # noqa: PLR0917 - pytest fixtures arrive as positional arguments
     e = Env(
         cluster,
         namespace=namespace,
-        pool=uuid.uuid4().hex[:6],
+        # A letter first: a pool such as "414e29" is a number to YAML 1.2 readers (kubectl),
+        # which then refuse it as a label value in nodeSelector.
+        pool=f"p{uuid.uuid4().hex[:6]}",
         bucket=bucket,
         moto=moto_server,
         workdir=tmp_path,

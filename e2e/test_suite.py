@@ -52,7 +52,7 @@ class Suites:
         self.bucket = bucket
         self.moto = moto
         self.tmp = tmp
-        self.pool = uuid.uuid4().hex[:6]
+        self.pool = f"p{uuid.uuid4().hex[:6]}"  # a letter first: never a YAML number
         self.custom = client.CustomObjectsApi(cluster.api_client)
         self.nodes: list[str] = []
 
