@@ -166,12 +166,6 @@ def test_spot_fallback_moves_new_workers_to_on_demand(env: Env) -> None:
     ), exprs
 
 
-@pytest.mark.xfail(
-    reason="open bug: the run the TTL deletes sometimes keeps its finalizer (2 of 7 runs alone, "
-    "3 of 6 with the code before 2026-12-01 too): kopf handles its deletion while the timer "
-    "pass that deleted it is still under way, and the deletion handler has not run 30 s later",
-    strict=False,
-)
 def test_ttl_after_finished_deletes_the_run_and_keeps_results(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:

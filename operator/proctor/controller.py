@@ -11,6 +11,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -41,6 +42,9 @@ GROUP = "proctor.dev"
 FINALIZER = "proctor.dev/finalizer"
 RESOURCE = (GROUP, "v1alpha1", "evalruns")
 
+
+TTL_DELETE_DELAY_SECONDS = 0.5
+"""How long after the pass that finds a run's TTL passed the run is deleted (see run_pass)."""
 
 WORKER_THREADS = 32
 """Threads for sync handlers. A pass mostly waits on the API, Redis or S3, so more passes in
@@ -173,7 +177,24 @@ def run_pass(
     )
     if result.new_disruptions:
         metrics.disruptions.labels(ref.namespace, ref.name).inc(result.new_disruptions)
+    if result.expired and not rt.deleting:
+        # Not from inside this handler: kopf handles the deletion by first stopping the run's
+        # timer, and a deletion that arrives while the timer's own invocation is still under
+        # way sometimes left the run, finalizer and all, unhandled. A moment later the
+        # invocation has returned.
+        rt.deleting = True
+        deleter = threading.Timer(TTL_DELETE_DELAY_SECONDS, _delete_run, args=(memo.api, ref, rt))
+        deleter.daemon = True
+        deleter.start()
     return result
+
+
+def _delete_run(api: ClusterApi, ref: RunRef, rt: RunRuntime) -> None:
+    try:
+        api.delete_run(ref.namespace, ref.name)
+    except Exception as exc:
+        rt.deleting = False  # the next pass asks again
+        log.warning("run not deleted", run=ref.name, namespace=ref.namespace, error=str(exc))
 
 
 def build_registry(

@@ -162,6 +162,7 @@ class RunRuntime:
     conn: Connection | None = None
     conn_read: tuple[float, int] = (0.0, 0)
     status_written: float = 0.0
+    deleting: bool = False  # the run's TTL passed and its deletion was requested
     stopped: str | None = None
 
     def close(self) -> None:
@@ -206,6 +207,7 @@ class PassResult:
     total: int = 0
     cases_per_second: float = 0.0
     stalled: bool = False
+    expired: bool = False  # ttlSecondsAfterFinished has passed: the caller deletes the run
 
 
 EventSink = Callable[[Event], None]
@@ -420,6 +422,7 @@ def reconcile_run(
     unseen = _unseen_pods(rt, workers)
 
     if prev.phase in {"Succeeded", "Failed"}:
+        expired = False
         for w in live:
             rt.ledger.deleted.add(w.uid)
             api.delete_pod(w.namespace, w.name)
@@ -430,10 +433,19 @@ def reconcile_run(
             ended = datetime.fromisoformat(done_at.replace("Z", "+00:00"))
             if now >= ended + timedelta(seconds=ttl):
                 log.info("ttl expired, deleting run", run=ref.name, namespace=ref.namespace)
-                api.delete_run(ref.namespace, ref.name)
+                expired = True
         done = prev.counts or CaseCounts()
         return PassResult(
-            prev.phase, 0, 0, 0, 0, 0, len(live), completed=done.completed, total=done.total
+            prev.phase,
+            0,
+            0,
+            0,
+            0,
+            0,
+            len(live),
+            completed=done.completed,
+            total=done.total,
+            expired=expired,
         )
 
     spot = {n.name for n in view.nodes if n.is_spot}
