@@ -78,10 +78,10 @@ def configure(settings: kopf.OperatorSettings, *, peering: bool) -> None:
     settings.peering.name = "proctor"
     settings.watching.server_timeout = 300
     settings.execution.max_workers = WORKER_THREADS
-    # A run being deleted waits for its timer to stop. A pass that is under way (the pass that
-    # deleted the run when its TTL expired, say) is let finish for up to 2 s, then polled every
-    # second: kopf's defaults (a few event-loop cycles, then a poll every 60 s) held such a
-    # run, finalizer and all, for a minute.
+    # A run being deleted waits for its timer to stop. A pass under way when the deletion
+    # arrives is let finish for up to 2 s, then polled every second; kopf's defaults (a few
+    # event-loop cycles, then a poll every 60 s) would hold the run, finalizer and all, for up
+    # to a minute.
     settings.background.instant_exit_timeout = 2.0
     settings.background.cancellation_polling = 1.0
 

@@ -437,12 +437,12 @@ def reconcile_run(
         done = prev.counts or CaseCounts()
         return PassResult(
             prev.phase,
-            0,
-            0,
-            0,
-            0,
-            0,
-            len(live),
+            planned=0,
+            ready=0,
+            backlog=0,
+            new_disruptions=0,
+            created=0,
+            deleted=len(live),
             completed=done.completed,
             total=done.total,
             expired=expired,
@@ -499,11 +499,10 @@ def reconcile_run(
             log.info("enqueued", run=ref.name, entries=added)
         depth = queue.depth()
         signature = (depth.waiting, depth.in_flight, depth.cases, depth.stopped)
+        moved = signature != rt.depth_seen
         if fresh:
             rt.depth_seen, rt.refreshed_at = signature, time.monotonic()
-        elif (
-            moved := signature != rt.depth_seen
-        ) or time.monotonic() - rt.refreshed_at >= rt.refresh_every:
+        elif moved or time.monotonic() - rt.refreshed_at >= rt.refresh_every:
             # Results are written before their entry is acked, so a refresh after the queue
             # changed sees them.
             found = progress.refresh() > 0
