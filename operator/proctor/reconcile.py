@@ -8,6 +8,8 @@ pods already counted) lives in :class:`RunRuntime`, kept in kopf's ``memo``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -81,6 +83,16 @@ def next_refresh_interval(current: float, found: bool) -> float:
     if found:
         return PROGRESS_REFRESH_SECONDS
     return min(PROGRESS_REFRESH_MAX_SECONDS, max(current, PROGRESS_REFRESH_SECONDS) * 2)
+
+
+SUPERSEDED_KEPT = 4
+"""How many of the statuses a run's latest writes replaced are remembered (as digests)."""
+
+
+def status_digest(status: Mapping[str, Any] | None) -> str:
+    """A digest of a status body that does not depend on key order (pure)."""
+    text = json.dumps(dict(status or {}), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 EXPECTATION_SECONDS = 30.0
@@ -164,6 +176,33 @@ class RunRuntime:
     status_written: float = 0.0
     deleting: bool = False  # the run's TTL passed and its deletion was requested
     stopped: str | None = None
+    untouched: tuple[object, ...] | None = None  # the queue's depth as enqueued, until it moves
+    # The status this operator last wrote, until a body shows it, and digests of the statuses
+    # those writes replaced (see :meth:`current_status`).
+    written: dict[str, Any] | None = None
+    superseded: list[str] = field(default_factory=list)
+
+    def current_status(self, observed: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+        """The run's status as the next pass should see it: what this operator last wrote
+        when ``observed`` (the body the pass was handed) predates that write. Only the operator
+        writes status, but the body of a pass that follows a write closely may not show it yet;
+        planning from it again would write the same status and emit the same Events twice.
+        A status nobody here wrote (another writer, a restarted operator) is taken as it is."""
+        if self.written is None:
+            return observed
+        seen = dict(observed or {})
+        if seen == self.written:
+            self.written, self.superseded = None, []  # the body has caught up
+            return observed
+        if status_digest(seen) in self.superseded:
+            return self.written
+        self.written, self.superseded = None, []
+        return observed
+
+    def wrote(self, before: Mapping[str, Any] | None, status: dict[str, Any]) -> None:
+        """Record a status write that replaced ``before``."""
+        self.superseded = [*self.superseded[-(SUPERSEDED_KEPT - 1) :], status_digest(before)]
+        self.written = status
 
     def close(self) -> None:
         if self.queue is not None:
@@ -414,6 +453,7 @@ def reconcile_run(
     """One pass; see the module doc. Returns what it did."""
     now = now or datetime.now(UTC)
     spec = EvalRunSpec.model_validate(dict(body_spec))
+    body_status = rt.current_status(body_status)
     prev = EvalRunStatus.model_validate(dict(body_status or {}))
     workers = list(view.workers)
     live = [w for w in workers if not w.terminating and not w.finished]
@@ -502,6 +542,13 @@ def reconcile_run(
         moved = signature != rt.depth_seen
         if fresh:
             rt.depth_seen, rt.refreshed_at = signature, time.monotonic()
+            rt.untouched = signature
+        if signature != rt.untouched:
+            rt.untouched = None
+        if fresh or rt.untouched is not None:
+            # No worker has taken a case of this run since it was enqueued, so no result can
+            # be in storage: nothing to list (a thousand runs waiting for nodes list nothing).
+            pass
         elif moved or time.monotonic() - rt.refreshed_at >= rt.refresh_every:
             # Results are written before their entry is acked, so a refresh after the queue
             # changed sees them.
@@ -684,6 +731,7 @@ def reconcile_run(
     if patch:
         api.patch_status(ref.namespace, ref.name, patch)
         rt.status_written = time.monotonic()
+        rt.wrote(body_status, new)
     for event in update.events:
         emit(event)
     return PassResult(
