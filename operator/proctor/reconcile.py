@@ -95,6 +95,23 @@ def status_digest(status: Mapping[str, Any] | None) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
+def refresh_due(
+    *,
+    signature: tuple[object, ...],
+    untouched: tuple[object, ...] | None,
+    moved: bool,
+    waited: float,
+    every: float,
+) -> bool:
+    """Whether a pass lists the run's result objects (pure). Never while the queue's depth is
+    still what it was when the run was first enqueued (``untouched``): no worker has taken a
+    case, so no result can be in storage, and a thousand runs waiting for nodes list nothing.
+    Otherwise when the queue moved, or after ``every`` seconds without a listing."""
+    if untouched is not None and signature == untouched:
+        return False
+    return moved or waited >= every
+
+
 EXPECTATION_SECONDS = 30.0
 """A pod this operator created counts as a worker until the pod index shows it, or this long."""
 
@@ -543,18 +560,20 @@ def reconcile_run(
         if fresh:
             rt.depth_seen, rt.refreshed_at = signature, time.monotonic()
             rt.untouched = signature
-        if signature != rt.untouched:
-            rt.untouched = None
-        if fresh or rt.untouched is not None:
-            # No worker has taken a case of this run since it was enqueued, so no result can
-            # be in storage: nothing to list (a thousand runs waiting for nodes list nothing).
-            pass
-        elif moved or time.monotonic() - rt.refreshed_at >= rt.refresh_every:
+        elif refresh_due(
+            signature=signature,
+            untouched=rt.untouched,
+            moved=moved,
+            waited=time.monotonic() - rt.refreshed_at,
+            every=rt.refresh_every,
+        ):
             # Results are written before their entry is acked, so a refresh after the queue
             # changed sees them.
             found = progress.refresh() > 0
             rt.refresh_every = next_refresh_interval(rt.refresh_every, moved or found)
             rt.depth_seen, rt.refreshed_at = signature, time.monotonic()
+        if signature != rt.untouched:
+            rt.untouched = None  # a worker has been at the queue: listings may find results
         snap = progress.snapshot()
         rate = snap.cases_per_second
         rt.stopped = depth.stopped or rt.stopped

@@ -1,0 +1,52 @@
+"""kopf's diff-base annotation is written for BenchmarkSuites (their handlers diff the spec) and
+never for EvalRuns (their spec changes are seen from metadata.generation)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import kopf
+
+from proctor.controller import GROUP, DiffBaseStorage, configure
+
+KEY = f"{GROUP}/last-handled-configuration"
+
+
+def _body(kind: str, annotations: dict[str, str] | None = None) -> kopf.Body:
+    raw: dict[str, Any] = {
+        "apiVersion": f"{GROUP}/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": "x", "namespace": "ns", "annotations": annotations or {}},
+        "spec": {"cases": {"count": 3}},
+    }
+    return kopf.Body(raw)  # type: ignore[arg-type]
+
+
+def _storage() -> DiffBaseStorage:
+    return DiffBaseStorage(prefix=GROUP, key="last-handled-configuration", not_for={"EvalRun"})
+
+
+def test_a_suite_gets_its_diff_base_and_reads_it_back() -> None:
+    storage, body, patch = _storage(), _body("BenchmarkSuite"), kopf.Patch()
+    essence = storage.build(body=body)
+    storage.store(body=body, patch=patch, essence=essence)
+    written = patch["metadata"]["annotations"][KEY]
+    assert json.loads(written)["spec"] == {"cases": {"count": 3}}
+    assert storage.fetch(body=_body("BenchmarkSuite", {KEY: written})) == essence
+
+
+def test_an_evalrun_gets_no_annotation_and_an_old_one_is_ignored() -> None:
+    storage, body, patch = _storage(), _body("EvalRun"), kopf.Patch()
+    storage.store(body=body, patch=patch, essence=storage.build(body=body))
+    assert not patch  # nothing to write
+    old = json.dumps({"spec": {"cases": {"count": 1}}})
+    assert storage.fetch(body=_body("EvalRun", {KEY: old})) is None
+
+
+def test_the_operator_settings_use_it() -> None:
+    settings = kopf.OperatorSettings()
+    configure(settings, peering=False)
+    storage = settings.persistence.diffbase_storage
+    assert isinstance(storage, DiffBaseStorage)
+    assert storage.not_for == {"EvalRun"}
