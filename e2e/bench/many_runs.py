@@ -12,13 +12,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 from typing import Any
 
 from kubernetes import watch
 from kubernetes.client.rest import ApiException
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from e2e.bench._operator_env import BenchEnv, bench_env, cpu_seconds, rss_mb
 from e2e.harness import nodes

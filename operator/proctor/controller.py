@@ -299,9 +299,9 @@ def build_registry(
         # kopf starts with no delay; a spec change gets one at once, not at the next tick.
         meta = body["metadata"]
         rt = memo.runs.get(meta["uid"])
-        generation = int(meta.get("generation") or 1)
         if type != "MODIFIED" or rt is None or meta.get("deletionTimestamp"):
             return
+        generation = int(meta.get("generation") or 1)
         loop = asyncio.get_running_loop()
         while rt.pass_generation < generation and memo.runs.get(meta["uid"]) is rt:
             result = await loop.run_in_executor(
