@@ -31,10 +31,7 @@ annotated-types==0.7.0
 attrs==26.1.0
 boto3==1.43.11
 botocore==1.43.11
-certifi==2026.5.20
-charset-normalizer==3.4.7
 click==8.4.0
-durationpy==0.11
 frozenlist==1.8.0
 idna==3.13
 iso8601==2.1.0
@@ -42,14 +39,12 @@ jmespath==1.1.0
 jsonpatch==1.33
 jsonpointer==3.1.1
 kopf==1.45.2
-kubernetes==36.0.3
 markdown-it-py==4.3.0
 mdurl==0.1.2
 metamorphic-guard==3.6.0
 multidict==7.2.1
 numpy==2.4.6
 nvidia-ml-py==13.615.71
-oauthlib==4.0.1
 prometheus-client==0.26.0
 propcache==0.5.4
 pydantic==2.13.4
@@ -59,8 +54,6 @@ python-dateutil==2.9.0.post0
 python-json-logger==4.2.0
 pyyaml==6.0.3
 redis==8.1.0
-requests==2.34.2
-requests-oauthlib==2.0.0
 rich==15.0.0
 s3transfer==0.17.0
 six==1.17.0
@@ -68,7 +61,6 @@ structlog==26.1.0
 typing-extensions==4.15.0
 typing-inspection==0.4.2
 urllib3==2.7.0
-websocket-client==1.9.2
 yarl==1.25.1
 zstandard==0.25.0
 EOF_PINS

@@ -22,6 +22,8 @@ import kopf
 import structlog
 
 from proctor.config import OperatorConfig
+from proctor.kubeapi import KubeApi
+from proctor.kubeapi import login as kube_login
 from proctor.losses import Departed, Departures, SpotNodes
 from proctor.observe import ClusterApi, WorkerObs, node_info, pod_usage, worker_obs
 from proctor.operator_metrics import OperatorMetrics
@@ -56,19 +58,6 @@ WORKER_THREADS = 16
 flight than cores keeps a burst of new runs moving; the API client pools as many connections.
 More is not faster: on two cores, 1,000 new runs were all planned in a median 62.4 s with 16
 and 67.4 s with 32 (three runs each of e2e/bench/many_runs.py), peak RSS 285 and 303 MB."""
-
-
-def _api_client() -> Any:
-    from kubernetes import client, config
-
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    configuration = client.Configuration.get_default_copy()
-    # Default: 5 per CPU; fewer than the handler threads means new TLS connections under load.
-    configuration.connection_pool_maxsize = WORKER_THREADS
-    return client.ApiClient(configuration)
 
 
 class DiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
@@ -234,7 +223,9 @@ def build_registry(
     def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         configure(settings, peering=peering)
         memo.config = config
-        memo.api = ClusterApi(_api_client())
+        # As many pooled connections as handler threads: fewer means new TLS connections
+        # under load.
+        memo.api = ClusterApi(KubeApi(pool_size=WORKER_THREADS))
         memo.runs = {}
         memo.clients = SharedClients()
         memo.departures = Departures()
@@ -245,10 +236,9 @@ def build_registry(
         log.info("operator started", peering=peering, metrics_port=metrics_port)
 
     @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # A custom registry lacks kopf's default login: use the kubernetes client's
-        # (in-cluster ServiceAccount, else $KUBECONFIG).
-        return kopf.login_via_client(**kwargs)
+    def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+        # The same credentials as the operator's own client (ServiceAccount, else kubeconfig).
+        return kube_login(trust_env=settings.networking.trust_env)
 
     @kopf.on.cleanup(registry=registry)
     def cleanup(memo: kopf.Memo, **_: Any) -> None:

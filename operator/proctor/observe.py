@@ -16,9 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.rest import ApiException
-
+from proctor.kubeapi import KubeApi, KubeApiError, core_path, custom_path
 from proctor.planning import GPU_RESOURCE, Capacity, NodeInfo, QuotaHeadroom, Taint
 from proctor.pods import LABEL_RUN
 from proctor.quantity import cpu_millis, to_bytes
@@ -269,17 +267,17 @@ class QuotaExceeded(Exception):  # noqa: N818 - a refusal, not a failure of the 
 class ClusterApi:
     """The operator's writes and the reads that are not served by an index."""
 
-    def __init__(self, api_client: Any) -> None:
-        self.api_client = api_client
-        self.core = client.CoreV1Api(api_client)
-        self.custom = client.CustomObjectsApi(api_client)
+    plural = PLURAL
+
+    def __init__(self, kube: KubeApi) -> None:
+        self.kube = kube
         self._lock = threading.Lock()
         self._quotas: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         self._listing: dict[str, threading.Lock] = {}
         self._secrets: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
 
     def close(self) -> None:
-        self.api_client.close()
+        self.kube.close()
 
     def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
         """The Secret's data, decoded; None when it does not exist."""
@@ -288,15 +286,12 @@ class ClusterApi:
         if cached is not None and time.monotonic() - cached[0] < SECRET_MAX_AGE_SECONDS:
             return dict(cached[1])
         at = time.monotonic()
-        try:
-            secret = self.core.read_namespaced_secret(name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                with self._lock:
-                    self._secrets.pop((namespace, name), None)
-                return None
-            raise
-        data = {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+        secret = self.kube.get(core_path(namespace, "secrets", name))
+        if secret is None:
+            with self._lock:
+                self._secrets.pop((namespace, name), None)
+            return None
+        data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
         with self._lock:
             self._secrets[(namespace, name)] = (at, data)
         return dict(data)
@@ -311,8 +306,7 @@ class ClusterApi:
                 cached = self._quotas.get(namespace)
             if cached is not None and time.monotonic() - cached[0] < QUOTA_MAX_AGE_SECONDS:
                 return cached[1]
-            listed = self.core.list_namespaced_resource_quota(namespace)
-            out: list[dict[str, Any]] = self.api_client.sanitize_for_serialization(listed)["items"]
+            out = self.kube.list(core_path(namespace, "resourcequotas"))
             with self._lock:
                 self._quotas[namespace] = (time.monotonic(), out)
             return out
@@ -322,33 +316,24 @@ class ClusterApi:
         ResourceQuota refuses it."""
         namespace = manifest["metadata"]["namespace"]
         try:
-            created = self.core.create_namespaced_pod(namespace, manifest)
-        except ApiException as exc:
-            if exc.status == 403 and "exceeded quota" in str(exc.body):
+            created = self.kube.create(core_path(namespace, "pods"), manifest)
+        except KubeApiError as exc:
+            if exc.status == 403 and "exceeded quota" in exc.body:
                 with self._lock:
                     self._quotas.pop(namespace, None)
-                raise QuotaExceeded(str(exc.body)) from exc
+                raise QuotaExceeded(exc.message) from exc
             raise
-        return str(created.metadata.name), str(created.metadata.uid)
+        return str(created["metadata"]["name"]), str(created["metadata"]["uid"])
 
     def delete_pod(self, namespace: str, name: str) -> None:
-        try:
-            self.core.delete_namespaced_pod(name, namespace)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+        self.kube.delete(core_path(namespace, "pods", name))
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": dict(status)}
-        )
+        path = custom_path(GROUP, VERSION, namespace, self.plural, name) + "/status"
+        self.kube.merge_patch(path, {"status": dict(status)})
 
     def delete_run(self, namespace: str, name: str) -> None:
-        try:
-            self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+        self.kube.delete(custom_path(GROUP, VERSION, namespace, PLURAL, name))
 
 
 def status_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:

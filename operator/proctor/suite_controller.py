@@ -108,7 +108,7 @@ def register_suite_handlers(registry: kopf.OperatorRegistry, config: OperatorCon
     @kopf.on.startup(registry=registry)
     def suite_startup(memo: kopf.Memo, **_: Any) -> None:
         memo.suites = {}
-        memo.suite_api = SuiteApi(memo.api.api_client)
+        memo.suite_api = SuiteApi(memo.api.kube)
 
     @kopf.on.cleanup(registry=registry)
     def suite_cleanup(memo: kopf.Memo, **_: Any) -> None:

@@ -23,7 +23,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from kubernetes.client.rest import ApiException
 
 from proctor.api.v1alpha1.base import Condition
 from proctor.api.v1alpha1.benchmarksuite import (
@@ -44,6 +43,7 @@ from proctor.bench.worker import BenchWorkerConfig
 from proctor.conditions import get_condition, rfc3339, set_condition
 from proctor.config import OperatorConfig
 from proctor.cron import latest_fire, next_fire, parse_cron
+from proctor.kubeapi import custom_path
 from proctor.losses import LossLedger, count_losses
 from proctor.observe import (
     GROUP,
@@ -86,22 +86,11 @@ class SuiteApi(ClusterApi):
     """:class:`ClusterApi` for BenchmarkSuites: the suite's status, and reading another suite
     (a baseline)."""
 
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": dict(status)}
-        )
+    plural = PLURAL
 
     def get_suite(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The BenchmarkSuite object; None when it does not exist."""
-        try:
-            got: dict[str, Any] = self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return got
+        return self.kube.get(custom_path(GROUP, VERSION, namespace, PLURAL, name))
 
 
 # -- observed pods -----------------------------------------------------------------------------
