@@ -24,7 +24,9 @@ def _body(kind: str, annotations: dict[str, str] | None = None) -> kopf.Body:
 
 
 def _storage() -> DiffBaseStorage:
-    return DiffBaseStorage(prefix=GROUP, key="last-handled-configuration", not_for={"EvalRun"})
+    return DiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration", only_for={"BenchmarkSuite"}
+    )
 
 
 def test_a_suite_gets_its_diff_base_and_reads_it_back() -> None:
@@ -44,9 +46,16 @@ def test_an_evalrun_gets_no_annotation_and_an_old_one_is_ignored() -> None:
     assert storage.fetch(body=_body("EvalRun", {KEY: old})) is None
 
 
+def test_an_evalrun_essence_is_not_copied() -> None:
+    # kopf builds an essence on every watch event; for EvalRuns nothing would read it.
+    assert _storage().build(body=_body("EvalRun", {"a": "b"})) == {}
+    assert _storage().build(body=_body("Pod")) == {}
+    assert _storage().build(body=_body("BenchmarkSuite"))["spec"] == {"cases": {"count": 3}}
+
+
 def test_the_operator_settings_use_it() -> None:
     settings = kopf.OperatorSettings()
     configure(settings, peering=False)
     storage = settings.persistence.diffbase_storage
     assert isinstance(storage, DiffBaseStorage)
-    assert storage.not_for == {"EvalRun"}
+    assert storage.only_for == {"BenchmarkSuite"}

@@ -115,9 +115,8 @@ def test_kubeconfig_login(tmp_path: Path, user: dict[str, Any], expect: dict[str
     assert info.ca_data == _b64("CA")
     assert info.default_namespace == "ns"
     for key, value in expect.items():
-        if isinstance(value, str):
-            value = value.replace("<dir>", str(tmp_path))
-        assert getattr(info, key) == value, key
+        want = value.replace("<dir>", str(tmp_path)) if isinstance(value, str) else value
+        assert getattr(info, key) == want, key
 
 
 def test_kubeconfig_login_runs_an_exec_plugin(tmp_path: Path) -> None:
@@ -217,7 +216,7 @@ class FakeApiServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            do_GET = do_POST = do_PATCH = do_DELETE = _answer
+            do_GET = do_POST = do_PATCH = do_DELETE = _answer  # noqa: N815 - http.server's names
 
             def log_message(self, *args: Any) -> None:
                 pass

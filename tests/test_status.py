@@ -75,6 +75,21 @@ def test_phase(o: Observation, phase: str, reason: str) -> None:
     assert (decision.phase, decision.reason) == (phase, reason)
 
 
+@pytest.mark.parametrize(
+    ("previous_phase", "problem", "expect"),
+    [
+        pytest.param(None, None, [], id="a new run waiting for workers: no Event"),
+        pytest.param(None, Problem("SecretNotFound", "x"), ["SecretNotFound"], id="new, blocked"),
+        pytest.param("Suspended", None, ["WaitingForWorkers"], id="resumed: back to Pending"),
+    ],
+)
+def test_events_on_entering_pending(
+    previous_phase: str | None, problem: Problem | None, expect: list[str]
+) -> None:
+    o = obs(previous=EvalRunStatus(phase=previous_phase), problem=problem)
+    assert [e.reason for e in next_status(o).events] == expect
+
+
 def test_conditions_events_and_no_mutation() -> None:
     first = obs(
         workers=WorkerCounts(desired=2, ready=2), counts=CaseCounts(total=100, completed=10)

@@ -134,3 +134,28 @@ def rss_mb(op: OperatorProcess) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def cpu_by_process() -> dict[str, float]:
+    """CPU seconds (user + system) so far of the processes a benchmark loads, by name: the
+    control plane's, Redis, moto, the operator and this process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            comm, rest = stat.read_text().rsplit(")", 1)
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        name = comm.split("(", 1)[1]
+        if "proctor operator" in cmdline:
+            name = "operator"
+        elif "moto" in cmdline:
+            name = "moto"
+        elif int(stat.parent.name) == os.getpid():
+            name = "bench"
+        elif name.startswith(("python", "pytest")):
+            continue
+        fields = rest.split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out

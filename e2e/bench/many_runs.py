@@ -7,9 +7,11 @@ operator's RSS. Targets: <= 60 s, <= 250 MB. Worker pods are not run (kwok).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from kubernetes.client.rest import ApiException
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from e2e.bench._operator_env import BenchEnv, bench_env, cpu_seconds, rss_mb
+from e2e.bench._operator_env import BenchEnv, bench_env, cpu_by_process, cpu_seconds, rss_mb
 from e2e.harness import nodes
 from e2e.harness.operator import GROUP, PLURAL, VERSION
 
@@ -77,6 +79,23 @@ class PlannedWatch:
                 stream.stop()
 
 
+def api_requests(env: BenchEnv) -> Counter[str]:
+    """The API server's request counts by verb and resource (apiserver_request_total)."""
+    text = env.api_client.call_api(
+        "/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False
+    ).data.decode()
+    counts: Counter[str] = Counter()
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+        key = f"{labels.get('verb')} {labels.get('resource')}"
+        if labels.get("subresource"):
+            key += f"/{labels['subresource']}"
+        counts[key] += int(float(line.rsplit(" ", 1)[1]))
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=1000)
@@ -87,6 +106,11 @@ def main() -> None:
         type=float,
         default=3.0,
         help="scalingIntervalSeconds (default 3, the operator's; the e2e tests use 1)",
+    )
+    parser.add_argument(
+        "--api-requests",
+        action="store_true",
+        help="print the API server's requests by verb and resource made while runs were planned",
     )
     args = parser.parse_args()
     with bench_env("many") as env:
@@ -103,6 +127,8 @@ def main() -> None:
         planned = 0
         with env.operator(scalingIntervalSeconds=args.interval) as op:
             seen = PlannedWatch(env)
+            before = api_requests(env) if args.api_requests else Counter()
+            cpu_before = cpu_by_process()
             t0 = time.perf_counter()
             with ThreadPoolExecutor(8) as pool:
                 list(
@@ -128,6 +154,14 @@ def main() -> None:
                 time.sleep(0.2)
             seen.stop.set()
             elapsed = time.perf_counter() - t0
+            cpu_after = cpu_by_process()
+            used = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_after.items()}
+            top = sorted(used.items(), key=lambda kv: -kv[1])[:8]
+            print("CPU s by process: " + ", ".join(f"{k} {v:.1f}" for k, v in top if v >= 0.1))
+            if args.api_requests:
+                made = api_requests(env) - before
+                for key, count in made.most_common(12):
+                    print(f"  {count:6d}  {key}")
             peak = max(peak, rss_mb(op))
             cpu = cpu_seconds(op)
     print(f"operator CPU {cpu:.1f} s over {elapsed:.1f} s; load {_load()}")

@@ -7,15 +7,12 @@ interval comes from the operator configuration, which is read at start-up.
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import ctypes.util
-import functools
 import logging
 import os
-import threading
 import time
-from collections.abc import Mapping, Set
+from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
 import kopf
@@ -27,6 +24,8 @@ from proctor.kubeapi import login as kube_login
 from proctor.losses import Departed, Departures, SpotNodes
 from proctor.observe import ClusterApi, WorkerObs, node_info, pod_usage, worker_obs
 from proctor.operator_metrics import OperatorMetrics
+from proctor.pass_loop import PassLoop
+from proctor.peering import PeeringGate, own_identity
 from proctor.pods import LABEL_COMPONENT, LABEL_RUN
 from proctor.reconcile import (
     ClusterView,
@@ -37,6 +36,7 @@ from proctor.reconcile import (
     finalize_run,
     reconcile_run,
 )
+from proctor.schedule import PassSchedule
 from proctor.status import Event
 from proctor.suite_controller import register_suite_handlers
 
@@ -47,36 +47,45 @@ FINALIZER = "proctor.dev/finalizer"
 RESOURCE = (GROUP, "v1alpha1", "evalruns")
 
 
-SPEC_RETRY_SECONDS = 0.5
-"""How soon a spec change whose pass found an older pass of the run under way tries again."""
+PASS_THREADS = 16
+"""EvalRun passes under way at once, each on a thread of the pass loop's pool. A pass mostly
+waits on the API, Redis or S3, so more passes in flight than cores keeps a burst of new runs
+moving; the API client pools as many connections. More is not faster: on two cores, 1,000
+new runs were all planned in a median 62.4 s with 16 and 67.4 s with 32 (three runs each of
+e2e/bench/many_runs.py, with kopf timers), peak RSS 285 and 303 MB."""
 
-TTL_DELETE_DELAY_SECONDS = 0.5
-"""How long after the pass that finds a run's TTL passed the run is deleted (see run_pass)."""
+KOPF_THREADS = 4
+"""Threads for kopf's sync handlers: BenchmarkSuite passes and EvalRun finalizers."""
 
-WORKER_THREADS = 16
-"""Threads for sync handlers. A pass mostly waits on the API, Redis or S3, so more passes in
-flight than cores keeps a burst of new runs moving; the API client pools as many connections.
-More is not faster: on two cores, 1,000 new runs were all planned in a median 62.4 s with 16
-and 67.4 s with 32 (three runs each of e2e/bench/many_runs.py), peak RSS 285 and 303 MB."""
+FINALIZER_WAIT_SECONDS = 30.0
+"""How long a deleted run's finalizer waits for a pass of the run that is under way."""
 
 
 class DiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
-    """kopf's diff-base annotation (the spec last handled), kept only for kinds whose handlers
-    need it. An EvalRun has no create or update handler: its timer's first pass plans it and
-    a spec change is seen from ``metadata.generation``, so kopf writes it no annotation (an API
-    write and a watch event fewer per run, which a thousand new runs at once feel)."""
+    """kopf's diff-base annotation (the spec last handled), kept only for the kinds whose
+    handlers diff it: BenchmarkSuites (create, update and resume handlers). An EvalRun has none
+    (its passes are scheduled from watch events and ``metadata.generation``) and pods and
+    nodes are only indexed, so for them kopf neither writes the annotation (an API write and a
+    watch event fewer per run) nor builds the essence it would diff, a deep copy of the whole
+    body with its managedFields on every watch event: a tenth of the operator's CPU with a
+    thousand new runs."""
 
-    def __init__(self, *, not_for: Set[str], **kwargs: Any) -> None:
+    def __init__(self, *, only_for: Set[str], **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.not_for = frozenset(not_for)
+        self.only_for = frozenset(only_for)
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        if body.get("kind") not in self.only_for:
+            return kopf.BodyEssence()
+        return super().build(body=body, extra_fields=extra_fields)
 
     def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
-        if body.get("kind") in self.not_for:
+        if body.get("kind") not in self.only_for:
             return None
         return super().fetch(body=body)
 
     def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
-        if body.get("kind") not in self.not_for:
+        if body.get("kind") in self.only_for:
             super().store(body=body, patch=patch, essence=essence)
 
 
@@ -87,17 +96,17 @@ def configure(settings: kopf.OperatorSettings, *, peering: bool) -> None:
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = DiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration", not_for={"EvalRun"}
+        prefix=GROUP, key="last-handled-configuration", only_for={"BenchmarkSuite"}
     )
     settings.peering.standalone = not peering
     settings.peering.mandatory = peering
     settings.peering.name = "proctor"
     settings.watching.server_timeout = 300
-    settings.execution.max_workers = WORKER_THREADS
-    # A run being deleted waits for its timer to stop. A pass under way when the deletion
+    settings.execution.max_workers = KOPF_THREADS
+    # A suite being deleted waits for its timer to stop. A pass under way when the deletion
     # arrives is let finish for up to 2 s, then polled every second; kopf's defaults (a few
-    # event-loop cycles, then a poll every 60 s) would hold the run, finalizer and all, for up
-    # to a minute.
+    # event-loop cycles, then a poll every 60 s) would hold the suite, finalizer and all, for
+    # up to a minute.
     settings.background.instant_exit_timeout = 2.0
     settings.background.cancellation_polling = 1.0
 
@@ -112,29 +121,26 @@ def _ref(meta: Mapping[str, Any]) -> RunRef:
     )
 
 
-def _runtime(memo: Any, uid: str) -> RunRuntime:
-    runs: dict[str, RunRuntime] = memo.runs
-    if uid not in runs:
-        runs[uid] = RunRuntime()
-    return runs[uid]
-
-
 def run_pass(
     *,
-    body: kopf.Body,
+    body: Mapping[str, Any],
     memo: Any,
+    rt: RunRuntime,
     nodes: Any,
     usage: Any,
     workers: Any,
     trigger: str = "timer",
 ) -> PassResult | None:
-    """One reconcile pass of one run, serialized per run, with metrics."""
+    """One reconcile pass of one run, serialized per run, with metrics; None when the run
+    was held (a pass or its finalizer under way) and nothing was done."""
     meta = body["metadata"]
     ref = _ref(meta)
-    rt = _runtime(memo, ref.uid)
     metrics: OperatorMetrics = memo.metrics
     if not rt.lock.acquire(blocking=False):
-        return None  # Another pass of this run is under way; the next tick catches up.
+        return None
+    if rt.finalized:
+        rt.lock.release()
+        return None
     rt.pass_generation = ref.generation
     started = time.monotonic()
     try:
@@ -146,7 +152,7 @@ def run_pass(
         )
 
         def emit(event: Event) -> None:
-            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+            memo.api.post_event(body, event)
 
         result = reconcile_run(
             body_spec=body["spec"],
@@ -194,54 +200,100 @@ def run_pass(
     if result.new_disruptions:
         metrics.disruptions.labels(ref.namespace, ref.name).inc(result.new_disruptions)
     if result.expired and not rt.deleting:
-        # Not from inside this handler: kopf handles the deletion by first stopping the run's
-        # timer, and a deletion that arrives while the timer's own invocation is still under
-        # way sometimes left the run, finalizer and all, unhandled. A moment later the
-        # invocation has returned.
         rt.deleting = True
-        deleter = threading.Timer(TTL_DELETE_DELAY_SECONDS, _delete_run, args=(memo.api, ref, rt))
-        deleter.daemon = True
-        deleter.start()
+        try:
+            memo.api.delete_run(ref.namespace, ref.name)
+        except Exception as exc:
+            rt.deleting = False  # the next pass asks again
+            log.warning("run not deleted", run=ref.name, namespace=ref.namespace, error=str(exc))
     return result
 
 
-def _delete_run(api: ClusterApi, ref: RunRef, rt: RunRuntime) -> None:
-    try:
-        api.delete_run(ref.namespace, ref.name)
-    except Exception as exc:
-        rt.deleting = False  # the next pass asks again
-        log.warning("run not deleted", run=ref.name, namespace=ref.namespace, error=str(exc))
+KOPF_REQUEST_CONNECTIONS = 32
+"""Connections kopf may hold for requests (finalizer patches, Events of suites), beside one per
+watch stream. kopf's own session has no limit: a thousand new runs made it open a connection
+for each finalizer patch under way, over a hundred at once (256 KiB of TLS buffers each)."""
+
+
+def kopf_connection_limit(namespaces: Sequence[str]) -> int:
+    """aiohttp's connection limit for kopf (pure): the watch streams (EvalRuns, suites and
+    pods per namespace, nodes, and the peering object) hold one each for as long as they
+    run, so the limit leaves room for all of them; 0 (no limit) when namespaces are patterns,
+    whose matches kopf watches as they appear."""
+    if any(c in ns for ns in namespaces for c in "*?[!"):
+        return 0
+    streams = 4 * max(1, len(namespaces)) + 2
+    return streams + KOPF_REQUEST_CONNECTIONS
 
 
 def build_registry(
-    config: OperatorConfig, *, peering: bool = False, metrics_port: int | None = None
+    config: OperatorConfig,
+    *,
+    peering: bool = False,
+    metrics_port: int | None = None,
+    identity: str = "",
+    priority: int = 0,
+    namespaces: Sequence[str] = (),
 ) -> kopf.OperatorRegistry:
-    """Every handler of the operator, on a fresh registry."""
+    """Every handler of the operator, on a fresh registry. ``identity`` and ``priority`` are
+    the ones kopf peers under (with ``peering``); ``namespaces`` those it serves (none:
+    cluster-wide)."""
     registry = kopf.OperatorRegistry()
 
     @kopf.on.startup(registry=registry)
-    def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         configure(settings, peering=peering)
         memo.config = config
-        # As many pooled connections as handler threads: fewer means new TLS connections
+        # As many pooled connections as pass threads: fewer means new TLS connections
         # under load.
-        memo.api = ClusterApi(KubeApi(pool_size=WORKER_THREADS))
+        memo.api = ClusterApi(KubeApi(pool_size=PASS_THREADS + KOPF_THREADS))
         memo.runs = {}
+        # Filled by the first EvalRun event (kopf hands indexes to resource handlers only);
+        # a dict, since each object's handlers get a shallow copy of this memo.
+        memo.indexes = {}
         memo.clients = SharedClients()
         memo.departures = Departures()
         memo.spot_nodes = SpotNodes()
         memo.metrics = OperatorMetrics()
+        gate = PeeringGate(
+            memo.api.kube if peering else None,
+            name=settings.peering.name,
+            namespaces=namespaces,
+            identity=identity,
+            priority=priority,
+        )
+        memo.passes = PassLoop(
+            PassSchedule(config.scaling_interval_seconds),
+            lambda body, trigger: _scheduled_pass(memo, body, trigger),
+            slots=PASS_THREADS,
+            gate=gate,
+        )
+        memo.passes.start()
         if metrics_port:
             memo.metrics.serve(metrics_port)
         log.info("operator started", peering=peering, metrics_port=metrics_port)
 
     @kopf.on.login(registry=registry)
-    def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
-        # The same credentials as the operator's own client (ServiceAccount, else kubeconfig).
-        return kube_login(trust_env=settings.networking.trust_env)
+    async def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.AiohttpSession:
+        # The same credentials as the operator's own client (ServiceAccount, else kubeconfig),
+        # on a session whose connections are bounded (see kopf_connection_limit).
+        import aiohttp
+
+        info = kube_login(trust_env=settings.networking.trust_env)
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=kopf_connection_limit(namespaces), ssl=info.as_ssl_context()
+            ),
+            headers={**info.as_http_headers(), "User-Agent": "proctor-operator (kopf)"},
+            trust_env=info.trust_env,
+        )
+        return kopf.AiohttpSession(
+            aiohttp_session=session, server=info.server, default_namespace=info.default_namespace
+        )
 
     @kopf.on.cleanup(registry=registry)
-    def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        await memo.passes.stop()
         for rt in memo.runs.values():
             rt.close()
         memo.clients.close()
@@ -284,54 +336,54 @@ def build_registry(
         )
 
     @kopf.on.event(*RESOURCE, registry=registry)
-    async def spec_changed(type: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-        # A new run (or every run, after a restart) gets its first pass from its timer, which
-        # kopf starts with no delay; a spec change gets one at once, not at the next tick.
-        meta = body["metadata"]
-        rt = memo.runs.get(meta["uid"])
-        if type != "MODIFIED" or rt is None or meta.get("deletionTimestamp"):
-            return
-        generation = int(meta.get("generation") or 1)
-        loop = asyncio.get_running_loop()
-        while rt.pass_generation < generation and memo.runs.get(meta["uid"]) is rt:
-            result = await loop.run_in_executor(
-                kwargs["settings"].execution.executor,
-                functools.partial(
-                    run_pass,
-                    body=body,
-                    memo=memo,
-                    nodes=kwargs["proctor_nodes"],
-                    usage=kwargs["proctor_usage"],
-                    workers=kwargs["proctor_workers"],
-                    trigger="spec",
-                ),
+    async def run_event(type: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+        # Every run's body goes to the pass loop, trimmed: a new run (or every run, after a
+        # restart) is passed at once, a spec change too, and each run every interval after.
+        if not memo.indexes:  # kopf fills its indexes before any other handler runs
+            memo.indexes.update(
+                nodes=kwargs["proctor_nodes"],
+                usage=kwargs["proctor_usage"],
+                workers=kwargs["proctor_workers"],
             )
-            if result is None:
-                # A pass of the older spec holds the run: try again soon, never drop a change.
-                await asyncio.sleep(SPEC_RETRY_SECONDS)
-
-    @kopf.timer(*RESOURCE, interval=config.scaling_interval_seconds, registry=registry)
-    def reconcile(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-        run_pass(
-            body=body,
-            memo=memo,
-            nodes=kwargs["proctor_nodes"],
-            usage=kwargs["proctor_usage"],
-            workers=kwargs["proctor_workers"],
-        )
+        uid = str(body["metadata"]["uid"])
+        if type == "DELETED" or body["metadata"].get("deletionTimestamp"):
+            memo.passes.forget(uid)
+            return
+        if uid not in memo.runs:
+            memo.runs[uid] = RunRuntime()
+        memo.passes.observe(body)
 
     @kopf.on.delete(*RESOURCE, registry=registry)
     def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         ref = _ref(body["metadata"])
-        finalize_run(body["spec"], ref, memo.config, memo.api, memo.clients)
-        rt = memo.runs.pop(ref.uid, None)
-        if rt is not None:
-            rt.close()
+        rt: RunRuntime | None = memo.runs.get(ref.uid)
+        # The run has left the pass loop; a pass already under way is let finish first.
+        held = rt is not None and rt.lock.acquire(timeout=FINALIZER_WAIT_SECONDS)
+        try:
+            if rt is not None:
+                rt.finalized = True
+            finalize_run(body["spec"], ref, memo.config, memo.api, memo.clients)
+        finally:
+            if rt is not None:
+                if held:
+                    rt.lock.release()
+                memo.runs.pop(ref.uid, None)
+                rt.close()
         memo.metrics.forget_run(ref.namespace, ref.name)
         memo.departures.forget((ref.namespace, ref.name))
 
     register_suite_handlers(registry, config)
     return registry
+
+
+def _scheduled_pass(memo: Any, body: Mapping[str, Any], trigger: str) -> bool:
+    """The pass loop's ``do_pass``: False when the run was held and nothing was done."""
+    uid = str(body["metadata"]["uid"])
+    rt: RunRuntime | None = memo.runs.get(uid)
+    if rt is None or not memo.passes.schedule.holds(uid):
+        return True  # deleted since it was taken
+    result = run_pass(body=body, memo=memo, rt=rt, trigger=trigger, **memo.indexes)
+    return result is not None
 
 
 MALLOC_ARENAS = 2
@@ -367,7 +419,15 @@ def run_operator(
     live peer of highest ``peering_priority`` works and the others pause (kopf pauses all
     peers of equal priority, so replicas need distinct ones)."""
     limit_malloc_arenas()
-    registry = build_registry(config, peering=peering, metrics_port=metrics_port)
+    identity = own_identity()
+    registry = build_registry(
+        config,
+        peering=peering,
+        metrics_port=metrics_port,
+        identity=identity,
+        priority=peering_priority,
+        namespaces=namespaces,
+    )
     liveness = f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None
     kopf.run(
         registry=registry,
@@ -375,6 +435,7 @@ def run_operator(
         namespaces=namespaces,
         standalone=not peering,
         priority=peering_priority,
+        identity=identity,  # type: ignore[arg-type]  # kopf's Identity is a NewType of str
         liveness_endpoint=liveness,
         memo=kopf.Memo(),
     )

@@ -9,6 +9,7 @@ run) so that every side effect lives here.
 from __future__ import annotations
 
 import base64
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -16,10 +17,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
+
 from proctor.kubeapi import KubeApi, KubeApiError, core_path, custom_path
 from proctor.planning import GPU_RESOURCE, Capacity, NodeInfo, QuotaHeadroom, Taint
 from proctor.pods import LABEL_RUN
 from proctor.quantity import cpu_millis, to_bytes
+from proctor.status import Event
+
+log = structlog.get_logger("proctor.operator")
 
 GROUP = "proctor.dev"
 VERSION = "v1alpha1"
@@ -275,8 +281,12 @@ class ClusterApi:
         self._quotas: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         self._listing: dict[str, threading.Lock] = {}
         self._secrets: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
+        self._events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._poster: threading.Thread | None = None
 
     def close(self) -> None:
+        self.flush_events()
+        self._events.put(None)
         self.kube.close()
 
     def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
@@ -298,10 +308,18 @@ class ClusterApi:
 
     def quotas(self, namespace: str) -> list[dict[str, Any]]:
         with self._lock:
+            cached = self._quotas.get(namespace)
             listing = self._listing.setdefault(namespace, threading.Lock())
-        # One list at a time per namespace: passes that find the list stale wait for the one
-        # that is reading it instead of all listing at once.
-        with listing:
+        if cached is not None and time.monotonic() - cached[0] < QUOTA_MAX_AGE_SECONDS:
+            return cached[1]
+        # One list at a time per namespace. A pass that finds the list stale while another
+        # is reading it plans from the stale one rather than wait; only the first list of a
+        # namespace is waited for.
+        if cached is not None and not listing.acquire(blocking=False):
+            return cached[1]
+        if cached is None:
+            listing.acquire()
+        try:
             with self._lock:
                 cached = self._quotas.get(namespace)
             if cached is not None and time.monotonic() - cached[0] < QUOTA_MAX_AGE_SECONDS:
@@ -310,6 +328,8 @@ class ClusterApi:
             with self._lock:
                 self._quotas[namespace] = (time.monotonic(), out)
             return out
+        finally:
+            listing.release()
 
     def create_pod(self, manifest: Mapping[str, Any]) -> tuple[str, str]:
         """Create a pod; returns its name and uid. Raises :class:`QuotaExceeded` when a
@@ -334,6 +354,77 @@ class ClusterApi:
 
     def delete_run(self, namespace: str, name: str) -> None:
         self.kube.delete(custom_path(GROUP, VERSION, namespace, PLURAL, name))
+
+    def post_event(self, involved: Mapping[str, Any], event: Event) -> None:
+        """Post a core/v1 Event about ``involved`` (a body with apiVersion, kind and
+        metadata) from a thread of its own, in order: a pass does not wait for it. An Event
+        that cannot be posted is logged, never fails the caller."""
+        self._events.put(event_object(involved, event))
+        with self._lock:
+            if self._poster is None:
+                self._poster = threading.Thread(
+                    target=self._post_events, name="proctor-events", daemon=True
+                )
+                self._poster.start()
+
+    def _post_events(self) -> None:
+        while True:
+            obj = self._events.get()
+            if obj is None:
+                return
+            try:
+                self.kube.create(core_path(str(obj["metadata"]["namespace"]), "events"), obj)
+            except Exception as exc:
+                log.warning(
+                    "event not posted",
+                    object=obj["involvedObject"]["name"],
+                    reason=obj["reason"],
+                    error=str(exc),
+                )
+            finally:
+                self._events.task_done()
+
+    def flush_events(self, timeout: float = 5.0) -> None:
+        """Wait up to ``timeout`` seconds for the Events queued so far to be posted."""
+        deadline = time.monotonic() + timeout
+        while self._events.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+EVENT_COMPONENT = "proctor-operator"
+EVENT_MESSAGE_MAX = 1024
+
+
+def event_object(
+    involved: Mapping[str, Any], event: Event, now: datetime | None = None
+) -> dict[str, Any]:
+    """A core/v1 Event about ``involved`` (pure)."""
+    meta = involved.get("metadata") or {}
+    at = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "generateName": f"{meta.get('name')}.",
+            "namespace": meta.get("namespace"),
+        },
+        "involvedObject": {
+            "apiVersion": involved.get("apiVersion"),
+            "kind": involved.get("kind"),
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+        },
+        "type": event.type,
+        "reason": event.reason,
+        "message": event.message[:EVENT_MESSAGE_MAX],
+        "source": {"component": EVENT_COMPONENT},
+        "reportingComponent": EVENT_COMPONENT,
+        "reportingInstance": EVENT_COMPONENT,
+        "firstTimestamp": at,
+        "lastTimestamp": at,
+        "count": 1,
+    }
 
 
 def status_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:

@@ -180,8 +180,14 @@ def pool_of(spec: EvalRunSpec, node: NodeInfo) -> str | None:
     return None
 
 
-def ineligibility(spec: EvalRunSpec, node: NodeInfo, spot_fallback: bool = False) -> str:
-    """Why a worker of this run may not run on the node; empty when it may."""
+def ineligibility(
+    spec: EvalRunSpec,
+    node: NodeInfo,
+    spot_fallback: bool = False,
+    tolerations: Sequence[Toleration] | None = None,
+) -> str:
+    """Why a worker of this run may not run on the node; empty when it may. ``tolerations``
+    are the workers' (:func:`worker_tolerations`), when the caller has them already."""
     placement = spec.placement or Placement()
     if not node.ready:
         return "node is not Ready"
@@ -193,7 +199,8 @@ def ineligibility(spec: EvalRunSpec, node: NodeInfo, spot_fallback: bool = False
         return "node is in none of placement.pools"
     if node.is_spot and not spot_allowed(spec, spot_fallback):
         return "spot node, and spot is not allowed" + (" (fell back)" if spot_fallback else "")
-    tolerations = worker_tolerations(spec, spot_fallback)
+    if tolerations is None:
+        tolerations = worker_tolerations(spec, spot_fallback)
     for taint in node.taints:
         if taint.effect in {"NoSchedule", "NoExecute"} and not tolerates(tolerations, taint):
             return f"untolerated taint {taint.key}={taint.value}:{taint.effect}"
@@ -226,7 +233,8 @@ def resolve_size(
         WorkerSize(n, cpu_millis(config.profile(n).cpu), to_bytes(config.profile(n).memory), 0)
         for n in reversed(candidates)
     ]
-    eligible = [n for n in nodes if not ineligibility(spec, n)]
+    tolerations = worker_tolerations(spec)
+    eligible = [n for n in nodes if not ineligibility(spec, n, tolerations=tolerations)]
     for size in sizes:
         if any(_per_node(n, size, config, False) >= 1 for n in eligible):
             return WorkerSize(f"auto/{size.profile}", size.cpu_millis, size.memory, spec.gpus)
@@ -322,7 +330,8 @@ def compute_plan(
     size = resolve_size(spec, config, nodes)
     one_per_node = placement.spread == "required"
 
-    eligible = [n for n in nodes if not ineligibility(spec, n, spot_fallback)]
+    tolerations = worker_tolerations(spec, spot_fallback)
+    eligible = [n for n in nodes if not ineligibility(spec, n, spot_fallback, tolerations)]
     names = tuple(n.name for n in eligible)
     feasible = any(_holds_one_when_empty(n, size, config) for n in eligible)
     reason = ""

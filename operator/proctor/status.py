@@ -225,7 +225,10 @@ def next_status(obs: Observation) -> StatusUpdate:
 def _events(obs: Observation, decision: PhaseDecision, stalled: bool) -> list[Event]:
     prev = obs.previous
     events: list[Event] = []
-    if decision.phase != prev.phase:
+    quiet = prev.phase is None and decision.phase == "Pending" and obs.problem is None
+    if decision.phase != prev.phase and not quiet:
+        # A new run waiting for its first workers is no news (its phase and plan say it);
+        # with a thousand runs at once that Event was an API write per run.
         warning = decision.phase == "Failed" or (
             decision.phase == "Pending" and obs.problem is not None
         )
