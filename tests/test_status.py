@@ -11,7 +11,16 @@ import pytest
 
 from proctor.api.v1alpha1.evalrun import CaseCounts, EvalRunSpec, EvalRunStatus, WorkerCounts
 from proctor.conditions import get_condition
-from proctor.status import Observation, Problem, decide_phase, drift_only, next_status
+from proctor.status import (
+    PLAN_DRIFT_SECONDS,
+    STATUS_DRIFT_SECONDS,
+    Observation,
+    Problem,
+    decide_phase,
+    drift_hold,
+    drift_only,
+    next_status,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 SPEC: dict[str, Any] = {
@@ -203,6 +212,27 @@ def test_drift_only(patch: dict[str, Any], expected: bool) -> None:
     old = copy.deepcopy(_OLD)
     assert drift_only(old, patch) is expected
     assert old == _OLD  # not mutated
+
+
+@pytest.mark.parametrize(
+    ("patch", "hold"),
+    [
+        pytest.param({}, 0.0, id="nothing"),
+        pytest.param({"etaSeconds": 9}, STATUS_DRIFT_SECONDS, id="estimates"),
+        pytest.param({"plan": {**_PLAN, "fit": 39}}, PLAN_DRIFT_SECONDS, id="fit alone"),
+        pytest.param(
+            {"plan": {**_PLAN, "eligibleNodes": 99}}, PLAN_DRIFT_SECONDS, id="eligible nodes"
+        ),
+        pytest.param(
+            {"plan": {**_PLAN, "fit": 39}, "etaSeconds": 9},
+            STATUS_DRIFT_SECONDS,
+            id="fit with estimates: the estimates' hold",
+        ),
+        pytest.param({"plan": {**_PLAN, "replicas": 2}, "etaSeconds": 9}, 0.0, id="replicas"),
+    ],
+)
+def test_drift_hold(patch: dict[str, Any], hold: float) -> None:
+    assert drift_hold(copy.deepcopy(_OLD), patch) == hold
 
 
 def test_drift_needs_a_previous_plan() -> None:

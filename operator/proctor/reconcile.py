@@ -49,11 +49,10 @@ from proctor.queue import QueueConnections, WorkQueue, enqueue_run
 from proctor.scaling import ScaleState, WorkerPod, busy_workers, decide
 from proctor.stats import should_stop_early, summarize
 from proctor.status import (
-    STATUS_DRIFT_SECONDS,
     Event,
     Observation,
     Problem,
-    drift_only,
+    drift_hold,
     next_status,
 )
 from proctor.storage import RunProgress, RunStorage
@@ -761,8 +760,8 @@ def reconcile_run(
     update = next_status(obs)
     new = update.status.model_dump(by_alias=True, exclude_none=True, mode="json")
     patch = status_patch(body_status, new)
-    recent = time.monotonic() - rt.status_written < STATUS_DRIFT_SECONDS
-    if patch and recent and drift_only(body_status, patch):
+    hold = drift_hold(body_status, patch)
+    if hold and time.monotonic() - rt.status_written < hold:
         patch = {}  # only estimates and cluster-wide figures moved: written a little later
     if patch:
         api.patch_status(ref.namespace, ref.name, patch)

@@ -251,29 +251,36 @@ def _events(obs: Observation, decision: PhaseDecision, stalled: bool) -> list[Ev
 
 DRIFT_FIELDS = frozenset({"casesPerSecond", "etaSeconds"})
 """Status fields that are estimates: a change in them alone is written at most every
-``STATUS_DRIFT_SECONDS`` (see :func:`drift_only`)."""
+``STATUS_DRIFT_SECONDS`` (see :func:`drift_hold`)."""
 
-DRIFT_PLAN_FIELDS = frozenset({"fit", "message"})
+DRIFT_PLAN_FIELDS = frozenset({"fit", "message", "eligibleNodes"})
 """Plan fields that follow the rest of the cluster: every pod any run starts changes how many
 more workers fit. With many runs, writing each such change would be a status write per run per
-pass, so alone they are written at most every ``STATUS_DRIFT_SECONDS``."""
+pass, so alone they are written at most every ``PLAN_DRIFT_SECONDS``."""
 
 STATUS_DRIFT_SECONDS = 15.0
+PLAN_DRIFT_SECONDS = 60.0
+"""With a thousand runs starting at once, each run's fit moved on nearly every pass; written
+every 15 s that was a status write per run every 15 s for as long as pods kept starting."""
 
 
 def _pool_replicas(plan: Mapping[str, Any]) -> list[tuple[Any, Any]]:
     return [(p.get("name"), p.get("replicas")) for p in plan.get("pools") or []]
 
 
-def drift_only(old: Mapping[str, Any] | None, patch: Mapping[str, Any]) -> bool:
-    """Whether a status merge ``patch`` changes only estimates and the plan's cluster-wide
-    figures (how many workers fit, its message, pools' fit), nothing a user or a tool acts on:
-    phase, conditions, counts, workers, replicas, the binding limit, pools' replicas."""
+def drift_hold(old: Mapping[str, Any] | None, patch: Mapping[str, Any]) -> float:
+    """How long after the run's last status write a merge ``patch`` may wait (pure): 0 when
+    it changes anything a user or a tool acts on (phase, conditions, counts, workers,
+    replicas, the binding limit, pools' replicas); ``STATUS_DRIFT_SECONDS`` when it changes
+    estimates; ``PLAN_DRIFT_SECONDS`` when it changes only the plan's cluster-wide figures
+    (how many workers fit, its message, eligible nodes, pools' fit)."""
     if not patch:
-        return False
+        return 0.0
     before = old or {}
+    hold = PLAN_DRIFT_SECONDS
     for key, value in patch.items():
         if key in DRIFT_FIELDS:
+            hold = STATUS_DRIFT_SECONDS
             continue
         prev = before.get("plan")
         if key == "plan" and isinstance(value, Mapping) and isinstance(prev, Mapping):
@@ -284,5 +291,10 @@ def drift_only(old: Mapping[str, Any] | None, patch: Mapping[str, Any]) -> bool:
                 value
             ):
                 continue
-        return False
-    return True
+        return 0.0
+    return hold
+
+
+def drift_only(old: Mapping[str, Any] | None, patch: Mapping[str, Any]) -> bool:
+    """Whether ``patch`` changes only estimates and the plan's cluster-wide figures."""
+    return drift_hold(old, patch) > 0
