@@ -1,5 +1,6 @@
-"""kopf's diff-base annotation is written for BenchmarkSuites (their handlers diff the spec) and
-never for EvalRuns (their spec changes are seen from metadata.generation)."""
+"""kopf's settings for the operator: the diff-base annotation is written for BenchmarkSuites
+(their handlers diff the spec) and never for EvalRuns (their spec changes are seen from
+metadata.generation); kopf's connections are bounded without starving its watches."""
 
 from __future__ import annotations
 
@@ -7,8 +8,15 @@ import json
 from typing import Any
 
 import kopf
+import pytest
 
-from proctor.controller import GROUP, DiffBaseStorage, configure
+from proctor.controller import (
+    GROUP,
+    KOPF_REQUEST_CONNECTIONS,
+    DiffBaseStorage,
+    configure,
+    kopf_connection_limit,
+)
 
 KEY = f"{GROUP}/last-handled-configuration"
 
@@ -59,3 +67,19 @@ def test_the_operator_settings_use_it() -> None:
     storage = settings.persistence.diffbase_storage
     assert isinstance(storage, DiffBaseStorage)
     assert storage.only_for == {"BenchmarkSuite"}
+
+
+@pytest.mark.parametrize(
+    ("namespaces", "limit"),
+    [
+        pytest.param((), 8 + KOPF_REQUEST_CONNECTIONS, id="cluster-wide"),
+        pytest.param(("a",), 8 + KOPF_REQUEST_CONNECTIONS, id="one namespace"),
+        pytest.param(("a", "b", "c"), 16 + KOPF_REQUEST_CONNECTIONS, id="three namespaces"),
+        pytest.param(("team-*",), 0, id="a pattern: no limit"),
+        pytest.param(("a", "!kube-system"), 0, id="an exclusion: no limit"),
+    ],
+)
+def test_kopf_connection_limit_leaves_room_for_every_watch(
+    namespaces: tuple[str, ...], limit: int
+) -> None:
+    assert kopf_connection_limit(namespaces) == limit

@@ -50,9 +50,9 @@ RESOURCE = (GROUP, "v1alpha1", "evalruns")
 PASS_THREADS = 16
 """EvalRun passes under way at once, each on a thread of the pass loop's pool. A pass mostly
 waits on the API, Redis or S3, so more passes in flight than cores keeps a burst of new runs
-moving; the API client pools as many connections. More is not faster: on two cores, 1,000
-new runs were all planned in a median 62.4 s with 16 and 67.4 s with 32 (three runs each of
-e2e/bench/many_runs.py, with kopf timers), peak RSS 285 and 303 MB."""
+moving; the API client pools as many connections. More is not faster: on two cores, 1,000 new
+runs were all planned in 72.8 s with 16, 78.3 s with 8 and 140.7 s with 32, whose extra repeat
+passes wrote more status and slowed the API server (e2e/bench/many_runs.py, docs/performance.md)."""
 
 KOPF_THREADS = 4
 """Threads for kopf's sync handlers: BenchmarkSuite passes and EvalRun finalizers."""
@@ -212,17 +212,18 @@ def run_pass(
 KOPF_REQUEST_CONNECTIONS = 32
 """Connections kopf may hold for requests (finalizer patches, Events of suites), beside one per
 watch stream. kopf's own session has no limit: a thousand new runs made it open a connection
-for each finalizer patch under way, over a hundred at once (256 KiB of TLS buffers each)."""
+for each finalizer patch under way, 128 at once, each with its TLS buffers (about 100 MB of the
+operator's RSS)."""
 
 
 def kopf_connection_limit(namespaces: Sequence[str]) -> int:
-    """aiohttp's connection limit for kopf (pure): the watch streams (EvalRuns, suites and
-    pods per namespace, nodes, and the peering object) hold one each for as long as they
-    run, so the limit leaves room for all of them; 0 (no limit) when namespaces are patterns,
-    whose matches kopf watches as they appear."""
+    """aiohttp's connection limit for kopf (pure): the watch streams (EvalRuns, suites, pods
+    and the peering object per namespace; nodes, CRDs, namespaces and the cluster's peering
+    object) hold one each for as long as they run, so the limit leaves room for all of them;
+    0 (no limit) when namespaces are patterns, whose matches kopf watches as they appear."""
     if any(c in ns for ns in namespaces for c in "*?[!"):
         return 0
-    streams = 4 * max(1, len(namespaces)) + 2
+    streams = 4 * max(1, len(namespaces)) + 4
     return streams + KOPF_REQUEST_CONNECTIONS
 
 
@@ -377,12 +378,24 @@ def build_registry(
 
 
 def _scheduled_pass(memo: Any, body: Mapping[str, Any], trigger: str) -> bool:
-    """The pass loop's ``do_pass``: False when the run was held and nothing was done."""
+    """The pass loop's ``do_pass``: False when the run was held and nothing was done. A pass
+    that fails is tried again every interval; its error is posted once as a Warning Event
+    (``ReconcileError``), again only when the error changes."""
     uid = str(body["metadata"]["uid"])
     rt: RunRuntime | None = memo.runs.get(uid)
     if rt is None or not memo.passes.schedule.holds(uid):
         return True  # deleted since it was taken
-    result = run_pass(body=body, memo=memo, rt=rt, trigger=trigger, **memo.indexes)
+    try:
+        result = run_pass(body=body, memo=memo, rt=rt, trigger=trigger, **memo.indexes)
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        if rt.last_error != error:
+            rt.last_error = error
+            message = f"a reconcile pass failed (retried every interval): {error}"
+            memo.api.post_event(body, Event("Warning", "ReconcileError", message))
+        raise
+    if result is not None:
+        rt.last_error = None
     return result is not None
 
 

@@ -196,6 +196,7 @@ class RunRuntime:
     status_written: float = 0.0
     deleting: bool = False  # the run's TTL passed and its deletion was requested
     finalized: bool = False  # the run's finalizer ran: no pass may follow
+    last_error: str | None = None  # the error of the latest failed pass, posted once
     stopped: str | None = None
     untouched: tuple[object, ...] | None = None  # the queue's depth as enqueued, until it moves
     # The status this operator last wrote, until a body shows it, and digests of the statuses
