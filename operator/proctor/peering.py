@@ -125,6 +125,7 @@ class PeeringGate:
         if self.kube is None:
             return
         self._read_at = time.monotonic()
+        first = not self._ever_read
         try:
             self._statuses = self._read()
             self._ever_read = True
@@ -138,5 +139,7 @@ class PeeringGate:
             self._paused = paused(
                 self._statuses, identity=self.identity, priority=self.priority, now=now
             )
-            if was != self._paused:
-                log.info("run passes " + ("paused" if self._paused else "resumed"))
+            if self._paused and (first or not was):
+                log.info("run passes paused", reason="a live peer of higher or equal priority")
+            elif was and not self._paused and not first:
+                log.info("run passes resumed")
