@@ -1,8 +1,10 @@
-"""kopf handlers of the EvalRun operator. Thin: they say *when*; :mod:`proctor.reconcile` says
-*what*, and :mod:`proctor.observe` is the only code that talks to the API.
+"""kopf handlers of the EvalRun operator. Thin: they say *when* (with the pass loop,
+:mod:`proctor.pass_loop`); :mod:`proctor.reconcile` says *what*, and :mod:`proctor.observe` is
+the only code that talks to the API.
 
-Handlers are registered on a registry built by :func:`build_registry`, because the timer's
-interval comes from the operator configuration, which is read at start-up.
+Handlers are registered on a registry built by :func:`build_registry`, because the loop's
+interval, the suites' timer and the peering identity come from the operator's configuration
+and arguments, which are read at start-up.
 """
 
 from __future__ import annotations
