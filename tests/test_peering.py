@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from proctor.peering import PeeringGate, paused
+from proctor.peering import PeeringGate, is_pattern, matches, paused
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 
@@ -108,3 +108,28 @@ def test_gate_with_namespace_patterns_lists_peerings() -> None:
     items[0]["status"] = {"x": live(1)}
     gate.refresh()
     assert gate.open  # the higher peer in "other" is not ours to follow
+
+
+@pytest.mark.parametrize(
+    ("namespace", "patterns", "expect"),
+    [
+        pytest.param("team-a", ("team-*",), True, id="a glob"),
+        pytest.param("other", ("team-*",), False, id="outside the glob"),
+        pytest.param("team-a", ("!kube-system",), True, id="only exclusions: the rest"),
+        pytest.param("kube-system", ("!kube-system",), False, id="excluded"),
+        pytest.param("team-x", ("team-*", "!team-x"), False, id="a glob less an exclusion"),
+    ],
+)
+def test_namespace_patterns_match_as_kopf_serves_them(
+    namespace: str, patterns: tuple[str, ...], expect: bool
+) -> None:
+    assert matches(namespace, patterns) is expect
+    assert all(is_pattern(p) for p in patterns)
+    assert not is_pattern(namespace)
+
+
+def test_gate_with_only_exclusions_follows_every_other_namespace() -> None:
+    items = [{"metadata": {"name": "proctor", "namespace": "team-a"}, "status": {"x": live(50)}}]
+    gate = _gate(FakeKube({"/apis/kopf.dev/v1/kopfpeerings": items}), ("!kube-system",))
+    gate.refresh()
+    assert not gate.open

@@ -27,7 +27,7 @@ from proctor.losses import Departed, Departures, SpotNodes
 from proctor.observe import ClusterApi, WorkerObs, node_info, pod_usage, worker_obs
 from proctor.operator_metrics import OperatorMetrics
 from proctor.pass_loop import PassLoop
-from proctor.peering import PeeringGate, own_identity
+from proctor.peering import PeeringGate, is_pattern, own_identity
 from proctor.pods import LABEL_COMPONENT, LABEL_RUN
 from proctor.reconcile import (
     ClusterView,
@@ -223,7 +223,7 @@ def kopf_connection_limit(namespaces: Sequence[str]) -> int:
     and the peering object per namespace; nodes, CRDs, namespaces and the cluster's peering
     object) hold one each for as long as they run, so the limit leaves room for all of them;
     0 (no limit) when namespaces are patterns, whose matches kopf watches as they appear."""
-    if any(c in ns for ns in namespaces for c in "*?[!"):
+    if any(is_pattern(ns) for ns in namespaces):
         return 0
     streams = 4 * max(1, len(namespaces)) + 4
     return streams + KOPF_REQUEST_CONNECTIONS

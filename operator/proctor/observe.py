@@ -353,7 +353,7 @@ class ClusterApi:
         self.kube.merge_patch(path, {"status": dict(status)})
 
     def delete_run(self, namespace: str, name: str) -> None:
-        self.kube.delete(custom_path(GROUP, VERSION, namespace, PLURAL, name))
+        self.kube.delete(custom_path(GROUP, VERSION, namespace, self.plural, name))
 
     def post_event(self, involved: Mapping[str, Any], event: Event) -> None:
         """Post a core/v1 Event about ``involved`` (a body with apiVersion, kind and

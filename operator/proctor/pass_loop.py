@@ -104,7 +104,7 @@ class PassLoop:
 
         def finished(done: asyncio.Future[Any]) -> None:
             self._in_flight.discard(done)
-            held = not done.cancelled() and done.exception() is None and done.result() is False
+            held = not done.cancelled() and done.result() is False  # _guarded never raises
             self.schedule.done(
                 entry.uid, time.monotonic(), retry_after=BUSY_RETRY_SECONDS if held else None
             )

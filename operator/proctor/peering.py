@@ -31,6 +31,22 @@ POLL_SECONDS = 1.0
 operator's passes within about this long of kopf pausing its watches."""
 
 
+def is_pattern(namespace: str) -> bool:
+    """Whether a ``--namespace`` value is a kopf pattern (a glob, or ``!`` to exclude) rather
+    than one namespace's name."""
+    return namespace.startswith("!") or any(c in namespace for c in "*?[")
+
+
+def matches(namespace: str, patterns: Sequence[str]) -> bool:
+    """Whether kopf serves ``namespace`` under ``patterns`` (pure): it matches one of the
+    globs (any namespace when there are only exclusions) and none of the exclusions."""
+    included = [p for p in patterns if not p.startswith("!")]
+    excluded = [p[1:] for p in patterns if p.startswith("!")]
+    return (not included or any(fnmatch.fnmatch(namespace, p) for p in included)) and not any(
+        fnmatch.fnmatch(namespace, p) for p in excluded
+    )
+
+
 def own_identity() -> str:
     """An identity for kopf's peering entry: the pod (``POD_ID``, as kopf reads it) or
     user@host, plus the start time and a random suffix."""
@@ -94,10 +110,9 @@ class PeeringGate:
         if not self.namespaces:
             got = self.kube.get(f"/apis/{GROUP_VERSION}/clusterkopfpeerings/{self.name}")
             return [got.get("status") or {}] if got else []
-        exact = [ns for ns in self.namespaces if not any(c in ns for c in "*?[")]
-        if len(exact) == len(self.namespaces):
+        if not any(is_pattern(ns) for ns in self.namespaces):
             found = []
-            for ns in exact:
+            for ns in self.namespaces:
                 path = f"/apis/{GROUP_VERSION}/namespaces/{ns}/kopfpeerings/{self.name}"
                 got = self.kube.get(path)
                 if got:
@@ -109,7 +124,7 @@ class PeeringGate:
             item.get("status") or {}
             for item in items
             if item["metadata"]["name"] == self.name
-            and any(fnmatch.fnmatch(item["metadata"]["namespace"], p) for p in self.namespaces)
+            and matches(item["metadata"]["namespace"], self.namespaces)
         ]
 
     @property
