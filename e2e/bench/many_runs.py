@@ -7,6 +7,7 @@ operator's RSS. Targets: <= 60 s, <= 250 MB. Worker pods are not run (kwok).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import threading
@@ -96,6 +97,49 @@ def api_requests(env: BenchEnv) -> Counter[str]:
     return counts
 
 
+def apiserver_profile(env: BenchEnv, path: Path, seconds: int) -> None:
+    """kube-apiserver's CPU profile over the next `seconds` (needs --profiling=true)."""
+    response = env.api_client.call_api(
+        f"/debug/pprof/profile?seconds={seconds}",
+        "GET",
+        auth_settings=["BearerToken"],
+        _preload_content=False,
+        _request_timeout=seconds + 30,
+    )
+    path.write_bytes(response.data)
+    print(f"kube-apiserver CPU profile: {path}", flush=True)
+
+
+def _stamp(text: str) -> float:
+    return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+def stages(env: BenchEnv) -> None:
+    """Median and p90 seconds from each run's creation to each field manager's latest write
+    (managedFields keep one time per manager; whole seconds), and to its worker pod's
+    creation."""
+    runs = env.custom.list_namespaced_custom_object(GROUP, VERSION, env.namespace, PLURAL)
+    pods = env.core.list_namespaced_pod(env.namespace).items
+    born = {r["metadata"]["uid"]: _stamp(r["metadata"]["creationTimestamp"]) for r in runs["items"]}
+    lags: dict[str, list[float]] = {}
+    for run in runs["items"]:
+        start = born[run["metadata"]["uid"]]
+        for entry in run["metadata"].get("managedFields") or []:
+            key = f"{entry['manager']} {entry['operation']} {entry.get('subresource', '')}"
+            lags.setdefault(key.strip(), []).append(_stamp(entry["time"]) - start)
+    for pod in pods:
+        owners = pod.metadata.owner_references or []
+        if owners and owners[0].uid in born:
+            created = pod.metadata.creation_timestamp.timestamp()
+            lags.setdefault("worker pod created", []).append(created - born[owners[0].uid])
+    for key, values in sorted(lags.items()):
+        values.sort()
+        print(
+            f"  {key}: n={len(values)} median {values[len(values) // 2]:.0f} s, "
+            f"p90 {values[int(len(values) * 0.9)]:.0f} s, max {values[-1]:.0f} s"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=1000)
@@ -112,7 +156,20 @@ def main() -> None:
         action="store_true",
         help="print the API server's requests by verb and resource made while runs were planned",
     )
+    parser.add_argument(
+        "--apiserver-profile",
+        type=Path,
+        help="write a 30 s CPU profile of kube-apiserver, from the first create on, to this "
+        "file (go tool pprof reads it); sets PROCTOR_E2E_PROFILING=1 for the cluster",
+    )
+    parser.add_argument(
+        "--stages",
+        action="store_true",
+        help="print seconds from each run's creation to its writes and its worker pod",
+    )
     args = parser.parse_args()
+    if args.apiserver_profile:
+        os.environ["PROCTOR_E2E_PROFILING"] = "1"
     with bench_env("many") as env:
         with ThreadPoolExecutor(8) as pool:
             list(
@@ -129,6 +186,12 @@ def main() -> None:
             seen = PlannedWatch(env)
             before = api_requests(env) if args.api_requests else Counter()
             cpu_before = cpu_by_process()
+            profiler = None
+            if args.apiserver_profile:
+                profiler = threading.Thread(
+                    target=apiserver_profile, args=(env, args.apiserver_profile, 30), daemon=True
+                )
+                profiler.start()
             t0 = time.perf_counter()
             with ThreadPoolExecutor(8) as pool:
                 list(
@@ -164,6 +227,10 @@ def main() -> None:
                     print(f"  {count:6d}  {key}")
             peak = max(peak, rss_mb(op))
             cpu = cpu_seconds(op)
+            if args.stages:
+                stages(env)
+            if profiler is not None:
+                profiler.join()
     print(f"operator CPU {cpu:.1f} s over {elapsed:.1f} s; load {_load()}")
     done = "all" if planned >= args.runs else f"only {planned}/{args.runs} (timed out)"
     print(

@@ -386,7 +386,8 @@ def _start(directory: Path, timeout: float) -> ClusterState:
             f"--proxy-client-cert-file={proxy_client.cert}",
             f"--proxy-client-key-file={proxy_client.key}",
             "--allow-privileged=true",
-            "--profiling=false",
+            # PROCTOR_E2E_PROFILING=1 serves /debug/pprof (benchmarks' --apiserver-profile).
+            f"--profiling={'true' if os.environ.get('PROCTOR_E2E_PROFILING') == '1' else 'false'}",
         ],
     )
     admin_ctx = _client_context(state)
