@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from proctor.api.v1alpha1.base import Placement, Toleration
 from proctor.api.v1alpha1.evalrun import EvalRunSpec, LimitName, Plan, PoolPlan
@@ -33,6 +34,10 @@ SPOT_TAINT_KEYS: tuple[str, ...] = (
     "karpenter.sh/capacity-type",
 )
 UNLIMITED = 1 << 40
+
+NO_PLACEMENT = Placement()
+"""A spec's placement when it has none (one instance: planning asks for it per node, and a
+pydantic model costs microseconds to build). Read, never changed."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,7 @@ class NodeInfo:
     ready: bool = True
     unschedulable: bool = False
 
-    @property
+    @cached_property
     def is_spot(self) -> bool:
         return any(self.labels.get(k) == v for k, v in SPOT_LABELS)
 
@@ -148,7 +153,7 @@ def tolerates(tolerations: Sequence[Toleration], taint: Taint) -> bool:
 
 def worker_tolerations(spec: EvalRunSpec, spot_fallback: bool = False) -> list[Toleration]:
     """Tolerations a worker pod carries: the spec's, GPU nodes', and spot nodes' when allowed."""
-    placement = spec.placement or Placement()
+    placement = spec.placement or NO_PLACEMENT
     result = list(placement.tolerations or [])
     if spec.gpus > 0:
         result.append(Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule"))
@@ -160,7 +165,7 @@ def worker_tolerations(spec: EvalRunSpec, spot_fallback: bool = False) -> list[T
 
 
 def spot_allowed(spec: EvalRunSpec, spot_fallback: bool) -> bool:
-    placement = spec.placement or Placement()
+    placement = spec.placement or NO_PLACEMENT
     allowed = placement.spot.allowed if placement.spot else True
     return allowed and not spot_fallback
 
@@ -171,7 +176,7 @@ def _matches(selector: Mapping[str, str] | None, labels: Mapping[str, str]) -> b
 
 def pool_of(spec: EvalRunSpec, node: NodeInfo) -> str | None:
     """The first pool whose selector the node matches; ``""`` when the run has no pools."""
-    placement = spec.placement or Placement()
+    placement = spec.placement or NO_PLACEMENT
     if not placement.pools:
         return ""
     for pool in placement.pools:
@@ -188,7 +193,7 @@ def ineligibility(
 ) -> str:
     """Why a worker of this run may not run on the node; empty when it may. ``tolerations``
     are the workers' (:func:`worker_tolerations`), when the caller has them already."""
-    placement = spec.placement or Placement()
+    placement = spec.placement or NO_PLACEMENT
     if not node.ready:
         return "node is not Ready"
     if node.unschedulable:
@@ -322,7 +327,7 @@ def compute_plan(
     spot_fallback: bool = False,
 ) -> PlanResult:
     """How many workers to run now, and which limit decided it."""
-    placement = spec.placement or Placement()
+    placement = spec.placement or NO_PLACEMENT
     workers = spec.workers
     w_min = workers.min if workers else 0
     w_max = workers.max if workers else 10
@@ -346,12 +351,15 @@ def compute_plan(
             + ") after reserved margins; choose a smaller profile or add larger nodes"
         )
 
-    per_node = {n.name: _per_node(n, size, config, one_per_node) for n in eligible}
-    fit = sum(per_node.values())
+    per_node: dict[str, int] = {}
     totals = {"cpu": 0, "memory": 0, "gpu": 0, "pods": 0}
     for node in eligible:
-        for key, value in _per_resource(node, size, config).items():
+        by_resource = _per_resource(node, size, config)
+        node_fit = min(by_resource.values())
+        per_node[node.name] = min(node_fit, 1) if one_per_node else node_fit
+        for key, value in by_resource.items():
             totals[key] = min(UNLIMITED, totals[key] + value)
+    fit = sum(per_node.values())
     if size.gpus == 0:
         totals.pop("gpu")
     resource_limit: LimitName = "cpu"
