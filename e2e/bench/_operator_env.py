@@ -72,25 +72,30 @@ GC_WATCH_TIMEOUT = 90.0
 """kube-controller-manager's garbage collector looks for new resources every 30 s."""
 
 
-def cluster_watches(api_client: Any) -> set[str]:
-    """Proctor resources the API server serves a cluster-wide watch of now
-    (``apiserver_longrunning_requests``)."""
+def apiserver_metric(api_client: Any, name: str) -> list[tuple[dict[str, str], float]]:
+    """The API server's samples of one metric from its ``/metrics``: (labels, value)."""
     text = api_client.call_api(
         "/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False
     ).data.decode()
-    found: set[str] = set()
+    samples = []
     for line in text.splitlines():
-        if not line.startswith("apiserver_longrunning_requests{"):
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
-        if (
-            labels.get("group") == "proctor.dev"
-            and labels.get("verb") == "WATCH"
-            and labels.get("scope") == "cluster"
-            and float(line.rsplit(" ", 1)[1]) > 0
-        ):
-            found.add(labels.get("resource", ""))
-    return found
+        if line.startswith(name + "{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            samples.append((labels, float(line.rsplit(" ", 1)[1])))
+    return samples
+
+
+def cluster_watches(api_client: Any) -> set[str]:
+    """Proctor resources the API server serves a cluster-wide watch of now
+    (``apiserver_longrunning_requests``)."""
+    return {
+        labels.get("resource", "")
+        for labels, value in apiserver_metric(api_client, "apiserver_longrunning_requests")
+        if labels.get("group") == "proctor.dev"
+        and labels.get("verb") == "WATCH"
+        and labels.get("scope") == "cluster"
+        and value > 0
+    }
 
 
 def wait_for_garbage_collector(api_client: Any, timeout: float = GC_WATCH_TIMEOUT) -> float:

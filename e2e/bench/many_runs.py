@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import threading
 import time
@@ -17,12 +16,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from kubernetes import watch
 from kubernetes.client.rest import ApiException
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from e2e.bench._operator_env import BenchEnv, bench_env, cpu_by_process, cpu_seconds, rss_mb
+from e2e.bench._operator_env import (
+    BenchEnv,
+    apiserver_metric,
+    bench_env,
+    cpu_by_process,
+    cpu_seconds,
+    rss_mb,
+)
 from e2e.harness import nodes
 from e2e.harness.operator import GROUP, PLURAL, VERSION
 
@@ -76,24 +83,22 @@ class PlannedWatch:
                         break
             except ApiException:
                 self.version = self._list()  # 410 Gone: the version is too old; list again
+            except urllib3.exceptions.HTTPError:
+                if self.stop.is_set():
+                    return  # the bench is done and its cluster going away
+                self.version = self._list()  # the stream broke: list again, then watch on
             finally:
                 stream.stop()
 
 
 def api_requests(env: BenchEnv) -> Counter[str]:
     """The API server's request counts by verb and resource (apiserver_request_total)."""
-    text = env.api_client.call_api(
-        "/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False
-    ).data.decode()
     counts: Counter[str] = Counter()
-    for line in text.splitlines():
-        if not line.startswith("apiserver_request_total{"):
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+    for labels, value in apiserver_metric(env.api_client, "apiserver_request_total"):
         key = f"{labels.get('verb')} {labels.get('resource')}"
         if labels.get("subresource"):
             key += f"/{labels['subresource']}"
-        counts[key] += int(float(line.rsplit(" ", 1)[1]))
+        counts[key] += int(value)
     return counts
 
 
