@@ -7,6 +7,7 @@ operator's RSS. Targets: <= 60 s, <= 250 MB. Worker pods are not run (kwok).
 from __future__ import annotations
 
 import argparse
+import calendar
 import os
 import sys
 import threading
@@ -116,7 +117,8 @@ def apiserver_profile(env: BenchEnv, path: Path, seconds: int) -> None:
 
 
 def _stamp(text: str) -> float:
-    return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
+    """Seconds since the epoch of an API timestamp (UTC, whole seconds)."""
+    return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")))
 
 
 def stages(env: BenchEnv) -> None:

@@ -293,8 +293,3 @@ def drift_hold(old: Mapping[str, Any] | None, patch: Mapping[str, Any]) -> float
                 continue
         return 0.0
     return hold
-
-
-def drift_only(old: Mapping[str, Any] | None, patch: Mapping[str, Any]) -> bool:
-    """Whether ``patch`` changes only estimates and the plan's cluster-wide figures."""
-    return drift_hold(old, patch) > 0
