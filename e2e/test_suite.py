@@ -7,6 +7,7 @@ and the machine's load barely moves the measurement.
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -143,8 +144,6 @@ class Suites:
 
     def verdicts(self, name: str, run_id: str) -> str:
         """Each cell's wall times and its verdict against the baseline, for a failure message."""
-        import json
-
         from proctor.bench.store import SUMMARY_KEY
         from proctor.bench.summary import wall_times
 

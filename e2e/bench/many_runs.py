@@ -191,6 +191,10 @@ def main() -> None:
         planned = 0
         with env.operator(scalingIntervalSeconds=args.interval) as op:
             seen = PlannedWatch(env)
+            # The documents are made before anything is measured: they are the input.
+            docs = [
+                env.evalrun(f"run-{i}", count=500, workers={"max": 1}) for i in range(args.runs)
+            ]
             before = api_requests(env) if args.api_requests else Counter()
             cpu_before = cpu_by_process()
             profiler = None
@@ -199,10 +203,6 @@ def main() -> None:
                     target=apiserver_profile, args=(env, args.apiserver_profile, 30), daemon=True
                 )
                 profiler.start()
-            # The documents are made before the clock starts: they are the input.
-            docs = [
-                env.evalrun(f"run-{i}", count=500, workers={"max": 1}) for i in range(args.runs)
-            ]
             t0 = time.perf_counter()
             with ThreadPoolExecutor(8) as pool:
                 list(pool.map(env.create, docs))

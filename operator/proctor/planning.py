@@ -241,7 +241,7 @@ def resolve_size(
     tolerations = worker_tolerations(spec)
     eligible = [n for n in nodes if not ineligibility(spec, n, tolerations=tolerations)]
     for size in sizes:
-        if any(_per_node(n, size, config, False) >= 1 for n in eligible):
+        if any(_per_node(n, size, config) >= 1 for n in eligible):
             return WorkerSize(f"auto/{size.profile}", size.cpu_millis, size.memory, spec.gpus)
     first = sizes[0]
     return WorkerSize(f"auto/{first.profile}", first.cpu_millis, first.memory, spec.gpus)
@@ -269,14 +269,14 @@ def _per_resource(node: NodeInfo, size: WorkerSize, config: OperatorConfig) -> d
     }
 
 
-def _per_node(node: NodeInfo, size: WorkerSize, config: OperatorConfig, one_per_node: bool) -> int:
-    fit = min(_per_resource(node, size, config).values())
-    return min(fit, 1) if one_per_node else fit
+def _per_node(node: NodeInfo, size: WorkerSize, config: OperatorConfig) -> int:
+    """Workers of ``size`` the node holds now, over every resource."""
+    return min(_per_resource(node, size, config).values())
 
 
 def _holds_one_when_empty(node: NodeInfo, size: WorkerSize, config: OperatorConfig) -> bool:
     empty = NodeInfo(node.name, node.allocatable, Capacity(), node.labels, node.taints)
-    return _per_node(empty, size, config, False) >= 1
+    return _per_node(empty, size, config) >= 1
 
 
 def _quota_workers(quota: QuotaHeadroom, size: WorkerSize) -> int:
