@@ -7,7 +7,17 @@ from datetime import UTC, datetime
 
 import pytest
 
-from proctor.losses import Departed, Departures, LossLedger, SpotNodes, count_losses
+from proctor.api.v1alpha1.evalrun import LossLedgerStatus
+from proctor.losses import (
+    Departed,
+    Departures,
+    Loss,
+    LossLedger,
+    SpotNodes,
+    count_losses,
+    ledger_status,
+    loss_events,
+)
 from proctor.observe import WorkerObs
 
 
@@ -181,3 +191,163 @@ def test_spot_nodes_prune_old_sightings() -> None:
         spot.note(f"old-{i}", True, now=0.0)
     spot.note("new", True, now=100.0)  # the 1000th sighting prunes
     assert len(spot._seen) == 1
+
+
+# Finding 12: the ledger survives an operator restart through the run's status.
+
+
+def restart(ledger: LossLedger, pods: list[WorkerObs], expected: dict[str, str]) -> LossLedger:
+    """What a successor rebuilds from the status the last pass wrote (through its JSON)."""
+    saved = ledger_status(ledger, pods, expected)
+    wire = LossLedgerStatus.model_validate(saved.model_dump(by_alias=True, mode="json"))
+    fresh = LossLedger()
+    fresh.restore(wire, failures=ledger.failures, disruptions=ledger.disruptions)
+    return fresh
+
+
+# (name, pods before the restart, expected pods, pods after, spot nodes after,
+#  expected (failures, disruptions, spot disruptions) counted by the successor)
+RESTARTS = [
+    (
+        "spot pod reclaimed while down",
+        [obs("s", node="spot"), obs("a")],
+        {},
+        [obs("a")],
+        set(),
+        (0, 1, 1),
+    ),
+    (
+        "on-demand pod vanished while down",
+        [obs("s", node="spot"), obs("a")],
+        {},
+        [obs("s", node="spot")],
+        SPOT,
+        (0, 1, 0),
+    ),
+    (
+        "flagged while down, still there",
+        [obs("s", node="spot")],
+        {},
+        [obs("s", lost="disruption", node="spot")],
+        set(),
+        (0, 1, 1),
+    ),
+    (
+        "counted before the restart, still there",
+        [obs("b", lost="failure")],
+        {},
+        [obs("b", lost="failure")],
+        SPOT,
+        (0, 0, 0),
+    ),
+    ("created, never seen, gone", [], {"w-x": "x"}, [], SPOT, (0, 1, 0)),
+    ("created, seen after the restart", [], {"w-x": "x"}, [obs("x")], SPOT, (0, 0, 0)),
+    (
+        "nothing lost",
+        [obs("a"), obs("s", node="spot")],
+        {},
+        [obs("a"), obs("s", node="spot")],
+        SPOT,
+        (0, 0, 0),
+    ),
+]
+
+
+Restart = tuple[
+    str, list[WorkerObs], dict[str, str], list[WorkerObs], set[str], tuple[int, int, int]
+]
+
+
+@pytest.mark.parametrize("case", RESTARTS, ids=[c[0] for c in RESTARTS])
+def test_finding12_losses_while_the_operator_was_down_are_counted_once(case: Restart) -> None:
+    _, before, expected, after, spot, counted = case
+    first = LossLedger()
+    count_losses(before, first, SPOT)
+    successor = restart(first, before, expected)
+    got = count_losses(after, successor, spot)
+    assert (got.failures, got.disruptions, got.spot_disruptions) == counted
+    again = count_losses(after, successor, spot)
+    assert (again.failures, again.disruptions) == (0, 0)
+    # And once more across a second restart: still nothing new.
+    third = restart(successor, after, {})
+    repeat = count_losses(after, third, spot)
+    assert (repeat.failures, repeat.disruptions) == (0, 0)
+
+
+def test_finding12_pod_the_operator_deleted_before_dying_is_no_loss() -> None:
+    first = LossLedger()
+    count_losses([obs("a"), obs("s", node="spot")], first, SPOT)
+    first.deleted.add("s")  # scaled down; the operator died before the pod was gone
+    successor = restart(first, [obs("a"), obs("s", node="spot")], {})
+    got = count_losses([obs("a")], successor, SPOT)
+    assert (got.failures, got.disruptions, successor.spot_disruptions) == (0, 0, 0)
+
+
+def test_finding12_spot_disruptions_toward_fallback_carry_over() -> None:
+    first = LossLedger()
+    count_losses([obs("s1", node="spot"), obs("s2", node="spot")], first, SPOT)
+    count_losses([obs("s1", lost="disruption", node="spot"), obs("s2", node="spot")], first, SPOT)
+    assert first.spot_disruptions == 1
+    successor = restart(first, [obs("s2", node="spot")], {})
+    assert successor.spot_disruptions == 1
+    count_losses([], successor, set())  # s2's node reclaimed while no operator ran
+    assert (successor.spot_disruptions, successor.disruptions) == (2, 2)
+
+
+def test_finding12_status_ledger_lists_only_pods_that_exist() -> None:
+    ledger = LossLedger()
+    count_losses([obs("a"), obs("b", lost="failure"), obs("s", node="spot")], ledger, SPOT)
+    ledger.deleted.add("a")
+    count_losses([obs("b", lost="failure"), obs("s", node="spot")], ledger, SPOT)
+    saved = ledger_status(ledger, [obs("b", lost="failure"), obs("s", node="spot")], {"w-n": "n"})
+    assert [(p.uid, p.node, p.spot, p.state) for p in saved.pods or ()] == [
+        ("b", "n1", False, "counted"),
+        ("n", "", False, "live"),
+        ("s", "spot", True, "live"),
+    ]
+
+
+# Finding 13: an Event per lost worker pod, never a flood.
+LOSS_EVENTS = [
+    (
+        "a failure",
+        [Loss("w-1", "n1", "failure", "exit code 9 (Error)", False)],
+        [("WorkerFailed", "w-1 on n1: failure (exit code 9 (Error))")],
+    ),
+    (
+        "a spot disruption",
+        [Loss("w-2", "spot-1", "disruption", "DeletionByTaintManager", True)],
+        [("WorkerDisrupted", "w-2 on spot-1 (spot): disruption (DeletionByTaintManager)")],
+    ),
+    (
+        "never bound",
+        [Loss("w-3", "", "disruption", "vanished", False)],
+        [("WorkerDisrupted", "w-3: disruption (vanished)")],
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "lost", "expected"), LOSS_EVENTS, ids=[c[0] for c in LOSS_EVENTS])
+def test_finding13_each_lost_worker_gets_one_warning_event(
+    name: str, lost: list[Loss], expected: list[tuple[str, str]]
+) -> None:
+    events = loss_events(lost)
+    assert [e.type for e in events] == ["Warning"] * len(expected)
+    assert [(e.reason, e.message.split(";")[0]) for e in events] == expected
+
+
+def test_finding13_a_reclaimed_pool_does_not_flood_events() -> None:
+    lost = [Loss(f"w-{i}", "spot", "disruption", "NodeLost", True) for i in range(25)]
+    events = loss_events(lost, limit=10)
+    assert [e.reason for e in events] == ["WorkerDisrupted"] * 10 + ["WorkersLost"]
+    assert events[-1].message.startswith("15 more worker pods lost (0 failures, 15 disruptions)")
+
+
+def test_finding13_counted_losses_carry_what_their_events_need() -> None:
+    ledger = LossLedger()
+    count_losses([obs("s", node="spot"), obs("b")], ledger, SPOT)
+    got = count_losses([obs("b", lost="failure")], ledger, set())
+    assert sorted((x.name, x.node, x.kind, x.spot) for x in got.lost) == [
+        ("w-b", "n1", "failure", False),
+        ("w-s", "spot", "disruption", True),
+    ]

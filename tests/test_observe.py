@@ -378,3 +378,18 @@ def test_status_patch(
     old: dict[str, Any] | None, new: dict[str, Any], patch: dict[str, Any]
 ) -> None:
     assert status_patch(old, new) == patch
+
+
+def test_finding13_retried_written_by_an_older_operator_is_removed() -> None:
+    # A merge patch merges nested objects: counts.retried goes only if the patch nulls it.
+    old = {"counts": {"total": 5, "retried": 0}, "plan": {"pools": [{"name": "a"}], "fit": 1}}
+    new = {"counts": {"total": 5}, "plan": {"fit": 1}}
+    assert status_patch(old, new) == {
+        "counts": {"total": 5, "retried": None},
+        "plan": {"fit": 1, "pools": None},
+    }
+
+
+def test_also_worker_obs_reads_its_pool() -> None:
+    body = {"metadata": {"name": "w", "uid": "u", "labels": {"proctor.dev/pool": "spot"}}}
+    assert worker_obs(body).pool == "spot"

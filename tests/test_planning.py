@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from proctor.api.v1alpha1.evalrun import EvalRunSpec
+from proctor.api.v1alpha1.evalrun import EvalRunSpec, PoolPlan
 from proctor.config import OperatorConfig, ProfileSize
 from proctor.planning import (
     Capacity,
@@ -18,6 +18,7 @@ from proctor.planning import (
     Taint,
     compute_plan,
     ineligibility,
+    pool_for_new_pod,
     resolve_size,
     worker_tolerations,
 )
@@ -257,3 +258,38 @@ def test_worker_tolerations_cover_gpu_and_spot() -> None:
     assert "cloud.google.com/gke-spot" in keys
     no_spot = {t.key for t in worker_tolerations(spec(placement={"spot": {"allowed": False}}))}
     assert "cloud.google.com/gke-spot" not in no_spot
+
+
+SPLIT = (PoolPlan(name="on-demand", replicas=6, fit=10), PoolPlan(name="spot", replicas=2, fit=10))
+# (name, workers per pool now, expected pool of the next new worker)
+NEW_POD_POOLS = [
+    ("first worker", {}, "on-demand"),
+    ("a lost spot worker is replaced on spot", {"on-demand": 6, "spot": 1}, "spot"),
+    ("a lost on-demand worker is replaced on on-demand", {"on-demand": 5, "spot": 2}, "on-demand"),
+    ("the further below its plan wins", {"on-demand": 5, "spot": 0}, "spot"),
+    ("a tie goes to the pool listed first", {"on-demand": 5, "spot": 1}, "on-demand"),
+    ("every pool full", {"on-demand": 6, "spot": 2}, ""),
+    ("workers of a pool no longer planned do not matter", {"old": 3, "on-demand": 6}, "spot"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "current", "expected"), NEW_POD_POOLS, ids=[c[0] for c in NEW_POD_POOLS]
+)
+def test_also_replacements_restore_the_plans_pool_split(
+    name: str, current: dict[str, int], expected: str
+) -> None:
+    assert pool_for_new_pod(SPLIT, current) == expected
+
+
+def test_also_no_pools_no_pool() -> None:
+    assert pool_for_new_pod((), {"": 3}) == ""
+
+
+def test_also_a_6_2_plan_stays_6_2_through_losses() -> None:
+    workers = ["on-demand"] * 6 + ["spot"] * 2
+    for lost in ("spot", "on-demand", "spot", "spot", "on-demand"):
+        workers.remove(lost)
+        counts = {p: workers.count(p) for p in set(workers)}
+        workers.append(pool_for_new_pod(SPLIT, counts))
+        assert sorted(workers).count("on-demand") == 6

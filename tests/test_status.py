@@ -243,3 +243,145 @@ def test_drift_hold(patch: dict[str, Any], hold: float) -> None:
 
 def test_drift_needs_a_previous_plan() -> None:
     assert drift_only(None, {"plan": _PLAN}) is False
+
+
+# Finding 13: Degraded names what happened; a finished run has no ready or wanted workers.
+DEGRADED = [
+    ("nothing wrong", {}, ("False", "AsExpected", "")),
+    (
+        "worker failures",
+        {"workers": WorkerCounts(desired=2, ready=2, failures=1)},
+        ("True", "WorkerFailures", "1 worker failures (crash, OOM or image error; "),
+    ),
+    (
+        "disruptions",
+        {"workers": WorkerCounts(desired=2, ready=2), "disruptions": 3},
+        ("True", "WorkersDisrupted", "3 workers disrupted (preempted, evicted or node lost; "),
+    ),
+    (
+        "dead letters first, then the rest",
+        {
+            "counts": CaseCounts(total=100, dead_lettered=10),
+            "workers": WorkerCounts(failures=1),
+            "disruptions": 1,
+        },
+        ("True", "DeadLetters", "10 cases dead-lettered; 1 worker failures"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "changes", "expected"), DEGRADED, ids=[c[0] for c in DEGRADED])
+def test_finding13_degraded_reason_says_what_happened(
+    name: str, changes: dict[str, Any], expected: tuple[str, str, str]
+) -> None:
+    degraded = get_condition(next_status(obs(**changes)).status.conditions, "Degraded")
+    assert degraded is not None
+    assert (degraded.status, degraded.reason) == expected[:2]
+    assert degraded.message.startswith(expected[2])
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({"finished": True}, id="succeeded"),
+        pytest.param({"workers": WorkerCounts(desired=2, ready=2, failures=3)}, id="failed"),
+    ],
+)
+def test_finding13_finished_run_has_no_ready_workers(changes: dict[str, Any]) -> None:
+    o = obs(previous=RUNNING, **{"workers": WorkerCounts(desired=2, ready=2), **changes})
+    status = next_status(o).status
+    assert status.phase in {"Succeeded", "Failed"}
+    assert status.workers is not None
+    assert (status.workers.desired, status.workers.ready) == (0, 0)
+    assert status.workers.failures == o.workers.failures
+
+
+def test_finding13_retried_is_not_in_the_schema_and_old_statuses_still_read() -> None:
+    assert "retried" not in CaseCounts.model_fields
+    old = EvalRunStatus.model_validate({"counts": {"total": 5, "retried": 0}})
+    assert old.counts == CaseCounts(total=5)
+
+
+# Also (b): activeDeadlineSeconds counts like a Kubernetes Job's: from admission, Pending time
+# included, suspended time excluded.
+def walk(steps: list[tuple[float, bool, WorkerCounts]]) -> list[str]:
+    """Phases of a run passed at (seconds after T0, suspend, workers) with an injected clock."""
+    status = EvalRunStatus()
+    phases = []
+    for at, suspend, workers in steps:
+        o = obs(
+            spec={"suspend": suspend, "activeDeadlineSeconds": 100},
+            previous=status,
+            now=T0 + timedelta(seconds=at),
+            workers=workers,
+        )
+        status = next_status(o).status
+        phases.append(status.phase or "")
+    return phases
+
+
+NONE_READY = WorkerCounts(desired=2)
+READY = WorkerCounts(desired=2, ready=2)
+DEADLINES = [
+    (
+        "stuck pending fails",
+        [(0, False, NONE_READY), (50, False, NONE_READY), (101, False, NONE_READY)],
+        "Failed",
+    ),
+    (
+        "running within the deadline",
+        [(0, False, NONE_READY), (60, False, READY), (99, False, READY)],
+        "Running",
+    ),
+    (
+        "pending time counts",
+        [(0, False, NONE_READY), (90, False, READY), (101, False, READY)],
+        "Failed",
+    ),
+    (
+        "suspended time does not count",
+        [
+            (0, False, READY),
+            (50, True, NONE_READY),
+            (60, True, NONE_READY),
+            (1000, True, NONE_READY),
+            (1040, False, READY),
+            (1090, False, READY),
+        ],
+        "Running",
+    ),
+    (
+        "the clock runs again after resuming",
+        [
+            (0, False, READY),
+            (50, True, NONE_READY),
+            (60, True, NONE_READY),
+            (1040, False, READY),
+            (1100, False, READY),
+        ],
+        "Failed",
+    ),
+    (
+        "suspended from the start",
+        [
+            (0, True, NONE_READY),
+            (5000, True, NONE_READY),
+            (5001, False, READY),
+            (5090, False, READY),
+        ],
+        "Running",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "steps", "phase"), DEADLINES, ids=[c[0] for c in DEADLINES])
+def test_also_active_deadline_counts_from_admission_excluding_suspension(
+    name: str, steps: list[tuple[float, bool, WorkerCounts]], phase: str
+) -> None:
+    assert walk(steps)[-1] == phase
+
+
+def test_also_active_deadline_clock_is_recorded() -> None:
+    first = next_status(obs(now=T0 + timedelta(seconds=7))).status
+    assert first.active_since == "2026-01-01T00:00:07Z"
+    assert first.start_time is None  # still Pending: startTime is when work started

@@ -1,26 +1,85 @@
 """Worker pods lost, each counted once: *disruptions* (preempted, evicted, or vanished with
 their node: replaced, never charged) apart from *failures* (crash, OOM, image error: charged to
-the failure budget). EvalRun and BenchmarkSuite passes both count with :func:`count_losses`."""
+the failure budget). EvalRun and BenchmarkSuite passes both count with :func:`count_losses`.
+
+An EvalRun's ledger is also written to its status (:func:`ledger_status`) and read back by a
+restarted operator (:meth:`LossLedger.restore`): the pods the last pass knew, with their node's
+spot-ness, so that a pod that vanished while no operator ran is still counted, once."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Collection, Hashable, Sequence
+from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from proctor.api.v1alpha1.evalrun import LossLedgerStatus, TrackedPod
 from proctor.observe import WorkerObs
+from proctor.status import Event
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A live pod as last seen: its name, its node, and whether that node was spot."""
+
+    name: str
+    node: str
+    spot: bool
 
 
 @dataclass
 class LossLedger:
-    """What earlier passes saw: pods already counted, the node each live pod was last seen on
-    (and whether that node was spot), pods the operator deleted itself, spot disruptions."""
+    """What earlier passes saw: pods already counted, where each live pod was last seen,
+    pods the operator deleted itself, and the totals (failures, disruptions, spot ones)."""
 
     counted: set[str] = field(default_factory=set)
-    known: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    known: dict[str, Seen] = field(default_factory=dict)
     deleted: set[str] = field(default_factory=set)
     spot_disruptions: int = 0
+    failures: int = 0
+    disruptions: int = 0
+    restored: bool = False
+
+    def restore(self, saved: LossLedgerStatus | None, *, failures: int, disruptions: int) -> None:
+        """Take up what a predecessor recorded in the status (once per ledger; what this
+        ledger already holds is kept). A pod it recorded as live that is gone now is counted
+        by the next :func:`count_losses` as vanished."""
+        if self.restored:
+            return
+        self.restored = True
+        self.failures += failures
+        self.disruptions += disruptions
+        if saved is None:
+            return
+        self.spot_disruptions += saved.spot_disruptions
+        for pod in saved.pods or ():
+            if pod.state == "counted":
+                self.counted.add(pod.uid)
+            elif pod.state == "deleted":
+                self.deleted.add(pod.uid)
+            elif pod.uid not in self.counted and pod.uid not in self.deleted:
+                self.known.setdefault(pod.uid, Seen(pod.name, pod.node, pod.spot))
+
+
+def ledger_status(
+    ledger: LossLedger, pods: Iterable[WorkerObs], expected: Mapping[str, str]
+) -> LossLedgerStatus:
+    """The ledger as the status keeps it (pure): one entry per pod that still exists (in the
+    index, or created and not yet shown there: ``expected`` maps name to uid), so the list
+    stays as long as the run's pods, not its history."""
+    entries: dict[str, TrackedPod] = {}
+    for name, uid in expected.items():
+        entries[uid] = TrackedPod(name=name, uid=uid)
+    for pod in pods:
+        seen = ledger.known.get(pod.uid)
+        entries[pod.uid] = TrackedPod(
+            name=pod.name, uid=pod.uid, node=pod.node, spot=bool(seen and seen.spot)
+        )
+    out = []
+    for uid, entry in sorted(entries.items(), key=lambda kv: (kv[1].name, kv[0])):
+        state = "deleted" if uid in ledger.deleted else "counted" if uid in ledger.counted else ""
+        out.append(entry.model_copy(update={"state": state}) if state else entry)
+    return LossLedgerStatus(spot_disruptions=ledger.spot_disruptions, pods=out or None)
 
 
 @dataclass(frozen=True)
@@ -84,11 +143,60 @@ class SpotNodes:
 
 
 @dataclass(frozen=True)
+class Loss:
+    """One lost worker pod, for its Event."""
+
+    name: str
+    node: str
+    kind: str  # "failure" or "disruption"
+    why: str
+    spot: bool
+
+    def note(self) -> str:
+        where = f" on {self.node}{' (spot)' if self.spot else ''}" if self.node else ""
+        return f"{self.name}{where}: {self.kind} ({self.why})"
+
+
+@dataclass(frozen=True)
 class Losses:
     failures: int
     disruptions: int
     spot_disruptions: int
-    notes: tuple[str, ...]
+    lost: tuple[Loss, ...] = ()
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return tuple(loss.note() for loss in self.lost)
+
+
+LOSS_EVENTS_PER_PASS = 10
+"""Lost workers beyond this many in one pass (a whole spot pool reclaimed) share one Event."""
+
+
+def loss_events(lost: Sequence[Loss], limit: int = LOSS_EVENTS_PER_PASS) -> list[Event]:
+    """A Warning Event per lost worker pod (pure): ``WorkerFailed`` (charged to the failure
+    budget) or ``WorkerDisrupted`` (replaced, not charged); past ``limit``, one
+    ``WorkersLost`` Event for the rest, so a reclaimed pool does not flood the run's Events."""
+    events = []
+    for loss in lost[:limit]:
+        if loss.kind == "failure":
+            tail = "charged to workers.failureBudget"
+            events.append(Event("Warning", "WorkerFailed", f"{loss.note()}; {tail}"))
+        else:
+            tail = "replaced, not charged to workers.failureBudget"
+            events.append(Event("Warning", "WorkerDisrupted", f"{loss.note()}; {tail}"))
+    rest = lost[limit:]
+    if rest:
+        failed = sum(1 for loss in rest if loss.kind == "failure")
+        events.append(
+            Event(
+                "Warning",
+                "WorkersLost",
+                f"{len(rest)} more worker pods lost ({failed} failures, "
+                f"{len(rest) - failed} disruptions): {', '.join(x.name for x in rest[:20])}",
+            )
+        )
+    return events
 
 
 def count_losses(
@@ -105,45 +213,45 @@ def count_losses(
 
     A pod is spot when its node is in ``spot_nodes`` now *or was when the pod was last seen*: a
     reclaimed node is often gone from the cluster by the pass that notices its pods are lost.
+
+    A pod last seen alive that is gone now with no deletion event to say how (it vanished
+    between passes, or while no operator ran) is a disruption: the operator cannot show it
+    failed, so it is replaced and not charged; it counts toward spot fallback when its node
+    was spot when last seen.
     """
-    failures = disruptions = spot = 0
-    notes: list[str] = []
+    lost: list[Loss] = []
     present = {p.uid for p in pods}
+
+    def count(uid: str, loss: Loss) -> None:
+        ledger.counted.add(uid)
+        lost.append(loss)
+
     for gone in departed:
         p = gone.obs
         if p.uid in present or p.uid in ledger.counted or p.uid in ledger.deleted:
             continue
-        _, seen_on_spot = ledger.known.pop(p.uid, ("", False))
-        on_spot = gone.on_spot or seen_on_spot
+        seen = ledger.known.pop(p.uid, None)
+        on_spot = gone.on_spot or bool(seen and seen.spot)
         if p.lost == "failure":
-            ledger.counted.add(p.uid)
-            failures += 1
-            notes.append(f"{p.name}: failure ({p.why}), deleted")
+            count(p.uid, Loss(p.name, p.node, "failure", f"{p.why}, deleted", on_spot))
         elif p.lost or not p.finished:
-            ledger.counted.add(p.uid)
-            disruptions += 1
-            spot += on_spot
             why = p.why if p.lost else f"deleted while {p.phase.lower()}"
-            notes.append(f"{p.name} on {p.node or 'no node'}: disruption ({why})")
+            count(p.uid, Loss(p.name, p.node, "disruption", why, on_spot))
     for p in pods:
-        on_spot = p.node in spot_nodes or ledger.known.get(p.uid, ("", False))[1]
+        seen = ledger.known.get(p.uid)
+        on_spot = p.node in spot_nodes or bool(seen and seen.spot)
         if p.lost and p.uid not in ledger.counted and p.uid not in ledger.deleted:
-            ledger.counted.add(p.uid)
-            if p.lost == "disruption":
-                disruptions += 1
-                spot += on_spot
-            else:
-                failures += 1
-            notes.append(f"{p.name}: {p.lost} ({p.why})")
-        ledger.known[p.uid] = (p.node, on_spot)
-    for uid, (node, on_spot) in list(ledger.known.items()):
+            count(p.uid, Loss(p.name, p.node, p.lost, p.why, on_spot))
+        ledger.known[p.uid] = Seen(p.name, p.node, on_spot)
+    for uid, seen in list(ledger.known.items()):
         if uid in present:
             continue
         del ledger.known[uid]
         if uid not in ledger.counted and uid not in ledger.deleted:
-            ledger.counted.add(uid)
-            disruptions += 1
-            spot += on_spot
-            notes.append(f"pod {uid} on {node or 'no node'} vanished: disruption")
+            count(uid, Loss(seen.name, seen.node, "disruption", "vanished", seen.spot))
+    failures = sum(1 for x in lost if x.kind == "failure")
+    spot = sum(1 for x in lost if x.kind == "disruption" and x.spot)
+    ledger.failures += failures
+    ledger.disruptions += len(lost) - failures
     ledger.spot_disruptions += spot
-    return Losses(failures, disruptions, spot, tuple(notes))
+    return Losses(failures, len(lost) - failures, spot, tuple(lost))

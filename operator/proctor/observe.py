@@ -21,7 +21,7 @@ import structlog
 
 from proctor.kubeapi import KubeApi, KubeApiError, core_path, custom_path
 from proctor.planning import GPU_RESOURCE, Capacity, NodeInfo, QuotaHeadroom, Taint
-from proctor.pods import LABEL_RUN
+from proctor.pods import LABEL_POOL, LABEL_RUN
 from proctor.quantity import cpu_millis, to_bytes
 from proctor.status import Event
 
@@ -165,6 +165,7 @@ class WorkerObs:
     lost: str = ""
     why: str = ""
     requests: Capacity = field(default_factory=Capacity)
+    pool: str = ""  # the node pool it was created for (label proctor.dev/pool)
 
 
 def worker_obs(body: Mapping[str, Any]) -> WorkerObs:
@@ -214,6 +215,7 @@ def worker_obs(body: Mapping[str, Any]) -> WorkerObs:
         lost=lost,
         why=why,
         requests=usage[1].requests if usage else Capacity(),
+        pool=str((meta.get("labels") or {}).get(LABEL_POOL, "")),
     )
 
 
@@ -427,14 +429,24 @@ def event_object(
     }
 
 
+def _with_removals(before: Any, after: Any) -> Any:
+    """``after``, with null for each key of ``before`` it lacks, at every depth: a merge
+    patch merges objects, so a key dropped from a nested object must be nulled to go."""
+    if not isinstance(before, Mapping) or not isinstance(after, Mapping):
+        return after
+    out = {k: _with_removals(before.get(k), v) for k, v in after.items()}
+    out.update({k: None for k in before if k not in after})
+    return out
+
+
 def status_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
-    """A merge patch that turns ``old`` into ``new`` (removed keys become null); empty when
-    nothing changed, so an unchanged status is never written."""
+    """A merge patch that turns ``old`` into ``new`` (removed keys become null, nested ones
+    too); empty when nothing changed, so an unchanged status is never written."""
     before = dict(old or {})
     patch: dict[str, Any] = {}
     for key, value in new.items():
         if before.get(key) != value:
-            patch[key] = value
+            patch[key] = _with_removals(before.get(key), value)
     for key in before:
         if key not in new and key != "kopf":
             patch[key] = None

@@ -174,6 +174,20 @@ def _matches(selector: Mapping[str, str] | None, labels: Mapping[str, str]) -> b
     return all(labels.get(k) == v for k, v in (selector or {}).items())
 
 
+def pool_for_new_pod(pools: Sequence[PoolPlan], current: Mapping[str, int]) -> str:
+    """The pool a new worker goes to (pure): the one furthest below its planned replicas,
+    counting ``current`` (the run's workers per pool: live, created and not yet seen, and
+    created earlier in this pass), so that a replacement restores the plan's split (a lost
+    on-demand worker of a 6/2 plan is replaced on on-demand, not spot). Ties go to the pool
+    listed first; ``""`` when the run has no pools or every pool is full."""
+    best, best_gap = "", 0
+    for pool in pools:
+        gap = pool.replicas - current.get(pool.name, 0)
+        if gap > best_gap:
+            best, best_gap = pool.name, gap
+    return best
+
+
 def pool_of(spec: EvalRunSpec, node: NodeInfo) -> str | None:
     """The first pool whose selector the node matches; ``""`` when the run has no pools."""
     placement = spec.placement or NO_PLACEMENT

@@ -32,7 +32,7 @@ from proctor.api.v1alpha1.evalrun import (
 )
 from proctor.conditions import is_true, rfc3339
 from proctor.config import OperatorConfig
-from proctor.losses import Departed, LossLedger, count_losses
+from proctor.losses import Departed, LossLedger, count_losses, ledger_status, loss_events
 from proctor.observe import (
     ClusterApi,
     PodUsage,
@@ -42,7 +42,7 @@ from proctor.observe import (
     quota_headroom,
     status_patch,
 )
-from proctor.planning import Demand, NodeInfo, PlanResult, compute_plan
+from proctor.planning import Demand, NodeInfo, compute_plan, pool_for_new_pod
 from proctor.pods import worker_pod
 from proctor.quantity import parse_duration
 from proctor.queue import QueueConnections, WorkQueue, enqueue_run
@@ -186,6 +186,7 @@ class RunRuntime:
     ledger: LossLedger = field(default_factory=LossLedger)
     # Pods created but not yet in the pod index: name -> (uid, monotonic time of creation).
     expected: dict[str, tuple[str, float]] = field(default_factory=dict)
+    expected_pool: dict[str, str] = field(default_factory=dict)  # their node pools
     last_checkpoint: float = field(default_factory=time.monotonic)
     checkpointed: tuple[int, int, int] | None = None
     refreshed_at: float = 0.0
@@ -452,6 +453,8 @@ def _unseen_pods(rt: RunRuntime, workers: Sequence[WorkerObs]) -> list[str]:
     for name, (_, at) in list(rt.expected.items()):
         if name in seen or now - at > EXPECTATION_SECONDS:
             del rt.expected[name]
+    for name in set(rt.expected_pool) - set(rt.expected):
+        del rt.expected_pool[name]
     return list(rt.expected)
 
 
@@ -463,12 +466,22 @@ def _delete_unseen(api: ClusterApi, ref: RunRef, rt: RunRuntime, names: Sequence
     return len(names)
 
 
-def _pool_for_new_pod(plan: PlanResult, workers: Sequence[WorkerObs], pods: dict[str, int]) -> str:
-    if not plan.pools:
-        return ""
-    deficit = [(p.replicas - pods.get(p.name, 0), p.name) for p in plan.pools]
-    best = max(deficit)
-    return best[1] if best[0] > 0 else ""
+def _pool_counts(
+    rt: RunRuntime, live: Sequence[WorkerObs], unseen: Sequence[str]
+) -> dict[str, int]:
+    """The run's workers per node pool: live ones and those created but not seen yet."""
+    counts: dict[str, int] = {}
+    for pool in [w.pool for w in live] + [rt.expected_pool.get(n, "") for n in unseen]:
+        counts[pool] = counts.get(pool, 0) + 1
+    return counts
+
+
+def _terminal_tidy(prev: EvalRunStatus) -> dict[str, Any]:
+    """The patch a finished run still needs (pure): an operator before this one left its
+    last ``workers.ready``/``desired`` standing after the pods were gone."""
+    if prev.workers is None or not (prev.workers.ready or prev.workers.desired):
+        return {}
+    return {"workers": {"desired": 0, "ready": 0, "failures": prev.workers.failures}}
 
 
 def reconcile_run(
@@ -489,6 +502,12 @@ def reconcile_run(
     spec = rt.parsed(EvalRunSpec, body_spec)
     body_status = rt.current_status(body_status)
     prev = rt.parsed(EvalRunStatus, body_status or {})
+    # A restarted operator takes up its predecessor's ledger (finding 12 of issue 15).
+    rt.ledger.restore(
+        prev.ledger,
+        failures=prev.workers.failures if prev.workers else 0,
+        disruptions=prev.disruptions or 0,
+    )
     workers = list(view.workers)
     live = [w for w in workers if not w.terminating and not w.finished]
     for gone in view.departed:
@@ -509,6 +528,9 @@ def reconcile_run(
                 log.info("ttl expired, deleting run", run=ref.name, namespace=ref.namespace)
                 expired = True
         done = prev.counts or CaseCounts()
+        tidy = _terminal_tidy(prev)
+        if tidy:
+            api.patch_status(ref.namespace, ref.name, tidy)
         return PassResult(
             prev.phase,
             planned=0,
@@ -524,11 +546,12 @@ def reconcile_run(
 
     spot = {n.name for n in view.nodes if n.is_spot}
     losses = count_losses(workers, rt.ledger, spot, view.departed)
-    new_failures, new_disruptions = losses.failures, losses.disruptions
+    new_disruptions = losses.disruptions
     for note in losses.notes:
         log.info("worker lost", run=ref.name, detail=note)
-    disruptions = (prev.disruptions or 0) + new_disruptions
-    failures = (prev.workers.failures if prev.workers else 0) + new_failures
+    # Totals from the ledger, not the previous status plus this pass: a status write that
+    # failed after counting must not lose the losses it carried.
+    disruptions, failures = rt.ledger.disruptions, rt.ledger.failures
     placement = spec.placement or Placement()
     after = placement.spot.fallback_to_on_demand_after if placement.spot else None
     spot_fallback = bool(prev.spot_fallback) or (
@@ -715,9 +738,9 @@ def reconcile_run(
             removed += 1
         assert isinstance(conn, Connection)
         env = worker_env(spec, ref, conn)
-        pool_counts: dict[str, int] = {}
+        pool_counts = _pool_counts(rt, live, unseen)
         for _ in range(decision.create):
-            pool = _pool_for_new_pod(plan, live, pool_counts)
+            pool = pool_for_new_pod(plan.pools, pool_counts)
             pool_counts[pool] = pool_counts.get(pool, 0) + 1
             manifest = worker_pod(
                 run_name=ref.name,
@@ -737,9 +760,10 @@ def reconcile_run(
                 log.info("quota refused a worker", run=ref.name, detail=str(exc)[:300])
                 break
             rt.expected[name] = (uid, time.monotonic())
+            rt.expected_pool[name] = pool
             created += 1
 
-    ready = sum(1 for w in live if w.ready)
+    ready = 0 if stop_all else sum(1 for w in live if w.ready)  # stop_all deleted them
     obs = Observation(
         spec=spec,
         generation=ref.generation,
@@ -754,6 +778,7 @@ def reconcile_run(
         result=result,
         disruptions=disruptions,
         spot_fallback=spot_fallback,
+        ledger=ledger_status(rt.ledger, workers, {n: u for n, (u, _) in rt.expected.items()}),
         checkpoint=checkpoint,
         rate=rate,
         stalled_after_seconds=config.stalled_after_seconds,
@@ -768,7 +793,7 @@ def reconcile_run(
         api.patch_status(ref.namespace, ref.name, patch)
         rt.status_written = time.monotonic()
         rt.wrote(body_status, new)
-    for event in update.events:
+    for event in [*loss_events(losses.lost), *update.events]:
         emit(event)
     return PassResult(
         phase=update.status.phase or "Pending",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from proctor.api.v1alpha1.evalrun import (
@@ -17,6 +17,7 @@ from proctor.api.v1alpha1.evalrun import (
     CheckpointStatus,
     EvalRunSpec,
     EvalRunStatus,
+    LossLedgerStatus,
     Phase,
     ResultSummary,
     WorkerCounts,
@@ -61,6 +62,7 @@ class Observation:
     result: ResultSummary | None = None
     disruptions: int = 0
     spot_fallback: bool = False
+    ledger: LossLedgerStatus | None = None
     checkpoint: CheckpointStatus | None = None
     rate: float | None = None
     stalled_after_seconds: float = 300.0
@@ -83,6 +85,23 @@ def _parse(ts: str | None) -> datetime | None:
     return datetime.fromisoformat(ts.replace("Z", "+00:00")) if ts else None
 
 
+def deadline_clock(prev: EvalRunStatus, suspend: bool, now: datetime) -> tuple[datetime, float]:
+    """(``activeSince`` to record, seconds counted toward ``activeDeadlineSeconds``), as a
+    Kubernetes Job counts (pure): from the run's first pass (its admission; Pending time
+    counts), the clock stopped while it is suspended. ``activeSince`` moves on by the length
+    of a suspension when the run resumes, read from the ``Suspended`` condition's
+    ``lastTransitionTime``, so a pass repeated after a failed status write moves it once.
+    A run an older operator started, with no ``activeSince``, counts from its ``startTime``."""
+    since = _parse(prev.active_since) or _parse(prev.start_time) or now
+    cond = get_condition(prev.conditions, "Suspended")
+    paused = _parse(cond.last_transition_time) if cond and cond.status == "True" else None
+    if paused is not None and not suspend:
+        since += max(now - paused, timedelta(0))  # resumed: the suspension does not count
+        paused = None
+    until = paused if paused is not None else now
+    return since, max(0.0, (until - since).total_seconds())
+
+
 def decide_phase(obs: Observation) -> PhaseDecision:
     prev = obs.previous
     if prev.phase in TERMINAL:
@@ -98,13 +117,13 @@ def decide_phase(obs: Observation) -> PhaseDecision:
             f"{obs.workers.failures} worker failures exceed the budget of {budget} "
             "(workers.failureBudget); see the worker pods' last state for the cause",
         )
-    started = _parse(prev.start_time)
     deadline = obs.spec.active_deadline_seconds
-    if deadline and started and (obs.now - started).total_seconds() > deadline:
+    if deadline and deadline_clock(prev, obs.spec.suspend, obs.now)[1] > deadline:
         return PhaseDecision(
             "Failed",
             "DeadlineExceeded",
-            f"the run did not finish within activeDeadlineSeconds={deadline}",
+            f"the run did not finish within activeDeadlineSeconds={deadline} "
+            "(counted from its admission, time suspended excluded)",
         )
     if obs.finished:
         if obs.early_stopped:
@@ -128,6 +147,34 @@ def _stalled(obs: Observation, phase: str, last_progress: str | None) -> bool:
     return since is not None and (obs.now - since).total_seconds() > obs.stalled_after_seconds
 
 
+def degradations(obs: Observation) -> list[tuple[str, str]]:
+    """(reason, message) for each thing that went wrong, the most pressing first (pure): the
+    Degraded condition takes the first reason and every message."""
+    found: list[tuple[str, str]] = []
+    if obs.problem is not None:
+        found.append((obs.problem.reason, obs.problem.message))
+    if obs.counts.dead_lettered:
+        found.append(("DeadLetters", f"{obs.counts.dead_lettered} cases dead-lettered"))
+    if obs.workers.failures:
+        budget = obs.spec.workers.failure_budget if obs.spec.workers else 5
+        found.append(
+            (
+                "WorkerFailures",
+                f"{obs.workers.failures} worker failures (crash, OOM or image error; "
+                f"workers.failureBudget is {budget})",
+            )
+        )
+    if obs.disruptions:
+        found.append(
+            (
+                "WorkersDisrupted",
+                f"{obs.disruptions} workers disrupted (preempted, evicted or node lost; "
+                "replaced, not charged)",
+            )
+        )
+    return found
+
+
 def next_status(obs: Observation) -> StatusUpdate:
     """The status to write and the events to post; the previous status is not modified."""
     prev = obs.previous
@@ -140,6 +187,7 @@ def next_status(obs: Observation) -> StatusUpdate:
         now_s if counts.completed > prev_completed else (prev.last_progress_time or None)
     )
     start_time = prev.start_time or (now_s if decision.phase == "Running" else None)
+    active_since, _ = deadline_clock(prev, obs.spec.suspend, obs.now)
     completion = prev.completion_time or (now_s if decision.phase in TERMINAL else None)
 
     conds = list(prev.conditions or [])
@@ -159,20 +207,12 @@ def next_status(obs: Observation) -> StatusUpdate:
         decision.message,
     )
     put("Progressing", phase in {"Running", "Pending"} and obs.problem is None, decision.reason)
-    degraded_reasons = []
-    if obs.problem is not None:
-        degraded_reasons.append(obs.problem.message)
-    if counts.dead_lettered:
-        degraded_reasons.append(f"{counts.dead_lettered} cases dead-lettered")
-    if obs.workers.failures:
-        degraded_reasons.append(f"{obs.workers.failures} worker failures")
+    degraded = degradations(obs)
     put(
         "Degraded",
-        bool(degraded_reasons),
-        obs.problem.reason
-        if obs.problem
-        else ("DeadLetters" if counts.dead_lettered else "AsExpected"),
-        "; ".join(degraded_reasons),
+        bool(degraded),
+        degraded[0][0] if degraded else "AsExpected",
+        "; ".join(message for _, message in degraded),
     )
     put(
         "Succeeded",
@@ -209,14 +249,19 @@ def next_status(obs: Observation) -> StatusUpdate:
         progress_percent=percent,
         cases_per_second=round(obs.rate, 2) if obs.rate is not None else None,
         eta_seconds=eta,
-        workers=obs.workers,
+        # A finished run's pods are being removed: none is ready, none is wanted.
+        workers=obs.workers.model_copy(update={"desired": 0, "ready": 0})
+        if phase in TERMINAL
+        else obs.workers,
         plan=obs.plan.to_status() if obs.plan else prev.plan,
         disruptions=obs.disruptions,
         spot_fallback=obs.spot_fallback or None,
+        ledger=obs.ledger or prev.ledger,
         last_checkpoint=obs.checkpoint or prev.last_checkpoint,
         result=obs.result or prev.result,
         last_progress_time=last_progress,
         start_time=start_time,
+        active_since=rfc3339(active_since),
         completion_time=completion,
     )
     return StatusUpdate(status, _events(obs, decision, stalled))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from proctor.api.v1alpha1.base import (
     PROFILE_OR_RESOURCES,
@@ -214,7 +214,11 @@ class EvalRunSpec(ApiModel):
         default=None, ge=0, description="Delete the run this long after it finished."
     )
     active_deadline_seconds: int | None = Field(
-        default=None, ge=1, description="Fail the run if it has not finished after this long."
+        default=None,
+        ge=1,
+        description="Fail the run (DeadlineExceeded) if it has not finished this many seconds "
+        "after the operator first admitted it, as a Kubernetes Job counts: time Pending "
+        "counts, time suspended does not (status.activeSince).",
     )
 
     rules = (PROFILE_OR_RESOURCES,)
@@ -240,11 +244,20 @@ class CaseCounts(ApiModel):
     passed: int = Field(default=0, description="Completed cases whose checks passed.")
     failed: int = Field(default=0, description="Completed cases whose checks failed.")
     errored: int = Field(default=0, description="Cases whose task raised or timed out.")
-    retried: int = Field(default=0, description="Batch attempts beyond the first.")
     in_flight: int = Field(default=0, description="Cases in batches claimed by workers.")
     dead_lettered: int = Field(
         default=0, description="Cases in batches that exhausted their attempts."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_retried(cls, data: Any) -> Any:
+        # Operators before this one wrote a `retried` that was always 0: the operator cannot
+        # see redeliveries (the queue's depth does not carry them, results do not record
+        # them), so the field is gone; statuses that still hold it are read without it.
+        if isinstance(data, dict) and "retried" in data:
+            return {k: v for k, v in data.items() if k != "retried"}
+        return data
 
 
 class WorkerCounts(ApiModel):
@@ -253,6 +266,32 @@ class WorkerCounts(ApiModel):
     desired: int = Field(default=0, description="Replicas the autoscaler wants now.")
     ready: int = Field(default=0, description="Worker pods running and ready.")
     failures: int = Field(default=0, description="Worker failures charged to the budget.")
+
+
+class TrackedPod(ApiModel):
+    """A worker pod as the operator last recorded it: enough to classify its loss if it is
+    gone by the time a restarted operator looks."""
+
+    name: str = Field(description="Pod name.")
+    uid: str = Field(description="Pod UID.")
+    node: str = Field(default="", description="The node it was bound to; empty: not bound.")
+    spot: bool = Field(default=False, description="Its node was a spot node.")
+    state: Literal["live", "counted", "deleted"] = Field(
+        default="live",
+        description="live: not lost yet; counted: its loss is counted; deleted: the operator "
+        "deleted it (never a loss).",
+    )
+
+
+class LossLedgerStatus(ApiModel):
+    """What the operator needs to count every lost worker once, across its own restarts."""
+
+    spot_disruptions: int = Field(
+        default=0, description="Disruptions on spot nodes (toward fallbackToOnDemandAfter)."
+    )
+    pods: list[TrackedPod] | None = Field(
+        default=None, description="The run's worker pods that still existed at the last pass."
+    )
 
 
 class PoolPlan(ApiModel):
@@ -329,6 +368,9 @@ class EvalRunStatus(ApiModel):
     spot_fallback: bool | None = Field(
         default=None, description="Workers moved to on-demand nodes after disruptions."
     )
+    ledger: LossLedgerStatus | None = Field(
+        default=None, description="Lost-worker bookkeeping that survives an operator restart."
+    )
     last_checkpoint: CheckpointStatus | None = Field(
         default=None, description="The last run checkpoint."
     )
@@ -337,6 +379,11 @@ class EvalRunStatus(ApiModel):
         default=None, description="When the completed count last grew; drives Stalled."
     )
     start_time: str | None = Field(default=None, description="When work started.")
+    active_since: str | None = Field(
+        default=None,
+        description="Where activeDeadlineSeconds counts from: the first pass, moved on by the "
+        "length of each suspension when the run resumes.",
+    )
     completion_time: str | None = Field(default=None, description="When the run finished.")
 
 
