@@ -549,6 +549,8 @@ def reconcile_run(
     new_disruptions = losses.disruptions
     for note in losses.notes:
         log.info("worker lost", run=ref.name, detail=note)
+    for event in loss_events(losses.lost):
+        emit(event)  # now: the ledger has counted them, no later pass would post them
     # Totals from the ledger, not the previous status plus this pass: a status write that
     # failed after counting must not lose the losses it carried.
     disruptions, failures = rt.ledger.disruptions, rt.ledger.failures
@@ -793,7 +795,7 @@ def reconcile_run(
         api.patch_status(ref.namespace, ref.name, patch)
         rt.status_written = time.monotonic()
         rt.wrote(body_status, new)
-    for event in [*loss_events(losses.lost), *update.events]:
+    for event in update.events:
         emit(event)
     return PassResult(
         phase=update.status.phase or "Pending",
