@@ -3,15 +3,20 @@ pass plans from when its body predates the operator's own last write."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from proctor.api.v1alpha1.evalrun import EvalRunStatus
+from proctor.observe import WorkerObs
 from proctor.reconcile import (
     PROGRESS_REFRESH_MAX_SECONDS,
     PROGRESS_REFRESH_SECONDS,
     SUPERSEDED_KEPT,
     RunRuntime,
+    _pool_counts,
+    _terminal_tidy,
     next_refresh_interval,
     refresh_due,
     status_digest,
@@ -124,3 +129,29 @@ def test_status_digests_ignore_key_order() -> None:
     assert status_digest(a) == status_digest(b)
     assert status_digest(a) != status_digest({**a, "phase": "Pending"})
     assert status_digest(None) == status_digest({})
+
+
+@pytest.mark.parametrize(
+    ("workers", "patch"),
+    [
+        pytest.param({"desired": 2, "ready": 2, "failures": 1}, True, id="left standing"),
+        pytest.param({"desired": 0, "ready": 0, "failures": 1}, False, id="already zero"),
+        pytest.param(None, False, id="no workers"),
+    ],
+)
+def test_finding13_a_finished_run_left_with_ready_workers_is_tidied(
+    workers: dict[str, int] | None, patch: bool
+) -> None:
+    prev = EvalRunStatus.model_validate({"phase": "Succeeded", "workers": workers})
+    expected = {"workers": {"desired": 0, "ready": 0, "failures": 1}} if patch else {}
+    assert _terminal_tidy(prev) == expected
+
+
+def test_also_new_workers_count_the_pools_of_workers_not_seen_yet() -> None:
+    rt = RunRuntime()
+    rt.expected_pool = {"w-new": "spot"}
+    live = [
+        WorkerObs("w-1", "1", "r", "ns", datetime(2026, 1, 1, tzinfo=UTC), "n", "Running",
+                  True, False, False, pool="on-demand"),
+    ]  # fmt: skip
+    assert _pool_counts(rt, live, ["w-new", "w-unknown"]) == {"on-demand": 1, "spot": 1, "": 1}
