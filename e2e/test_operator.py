@@ -241,9 +241,12 @@ def test_quickstart_succeeds_with_the_local_decision(env: Env) -> None:
     counts = status["counts"]
     assert counts["completed"] == counts["total"] == 2000
     assert status["workers"]["failures"] == 0
+    # Issue 15 #13: a finished run has no ready or wanted workers, and nothing degraded it.
+    assert (status["workers"]["desired"], status["workers"]["ready"]) == (0, 0)
     assert status["disruptions"] == 0
     assert status["plan"]["boundBy"] in {"cpu", "backlog", "done"}
     conds = {c["type"]: c for c in status["conditions"]}
+    assert (conds["Degraded"]["status"], conds["Degraded"]["reason"]) == ("False", "AsExpected")
     assert conds["Succeeded"]["status"] == "True"
     assert conds["Succeeded"]["reason"] == "Completed"
     local = _local_summary(doc, env.workdir)
