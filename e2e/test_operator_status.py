@@ -51,8 +51,7 @@ def _first_reclaim(env: Env) -> dict[str, str]:
     recorded in the status. Returns the workers then (pod -> node)."""
     first = wait_until(lambda: _two_bound(env), 60, "two workers")
     victim = sorted(first.values())[0]
-    nodes.preempt_node(env.cluster.core, victim)
-    env.nodes.remove(victim)
+    nodes.preempt_node(env.cluster.core, victim)  # stays in env.nodes: names stay unique
     wait_until(lambda: env.status(RUN).get("disruptions") == 1, 40, "the first disruption")
     after = wait_until(lambda: _two_bound(env, off=victim), 60, "a replacement on the spare")
     wait_until(lambda: _recorded(env, after), 30, "the workers recorded in status.ledger")
@@ -80,7 +79,6 @@ def test_finding12_spot_reclaim_while_the_operator_is_down_is_counted_once(env: 
     # is deleted from the API), and on-demand room appears.
     lost_pod, lost_node = sorted(before.items())[0]
     nodes.preempt_node(env.cluster.core, lost_node)
-    env.nodes.remove(lost_node)
     on_demand = env.node(cpu="8", memory="16Gi")
     with env.operator(run_workers=False) as second:
         try:
