@@ -1,0 +1,374 @@
+"""``proctor run`` under faults: poison cases, killed workers, signals, stale writers, resumes
+with another manifest and hostile names (issue 15, findings 2, 3, 4, 5 and 8)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proctor.cli import main
+from proctor.localrun import EXIT_ACCEPT, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_USAGE
+
+REPO = Path(__file__).resolve().parent.parent
+OPERATOR = REPO / "operator"
+
+HEADER = """
+apiVersion: proctor.dev/v1alpha1
+kind: EvalRun
+metadata:
+  name: {name}
+spec:
+  image: proctor/proctor:0.1.0
+"""
+
+FAULTY = """
+  task:
+    entrypoint: tests.test_worker_tasks:Faulty
+    params: {params}
+  cases: {{count: {count}, seed: 1}}
+  queue: {{type: redis, lease: 1s}}
+  caseTimeout: 10s
+"""
+
+TOPK = """
+  task:
+    entrypoint: proctor.examples.topk:task
+    params: {{maxLength: 50, k: 5}}
+  cases: {{count: {count}, seed: 42}}
+  compare:
+    baseline: {{ref: "tests.localrun_tasks:slow_sorted"}}
+    candidate: {{ref: "tests.localrun_tasks:{candidate}"}}
+    minDelta: -0.5
+  batch: {{initialSize: 50}}
+  queue: {{type: redis, lease: 1s}}
+  caseTimeout: 10s
+"""
+
+
+@pytest.fixture(autouse=True)
+def _task_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = os.pathsep.join([str(OPERATOR), str(REPO), os.environ.get("PYTHONPATH", "")])
+    monkeypatch.setenv("PYTHONPATH", path)
+    monkeypatch.chdir(tmp_path)
+
+
+def write(tmp_path: Path, name: str, body: str, file: str | None = None) -> Path:
+    path = tmp_path / (file or f"{name.strip('/.') or 'run'}.yaml")
+    path.write_text(HEADER.format(name=name) + body)
+    return path
+
+
+def run_here(
+    capsys: pytest.CaptureFixture[str], path: Path, *args: str
+) -> tuple[int, dict[str, Any]]:
+    capsys.readouterr()
+    code = main(["run", str(path), "-n", "2", "--json", *args])
+    out = capsys.readouterr().out.strip().splitlines()
+    return code, json.loads(out[-1]) if out else {}
+
+
+def start(path: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "proctor", "run", str(path), "-n", "2", "--json", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 120) -> tuple[int, dict[str, Any], str]:
+    out, err = proc.communicate(timeout=timeout)
+    lines = out.strip().splitlines()
+    return proc.returncode, json.loads(lines[-1]) if lines else {}, err
+
+
+def children(pid: int) -> set[int]:
+    out: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out |= {int(x) for x in (task / "children").read_text().split()}
+        except OSError:
+            continue
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_for(predicate: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)
+
+
+def result_objects(tmp_path: Path, name: str) -> list[Path]:
+    return list((tmp_path / "proctor-results" / name / "results").glob("*"))
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    """Processes a test starts; they and their workers are killed when it ends."""
+    started: list[subprocess.Popen[str]] = []
+    kids: set[int] = set()
+
+    def watch() -> None:
+        while not done:
+            for p in started:
+                kids.update(children(p.pid))
+            time.sleep(0.1)
+
+    done = False
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    yield started
+    done = True
+    watcher.join()
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    for pid in kids:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+# -- finding 2 ------------------------------------------------------------------------------
+
+
+def test_finding2_default_budget_isolates_two_poison_cases(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Defaults: failureBudget and retries as the schema has them.
+    path = write(tmp_path, "poison2", FAULTY.format(params="{crash: [11, 29]}", count=40))
+    code, summary = run_here(capsys, path)
+    assert summary["completed"] + summary["deadLettered"] == 40, summary
+    assert summary["completed"] >= 38
+    assert summary["notEvaluated"] == 40 - summary["completed"]
+    assert "budget" not in (summary["reason"] or "")
+    if summary["notEvaluated"]:
+        assert code == EXIT_INCOMPLETE
+        n = summary["notEvaluated"]
+        assert summary["reason"].startswith(f"{n} of 40 cases were not evaluated: ")
+        assert "dead-lettered" in summary["reason"]
+
+
+def test_finding2_exhausted_budget_says_why_and_how_many(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = FAULTY.format(params="{crash: [3]}", count=400) + "  workers: {failureBudget: 0}\n"
+    code, summary = run_here(capsys, write(tmp_path, "budget", body))
+    assert code == EXIT_INCOMPLETE
+    missing = 400 - summary["completed"]
+    assert missing > 0
+    assert summary["notEvaluated"] == missing
+    assert summary["reason"].startswith(f"{missing} of 400 cases were not evaluated: ")
+    assert "the worker failure budget (0) was exhausted" in summary["reason"]
+    assert summary["passRate"] == 1.0  # of the evaluated cases; the reason says the rest
+
+
+# -- finding 3 ------------------------------------------------------------------------------
+
+
+def test_finding3_workers_killed_by_signal_leave_run_undecided(
+    tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    body = TOPK.format(count=100_000, candidate="slow_heap") + "  workers: {failureBudget: 1}\n"
+    proc = start(write(tmp_path, "killed", body))
+    procs.append(proc)
+    wait_for(lambda: len(result_objects(tmp_path, "killed")) >= 6)
+    # Kill every worker (twice: the first replacements too) while the parent lives.
+    for _ in range(2):
+        kids = children(proc.pid)
+        for pid in kids:
+            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda kids=kids: not any(alive(p) for p in kids))
+        time.sleep(0.5)
+    code, summary, err = finish(proc)
+    assert code == EXIT_INCOMPLETE, err
+    assert summary["decision"] == "undecided"
+    missing = 100_000 - summary["completed"]
+    assert 0 < missing == summary["notEvaluated"]
+    assert summary["reason"].startswith(f"{missing} of 100000 cases were not evaluated: ")
+
+
+def test_finding3_incomplete_run_without_compare_exits_3(
+    tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    body = (
+        FAULTY.format(params="{sleep_ms: 2}", count=100_000)
+        + "  workers: {failureBudget: 0}\n  batch: {initialSize: 50}\n"
+    )
+    proc = start(write(tmp_path, "plain", body))
+    procs.append(proc)
+    wait_for(lambda: len(result_objects(tmp_path, "plain")) >= 4)
+    for pid in children(proc.pid):
+        os.kill(pid, signal.SIGKILL)
+    code, summary, err = finish(proc)
+    assert code == EXIT_INCOMPLETE, err
+    assert summary["notEvaluated"] == 100_000 - summary["completed"] > 0
+    assert "were not evaluated" in summary["reason"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_finding3_interrupted_run_says_interrupted(
+    tmp_path: Path, procs: list[subprocess.Popen[str]], sig: signal.Signals
+) -> None:
+    proc = start(write(tmp_path, "stop", TOPK.format(count=100_000, candidate="slow_heap")))
+    procs.append(proc)
+    wait_for(lambda: len(result_objects(tmp_path, "stop")) >= 4)
+    proc.send_signal(sig)
+    code, summary, err = finish(proc)
+    assert code == EXIT_INTERRUPTED, err
+    assert summary["decision"] == "interrupted"
+    assert summary["notEvaluated"] == 100_000 - summary["completed"] > 0
+    assert "Traceback" not in err
+
+
+# -- finding 4 ------------------------------------------------------------------------------
+
+
+def test_finding4_sigterm_takes_the_workers_down(
+    tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    proc = start(write(tmp_path, "term", TOPK.format(count=100_000, candidate="slow_buggy")))
+    procs.append(proc)
+    wait_for(lambda: len(result_objects(tmp_path, "term")) >= 2)
+    kids = children(proc.pid)
+    assert len(kids) == 2
+    proc.send_signal(signal.SIGTERM)
+    finish(proc)
+    wait_for(lambda: not any(alive(p) for p in kids), timeout=15)
+
+
+def test_finding4_sigkilled_parent_takes_the_workers_down(
+    tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    proc = start(write(tmp_path, "orphan", TOPK.format(count=100_000, candidate="slow_buggy")))
+    procs.append(proc)
+    wait_for(lambda: len(result_objects(tmp_path, "orphan")) >= 2)
+    kids = children(proc.pid)
+    assert len(kids) == 2
+    proc.kill()
+    proc.wait()
+    try:
+        wait_for(lambda: not any(alive(p) for p in kids), timeout=15)
+    finally:
+        for pid in kids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_finding4_stale_worker_results_are_not_counted(
+    tmp_path: Path, procs: list[subprocess.Popen[str]], redis_url: str
+) -> None:
+    name = "stale"
+    old = write(tmp_path, name, TOPK.format(count=2000, candidate="slow_buggy"), "old.yaml")
+    first = start(old, "--queue", redis_url)
+    procs.append(first)
+    run_dir = tmp_path / "proctor-results" / name
+    wait_for(lambda: len(result_objects(tmp_path, name)) >= 1)
+    # A worker of the first attempt that outlives its parent (another machine, say).
+    attempt_file = run_dir / "attempt.json"
+    attempt = json.loads(attempt_file.read_text())["attempt"] if attempt_file.exists() else ""
+    from proctor.validation import validate_file
+
+    (doc,) = validate_file(old)
+    assert doc.model is not None
+    env = dict(os.environ)
+    env.update(
+        PROCTOR_RUN_ID=name,
+        PROCTOR_RUN=name,
+        PROCTOR_SPEC=json.dumps(doc.model.spec.to_wire()),  # type: ignore[attr-defined]
+        PROCTOR_QUEUE_URL=redis_url,
+        PROCTOR_STORAGE_URI=(tmp_path / "proctor-results").as_uri(),
+        PROCTOR_WORKER_ID="stale-worker",
+        PROCTOR_LEASE_SECONDS="1",
+        PROCTOR_ATTEMPT=attempt,
+    )
+    stale = subprocess.Popen(
+        [sys.executable, "-m", "proctor", "worker"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    procs.append(stale)  # type: ignore[arg-type]
+    first.send_signal(signal.SIGTERM)
+    finish(first)
+    assert stale.poll() is None, "the stale worker must still be writing"
+    fixed = write(tmp_path, name, TOPK.format(count=2000, candidate="slow_heap"), "new.yaml")
+    code, summary, err = finish(start(fixed, "--queue", redis_url))
+    assert code == EXIT_ACCEPT, err
+    assert summary["completed"] == 2000
+    assert summary["candidatePassRate"] == summary["baselinePassRate"]
+    stale.kill()
+    stale.wait()
+
+
+# -- finding 5 ------------------------------------------------------------------------------
+
+
+def test_finding5_resume_with_another_manifest_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = write(tmp_path, "again", TOPK.format(count=300, candidate="slow_heap"), "a.yaml")
+    code, _ = run_here(capsys, first)
+    assert code == EXIT_ACCEPT
+    other = write(tmp_path, "again", TOPK.format(count=1000, candidate="slow_buggy"), "b.yaml")
+    before = sorted(p.name for p in result_objects(tmp_path, "again"))
+    capsys.readouterr()
+    assert main(["run", str(other), "-n", "2", "--json", "--resume"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "cases.count" in err
+    assert "compare.candidate.ref" in err
+    assert "--resume" in err
+    assert sorted(p.name for p in result_objects(tmp_path, "again")) == before
+    # The same manifest resumes: nothing to do, the same verdict.
+    code, again = run_here(capsys, first, "--resume")
+    assert code == EXIT_ACCEPT
+    assert (again["completed"], again["total"]) == (300, 300)
+
+
+# -- finding 8 ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "run_id"),
+    [("..", None), ("/tmp/x", None), ("ok", ".."), ("ok", "../outside"), ("Bad_Name", None)],
+)
+def test_finding8_names_and_run_ids_must_be_dns_labels(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, run_id: str | None
+) -> None:
+    work = tmp_path / "work"
+    for sub in ("results", "state"):
+        (work / sub).mkdir(parents=True)
+        (work / sub / "keep").write_text("precious")
+    os.chdir(work)
+    path = write(tmp_path, name, FAULTY.format(params="{}", count=10), "hostile.yaml")
+    args = ["run", str(path), "--json", "--results-dir", str(work / "proctor-results")]
+    if run_id is not None:
+        args += ["--run-id", run_id]
+    capsys.readouterr()
+    assert main(args) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "DNS-1123" in err
+    assert "Traceback" not in err
+    for sub in ("results", "state"):
+        assert (work / sub / "keep").read_text() == "precious"
+    assert main(["validate", str(path)]) != 0 or run_id is not None
