@@ -372,3 +372,124 @@ def test_finding8_names_and_run_ids_must_be_dns_labels(
     for sub in ("results", "state"):
         assert (work / sub / "keep").read_text() == "precious"
     assert main(["validate", str(path)]) != 0 or run_id is not None
+
+
+def test_finding4_storage_of_one_attempt_ignores_another(tmp_path: Path) -> None:
+    from proctor.queue import Range
+    from proctor.storage import RunProgress, open_storage
+
+    old = open_storage(tmp_path.as_uri(), "run", attempt="old1")
+    new = open_storage(tmp_path.as_uri(), "run", attempt="new1")
+    records = [{"index": i, "status": "failed"} for i in range(10)]
+    assert old.write_results(Range(0, 10), records).created
+    old.write_dead_letter(Range(10, 11), 3, "crashed")
+    assert new.write_results(Range(0, 10), [{**r, "status": "passed"} for r in records]).created
+    progress = RunProgress(new, 11)
+    progress.refresh()
+    assert (progress.aggregate.passed, progress.aggregate.failed) == (10, 0)
+    assert progress.snapshot().dead_lettered == 0
+    assert [r for r, _ in old.result_keys()] == [Range(0, 10)]
+    assert len(old.dead_letters()) == 1
+    assert list(open_storage(tmp_path.as_uri(), "run").result_keys()) == []
+
+
+def test_finding4_stale_attempt_cannot_claim_the_new_attempts_entries(redis_url: str) -> None:
+    from proctor.queue import Range, open_queue
+
+    stale = open_queue(redis_url, "fenced", lease_seconds=1.0, attempt="old1")
+    stale.enqueue([Range(0, 5)], chunk="0")
+    fresh = open_queue(redis_url, "fenced", lease_seconds=1.0, attempt="new1")
+    fresh.enqueue([Range(0, 5), Range(5, 10)], chunk="0")
+    stale.delete()
+    try:
+        claimed = stale.claim(10, "stale-worker")
+    except Exception:  # its queue is gone: an error is as good as nothing
+        claimed = []
+    assert claimed == []
+    assert [lease.range for lease in fresh.claim(10, "w")] == [Range(0, 5), Range(5, 10)]
+    fresh.delete()
+
+
+# -- also: huge runs, corrupt objects, hostile inputs -----------------------------------------
+
+
+def test_also_a_billion_cases_start_at_once_and_stop_on_ctrl_c(
+    tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    body = FAULTY.format(params="{}", count=1_000_000_000)
+    proc = start(write(tmp_path, "huge", body))
+    procs.append(proc)
+    wait_for(lambda: len(result_objects(tmp_path, "huge")) >= 1, timeout=30)
+    proc.send_signal(signal.SIGINT)
+    code, summary, err = finish(proc)
+    assert code == EXIT_INTERRUPTED, err
+    assert summary["decision"] == "interrupted"
+    assert "Traceback" not in err
+
+
+def test_also_corrupt_checkpoint_and_truncated_result_object(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, "torn", FAULTY.format(params="{}", count=600))
+    code, _ = run_here(capsys, path)
+    assert code == EXIT_ACCEPT
+    run_dir = tmp_path / "proctor-results" / "torn"
+    (checkpoint,) = run_dir.glob("checkpoint.json*")
+    checkpoint.write_bytes(b"\x28\xb5\x2f\xfd garbage")
+    victim = sorted(result_objects(tmp_path, "torn"))[1]
+    victim.write_bytes(victim.read_bytes()[:-7])
+    code, summary = run_here(capsys, path, "--resume")
+    assert code == EXIT_ACCEPT, summary
+    assert (summary["completed"], summary["passed"], summary["total"]) == (600, 600, 600)
+    from proctor.storage import open_storage
+
+    storage = open_storage((tmp_path / "proctor-results").as_uri(), "torn").of_current_attempt()
+    assert [r["index"] for r in storage.iter_records()] == list(range(600))
+
+
+def test_also_hostile_inputs_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    long_name = write(tmp_path, "x" * 300, FAULTY.format(params="{}", count=5), "long.yaml")
+    deep = write(
+        tmp_path, "deep", FAULTY.format(params="[" * 5000 + "]" * 5000, count=5), "deep.yaml"
+    )
+    ok = write(tmp_path, "ok", FAULTY.format(params="{}", count=5), "ok.yaml")
+    (tmp_path / "a-file").write_text("")
+    cases = [
+        ["run", str(long_name)],
+        ["run", str(deep)],
+        ["validate", str(deep)],
+        ["run", str(ok), "--results-dir", str(tmp_path / "a-file" / "results")],
+    ]
+    for args in cases:
+        capsys.readouterr()
+        code = main(args)
+        err = capsys.readouterr().err
+        assert code in (EXIT_USAGE, 1), (args, err)
+        assert "Traceback" not in err
+        assert err.strip().startswith("error:") or "invalid" in err, (args, err)
+
+
+def test_also_worker_without_redis_is_one_line(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(HEADER.format(name="lonely") + FAULTY.format(params="{}", count=5))
+    env = dict(os.environ)
+    env.update(
+        PROCTOR_SPEC_FILE=str(spec),
+        PROCTOR_QUEUE_URL="redis://127.0.0.1:1/0",
+        PROCTOR_STORAGE_URI=tmp_path.as_uri(),
+        PROCTOR_RUN_ID="lonely",
+        PROCTOR_LOG_FORMAT="console",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "proctor", "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == EXIT_USAGE, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert "127.0.0.1:1" in done.stderr + done.stdout

@@ -91,7 +91,15 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         "PROCTOR_METRICS_PORT": None if args.metrics_port is None else str(args.metrics_port),
     }
     os.environ.update({k: v for k, v in overrides.items() if v is not None})
-    return worker_main()
+    from proctor.queue import QueueError
+    from proctor.storage import StorageError
+
+    try:
+        return worker_main()
+    except (QueueError, StorageError) as exc:
+        # The queue or the store cannot be reached: say which, without a traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _cmd_bench_worker(args: argparse.Namespace) -> int:

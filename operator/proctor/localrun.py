@@ -42,7 +42,8 @@ from rich.table import Table
 
 from proctor.api.v1alpha1.evalrun import EvalRun, ResultSummary, WorkersSpec
 from proctor.localworkers import LocalWorkers
-from proctor.queue import WorkQueue, enqueue_run, open_queue
+from proctor.queue import WorkQueue, open_queue
+from proctor.queue.enqueue import CHUNK_ENTRIES, Enqueuer
 from proctor.stats import should_stop_early, summarize
 from proctor.storage import ProgressSnapshot, RunProgress, RunStorage
 from proctor.worker import WorkerConfig, lease_seconds, open_run_storage
@@ -200,6 +201,7 @@ class _Run:
     config: WorkerConfig
     storage: RunStorage
     queue: WorkQueue
+    enqueuer: Enqueuer
     refresh_seconds: float = 0.25
 
 
@@ -256,12 +258,14 @@ def _setup(options: LocalRunOptions, evalrun: EvalRun) -> _Run:
             )
         storage = open_run_storage(config)
         queue = open_queue(queue_url, run_id, lease_seconds=lease, attempt=config.attempt)
-        enqueue_run(queue, storage, spec)
+        # Two chunks now, the rest while the run goes: a billion cases start at once.
+        enqueuer = Enqueuer(queue, storage, spec)
+        enqueuer.step(2)
     except AttemptError as exc:
         raise RunError(str(exc)) from exc
     except Exception as exc:
         raise RunError(f"cannot set up the run: {exc}") from exc
-    return _Run(name, local_dir, config, storage, queue)
+    return _Run(name, local_dir, config, storage, queue, enqueuer)
 
 
 @contextlib.contextmanager
@@ -316,7 +320,7 @@ def _follow(run: _Run, progress: RunProgress, workers: LocalWorkers, bar: Progre
         progress.refresh()
         if progress.corrupt:
             _redo_corrupt(progress, run)
-            workers.start_missing()
+            workers.start_missing(budget)
         snap = progress.snapshot()
         rate = f"{snap.cases_per_second:,.0f} cases/s" if snap.cases_per_second else ""
         bar.update(task_id, completed=snap.completed + snap.dead_lettered, rate=rate)
@@ -334,8 +338,22 @@ def _follow(run: _Run, progress: RunProgress, workers: LocalWorkers, bar: Progre
             progress.checkpoint()
             last_checkpoint = time.monotonic()
         work_left = not snap.finished and stopped is None
-        if not workers.poll(work_left, budget) or snap.finished:
+        if work_left and _top_up(run):
+            workers.start_missing(budget)
+        if snap.finished:
             return stopped
+        if not workers.poll(work_left, budget):
+            queued = not run.enqueuer.finished or not run.queue.depth().empty
+            if not work_left or not queued or workers.failed(budget):
+                return stopped
+            workers.start_missing(budget)
+
+
+def _top_up(run: _Run) -> bool:
+    """Enqueue the next chunk when the queue runs low; whether anything was added."""
+    if run.enqueuer.finished or run.queue.depth().waiting >= CHUNK_ENTRIES:
+        return False
+    return run.enqueuer.step() > 0
 
 
 def _why(snap: ProgressSnapshot, workers: LocalWorkers, budget: int, interrupted: bool) -> str:

@@ -144,10 +144,16 @@ class LocalWorkers:
         for slot in range(self.count):
             self._start(slot)
 
-    def start_missing(self) -> None:
-        """Start the slots whose worker has exited (there is work again)."""
+    def failed(self, budget: int) -> bool:
+        """A worker could not load the task, or more crashed than ``budget`` allows."""
+        return self.setup_failed or self.crashes > budget
+
+    def start_missing(self, budget: int) -> None:
+        """Start the slots whose worker has exited (there is work again), within ``budget``."""
+        if self.failed(budget):
+            return
         for slot in range(self.count):
-            if slot not in self.procs and not self.setup_failed:
+            if slot not in self.procs:
                 self._start(slot)
 
     def poll(self, work_left: bool, budget: int) -> bool:
