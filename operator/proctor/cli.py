@@ -166,10 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run an EvalRun or BenchmarkSuite manifest on this machine",
         description="Run an EvalRun on this machine with local worker processes. Exit code: "
         "0 accepted (or, without compare, every case recorded), 1 rejected, 2 bad manifest, "
-        "arguments or task, 3 incomplete (dead-lettered cases, crashed workers, undecided), "
-        "130 interrupted. A BenchmarkSuite runs its cells one after another (--workers per "
-        "cell, default 1) and writes a report; exit 1 means regressions against the baseline, "
-        "3 failed repetitions (see docs/benchmarks.md).",
+        "name, arguments or task, or a --resume that does not match, 3 not every case was "
+        "evaluated and the run is not decided (the summary says how many and why), 130 "
+        "interrupted (SIGINT, SIGTERM, SIGHUP). A BenchmarkSuite runs its cells one after "
+        "another (--workers per cell, default 1) and writes a report; exit 1 means "
+        "regressions against the baseline, 3 failed repetitions (see docs/benchmarks.md).",
     )
     run.add_argument(
         "file", metavar="FILE", help="YAML manifest with one EvalRun or one BenchmarkSuite"
@@ -191,9 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--results-dir", default="proctor-results",
         help="local folder for results, logs and the embedded queue (default: proctor-results)",
     )  # fmt: skip
-    run.add_argument("--run-id", help="key of the run in the queue and storage (default: name)")
     run.add_argument(
-        "--resume", action="store_true", help="continue an interrupted run instead of restarting"
+        "--run-id",
+        help="key of the run in the queue and storage, a DNS-1123 label (default: name)",
+    )
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run (same task, compare and cases) instead of restarting",
     )
     run.add_argument(
         "--json", action="store_true", help="print the final summary as one JSON object"

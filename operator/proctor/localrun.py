@@ -1,15 +1,22 @@
 """``proctor run FILE.yaml``: an EvalRun on this machine.
 
-The parent process enqueues the run, starts N ``proctor worker`` processes (the same code a
-worker pod runs), follows progress from the results (exact, each case once), applies early
-stopping, restarts a worker that crashed (as Kubernetes would restart its pod) within the
-failure budget, and prints the summary. Defaults: the embedded SQLite queue and a results
-folder ``./proctor-results/<run-name>/``; ``--queue redis://...|sqs://...`` and
-``--storage s3://...`` use real services instead.
+The parent process enqueues the run (chunk by chunk as it goes, so a huge run starts at
+once), starts N ``proctor worker`` processes (forked copies that die with the parent, see
+:mod:`proctor.localworkers`), follows progress from the results (exact, each case once),
+applies early stopping, restarts a worker that crashed (as Kubernetes would restart its pod)
+within the failure budget, and prints the summary. Defaults: the embedded SQLite queue and a
+results folder ``./proctor-results/<run-name>/``; ``--queue redis://...|sqs://...`` and
+``--storage s3://...`` use real services instead. Names and run ids are DNS-1123 labels. A
+fresh run is a new attempt (see :mod:`proctor.attempts`); ``--resume`` continues the
+current one and refuses a manifest that changes results.
+
+Only a run whose every case is recorded, or one the sequential test stopped early, is
+decided; any other summary says how many cases were not evaluated and why.
 
 Exit codes: 0 accepted (or, without ``compare``, every case recorded); 1 rejected; 2 the
-manifest or the arguments are wrong, or the task cannot be loaded; 3 the run is incomplete
-(dead-lettered cases, too many worker crashes, undecided); 130 interrupted.
+manifest, a name or the arguments are wrong, ``--resume`` does not match, or the task cannot
+be loaded; 3 not every case was evaluated and the run is not decided; 130 interrupted
+(SIGINT, SIGTERM or SIGHUP; the summary's decision is ``interrupted``).
 """
 
 from __future__ import annotations
