@@ -493,3 +493,47 @@ def test_also_worker_without_redis_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == EXIT_USAGE, done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert "127.0.0.1:1" in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize(
+    ("stored", "current", "fields"),
+    [
+        ({"cases": {"count": 1000}}, {"cases": {"count": 1000}}, []),
+        ({"cases": {"count": 1000}}, {"cases": {"count": 6000}}, ["cases.count"]),
+        ({"task": {"params": {}}}, {"task": {}}, []),
+        (
+            {"compare": {"candidate": {"ref": "a"}}, "task": {"params": {"k": 5}}},
+            {"compare": None, "task": {"params": {"k": 6}}},
+            ["compare.candidate.ref", "task.params.k"],
+        ),
+    ],
+)
+def test_finding5_fingerprint_differences_name_the_fields(
+    stored: dict[str, Any], current: dict[str, Any], fields: list[str]
+) -> None:
+    from proctor.attempts import differences
+
+    assert differences(stored, current) == fields
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("run-1", True),
+        ("a", True),
+        ("x" * 63, True),
+        ("x" * 64, False),
+        ("..", False),
+        ("/abs", False),
+        ("a/b", False),
+        ("Upper", False),
+        ("-lead", False),
+        ("trail-", False),
+        ("dot.ted", False),
+        ("", False),
+    ],
+)
+def test_finding8_dns_label_rules(value: str, ok: bool) -> None:
+    from proctor.validation import dns_label_error
+
+    assert (dns_label_error(value) is None) == ok

@@ -40,10 +40,11 @@ def fingerprint(spec: EvalRunSpec) -> dict[str, Any]:
 
 
 def _flatten(value: Any, path: str, out: dict[str, Any]) -> dict[str, Any]:
-    if isinstance(value, Mapping) and value:
+    """Leaves by dotted path; an empty mapping has none (``{}`` and unset are the same)."""
+    if isinstance(value, Mapping):
         for key, item in value.items():
             _flatten(item, f"{path}.{key}" if path else str(key), out)
-    else:
+    elif value is not None:
         out[path] = value
     return out
 
@@ -95,13 +96,13 @@ def fresh_attempt(
 
     ``open_queue(attempt)`` opens the queue of an attempt ("" for runs from before attempts).
     """
-    earlier = storage.read_attempt() or {}
-    for old in {"", str(earlier.get("attempt") or "")}:
-        if old and not ATTEMPT.match(old):
-            continue
-        queue = open_queue(old)
-        queue.delete()
-        queue.close()
+    earlier = str((storage.read_attempt() or {}).get("attempt") or "")
+    # The earlier attempt's queue, or the run's own from before attempts (only then: SQS
+    # refuses to recreate a queue name for a minute after it was deleted).
+    old = earlier if ATTEMPT.match(earlier) else ""
+    queue = open_queue(old)
+    queue.delete()
+    queue.close()
     # A fresh run: results of an earlier run of the same name would be skipped as done.
     for sub in ("results/", "dead/", "state/"):
         storage.blobs.delete_prefix(storage.base + sub)

@@ -47,11 +47,27 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    try:
+        return _run_manifest(args)
+    except KeyboardInterrupt:
+        # Ctrl-C before the run took over its signals (while importing, say): no traceback.
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _run_manifest(args: argparse.Namespace) -> int:
     from proctor.bench.local import LocalSuiteOptions, holds_benchmark_suite, run_suite_local
     from proctor.localrun import LocalRunOptions, run_local
     from proctor.logging import configure_logging
 
     configure_logging(level=args.log_level)
+    from proctor.validation import dns_label_error
+
+    problem = None if args.run_id is None else dns_label_error(args.run_id)
+    if problem is not None:
+        # The run id names folders and keys: never a path (also for a BenchmarkSuite).
+        print(f"error: --run-id: {problem}", file=sys.stderr)
+        return 2
     if holds_benchmark_suite(Path(args.file)):
         return run_suite_local(
             LocalSuiteOptions(
