@@ -247,7 +247,8 @@ def test_proctor_run_reports_metamorphic_guards_decision(
     candidate, code, decision = case
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "mg.yaml"
-    path.write_text(MANIFEST.format(name=f"mg-{candidate}", candidate=candidate))
+    name = f"mg-{candidate.replace('_', '-')}"
+    path.write_text(MANIFEST.format(name=name, candidate=candidate))
     capsys.readouterr()
     assert main(["run", str(path), "-n", "2", "--json"]) == code
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -264,7 +265,7 @@ def test_proctor_run_reports_metamorphic_guards_decision(
     # The same report, made again from the stored records.
     from proctor.localrun import load_evalrun
 
-    storage = open_storage((tmp_path / "proctor-results").as_uri(), f"mg-{candidate}")
+    storage = open_storage((tmp_path / "proctor-results").as_uri(), name).of_current_attempt()
     again = report_from_storage(load_evalrun(path).spec, storage)
     assert again["decision"] == report["decision"]
     assert again["delta_ci"] == report["delta_ci"]

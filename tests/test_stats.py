@@ -445,7 +445,8 @@ def test_sequential_rule_stops_early_when_the_candidate_is_better() -> None:
         )
         if should_stop_early(agg, compare(), early, look):
             stopped_at = total
-            assert summarize(agg, compare(), complete=False).decision == "accept"
+            decided = summarize(agg, compare(), complete=False, early_stopped=True)
+            assert decided.decision == "accept"
             break
     assert stopped_at is not None
     assert stopped_at < 10_000
@@ -684,3 +685,37 @@ def test_regression_does_not_flag_noise() -> None:
 def test_bad_benchmark_statistics_arguments_are_rejected(call: Any, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize(
+    ("complete", "early", "dead", "decision", "missing"),
+    [
+        (True, False, 0, "accept", 0),
+        (False, False, 0, "undecided", 4000),  # workers died: partial data never decides
+        (False, True, 0, "accept", 4000),  # the sequential test stopped the run
+        (False, True, 3, "undecided", 4000),  # ... but a dead-lettered case is unattributed
+    ],
+)
+def test_finding3_summarize_decides_only_complete_or_early_stopped_runs(
+    complete: bool, early: bool, dead: int, decision: str, missing: int
+) -> None:
+    agg = aggregate(800, 20, 120, 60)
+    total = agg.total + missing
+    summary = summarize(
+        agg, compare(), complete=complete, early_stopped=early, total=total, dead_lettered=dead
+    )
+    assert summary.decision == decision
+    assert summary.not_evaluated == missing
+    if decision == "undecided":
+        assert (
+            summary.reason == f"{missing} of {total} cases were not evaluated: they have no record"
+        )
+
+
+def test_finding3_summarize_single_task_says_what_was_not_evaluated() -> None:
+    agg = Aggregate()
+    agg.add({"status": "passed"})
+    summary = summarize(agg, None, complete=False, total=10, why="the run was interrupted")
+    assert summary.decision is None
+    assert summary.not_evaluated == 9
+    assert summary.reason == "9 of 10 cases were not evaluated: the run was interrupted"

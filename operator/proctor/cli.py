@@ -47,11 +47,27 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    try:
+        return _run_manifest(args)
+    except KeyboardInterrupt:
+        # Ctrl-C before the run took over its signals (while importing, say): no traceback.
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _run_manifest(args: argparse.Namespace) -> int:
     from proctor.bench.local import LocalSuiteOptions, holds_benchmark_suite, run_suite_local
     from proctor.localrun import LocalRunOptions, run_local
     from proctor.logging import configure_logging
 
     configure_logging(level=args.log_level)
+    from proctor.validation import dns_label_error
+
+    problem = None if args.run_id is None else dns_label_error(args.run_id)
+    if problem is not None:
+        # The run id names folders and keys: never a path (also for a BenchmarkSuite).
+        print(f"error: --run-id: {problem}", file=sys.stderr)
+        return 2
     if holds_benchmark_suite(Path(args.file)):
         return run_suite_local(
             LocalSuiteOptions(
@@ -91,7 +107,15 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         "PROCTOR_METRICS_PORT": None if args.metrics_port is None else str(args.metrics_port),
     }
     os.environ.update({k: v for k, v in overrides.items() if v is not None})
-    return worker_main()
+    from proctor.queue import QueueError
+    from proctor.storage import StorageError
+
+    try:
+        return worker_main()
+    except (QueueError, StorageError) as exc:
+        # The queue or the store cannot be reached: say which, without a traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _cmd_bench_worker(args: argparse.Namespace) -> int:
@@ -158,10 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run an EvalRun or BenchmarkSuite manifest on this machine",
         description="Run an EvalRun on this machine with local worker processes. Exit code: "
         "0 accepted (or, without compare, every case recorded), 1 rejected, 2 bad manifest, "
-        "arguments or task, 3 incomplete (dead-lettered cases, crashed workers, undecided), "
-        "130 interrupted. A BenchmarkSuite runs its cells one after another (--workers per "
-        "cell, default 1) and writes a report; exit 1 means regressions against the baseline, "
-        "3 failed repetitions (see docs/benchmarks.md).",
+        "name, arguments or task, or a --resume that does not match, 3 not every case was "
+        "evaluated and the run is not decided (the summary says how many and why), 130 "
+        "interrupted (SIGINT, SIGTERM, SIGHUP). A BenchmarkSuite runs its cells one after "
+        "another (--workers per cell, default 1) and writes a report; exit 1 means "
+        "regressions against the baseline, 3 failed repetitions (see docs/benchmarks.md).",
     )
     run.add_argument(
         "file", metavar="FILE", help="YAML manifest with one EvalRun or one BenchmarkSuite"
@@ -183,9 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--results-dir", default="proctor-results",
         help="local folder for results, logs and the embedded queue (default: proctor-results)",
     )  # fmt: skip
-    run.add_argument("--run-id", help="key of the run in the queue and storage (default: name)")
     run.add_argument(
-        "--resume", action="store_true", help="continue an interrupted run instead of restarting"
+        "--run-id",
+        help="key of the run in the queue and storage, a DNS-1123 label (default: name)",
+    )
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run (same task, compare and cases) instead of restarting",
     )
     run.add_argument(
         "--json", action="store_true", help="print the final summary as one JSON object"

@@ -1,15 +1,22 @@
 """``proctor run FILE.yaml``: an EvalRun on this machine.
 
-The parent process enqueues the run, starts N ``proctor worker`` processes (the same code a
-worker pod runs), follows progress from the results (exact, each case once), applies early
-stopping, restarts a worker that crashed (as Kubernetes would restart its pod) within the
-failure budget, and prints the summary. Defaults: the embedded SQLite queue and a results
-folder ``./proctor-results/<run-name>/``; ``--queue redis://...|sqs://...`` and
-``--storage s3://...`` use real services instead.
+The parent process enqueues the run (chunk by chunk as it goes, so a huge run starts at
+once), starts N ``proctor worker`` processes (forked copies that die with the parent, see
+:mod:`proctor.localworkers`), follows progress from the results (exact, each case once),
+applies early stopping, restarts a worker that crashed (as Kubernetes would restart its pod)
+within the failure budget, and prints the summary. Defaults: the embedded SQLite queue and a
+results folder ``./proctor-results/<run-name>/``; ``--queue redis://...|sqs://...`` and
+``--storage s3://...`` use real services instead. Names and run ids are DNS-1123 labels. A
+fresh run is a new attempt (see :mod:`proctor.attempts`); ``--resume`` continues the
+current one and refuses a manifest that changes results.
+
+Only a run whose every case is recorded, or one the sequential test stopped early, is
+decided; any other summary says how many cases were not evaluated and why.
 
 Exit codes: 0 accepted (or, without ``compare``, every case recorded); 1 rejected; 2 the
-manifest or the arguments are wrong, or the task cannot be loaded; 3 the run is incomplete
-(dead-lettered cases, too many worker crashes, undecided); 130 interrupted.
+manifest, a name or the arguments are wrong, ``--resume`` does not match, or the task cannot
+be loaded; 3 not every case was evaluated and the run is not decided; 130 interrupted
+(SIGINT, SIGTERM or SIGHUP; the summary's decision is ``interrupted``).
 """
 
 from __future__ import annotations
@@ -18,16 +25,18 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
+import threading
 import time
-import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from types import FrameType
+from typing import Any
 
 import structlog
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -39,9 +48,11 @@ from rich.progress import (
 from rich.table import Table
 
 from proctor.api.v1alpha1.evalrun import EvalRun, ResultSummary, WorkersSpec
-from proctor.queue import enqueue_run, open_queue
+from proctor.localworkers import LocalWorkers
+from proctor.queue import WorkQueue, open_queue
+from proctor.queue.enqueue import CHUNK_ENTRIES, Enqueuer
 from proctor.stats import should_stop_early, summarize
-from proctor.storage import ProgressSnapshot, RunProgress
+from proctor.storage import ProgressSnapshot, RunProgress, RunStorage
 from proctor.worker import WorkerConfig, lease_seconds, open_run_storage
 
 log = structlog.get_logger("proctor.run")
@@ -54,6 +65,7 @@ EXIT_INTERRUPTED = 130
 
 LOCAL_LEASE_SECONDS = 5.0
 """Lease for local runs: a crashed local worker's batch is taken over within seconds."""
+CHECKPOINT_SECONDS = 30.0
 
 
 class RunError(Exception):
@@ -115,6 +127,7 @@ def _summary_dict(
         "failed": snap.failed,
         "errored": snap.errored,
         "deadLettered": snap.dead_lettered,
+        "notEvaluated": summary.not_evaluated,
         "passRate": summary.pass_rate,
         "baselinePassRate": summary.baseline_pass_rate,
         "candidatePassRate": summary.candidate_pass_rate,
@@ -131,12 +144,12 @@ def _summary_dict(
     }
 
 
-def _exit_code(snap: ProgressSnapshot, summary: ResultSummary, failed_workers: bool) -> int:
+def _exit_code(summary: ResultSummary, complete: bool, failed_workers: bool) -> int:
     if summary.decision == "reject":
         return EXIT_REJECT
     if summary.decision == "accept":
         return EXIT_ACCEPT
-    if summary.decision is None and snap.completed == snap.total and not failed_workers:
+    if summary.decision is None and complete and not failed_workers:
         return EXIT_ACCEPT
     return EXIT_INCOMPLETE
 
@@ -156,8 +169,14 @@ def _table(data: dict[str, Any]) -> Table:
     )
     if data["deadLettered"]:
         table.add_row("dead-lettered", f"{data['deadLettered']:,} cases (see dead/)")
-    if data["decision"] is None:
+    if data["notEvaluated"]:
+        table.add_row("not evaluated", f"{data['notEvaluated']:,} cases")
+    if data["decision"] in (None, "interrupted") and data["baselinePassRate"] is None:
         table.add_row("pass rate", pct(data["passRate"]))
+        if data["decision"]:
+            table.add_row("decision", f"[bold]{data['decision']}[/bold]")
+        if data["reason"]:
+            table.add_row("reason", escape(data["reason"]))
     else:
         table.add_row("baseline pass rate", pct(data["baselinePassRate"]))
         table.add_row("candidate pass rate", pct(data["candidatePassRate"]))
@@ -166,7 +185,7 @@ def _table(data: dict[str, Any]) -> Table:
         table.add_row("delta (candidate - baseline)", f"{pct(data['delta'])}  {interval}")
         table.add_row("decision", f"[bold]{data['decision']}[/bold]")
         if data["reason"]:
-            table.add_row("reason", data["reason"])
+            table.add_row("reason", escape(data["reason"]))
     if data.get("metamorphicGuard"):
         from proctor.mgadapter.summary import report_rows
 
@@ -180,156 +199,50 @@ def _table(data: dict[str, Any]) -> Table:
     return table
 
 
-class _ForkedWorker:
-    """A worker process forked from this one, with the part of ``Popen``'s interface used here.
+@dataclass
+class _Run:
+    """A run set up and ready for its workers."""
 
-    The child takes ``env`` as its environment, writes to ``log_fd``, runs
-    :func:`proctor.worker.main` (what ``proctor worker`` runs) and exits with its code.
-    """
-
-    def __init__(self, env: dict[str, str], log_fd: int) -> None:
-        self.returncode: int | None = None
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child leaves through os._exit
-            code = 70
-            try:
-                code = _worker_child(env, log_fd)
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                with contextlib.suppress(Exception):
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                os._exit(code)
-        self.pid = pid
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            done, status = os.waitpid(self.pid, os.WNOHANG)
-            if done:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
-            if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout or 0.0)
-            time.sleep(0.01)
-        assert self.returncode is not None
-        return self.returncode
-
-    def send_signal(self, sig: int) -> None:
-        if self.poll() is None:
-            os.kill(self.pid, sig)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
+    name: str
+    local_dir: Path
+    config: WorkerConfig
+    storage: RunStorage
+    queue: WorkQueue
+    enqueuer: Enqueuer
+    refresh_seconds: float = 0.25
 
 
-def _worker_child(env: dict[str, str], log_fd: int) -> int:  # pragma: no cover - in the child
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
-    # Fresh stream objects: another thread (the progress bar) may have held the old ones' locks.
-    sys.stdin = open(0, closefd=False)  # noqa: SIM115 - lives as long as the process
-    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
-    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-    os.environ.clear()
-    os.environ.update(env)
-    from proctor.worker import main
+def _paths(options: LocalRunOptions, evalrun: EvalRun) -> tuple[str, str, Path]:
+    """(name, run id, the run's local folder), checked: names are labels, paths stay inside."""
+    from proctor.validation import dns_label_error
 
-    return main()
-
-
-class _Workers:
-    """N worker processes, restarted when they crash while work remains."""
-
-    def __init__(self, config: WorkerConfig, count: int, log_dir: Path) -> None:
-        self.config = config
-        self.count = count
-        self.log_dir = log_dir
-        self.procs: dict[int, subprocess.Popen[bytes] | _ForkedWorker] = {}
-        self.logs: dict[int, IO[bytes]] = {}
-        self.crashes = 0
-        self.setup_failed = False
-
-    def _start(self, slot: int) -> None:
-        env = dict(os.environ)
-        env.update(self.config.env())
-        env["PROCTOR_WORKER_ID"] = f"local-{slot}-{self.crashes}"
-        env.setdefault("PROCTOR_LOG_FORMAT", "json")
-        if slot not in self.logs:
-            self.logs[slot] = (self.log_dir / f"worker-{slot}.log").open("ab")
-        if hasattr(os, "fork"):
-            # A forked copy of this process runs what `proctor worker` runs: a process of its
-            # own as before, without a fresh interpreter re-importing everything (~0.5 s each).
-            self.procs[slot] = _ForkedWorker(env, self.logs[slot].fileno())
-            return
-        self.procs[slot] = subprocess.Popen(
-            [sys.executable, "-m", "proctor", "worker"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self.logs[slot],
-            stderr=subprocess.STDOUT,
-        )
-
-    def start(self) -> None:
-        for slot in range(self.count):
-            self._start(slot)
-
-    def poll(self, work_left: bool, budget: int) -> bool:
-        """Reap exits, restart crashed workers; False when none is running any more."""
-        for slot, proc in list(self.procs.items()):
-            code = proc.poll()
-            if code is None:
-                continue
-            del self.procs[slot]
-            if code == 2:
-                self.setup_failed = True
-            elif code != 0:
-                self.crashes += 1
-                log.warning("worker crashed", slot=slot, exit_code=code, crashes=self.crashes)
-                if work_left and self.crashes <= budget:
-                    self._start(slot)
-        return bool(self.procs)
-
-    def terminate(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-
-    def wait(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        for proc in self.procs.values():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    def close(self) -> None:
-        for f in self.logs.values():
-            f.close()
-
-
-def run_local(options: LocalRunOptions, console: Console | None = None) -> int:
-    """Run the manifest's EvalRun here; returns the exit code (see the module doc)."""
-    out = console or Console(stderr=True)
-    try:
-        evalrun = load_evalrun(options.manifest)
-    except RunError as exc:
-        out.print(f"[red]error:[/red] {exc}")
-        return EXIT_USAGE
-    spec = evalrun.spec
     name = str(evalrun.metadata.get("name") or options.manifest.stem)
     run_id = options.run_id or name
-    local_dir = (options.results_dir / run_id).resolve()
-    local_dir.mkdir(parents=True, exist_ok=True)
-    storage_uri = options.storage_uri or options.results_dir.resolve().as_uri()
+    for what, value in (("metadata.name", name), ("--run-id", run_id)):
+        problem = dns_label_error(value)
+        if problem is not None:
+            raise RunError(f"{what}: {problem}")
+    root = options.results_dir.resolve()
+    local_dir = root / run_id
+    # Every local path of the run is under the results folder: never "..", never absolute.
+    if local_dir.parent != root:
+        raise RunError(f"run id {run_id!r} would leave the results folder {root}")
+    try:
+        local_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(
+            f"cannot create the results folder {local_dir}: {exc.strerror or exc}; choose a "
+            "writable folder with --results-dir"
+        ) from exc
+    return name, run_id, local_dir
+
+
+def _setup(options: LocalRunOptions, evalrun: EvalRun) -> _Run:
+    """Open (fresh: reset) the run's storage and queue, fix its attempt, enqueue the cases."""
+    from proctor.attempts import AttemptError, fresh_attempt, resume_attempt
+
+    name, run_id, local_dir = _paths(options, evalrun)
+    spec = evalrun.spec
     queue_url = options.queue_url or f"sqlite://{local_dir / 'queue.sqlite3'}"
     lease = min(lease_seconds(spec), LOCAL_LEASE_SECONDS)
     config = WorkerConfig(
@@ -337,39 +250,154 @@ def run_local(options: LocalRunOptions, console: Console | None = None) -> int:
         run_name=name,
         spec=spec,
         queue_url=queue_url,
-        storage_uri=storage_uri,
+        storage_uri=options.storage_uri or local_dir.parent.as_uri(),
         lease_seconds=lease,
     )
     try:
+        base = open_run_storage(config)
+        if options.resume:
+            config.attempt = resume_attempt(base, spec, str(options.manifest))
+        else:
+            config.attempt = fresh_attempt(
+                base,
+                spec,
+                lambda old: open_queue(queue_url, run_id, lease_seconds=lease, attempt=old),
+            )
         storage = open_run_storage(config)
-        queue = open_queue(queue_url, run_id, lease_seconds=lease)
-        if not options.resume:
-            queue.delete()
-            queue.close()
-            # A fresh run: results of an earlier run of the same name would be skipped as done.
-            for sub in ("results/", "dead/", "state/"):
-                storage.blobs.delete_prefix(storage.base + sub)
-            storage.write_checkpoint({"version": 0})
-            queue = open_queue(queue_url, run_id, lease_seconds=lease)
-        enqueue_run(queue, storage, spec)
+        queue = open_queue(queue_url, run_id, lease_seconds=lease, attempt=config.attempt)
+        # Two chunks now, the rest while the run goes: a billion cases start at once.
+        enqueuer = Enqueuer(queue, storage, spec)
+        enqueuer.step(2)
+    except AttemptError as exc:
+        raise RunError(str(exc)) from exc
     except Exception as exc:
-        out.print(f"[red]error:[/red] cannot set up the run: {exc}")
+        raise RunError(f"cannot set up the run: {exc}") from exc
+    return _Run(name, local_dir, config, storage, queue, enqueuer)
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP stop the run as Ctrl-C does: workers stopped, summary, exit 130."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def run_local(options: LocalRunOptions, console: Console | None = None) -> int:
+    """Run the manifest's EvalRun here; returns the exit code (see the module doc)."""
+    out = console or Console(stderr=True)
+    try:
+        with _signals_interrupt():
+            return _run_local(options, out)
+    except KeyboardInterrupt:
+        # Before the workers started, or a second interrupt while stopping them.
+        out.print("interrupted", markup=False)
+        return EXIT_INTERRUPTED
+
+
+def _redo_corrupt(progress: RunProgress, run: _Run) -> None:
+    """Delete result objects that cannot be read back whole and enqueue their ranges again."""
+    for key, r in list(progress.corrupt.items()):
+        log.warning("evaluating a corrupt result object's range again", key=key, range=str(r))
+        run.storage.blobs.delete(key)
+        run.queue.enqueue([r], chunk=f"redo-{key.rsplit('/', 1)[-1]}-{time.time_ns()}")
+        del progress.corrupt[key]
+
+
+def _follow(run: _Run, progress: RunProgress, workers: LocalWorkers, bar: Progress) -> str | None:
+    """Follow the run until every case is recorded or no worker runs; the stop reason."""
+    spec = run.config.spec
+    budget = (spec.workers or WorkersSpec()).failure_budget
+    early = spec.early_stopping
+    stopped: str | None = None
+    last_checkpoint = time.monotonic()
+    task_id = bar.add_task(run.name, total=spec.cases.count, rate="")
+    while True:
+        time.sleep(run.refresh_seconds)
+        progress.refresh()
+        if progress.corrupt:
+            _redo_corrupt(progress, run)
+            workers.start_missing(budget)
+        snap = progress.snapshot()
+        rate = f"{snap.cases_per_second:,.0f} cases/s" if snap.cases_per_second else ""
+        bar.update(task_id, completed=snap.completed + snap.dead_lettered, rate=rate)
+        if (
+            early is not None
+            and spec.compare is not None
+            and stopped is None
+            and snap.completed // early.check_every > progress.looks
+        ):
+            progress.looks = snap.completed // early.check_every
+            if should_stop_early(progress.aggregate, spec.compare, early, progress.looks):
+                stopped = "early stop: the decision is settled"
+                run.queue.stop(stopped)
+        if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
+            progress.checkpoint()
+            last_checkpoint = time.monotonic()
+        work_left = not snap.finished and stopped is None
+        if work_left and _top_up(run):
+            workers.start_missing(budget)
+        if snap.finished:
+            return stopped
+        if not workers.poll(work_left, budget):
+            queued = not run.enqueuer.finished or not run.queue.depth().empty
+            if not work_left or not queued or workers.failed(budget):
+                return stopped
+            workers.start_missing(budget)
+
+
+def _top_up(run: _Run) -> bool:
+    """Enqueue the next chunk when the queue runs low; whether anything was added."""
+    if run.enqueuer.finished or run.queue.depth().waiting >= CHUNK_ENTRIES:
+        return False
+    return run.enqueuer.step() > 0
+
+
+def _why(snap: ProgressSnapshot, workers: LocalWorkers, budget: int, interrupted: bool) -> str:
+    """Why cases were not evaluated, for the summary's reason."""
+    parts = []
+    if interrupted:
+        parts.append("the run was interrupted")
+    if workers.setup_failed:
+        parts.append("a worker could not load the task")
+    if workers.crashes > budget:
+        parts.append(
+            f"the worker failure budget ({budget}) was exhausted ({workers.crashes} worker crashes)"
+        )
+    if snap.dead_lettered:
+        parts.append(f"{snap.dead_lettered} dead-lettered after crashing their worker (see dead/)")
+    return "; ".join(parts) or "the workers exited before every case was recorded"
+
+
+def _run_local(options: LocalRunOptions, out: Console) -> int:
+    try:
+        evalrun = load_evalrun(options.manifest)
+        run = _setup(options, evalrun)
+    except RunError as exc:
+        out.print(f"[red]error:[/red] {escape(str(exc))}")
         return EXIT_USAGE
+    run.refresh_seconds = options.refresh_seconds
+    spec = evalrun.spec
+    storage = run.storage
     progress = (
         RunProgress.resume(storage, spec.cases.count)
         if options.resume
         else RunProgress(storage, spec.cases.count)
     )
-    count = options.workers or os.cpu_count() or 1
-    workers = _Workers(config, count, local_dir)
-    budget = (spec.workers or WorkersSpec()).failure_budget
-    early = spec.early_stopping
-    looks = progress.looks
+    workers = LocalWorkers(run.config, options.workers or os.cpu_count() or 1, run.local_dir)
     stopped: str | None = None
     interrupted = False
     started = time.monotonic()
-    checkpoint_every = 30.0
-    last_checkpoint = started
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -381,32 +409,10 @@ def run_local(options: LocalRunOptions, console: Console | None = None) -> int:
         transient=options.json_output,
         disable=options.json_output and not out.is_terminal,
     )
-    workers.start()
     try:
+        workers.start()
         with bar:
-            task_id = bar.add_task(name, total=spec.cases.count, rate="")
-            while True:
-                time.sleep(options.refresh_seconds)
-                progress.refresh()
-                snap = progress.snapshot()
-                rate = f"{snap.cases_per_second:,.0f} cases/s" if snap.cases_per_second else ""
-                bar.update(task_id, completed=snap.completed + snap.dead_lettered, rate=rate)
-                if (
-                    early is not None
-                    and spec.compare is not None
-                    and stopped is None
-                    and snap.completed // early.check_every > looks
-                ):
-                    looks = progress.looks = snap.completed // early.check_every
-                    if should_stop_early(progress.aggregate, spec.compare, early, looks):
-                        stopped = "early stop: the decision is settled"
-                        queue.stop(stopped)
-                if time.monotonic() - last_checkpoint > checkpoint_every:
-                    progress.checkpoint()
-                    last_checkpoint = time.monotonic()
-                work_left = not snap.finished and stopped is None
-                if not workers.poll(work_left, budget) or snap.finished:
-                    break
+            stopped = _follow(run, progress, workers, bar)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -414,27 +420,57 @@ def run_local(options: LocalRunOptions, console: Console | None = None) -> int:
         workers.terminate()
         workers.wait(10.0)
         workers.close()
+    return _finish(
+        options=options,
+        run=run,
+        progress=progress,
+        workers=workers,
+        stopped=stopped,
+        interrupted=interrupted,
+        elapsed=time.monotonic() - started,
+    )
+
+
+def _finish(
+    *,
+    options: LocalRunOptions,
+    run: _Run,
+    progress: RunProgress,
+    workers: LocalWorkers,
+    stopped: str | None,
+    interrupted: bool,
+    elapsed: float,
+) -> int:
+    """Count what was recorded, decide (or say why not), write and print the summary."""
+    spec, storage = run.config.spec, run.storage
+    budget = (spec.workers or WorkersSpec()).failure_budget
     progress.refresh()
     snap = progress.snapshot()
-    elapsed = time.monotonic() - started
     complete = snap.completed == snap.total
     summary = summarize(
-        progress.aggregate, spec.compare, complete=complete, early_stopped=stopped is not None
+        progress.aggregate,
+        spec.compare,
+        complete=complete,
+        early_stopped=stopped is not None,
+        total=snap.total,
+        dead_lettered=snap.dead_lettered,
+        why=_why(snap, workers, budget, interrupted),
     )
     # A Metamorphic Guard task spec is judged by Metamorphic Guard's report and rule.
     from proctor.mgadapter.summary import with_mg_report
 
     summary, mg_report = with_mg_report(spec, storage, summary)
     failed = workers.setup_failed or workers.crashes > budget
-    code = EXIT_INTERRUPTED if interrupted else _exit_code(snap, summary, failed)
+    code = EXIT_INTERRUPTED if interrupted else _exit_code(summary, complete, failed)
     if workers.setup_failed and not interrupted:
         code = EXIT_USAGE
+        out = Console(stderr=True)
         out.print(
-            f"[red]error:[/red] a worker could not load the task; see {local_dir}/worker-*.log"
+            f"[red]error:[/red] a worker could not load the task; see {run.local_dir}/worker-*.log"
         )
     data = _summary_dict(
-        name=name,
-        run_id=run_id,
+        name=run.name,
+        run_id=run.config.run_id,
         snap=snap,
         summary=summary,
         results_uri=storage.results_uri(),
@@ -442,11 +478,14 @@ def run_local(options: LocalRunOptions, console: Console | None = None) -> int:
         exit_code=code,
         stopped=stopped,
     )
+    data["attempt"] = run.config.attempt
+    if interrupted:
+        data["decision"] = "interrupted"
     if mg_report is not None:
         data["metamorphicGuard"] = mg_report
     progress.checkpoint(summary=data)
     storage.write_summary(data)
-    queue.close()
+    run.queue.close()
     if options.json_output:
         sys.stdout.write(json.dumps(data) + "\n")
         sys.stdout.flush()

@@ -667,6 +667,8 @@ def reconcile_run(
                 spec.compare,
                 complete=snap.completed == snap.total,
                 early_stopped=early_stopped,
+                total=snap.total,
+                dead_lettered=snap.dead_lettered,
             ).model_copy(update={"results_uri": storage.results_uri()})
             # Metamorphic Guard task specs: its report and rule (docs/metamorphic-guard.md).
             from proctor.mgadapter.summary import with_mg_report

@@ -451,22 +451,39 @@ def summarize(
     *,
     complete: bool,
     early_stopped: bool = False,
+    total: int | None = None,
+    dead_lettered: int = 0,
+    why: str | None = None,
 ) -> ResultSummary:
     """The result summary for a run's status.
 
-    ``complete``: every case has a record, so the fixed-sample rule decides. Otherwise the
-    decision is the confidence sequences' (``undecided`` until settled), which is what an
-    early-stopped run reports; pass ``early_stopped=True`` to mark the summary so.
+    Only a run whose every case is recorded (``complete``), or one the sequential test stopped
+    early (``early_stopped``) with no dead-lettered case, is decided: the first by the
+    fixed-sample rule, the second by the confidence sequences. Any other run is ``undecided``
+    (a single task's run has no decision) and its reason says how many of ``total`` cases
+    were not evaluated and ``why`` (default: they have no record). A case that was not
+    evaluated never counts for either side, so it can never turn into ``accept``.
     """
+    missing = max(0, total - agg.total) if total is not None else None
+    decides = complete or (early_stopped and dead_lettered == 0)
+    reason = None
+    if not decides:
+        count = f"{missing} of {total}" if missing is not None else "some"
+        reason = f"{count} cases were not evaluated: {why or 'they have no record'}"
+    early = early_stopped if early_stopped else None
     if compare is None:
         return ResultSummary(
-            pass_rate=agg.pass_rate, early_stopped=early_stopped if early_stopped else None
+            pass_rate=agg.pass_rate, early_stopped=early, reason=reason, not_evaluated=missing
         )
-    decision = (
-        fixed_sample_decision(agg, compare)
-        if complete and not early_stopped
-        else sequential_decision(agg, compare)
-    )
+    if decides:
+        decision = (
+            sequential_decision(agg, compare)
+            if early_stopped
+            else fixed_sample_decision(agg, compare)
+        )
+    else:
+        running = sequential_decision(agg, compare)
+        decision = Decision("undecided", reason or "", running.delta_lower, running.delta_upper)
     delta = (
         agg.candidate_passed / agg.candidate_total - agg.baseline_passed / agg.baseline_total
         if agg.candidate_total and agg.baseline_total
@@ -482,6 +499,7 @@ def summarize(
         decision=decision.decision,
         reason=decision.reason,
         early_stopped=early_stopped,
+        not_evaluated=missing,
     )
 
 

@@ -7,6 +7,7 @@ rejected by ``proctor validate`` or by ``kubectl apply``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,25 @@ from proctor.api.v1alpha1.evalrun import EvalRun
 from proctor.quantity import DURATION_PATTERN, QUANTITY_PATTERN
 
 MODELS: dict[str, type[BaseModel]] = {"EvalRun": EvalRun, "BenchmarkSuite": BenchmarkSuite}
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_LABEL_MAX = 63
+
+
+def dns_label_error(value: str) -> str | None:
+    """Why ``value`` is not a DNS-1123 label (what run names and run ids must be), or None.
+
+    Run names and ids become folder names, queue keys and pod-name prefixes: a label cannot
+    hold ``/`` or ``..``, so none of them can reach outside the run's own folder or keys.
+    """
+    if len(value) <= DNS_LABEL_MAX and DNS_LABEL.match(value):
+        return None
+    shown = value if len(value) <= 80 else value[:77] + "..."
+    return (
+        f'Invalid value: "{shown}": a lowercase RFC 1123 label (DNS-1123) must consist of '
+        "lower case alphanumeric characters or '-', start and end with an alphanumeric "
+        f"character and be at most {DNS_LABEL_MAX} characters (e.g. 'my-run')"
+    )
 
 
 @dataclass(frozen=True)
@@ -179,6 +199,8 @@ def validate_document(doc: Any, source: str = "<input>", index: int = 0) -> Docu
         errors.append(
             FieldError("metadata.name", "Required value: name or generateName is required")
         )
+    elif (problem := dns_label_error(name)) is not None:
+        errors.append(FieldError("metadata.name", problem))
     model: BaseModel | None = None
     errors.extend(_duplicates(doc))
     try:
@@ -200,6 +222,8 @@ def iter_documents(path: Path) -> Iterator[tuple[int, Any]]:
         docs = list(yaml.safe_load_all(text))
     except yaml.YAMLError as exc:
         raise ManifestError(f"{path}: not valid YAML: {exc}") from exc
+    except RecursionError as exc:
+        raise ManifestError(f"{path}: the YAML is nested too deeply to be a manifest") from exc
     for i, doc in enumerate(docs):
         if doc is not None:
             yield i, doc

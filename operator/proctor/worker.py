@@ -80,6 +80,7 @@ class WorkerConfig:
     lease_seconds: float | None = None
     shutdown_grace: float = 1.0
     poll_interval: float = 0.5
+    attempt: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerConfig:
@@ -90,7 +91,8 @@ class WorkerConfig:
         ``PROCTOR_STORAGE_URI``; ``PROCTOR_RUN_ID`` (the run's uid) or ``PROCTOR_RUN``
         (``namespace/name``). Optional: ``PROCTOR_WORKER_ID`` (default ``POD_NAME``, else
         host-pid), ``PROCTOR_STORAGE_ENDPOINT``, ``PROCTOR_STORAGE_REGION``,
-        ``PROCTOR_METRICS_PORT``, ``PROCTOR_LEASE_SECONDS``, ``PROCTOR_SHUTDOWN_GRACE``.
+        ``PROCTOR_METRICS_PORT``, ``PROCTOR_LEASE_SECONDS``, ``PROCTOR_SHUTDOWN_GRACE``,
+        ``PROCTOR_ATTEMPT`` (the run attempt whose queue and results are this worker's).
         """
         e = dict(os.environ if env is None else env)
 
@@ -126,6 +128,7 @@ class WorkerConfig:
             metrics_port=int(port) if port and port != "0" else None,
             lease_seconds=float(lease) if lease else None,
             shutdown_grace=float(e.get("PROCTOR_SHUTDOWN_GRACE", "1.0")),
+            attempt=e.get("PROCTOR_ATTEMPT", "").strip(),
         )
 
     def env(self) -> dict[str, str]:
@@ -148,6 +151,8 @@ class WorkerConfig:
             out["PROCTOR_METRICS_PORT"] = str(self.metrics_port)
         if self.lease_seconds:
             out["PROCTOR_LEASE_SECONDS"] = str(self.lease_seconds)
+        if self.attempt:
+            out["PROCTOR_ATTEMPT"] = self.attempt
         return out
 
 
@@ -171,6 +176,7 @@ def open_run_storage(config: WorkerConfig) -> RunStorage:
         level=compression.level if compression else 3,
         endpoint=config.storage_endpoint,
         region=config.storage_region,
+        attempt=config.attempt,
     )
 
 
@@ -226,7 +232,9 @@ class Worker:
         self.config = config
         self.spec = config.spec
         self.lease = config.lease_seconds or lease_seconds(self.spec)
-        self.queue = queue or open_queue(config.queue_url, config.run_id, lease_seconds=self.lease)
+        self.queue = queue or open_queue(
+            config.queue_url, config.run_id, lease_seconds=self.lease, attempt=config.attempt
+        )
         self.storage = storage or open_run_storage(config)
         self.metrics = metrics or WorkerMetrics()
         self.sizer = BatchSizer(self.spec.batch or BatchSpec())

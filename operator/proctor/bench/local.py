@@ -75,7 +75,7 @@ def holds_benchmark_suite(path: Path) -> bool:
     """Whether the file's documents include a BenchmarkSuite (and so ``proctor run`` runs it)."""
     try:
         docs = list(yaml.safe_load_all(path.read_text()))
-    except (OSError, yaml.YAMLError):
+    except (OSError, yaml.YAMLError, RecursionError):
         return False  # the EvalRun path reports the error
     return any(isinstance(d, dict) and d.get("kind") == "BenchmarkSuite" for d in docs)
 

@@ -79,7 +79,8 @@ def _storage(
     run = load_evalrun(manifest_path)
     name = str(run.metadata.get("name") or manifest_path.stem)
     uri = storage_uri or results.resolve().as_uri()
-    return run, open_storage(uri, run_id or name)
+    # The results of the run's current attempt (see proctor.attempts).
+    return run, open_storage(uri, run_id or name).of_current_attempt()
 
 
 def _print(report: dict[str, Any], as_json: bool) -> None:

@@ -7,6 +7,10 @@
   ``sqs://HOST:PORT`` (an SQS-compatible endpoint over http) or ``sqs+https://HOST``;
   ``?region=`` sets the region (default ``AWS_REGION``/``AWS_DEFAULT_REGION``, else us-east-1),
 - ``sqlite:///PATH``: the embedded queue in a SQLite file.
+
+With ``attempt`` the queue is that attempt's own (its identity is ``<run_id>.<attempt>``), so
+a worker left over from an earlier attempt of the run can never claim the current one's
+entries.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ __all__ = [
     "enqueue_run",
     "open_queue",
     "partition",
+    "queue_identity",
     "subtract",
 ]
 
@@ -65,8 +70,17 @@ def _unknown(url: str) -> QueueError:
     )
 
 
-def open_queue(url: str, run_id: str, *, lease_seconds: float = 60.0) -> WorkQueue:
-    """The queue of run ``run_id`` at ``url``, created if it does not exist yet."""
+def queue_identity(run_id: str, attempt: str = "") -> str:
+    """The queue name of attempt ``attempt`` of run ``run_id`` (the run id without one)."""
+    return f"{run_id}.{attempt}" if attempt else run_id
+
+
+def open_queue(
+    url: str, run_id: str, *, lease_seconds: float = 60.0, attempt: str = ""
+) -> WorkQueue:
+    """The queue of run ``run_id`` (of its attempt ``attempt``) at ``url``, created if it does
+    not exist yet."""
+    run_id = queue_identity(run_id, attempt)
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme in ("redis", "rediss", "unix"):

@@ -9,32 +9,55 @@ CHUNK_ENTRIES = 10_000
 """Entries per enqueue chunk: one atomic step, skipped as a whole by a restarted enqueuer."""
 
 
-def enqueue_run(queue: WorkQueue, storage: object | None, spec: EvalRunSpec) -> int:
-    """Put the run's batches on ``queue``; returns the entries added (0 when already enqueued).
+class Enqueuer:
+    """Puts a run's batches on ``queue`` one chunk at a time, so a run of a billion cases can
+    start at once and be topped up while it runs (``proctor run`` does).
 
     The batches are ``[0, cases.count)`` cut into ``batch.initialSize`` ranges, numbered into
-    chunks of :data:`CHUNK_ENTRIES`; each chunk is enqueued atomically once, so calling this
-    again (an operator restart) adds nothing. With ``storage`` (a
-    :class:`proctor.storage.RunStorage`), ranges that already have results or were
-    dead-lettered are left out, so a queue lost with its Redis is rebuilt with only the work
-    that remains.
+    chunks of :data:`CHUNK_ENTRIES`; each chunk is enqueued atomically once (a chunk name the
+    queue has seen is skipped). With ``storage`` (a :class:`proctor.storage.RunStorage`),
+    ranges that already have results or were dead-lettered are left out, so a queue lost with
+    its Redis is rebuilt with only the work that remains.
     """
-    from proctor.storage import IntervalSet, RunProgress, RunStorage
 
-    size = (spec.batch or BatchSpec()).initial_size
-    done = IntervalSet()
-    if isinstance(storage, RunStorage):
-        progress = RunProgress.resume(storage, spec.cases.count)
-        done = progress.covered
-        for r in storage.result_ranges():
-            done.add(r.start, r.end)
-        for d in storage.dead_letters():
-            done.add(d["start"], d["end"])
-    entries = partition(spec.cases.count, size)
-    added = 0
-    for n, first in enumerate(range(0, len(entries), CHUNK_ENTRIES)):
-        chunk = entries[first : first + CHUNK_ENTRIES]
-        todo = [Range(s, e) for r in chunk for s, e in done.gaps(r.start, r.end)]
-        if todo:
-            added += queue.enqueue(todo, chunk=str(n))
-    return added
+    def __init__(self, queue: WorkQueue, storage: object | None, spec: EvalRunSpec) -> None:
+        from proctor.storage import IntervalSet, RunProgress, RunStorage
+
+        self.queue = queue
+        self.count = spec.cases.count
+        self.size = (spec.batch or BatchSpec()).initial_size
+        self.done = IntervalSet()
+        if isinstance(storage, RunStorage):
+            self.done = RunProgress.resume(storage, self.count).covered
+            for r in storage.result_ranges():
+                self.done.add(r.start, r.end)
+            for d in storage.dead_letters():
+                self.done.add(d["start"], d["end"])
+        self.chunk_cases = CHUNK_ENTRIES * self.size
+        self.chunks = -(-self.count // self.chunk_cases)
+        self.next = 0
+
+    @property
+    def finished(self) -> bool:
+        """Every chunk is on the queue."""
+        return self.next >= self.chunks
+
+    def step(self, chunks: int = 1) -> int:
+        """Enqueue the next ``chunks`` chunks; returns the entries added."""
+        added = 0
+        for n in range(self.next, min(self.chunks, self.next + chunks)):
+            start = n * self.chunk_cases
+            end = min(self.count, start + self.chunk_cases)
+            entries = partition(end, self.size, start)
+            todo = [Range(s, e) for r in entries for s, e in self.done.gaps(r.start, r.end)]
+            if todo:
+                added += self.queue.enqueue(todo, chunk=str(n))
+            self.next = n + 1
+        return added
+
+
+def enqueue_run(queue: WorkQueue, storage: object | None, spec: EvalRunSpec) -> int:
+    """Put all the run's batches on ``queue`` (see :class:`Enqueuer`); returns the entries
+    added (0 when already enqueued, so an operator restart adds nothing)."""
+    enqueuer = Enqueuer(queue, storage, spec)
+    return enqueuer.step(enqueuer.chunks)

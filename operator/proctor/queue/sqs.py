@@ -33,7 +33,11 @@ def queue_name(run_id: str, suffix: str = "") -> str:
     """``proctor-<run_id>[-suffix].fifo``, within SQS's 80 characters and alphabet."""
     safe = re.sub(r"[^A-Za-z0-9_-]", "-", run_id)
     room = 80 - len("proctor-") - len(suffix) - len(".fifo")
-    return f"proctor-{safe[:room]}{suffix}.fifo"
+    if len(safe) > room:
+        # Keep names distinct when cut (an attempt suffix is at the end): a digest of the whole.
+        digest = hashlib.sha256(run_id.encode()).hexdigest()[:10]
+        safe = f"{safe[: room - 11]}-{digest}"
+    return f"proctor-{safe}{suffix}.fifo"
 
 
 def _body(r: Range, prior: int) -> str:

@@ -17,10 +17,11 @@ from urllib.parse import urlsplit
 
 from proctor.storage.blobs import Blobs, LocalBlobs, S3Blobs, StorageError
 from proctor.storage.progress import IntervalSet, ProgressSnapshot, RunProgress
-from proctor.storage.run import RunStorage, Written, parse_range
+from proctor.storage.run import CorruptObjectError, RunStorage, Written, parse_range
 
 __all__ = [
     "Blobs",
+    "CorruptObjectError",
     "IntervalSet",
     "LocalBlobs",
     "ProgressSnapshot",
@@ -56,13 +57,15 @@ def open_storage(
     level: int = 3,
     endpoint: str | None = None,
     region: str | None = None,
+    attempt: str = "",
 ) -> RunStorage:
-    """The storage of run ``run_id`` under ``uri``."""
+    """The storage of run ``run_id`` under ``uri`` (of its attempt ``attempt``, if given)."""
     return RunStorage(
         open_blobs(uri, endpoint=endpoint, region=region),
         run_id,
         compression=compression,
         level=level,
+        attempt=attempt,
     )
 
 

@@ -53,6 +53,10 @@ class Blobs(Protocol):
         """Remove every key under ``prefix``."""
         ...
 
+    def delete(self, key: str) -> None:
+        """Remove ``key`` if it exists."""
+        ...
+
     def uri(self, key: str = "") -> str:
         """Where ``key`` is, for people and status."""
         ...
@@ -66,7 +70,11 @@ class LocalBlobs:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
-        return self.root / key
+        path = (self.root / key).resolve()
+        # A key never reaches outside the folder (a run id of "..", an absolute one).
+        if path != self.root and not path.is_relative_to(self.root):
+            raise StorageError(f"key {key!r} would leave the storage folder {self.root}")
+        return path
 
     def _temp(self, path: Path, data: bytes) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,8 +120,11 @@ class LocalBlobs:
             if name.startswith(stem) and key > start_after:
                 yield key
 
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
     def delete_prefix(self, prefix: str) -> None:
-        folder = self.root / prefix.rstrip("/")
+        folder = self._path(prefix.rstrip("/"))
         if folder.is_dir():
             for path in sorted(folder.rglob("*"), reverse=True):
                 if path.is_dir():
@@ -274,6 +285,12 @@ class S3Blobs:
                 Delete={"Objects": objects, "Quiet": True},
             )
             self._retry(f"delete {prefix}", delete)
+
+    def delete(self, key: str) -> None:
+        delete = functools.partial(
+            self.client.delete_object, Bucket=self.bucket, Key=self.prefix + key
+        )
+        self._retry(f"delete {key}", delete)
 
     def uri(self, key: str = "") -> str:
         return f"s3://{self.bucket}/{self.prefix}{key}"

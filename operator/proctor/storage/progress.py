@@ -7,6 +7,12 @@ call it every few seconds. ``checkpoint()`` writes the intervals and the aggrega
 checkpoint, and :meth:`RunProgress.resume` starts from it, so after a restart only newer
 objects are read. The intervals are what :func:`proctor.engine.enqueue_run` subtracts to
 rebuild a lost queue.
+
+Only objects of the storage's attempt are read (see :mod:`proctor.storage.run`), and a
+checkpoint of another attempt, or one that cannot be read, is ignored with a warning: it only
+saves reading objects again. A result object that cannot be read back whole (a torn write) is
+not counted; it is listed in ``corrupt`` so that the coordinator can delete it and have its
+range evaluated again.
 """
 
 from __future__ import annotations
@@ -17,11 +23,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
+
 from proctor.queue.base import Range
 from proctor.stats import Aggregate
-from proctor.storage.run import RunStorage
+from proctor.storage.run import CorruptObjectError, RunStorage
 
 CHECKPOINT_VERSION = 1
+
+log = structlog.get_logger("proctor.progress")
 
 
 class IntervalSet:
@@ -108,17 +118,28 @@ class RunProgress:
         self.aggregate = Aggregate()
         self.dead = IntervalSet()
         self.looks = 0
+        self.corrupt: dict[str, Range] = {}
         self._rate: list[tuple[float, int]] = []
 
     @classmethod
     def resume(cls, storage: RunStorage, total: int) -> RunProgress:
-        """Start from the run checkpoint if there is one."""
+        """Start from the run checkpoint of this attempt if there is a readable one."""
         progress = cls(storage, total)
-        data = storage.read_checkpoint()
-        if data is not None and data.get("version") == CHECKPOINT_VERSION:
-            progress.covered = IntervalSet(tuple(x) for x in data["covered"])
-            progress.aggregate = Aggregate.from_json(data["aggregate"])
-            progress.looks = int(data.get("looks", 0))
+        try:
+            data = storage.read_checkpoint()
+            if data is None or data.get("version") != CHECKPOINT_VERSION:
+                return progress
+            if data.get("attempt", "") != storage.attempt:
+                log.warning("ignoring the checkpoint of another attempt", run=storage.run_id)
+                return progress
+            covered = IntervalSet((int(s), int(e)) for s, e in data["covered"])
+            aggregate = Aggregate.from_json(data["aggregate"])
+            looks = int(data.get("looks", 0))
+        except (ValueError, KeyError, TypeError) as exc:
+            # An accelerator only: without it every result object is read again.
+            log.warning("ignoring an unreadable run checkpoint", run=storage.run_id, error=str(exc))
+            return progress
+        progress.covered, progress.aggregate, progress.looks = covered, aggregate, looks
         return progress
 
     def refresh(self) -> int:
@@ -130,7 +151,15 @@ class RunProgress:
             gaps = self.covered.gaps(r.start, r.end)
             lo, hi = gaps[0][0], gaps[-1][1]
             wanted = IntervalSet(gaps)
-            for record in self.storage.read_object(key):
+            try:
+                records = self.storage.read_checked(key) or []
+            except CorruptObjectError as exc:
+                if key not in self.corrupt:
+                    log.warning("result object not counted", key=key, error=str(exc))
+                self.corrupt[key] = r
+                continue
+            self.corrupt.pop(key, None)
+            for record in records:
                 index = record["index"]
                 if lo <= index < hi and wanted.contains(index):
                     self.aggregate.add(record)
@@ -179,6 +208,7 @@ class RunProgress:
         data = {
             "version": CHECKPOINT_VERSION,
             "runId": self.storage.run_id,
+            "attempt": self.storage.attempt,
             "total": self.total,
             "covered": self.covered.intervals(),
             "deadLettered": self.dead.intervals(),

@@ -2,14 +2,20 @@
 
 Layout under the storage root (``<root>/<run_id>/``)::
 
-    results/<start:012d>-<end:012d>.jsonl[.zst|.gz]   one immutable object per finished range
-    dead/<start:012d>-<end:012d>.json                 a range that exhausted its attempts
-    state/<key>                                       task-level checkpoints (already compressed)
+    results/<start:012d>-<end:012d>[.<attempt>].jsonl[.zst|.gz]  one object per finished range
+    dead/<start:012d>-<end:012d>[.<attempt>].json    a range that exhausted its attempts
+    state/[<attempt>/]<key>                           task-level checkpoints (already compressed)
     checkpoint.json[.zst|.gz]                         the run checkpoint (see RunProgress)
+    attempt.json                                      the current attempt and its fingerprint
     summary.json                                      the final summary, when the run is over
 
 Zero-padded starts make the lexicographic order of keys the numeric order of ranges, so the
 objects overlapping a range are found by listing from its start.
+
+Attempts fence writers: a :class:`RunStorage` with ``attempt`` set writes its objects tagged
+with it and reads only objects with the same tag (without, only untagged ones), so a worker
+left over from an earlier start of the run (``proctor run`` starts a new attempt each time it
+is not resuming) can still write, but nobody counts what it writes.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ Algorithm = str  # "zstd" | "gzip" | "none"
 
 _EXTENSIONS = {"zstd": ".zst", "gzip": ".gz", "none": ""}
 _RANGE_KEY = re.compile(r"^(\d{12})-(\d{12})")
+_RANGE_CHARS = 25  # "<start:012d>-<end:012d>"
+ATTEMPT = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+"""What an attempt id may be: it is part of object keys and queue names."""
 
 
 def compress(data: bytes, algorithm: Algorithm, level: int) -> bytes:
@@ -67,16 +76,30 @@ class Written:
     key: str
 
 
+class CorruptObjectError(ValueError):
+    """A result object that cannot be read back whole (truncated, or not this format)."""
+
+
 class RunStorage:
-    """The objects of one run. Safe to share between threads."""
+    """The objects of one run (of one attempt at it, see the module doc). Thread-safe."""
 
     def __init__(
-        self, blobs: Blobs, run_id: str, *, compression: Algorithm = "zstd", level: int = 3
+        self,
+        blobs: Blobs,
+        run_id: str,
+        *,
+        compression: Algorithm = "zstd",
+        level: int = 3,
+        attempt: str = "",
     ) -> None:
         if compression not in _EXTENSIONS:
             raise ValueError(f"compression must be zstd, gzip or none, got {compression!r}")
+        if attempt and (not ATTEMPT.match(attempt) or attempt.startswith("json")):
+            raise ValueError(f"an attempt id must match {ATTEMPT.pattern}, got {attempt!r}")
         self.blobs = blobs
         self.run_id = run_id
+        self.attempt = attempt
+        self._tag = f".{attempt}" if attempt else ""
         self.compression = compression
         self.level = level
         self.base = f"{run_id}/"
@@ -94,7 +117,11 @@ class RunStorage:
     # -- results ------------------------------------------------------------------------
 
     def result_key(self, r: Range) -> str:
-        return f"{self.base}results/{range_key(r)}.jsonl{self._ext}"
+        return f"{self.base}results/{range_key(r)}{self._tag}.jsonl{self._ext}"
+
+    def _mine(self, key: str, kind: str) -> bool:
+        """Whether ``key`` (a results or dead-letter object) belongs to this attempt."""
+        return key.rsplit("/", 1)[-1][_RANGE_CHARS:].startswith(self._tag + kind)
 
     def encode_results(self, records: Iterable[dict[str, Any]]) -> bytes:
         raw = "".join(json.dumps(rec, separators=(",", ":")) + "\n" for rec in records).encode()
@@ -122,7 +149,7 @@ class RunStorage:
         out = []
         for key in self.blobs.list(prefix, start_after):
             r = parse_range(key)
-            if r is None:
+            if r is None or not self._mine(key, ".jsonl"):
                 continue
             if within is not None and r.start >= within.end:
                 break
@@ -133,16 +160,34 @@ class RunStorage:
         prefix = f"{self.base}results/"
         for key in self.blobs.list(prefix):
             r = parse_range(key)
-            if r is not None:
+            if r is not None and self._mine(key, ".jsonl"):
                 yield r, key
 
     def read_object(self, key: str) -> Iterator[dict[str, Any]]:
         data = self.blobs.get(key)
         if data is None:
             return
-        for line in decompress(data, key).splitlines():
-            if line:
-                yield json.loads(line)
+        yield from self.read_records(key, data)
+
+    def read_records(self, key: str, data: bytes) -> list[dict[str, Any]]:
+        """The records of result object ``key``, checked whole: one record per index of its
+        range, in order; raises :class:`CorruptObjectError` otherwise (a torn or foreign write)."""
+        r = parse_range(key)
+        try:
+            records = [json.loads(line) for line in decompress(data, key).splitlines() if line]
+            indexes = [rec["index"] for rec in records]
+        except (ValueError, KeyError, TypeError, EOFError, OSError, zstandard.ZstdError) as exc:
+            raise CorruptObjectError(f"result object {key} cannot be read: {exc}") from exc
+        if r is not None and indexes != list(range(r.start, r.end)):
+            raise CorruptObjectError(
+                f"result object {key} does not hold one record per case of {r}"
+            )
+        return records
+
+    def read_checked(self, key: str) -> list[dict[str, Any]] | None:
+        """:meth:`read_records` of ``key``, or None when the object is gone."""
+        data = self.blobs.get(key)
+        return None if data is None else self.read_records(key, data)
 
     def iter_records(self) -> Iterator[dict[str, Any]]:
         """Every case's record exactly once, in index order, streaming one object at a time.
@@ -165,11 +210,13 @@ class RunStorage:
         body = json.dumps(
             {"start": r.start, "end": r.end, "deliveries": deliveries, "reason": reason}
         ).encode()
-        return self.blobs.put_if_absent(f"{self.base}dead/{range_key(r)}.json", body)
+        return self.blobs.put_if_absent(f"{self.base}dead/{range_key(r)}{self._tag}.json", body)
 
     def dead_letters(self) -> list[dict[str, Any]]:
         out = []
         for key in self.blobs.list(f"{self.base}dead/"):
+            if not self._mine(key, ".json"):
+                continue
             data = self.blobs.get(key)
             if data is not None:
                 out.append(json.loads(data))
@@ -177,11 +224,14 @@ class RunStorage:
 
     # -- task state (already compressed by the SDK) ----------------------------------------
 
+    def _state_key(self, key: str) -> str:
+        return f"{self.base}state/{self.attempt + '/' if self.attempt else ''}{key}"
+
     def put_state(self, key: str, data: bytes) -> None:
-        self.blobs.put(f"{self.base}state/{key}", data)
+        self.blobs.put(self._state_key(key), data)
 
     def get_state(self, key: str) -> bytes | None:
-        return self.blobs.get(f"{self.base}state/{key}")
+        return self.blobs.get(self._state_key(key))
 
     # -- run checkpoint and summary -------------------------------------------------------
 
@@ -194,13 +244,42 @@ class RunStorage:
         return len(body)
 
     def read_checkpoint(self) -> dict[str, Any] | None:
+        """The run checkpoint; raises ``ValueError`` when it cannot be read back."""
         for ext in (self._ext, *_EXTENSIONS.values()):
             key = f"{self.base}checkpoint.json{ext}"
             data = self.blobs.get(key)
             if data is not None:
-                loaded: dict[str, Any] = json.loads(decompress(data, key))
+                try:
+                    loaded = json.loads(decompress(data, key))
+                except (ValueError, EOFError, OSError, zstandard.ZstdError) as exc:
+                    raise ValueError(f"the run checkpoint {key} cannot be read: {exc}") from exc
+                if not isinstance(loaded, dict):
+                    raise ValueError(f"the run checkpoint {key} is not a JSON object")
                 return loaded
         return None
+
+    def write_attempt(self, data: dict[str, Any]) -> None:
+        """Record the current attempt (``proctor run``: its id and fingerprint)."""
+        self.blobs.put(f"{self.base}attempt.json", json.dumps(data, indent=2).encode())
+
+    def of_current_attempt(self) -> RunStorage:
+        """This run's storage as its current attempt (from :meth:`write_attempt`) sees it."""
+        record = self.read_attempt() or {}
+        attempt = record.get("attempt")
+        if not isinstance(attempt, str) or attempt == self.attempt:
+            return self
+        return RunStorage(
+            self.blobs, self.run_id, compression=self.compression, level=self.level, attempt=attempt
+        )
+
+    def read_attempt(self) -> dict[str, Any] | None:
+        """The record :meth:`write_attempt` wrote, or None (never written, or unreadable)."""
+        data = self.blobs.get(f"{self.base}attempt.json")
+        try:
+            loaded = json.loads(data) if data is not None else None
+        except ValueError:
+            return None
+        return loaded if isinstance(loaded, dict) else None
 
     def write_summary(self, data: dict[str, Any]) -> str:
         key = f"{self.base}summary.json"

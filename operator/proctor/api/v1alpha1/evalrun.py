@@ -123,11 +123,12 @@ class WorkersSpec(ApiModel):
         description="Batches waiting per worker that the autoscaler aims for.",
     )
     failure_budget: int = Field(
-        default=5,
+        default=10,
         ge=0,
         le=1000,
         description="Worker failures (crashes, OOM, image errors; not disruptions) tolerated "
-        "before the run fails.",
+        "before the run fails. The default leaves room for a few poison cases, each of which "
+        "may crash a worker until it is isolated and dead-lettered.",
     )
     scale_down_stabilization: Duration = Field(
         default="30s", description="How long demand must stay lower before workers are removed."
@@ -340,6 +341,12 @@ class ResultSummary(ApiModel):
     reason: str | None = Field(default=None, description="Why the decision is what it is.")
     early_stopped: bool | None = Field(
         default=None, description="The decision settled before every case ran."
+    )
+    not_evaluated: int | None = Field(
+        default=None,
+        ge=0,
+        description="Cases without a record when the run ended (dead-lettered, never run, "
+        "or left by an early stop); the reason says why.",
     )
     results_uri: str | None = Field(default=None, description="Where the merged results are.")
 
