@@ -40,6 +40,7 @@ from rich.table import Table
 
 from proctor.api.v1alpha1.evalrun import EvalRun, ResultSummary, WorkersSpec
 from proctor.queue import enqueue_run, open_queue
+from proctor.redact import redact_text
 from proctor.stats import should_stop_early, summarize
 from proctor.storage import ProgressSnapshot, RunProgress
 from proctor.worker import WorkerConfig, lease_seconds, open_run_storage
@@ -322,7 +323,7 @@ def run_local(options: LocalRunOptions, console: Console | None = None) -> int:
     try:
         evalrun = load_evalrun(options.manifest)
     except RunError as exc:
-        out.print(f"[red]error:[/red] {exc}")
+        out.print(f"[red]error:[/red] {redact_text(str(exc))}")
         return EXIT_USAGE
     spec = evalrun.spec
     name = str(evalrun.metadata.get("name") or options.manifest.stem)
@@ -353,7 +354,7 @@ def run_local(options: LocalRunOptions, console: Console | None = None) -> int:
             queue = open_queue(queue_url, run_id, lease_seconds=lease)
         enqueue_run(queue, storage, spec)
     except Exception as exc:
-        out.print(f"[red]error:[/red] cannot set up the run: {exc}")
+        out.print(f"[red]error:[/red] cannot set up the run: {redact_text(str(exc))}")
         return EXIT_USAGE
     progress = (
         RunProgress.resume(storage, spec.cases.count)

@@ -28,6 +28,7 @@ from proctor.queue.base import (
     subtract,
 )
 from proctor.queue.enqueue import enqueue_run
+from proctor.redact import redact_text, redact_url
 
 __all__ = [
     "DeadLetter",
@@ -122,8 +123,8 @@ class QueueConnections:
                     client.ping()
                 except (redis.RedisError, ValueError) as exc:
                     raise QueueError(
-                        f"cannot reach Redis at {url}: {exc}; check the queue URL and that "
-                        "Redis runs"
+                        f"cannot reach Redis at {redact_url(url)}: {redact_text(str(exc))}; "
+                        "check the queue URL and that Redis runs"
                     ) from exc
                 return client
 

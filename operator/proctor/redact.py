@@ -1,0 +1,178 @@
+"""Credential redaction for every text that leaves a process: errors, logs, Events, status.
+
+Three things are scrubbed: the userinfo of any URL (``redis://:pw@host`` becomes
+``redis://***@host``), the values of secret-looking query parameters and ``key=value`` pairs
+(``?X-Amz-Signature=...``, ``token=...``), and the exact values of Secrets this process read
+(:func:`remember_secret_data`), which an exception text may quote in any form.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+import traceback
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+MASK = "***"
+
+MIN_SECRET_LENGTH = 4
+"""Shorter remembered values are not scrubbed from free text: masking every "ab" would make
+logs unreadable, and a URL's userinfo is masked whatever its length."""
+
+PUBLIC_SECRET_KEYS = frozenset({"region", "endpoint"})
+"""Secret keys whose values are locations, not credentials (kept readable in messages)."""
+
+_SECRET_NAME = re.compile(
+    r"password|passwd|\bpass\b|pwd|secret|token|signature|credential|authorization"
+    r"|api[-_]?key|access[-_]?key|private[-_]?key",
+    re.IGNORECASE,
+)
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()\[\]{},]+")
+_PAIR = re.compile(r"(?P<key>[A-Za-z][A-Za-z0-9_.-]*)(?P<sep>=|:\s*)(?P<value>[^\s&'\",;]+)")
+
+_lock = threading.Lock()
+_known: frozenset[str] = frozenset()
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a parameter or variable name looks like it holds a credential (pure)."""
+    return bool(_SECRET_NAME.search(name))
+
+
+def _redact_query(query: str) -> str:
+    parts = []
+    for item in query.split("&"):
+        key, eq, value = item.partition("=")
+        parts.append(f"{key}={MASK}" if eq and value and is_secret_name(unquote(key)) else item)
+    return "&".join(parts)
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its userinfo and with secret-looking query values masked (pure)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return _URL.sub(MASK, url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{MASK}@{netloc.rpartition('@')[2]}"
+    query = _redact_query(parts.query) if parts.query else parts.query
+    if netloc == parts.netloc and query == parts.query:
+        return url
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _redact_pair(match: re.Match[str]) -> str:
+    if is_secret_name(match["key"]) and match["value"] != MASK:
+        return f"{match['key']}{match['sep']}{MASK}"
+    return match[0]
+
+
+def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with URL credentials, secret-looking ``key=value`` pairs, the remembered
+    Secret values and ``secrets`` masked (pure but for the remembered values)."""
+    out = _URL.sub(lambda m: redact_url(m[0]), text)
+    out = _PAIR.sub(_redact_pair, out)
+    values = sorted({*_known, *(s for s in secrets if len(s) >= MIN_SECRET_LENGTH)}, key=len)
+    for value in reversed(values):  # longest first: a value may contain a shorter one
+        if value in out:
+            out = out.replace(value, MASK)
+    return out
+
+
+def _url_secrets(value: str) -> list[str]:
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return []
+    found = [p for p in (parts.username, parts.password) if p]
+    for item in parts.query.split("&"):
+        key, _, val = item.partition("=")
+        if val and is_secret_name(unquote(key)):
+            found.append(val)
+    return found
+
+
+def secret_values(data: Mapping[str, str]) -> set[str]:
+    """The values of a Secret's data that are credentials, in the forms a text may quote
+    them: a URL's userinfo and secret query values, every other value whole (pure)."""
+    found: set[str] = set()
+    for key, value in data.items():
+        if key.lower() in PUBLIC_SECRET_KEYS or not value:
+            continue
+        pieces = _url_secrets(value) if "://" in value else [value]
+        for piece in pieces:
+            found |= {piece, unquote(piece), quote(piece, safe="")}
+    return {v for v in found if len(v) >= MIN_SECRET_LENGTH}
+
+
+def remember_secret_data(data: Mapping[str, str]) -> None:
+    """Scrub this Secret's credential values from every later :func:`redact_text`."""
+    global _known  # noqa: PLW0603 - one process-wide set, read lock-free by every log call
+    values = secret_values(data)
+    if values <= _known:
+        return
+    with _lock:
+        _known = _known | values
+
+
+def forget_secrets() -> None:
+    """Forget every remembered value (tests)."""
+    global _known  # noqa: PLW0603
+    with _lock:
+        _known = frozenset()
+
+
+def redact_value(value: Any) -> Any:
+    """Strings redacted, mappings and sequences walked, other values unchanged."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {k: redact_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_value(v) for v in value]
+    if isinstance(value, BaseException):
+        return redact_text(f"{type(value).__name__}: {value}")
+    return value
+
+
+def redact_event_dict(_logger: object, _method: str, event_dict: Any) -> Any:
+    """structlog processor: every value of every event redacted (after ``format_exc_info``,
+    so tracebacks are too)."""
+    return {k: redact_value(v) for k, v in event_dict.items()}
+
+
+def _redacting_factory(base: Any) -> Any:
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record: logging.LogRecord = base(*args, **kwargs)
+        try:
+            record.msg = redact_text(record.getMessage())
+            record.args = None
+            if record.exc_info and record.exc_info[0] is not None:
+                text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+                record.exc_text = redact_text(text)
+        except Exception:  # a log call must never fail on redaction
+            record.msg, record.args = "(log message withheld: it could not be redacted)", None
+        return record
+
+    factory.proctor_redacting = True  # type: ignore[attr-defined]
+    return factory
+
+
+def _excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    text = "".join(traceback.format_exception(kind, exc, tb))
+    sys.stderr.write(redact_text(text))
+
+
+def install_stdlib_redaction() -> None:
+    """Redact every stdlib log record (kopf, botocore) and uncaught traceback of this
+    process; idempotent."""
+    base = logging.getLogRecordFactory()
+    if not getattr(base, "proctor_redacting", False):
+        logging.setLogRecordFactory(_redacting_factory(base))
+    sys.excepthook = _excepthook
