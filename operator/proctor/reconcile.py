@@ -43,7 +43,8 @@ from proctor.observe import (
     status_patch,
 )
 from proctor.planning import Demand, NodeInfo, PlanResult, compute_plan
-from proctor.pods import worker_pod
+from proctor.pods import merge_env, worker_pod
+from proctor.policy import admit
 from proctor.quantity import parse_duration
 from proctor.queue import QueueConnections, WorkQueue, enqueue_run
 from proctor.scaling import ScaleState, WorkerPod, busy_workers, decide
@@ -366,7 +367,8 @@ def cached_connection(
     fresh = time.monotonic() - at < CONNECTION_TTL_SECONDS and generation == ref.generation
     if rt.conn is not None and fresh:
         return rt.conn
-    conn = connection(spec, ref, config, api)
+    # The tenant policy first: a refused run has none of its Secrets read.
+    conn = admit(spec, config) or connection(spec, ref, config, api)
     rt.conn = conn if isinstance(conn, Connection) else None
     rt.conn_read = (time.monotonic(), ref.generation)
     return conn
@@ -392,8 +394,7 @@ def worker_env(spec: EvalRunSpec, ref: RunRef, conn: Connection) -> list[dict[st
         {"name": "PROCTOR_LOG_FORMAT", "value": "json"},
     ]
     env += conn.env
-    env += [e.model_dump(by_alias=True, exclude_none=True) for e in spec.env or ()]
-    return env
+    return merge_env(env, [e.model_dump(by_alias=True, exclude_none=True) for e in spec.env or ()])
 
 
 def open_run(
