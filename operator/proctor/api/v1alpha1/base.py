@@ -420,7 +420,9 @@ class StorageSpec(ApiModel):
     secret_ref: LocalObjectReference | None = Field(
         default=None,
         description="Secret with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (optionally "
-        "`AWS_SESSION_TOKEN`). Unset: the workers' ambient credentials (e.g. IRSA).",
+        "`AWS_SESSION_TOKEN`). Unset: the workers' ambient credentials (e.g. IRSA), and the "
+        "run is admitted only where the operator's policy.ambientCredentialBuckets lists the "
+        "bucket (docs/security.md).",
     )
     compression: Compression | None = Field(default=None, description="Compression settings.")
     checkpoint_interval: Duration = Field(
