@@ -264,3 +264,48 @@ def test_finding4_result_fields_are_immutable_in_the_crd() -> None:
         cel = next(c for c in transitions if f"self.{field} == oldSelf.{field}" in c)
         assert transitions[cel].startswith(f"spec.{field} is immutable")
         assert "create a new EvalRun" in transitions[cel]
+
+
+class KeylessApi(SecretsApi):
+    """Secrets that name an endpoint but hold no AWS keys."""
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        self.reads.append(name)
+        return {"region": "us-east-1", "endpoint": "http://attacker.example:9324"}
+
+
+@pytest.mark.parametrize(
+    ("queue", "storage", "field"),
+    [
+        ({"type": "sqs", "secretRef": {"name": "q"}}, None, "spec.queue"),
+        (None, {**STORAGE, "secretRef": {"name": "s3"}}, "spec.storage"),
+    ],
+)
+def test_finding11_a_secret_without_keys_never_falls_back_to_the_operators(
+    queue: dict[str, Any] | None, storage: dict[str, Any] | None, field: str
+) -> None:
+    changes: dict[str, Any] = {k: v for k, v in (("queue", queue), ("storage", storage)) if v}
+    spec = EvalRunSpec.model_validate(spec_with(**changes))
+    config = OperatorConfig(default_queue_url="redis://q:6379/0", default_storage_uri="s3://d/r")
+    conn = cached_connection(spec, REF, config, KeylessApi(), RunRuntime())  # type: ignore[arg-type]
+    assert isinstance(conn, Problem)
+    assert conn.reason == "SecretKeyMissing"
+    assert conn.message.startswith(f"{field}.secretRef")
+    assert "AWS_SECRET_ACCESS_KEY" in conn.message
+
+
+def test_finding11_the_operators_sqs_client_signs_with_the_runs_keys(moto_url: str) -> None:
+    from proctor.queue import QueueConnections
+
+    queues = QueueConnections()
+    keys = {"AWS_ACCESS_KEY_ID": "AKIARUN1", "AWS_SECRET_ACCESS_KEY": "run-secret-1"}
+    url = f"sqs://{moto_url.removeprefix('http://')}?region=us-east-1"
+    try:
+        queue = queues.open(url, "r1", credentials=keys)
+        other = queues.open(url, "r2")
+        signer = queue.client._request_signer._credentials  # type: ignore[attr-defined]
+        assert signer.access_key == "AKIARUN1"
+        assert signer.secret_key == "run-secret-1"
+        assert other.client is not queue.client  # type: ignore[attr-defined]
+    finally:
+        queues.close()

@@ -170,6 +170,7 @@ class Connection:
     storage_region: str | None
     storage_credentials: dict[str, str]
     env: list[dict[str, Any]]
+    queue_credentials: dict[str, str] = field(default_factory=dict)  # SQS keys of the Secret
 
 
 @dataclass
@@ -292,6 +293,7 @@ def connection(
 ) -> Connection | Problem:
     """Queue and storage of the run from its Secrets or the operator's defaults."""
     env: list[dict[str, Any]] = []
+    queue_creds: dict[str, str] = {}
     queue_url = config.default_queue_url or ""
     if spec.queue is not None and spec.queue.secret_ref is not None:
         secret_name = spec.queue.secret_ref.name
@@ -316,6 +318,9 @@ def connection(
             queue_url = f"sqs://{host}{query}"
             env.append({"name": "PROCTOR_QUEUE_URL", "value": queue_url})
             env += [_secret_env(k, secret_name, k, optional=True) for k in AWS_KEYS]
+            queue_creds = {k: data[k] for k in AWS_KEYS if k in data}
+            if not _has_keys(queue_creds):
+                return _no_keys("spec.queue", secret_name)
     elif queue_url:
         env.append({"name": "PROCTOR_QUEUE_URL", "value": queue_url})
     if not queue_url:
@@ -346,6 +351,8 @@ def connection(
                 "AWS_SECRET_ACCESS_KEY",
             )
         creds = {k: data[k] for k in AWS_KEYS if k in data}
+        if not _has_keys(creds):
+            return _no_keys("spec.storage", secret_name)
         env += [_secret_env(k, secret_name, k) for k in AWS_KEYS if k in data]
     env.append({"name": "PROCTOR_STORAGE_URI", "value": uri})
     if endpoint:
@@ -355,7 +362,21 @@ def connection(
             {"name": "PROCTOR_STORAGE_REGION", "value": region},
             {"name": "AWS_DEFAULT_REGION", "value": region},
         ]
-    return Connection(queue_url, uri, endpoint, region, creds, env)
+    return Connection(queue_url, uri, endpoint, region, creds, env, queue_creds)
+
+
+def _has_keys(creds: Mapping[str, str]) -> bool:
+    return bool(creds.get("AWS_ACCESS_KEY_ID") and creds.get("AWS_SECRET_ACCESS_KEY"))
+
+
+def _no_keys(field: str, secret: str) -> Problem:
+    # Without keys, boto3 would sign with the operator's own credentials.
+    return Problem(
+        "SecretKeyMissing",
+        f"{field}.secretRef names Secret {secret!r}, which lacks AWS_ACCESS_KEY_ID or "
+        "AWS_SECRET_ACCESS_KEY; the operator reaches a run's queue and storage only with the "
+        "run's own credentials: add both keys to the Secret",
+    )
 
 
 def cached_connection(
@@ -430,7 +451,9 @@ def open_run(
             )
     if rt.queue is None:
         lease = parse_duration(spec.queue.lease) if spec.queue else 60.0
-        rt.queue = clients.queues.open(conn.queue_url, ref.uid, lease_seconds=lease)
+        rt.queue = clients.queues.open(
+            conn.queue_url, ref.uid, lease_seconds=lease, credentials=conn.queue_credentials
+        )
         rt.queue_owned = not clients.queues.shared(rt.queue)
     if rt.progress is None:
         # Resume from the run checkpoint: refresh then reads only objects written since.
@@ -800,7 +823,7 @@ def finalize_run(
     if isinstance(conn, Problem):
         log.warning("queue not deleted", run=ref.name, reason=conn.message)
         return
-    queue = clients.queues.open(conn.queue_url, ref.uid)
+    queue = clients.queues.open(conn.queue_url, ref.uid, credentials=conn.queue_credentials)
     try:
         queue.delete()
     finally:

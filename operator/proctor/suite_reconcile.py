@@ -697,7 +697,7 @@ def _open_queue(
     queue = rt.queues.get(cell_id)
     if queue is None:
         queue = rt.queues[cell_id] = clients.queues.open(
-            conn.queue_url, queue_id, lease_seconds=lease
+            conn.queue_url, queue_id, lease_seconds=lease, credentials=conn.queue_credentials
         )
         if not clients.queues.shared(queue):
             rt.owned.add(cell_id)
@@ -987,7 +987,7 @@ def delete_queues(
     """Remove every cell queue of a run (finished, failed or deleted)."""
     for cell in cells(spec):
         queue_id = cell_queue_id(ref.namespace, ref.name, run_id, cell.id)
-        queue = clients.queues.open(conn.queue_url, queue_id)
+        queue = clients.queues.open(conn.queue_url, queue_id, credentials=conn.queue_credentials)
         try:
             queue.delete()
         finally:

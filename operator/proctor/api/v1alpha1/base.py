@@ -384,7 +384,8 @@ class QueueSpec(ApiModel):
     secret_ref: LocalObjectReference | None = Field(
         default=None,
         description="Secret with the connection: key `url` for redis (redis://...); for sqs "
-        "`region` and optionally `endpoint`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`. "
+        "`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` (the operator reads the queue with them), "
+        "`region` and optionally `endpoint`. "
         "Unset: the operator's default queue.",
     )
     lease: Duration = Field(
