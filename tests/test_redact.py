@@ -44,6 +44,8 @@ def _forget() -> Iterator[None]:
         ("sqs://host?region=us-east-1&token=zzzz", "sqs://host?region=us-east-1&token=***"),
         ("https://h/x?password=p%40ss&page=2", "https://h/x?password=***&page=2"),
         ("https://h/x?api_key=k", "https://h/x?api_key=***"),
+        ("redis://:ab/c?d#e@redis:6379/0", "redis://***@redis:6379/0"),
+        ("redis://:S3CRET@h:1/0:", "redis://***@h:1/0:"),
     ],
 )
 def test_finding9_redact_url(url: str, expected: str) -> None:
@@ -90,6 +92,7 @@ def test_finding9_redact_text_keeps_plain_text(text: str) -> None:
         ),
         ({"region": "us-east-1", "endpoint": "http://sqs:9324"}, set(), {"us-east-1"}),
         ({"url": "redis://:p%40ssword@h/0"}, {"p@ssword", "p%40ssword"}, {"h/0"}),
+        ({"url": "redis://admin:wJal/rX?Y@h:1/0"}, {"wJal/rX?Y", "admin:wJal/rX?Y"}, {"h:1/0", "admin"}),
     ],
 )
 def test_finding9_remembered_secret_values_are_scrubbed(

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit
 
 MASK = "***"
 
@@ -32,7 +32,8 @@ _SECRET_NAME = re.compile(
     r"|api[-_]?key|access[-_]?key|private[-_]?key",
     re.IGNORECASE,
 )
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()\[\]{},]+")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 _PAIR = re.compile(r"(?P<key>[A-Za-z][A-Za-z0-9_.-]*)(?P<sep>=|:\s*)(?P<value>[^\s&'\",;]+)")
 
 _lock = threading.Lock()
@@ -53,18 +54,22 @@ def _redact_query(query: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """``url`` without its userinfo and with secret-looking query values masked (pure)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return _URL.sub(MASK, url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = f"{MASK}@{netloc.rpartition('@')[2]}"
-    query = _redact_query(parts.query) if parts.query else parts.query
-    if netloc == parts.netloc and query == parts.query:
+    """``url`` without its userinfo and with secret-looking query values masked (pure).
+
+    Everything between ``://`` and the last ``@`` is masked, not only what a URL parser takes
+    for userinfo: passwords are often pasted unencoded, with ``/``, ``?`` or ``#`` in them.
+    """
+    scheme = _SCHEME.match(url)
+    if scheme is None:
         return url
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    head, rest = url[: scheme.end()], url[scheme.end() :]
+    if "@" in rest:
+        rest = f"{MASK}@{rest.rpartition('@')[2]}"
+    base, mark, tail = rest.partition("?")
+    if mark:
+        query, hash_, fragment = tail.partition("#")
+        rest = f"{base}?{_redact_query(query)}{hash_}{fragment}"
+    return head + rest
 
 
 def _redact_pair(match: re.Match[str]) -> str:
@@ -86,12 +91,14 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
 
 
 def _url_secrets(value: str) -> list[str]:
-    try:
-        parts = urlsplit(value)
-    except ValueError:
+    scheme = _SCHEME.match(value)
+    if scheme is None:
         return []
-    found = [p for p in (parts.username, parts.password) if p]
-    for item in parts.query.split("&"):
+    rest = value[scheme.end() :]
+    userinfo = rest.rpartition("@")[0] if "@" in rest else ""
+    # The password, or the whole userinfo (a token is often written as the user name).
+    found = [p for p in (userinfo, userinfo.partition(":")[2]) if p]
+    for item in urlsplit(value).query.split("&") if "?" in rest else ():
         key, _, val = item.partition("=")
         if val and is_secret_name(unquote(key)):
             found.append(val)
