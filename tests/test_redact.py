@@ -92,7 +92,11 @@ def test_finding9_redact_text_keeps_plain_text(text: str) -> None:
         ),
         ({"region": "us-east-1", "endpoint": "http://sqs:9324"}, set(), {"us-east-1"}),
         ({"url": "redis://:p%40ssword@h/0"}, {"p@ssword", "p%40ssword"}, {"h/0"}),
-        ({"url": "redis://admin:wJal/rX?Y@h:1/0"}, {"wJal/rX?Y", "admin:wJal/rX?Y"}, {"h:1/0", "admin"}),
+        (
+            {"url": "redis://admin:wJal/rX?Y@h:1/0"},
+            {"wJal/rX?Y", "admin:wJal/rX?Y"},
+            {"h:1/0", "admin"},
+        ),
     ],
 )
 def test_finding9_remembered_secret_values_are_scrubbed(
