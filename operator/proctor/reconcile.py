@@ -288,47 +288,53 @@ class PassResult:
 EventSink = Callable[[Event], None]
 
 
+def _queue_connection(
+    spec: EvalRunSpec, ref: RunRef, config: OperatorConfig, api: ClusterApi
+) -> tuple[str, list[dict[str, Any]], dict[str, str]] | Problem:
+    """The run's queue URL, the worker env that reaches it and the keys that sign for it."""
+    queue_url = config.default_queue_url or ""
+    if spec.queue is None or spec.queue.secret_ref is None:
+        if not queue_url:
+            return Problem(
+                "NoQueue",
+                "the run names no queue (spec.queue) and the operator has no defaultQueueUrl; "
+                "set spec.queue with a secretRef",
+            )
+        return queue_url, [{"name": "PROCTOR_QUEUE_URL", "value": queue_url}], {}
+    secret_name = spec.queue.secret_ref.name
+    data = api.read_secret(ref.namespace, secret_name)
+    if data is None:
+        return Problem(
+            "SecretNotFound",
+            f"spec.queue.secretRef names Secret {secret_name!r}, which does not exist in "
+            f"namespace {ref.namespace}; create it with key 'url' (redis://...)",
+        )
+    if spec.queue.type == "redis":
+        if "url" not in data:
+            return Problem(
+                "SecretKeyMissing",
+                f"Secret {secret_name!r} has no key 'url'; add the redis:// URL under 'url'",
+            )
+        return data["url"], [_secret_env("PROCTOR_QUEUE_URL", secret_name, "url")], {}
+    query = f"?region={data.get('region', '')}" if data.get("region") else ""
+    host = data.get("endpoint", "").removeprefix("http://").removeprefix("https://")
+    queue_url = f"sqs://{host}{query}"
+    env = [{"name": "PROCTOR_QUEUE_URL", "value": queue_url}]
+    env += [_secret_env(k, secret_name, k, optional=True) for k in AWS_KEYS]
+    keys = {k: data[k] for k in AWS_KEYS if k in data}
+    if not _has_keys(keys):
+        return _no_keys("spec.queue", secret_name)
+    return queue_url, env, keys
+
+
 def connection(
     spec: EvalRunSpec, ref: RunRef, config: OperatorConfig, api: ClusterApi
 ) -> Connection | Problem:
     """Queue and storage of the run from its Secrets or the operator's defaults."""
-    env: list[dict[str, Any]] = []
-    queue_creds: dict[str, str] = {}
-    queue_url = config.default_queue_url or ""
-    if spec.queue is not None and spec.queue.secret_ref is not None:
-        secret_name = spec.queue.secret_ref.name
-        data = api.read_secret(ref.namespace, secret_name)
-        if data is None:
-            return Problem(
-                "SecretNotFound",
-                f"spec.queue.secretRef names Secret {secret_name!r}, which does not exist in "
-                f"namespace {ref.namespace}; create it with key 'url' (redis://...)",
-            )
-        if spec.queue.type == "redis":
-            if "url" not in data:
-                return Problem(
-                    "SecretKeyMissing",
-                    f"Secret {secret_name!r} has no key 'url'; add the redis:// URL under 'url'",
-                )
-            queue_url = data["url"]
-            env.append(_secret_env("PROCTOR_QUEUE_URL", secret_name, "url"))
-        else:
-            query = f"?region={data.get('region', '')}" if data.get("region") else ""
-            host = data.get("endpoint", "").removeprefix("http://").removeprefix("https://")
-            queue_url = f"sqs://{host}{query}"
-            env.append({"name": "PROCTOR_QUEUE_URL", "value": queue_url})
-            env += [_secret_env(k, secret_name, k, optional=True) for k in AWS_KEYS]
-            queue_creds = {k: data[k] for k in AWS_KEYS if k in data}
-            if not _has_keys(queue_creds):
-                return _no_keys("spec.queue", secret_name)
-    elif queue_url:
-        env.append({"name": "PROCTOR_QUEUE_URL", "value": queue_url})
-    if not queue_url:
-        return Problem(
-            "NoQueue",
-            "the run names no queue (spec.queue) and the operator has no defaultQueueUrl; "
-            "set spec.queue with a secretRef",
-        )
+    queue = _queue_connection(spec, ref, config, api)
+    if isinstance(queue, Problem):
+        return queue
+    queue_url, env, queue_creds = queue
     storage = spec.storage
     uri = storage.uri if storage else (config.default_storage_uri or "")
     endpoint = storage.endpoint if storage else config.default_storage_endpoint
