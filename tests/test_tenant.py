@@ -309,3 +309,48 @@ def test_finding11_the_operators_sqs_client_signs_with_the_runs_keys(moto_url: s
         assert other.client is not queue.client  # type: ignore[attr-defined]
     finally:
         queues.close()
+
+
+def test_finding11_a_suite_baseline_is_read_with_the_suites_credentials(
+    moto_url: str, s3_bucket: str
+) -> None:
+    import gzip
+    import json
+
+    import boto3
+
+    from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteStatus
+    from proctor.reconcile import SharedClients
+    from proctor.suite_reconcile import _baseline
+
+    record = {"benchmark": "status", "variant": "git", "repetition": 0, "seconds": 1.0}
+    boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1").put_object(
+        Bucket=s3_bucket,
+        Key="earlier/records.jsonl.gz",
+        Body=gzip.compress(json.dumps(record).encode() + b"\n"),
+    )
+    uri = f"s3://{s3_bucket}/earlier"
+    spec = BenchmarkSuiteSpec.model_validate(
+        {
+            **SUITE,
+            "storage": {
+                "uri": f"s3://{s3_bucket}/b",
+                "endpoint": moto_url,
+                "secretRef": {"name": "s"},
+            },
+            "baseline": {"resultsUri": uri},
+        }
+    )
+    keys = {"AWS_ACCESS_KEY_ID": "AKIASUITE", "AWS_SECRET_ACCESS_KEY": "suite-secret"}
+    conn = Connection("redis://r:6379/0", f"s3://{s3_bucket}/b", moto_url, "us-east-1", keys, [])
+    clients = SharedClients()
+    try:
+        found = _baseline(
+            spec=spec, ref=REF, prev=BenchmarkSuiteStatus(), run_id="r1", conn=conn,
+            clients=clients, config=OperatorConfig(), api=None,  # type: ignore[arg-type]
+        )  # fmt: skip
+        assert found == (uri, {"status.git": [record]})
+        # The only S3 client made is the suite's: its keys, its endpoint.
+        assert [k[:3] for k in clients._s3] == [(moto_url, "us-east-1", "AKIASUITE")]
+    finally:
+        clients.close()
