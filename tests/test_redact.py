@@ -144,3 +144,32 @@ def test_finding9_proctor_run_error_hides_queue_password(tmp_path: Path) -> None
     assert "cannot reach Redis" in out.stdout + out.stderr
     assert "S3CRETpw" not in out.stdout
     assert "S3CRETpw" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("environ", "scrubbed", "kept"),
+    [
+        (
+            {
+                "PROCTOR_QUEUE_URL": "redis://:qpw-123@redis:6379/0",
+                "AWS_SECRET_ACCESS_KEY": "wJalrXUtn/K7",
+                "AWS_SESSION_TOKEN": "FQoGZXIvYXdzE",
+                "GITHUB_TOKEN": "ghp_abcdef",
+            },
+            {"qpw-123", "wJalrXUtn/K7", "FQoGZXIvYXdzE", "ghp_abcdef"},
+            {"redis:6379"},
+        ),
+        (
+            {"PROCTOR_STORAGE_URI": "s3://bucket/runs", "HOME": "/home/app", "LANG": "C.UTF-8"},
+            set(),
+            {"s3://bucket/runs", "/home/app", "C.UTF-8"},
+        ),
+    ],
+)
+def test_finding9_the_processes_own_credentials_are_scrubbed(
+    environ: dict[str, str], scrubbed: set[str], kept: set[str]
+) -> None:
+    redact.remember_environment(environ)
+    for value in scrubbed | kept:
+        out = redact.redact_text(f"redis.exceptions.AuthenticationError: {value} rejected")
+        assert (value in out) == (value in kept), (value, out)

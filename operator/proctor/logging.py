@@ -14,7 +14,7 @@ import sys
 
 import structlog
 
-from proctor.redact import install_stdlib_redaction, redact_event_dict
+from proctor.redact import install_stdlib_redaction, redact_event_dict, remember_environment
 
 
 class _StderrLogger:
@@ -39,6 +39,7 @@ def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
     """Configure structlog once for this process; every event, stdlib record and uncaught
     traceback is redacted (:mod:`proctor.redact`)."""
     install_stdlib_redaction()
+    remember_environment(os.environ)  # a worker's Secrets arrive as variables
     fmt = (fmt or os.environ.get("PROCTOR_LOG_FORMAT") or "console").lower()
     level_name = (level or os.environ.get("PROCTOR_LOG_LEVEL") or "info").upper()
     numeric = std_logging.getLevelNamesMapping().get(level_name, std_logging.INFO)

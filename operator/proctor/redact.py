@@ -128,6 +128,22 @@ def remember_secret_data(data: Mapping[str, str]) -> None:
         _known = _known | values
 
 
+def environment_secrets(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables of a process environment that hold credentials: secret-looking names
+    (``AWS_SECRET_ACCESS_KEY``, ``*_TOKEN``, ``*PASSWORD*``) and URLs with userinfo such as
+    ``PROCTOR_QUEUE_URL`` (pure). Workers get their Secrets this way."""
+    return {
+        k: v
+        for k, v in environ.items()
+        if is_secret_name(k) or ("://" in v and "@" in v and _SCHEME.match(v))
+    }
+
+
+def remember_environment(environ: Mapping[str, str]) -> None:
+    """Scrub this process's credentials from every later :func:`redact_text`."""
+    remember_secret_data(environment_secrets(environ))
+
+
 def forget_secrets() -> None:
     """Forget every remembered value (tests)."""
     global _known  # noqa: PLW0603
