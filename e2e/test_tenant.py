@@ -146,6 +146,9 @@ def test_finding4_api_server_refuses_changes_to_what_decides_results(tenv: Tenan
         {"task": {"entrypoint": "proctor.examples.quickstart:other"}},
         {"cases": {"count": 11}},
         {"compare": None},
+        {"image": "proctor/proctor:0.2.0"},
+        {"env": [{"name": "MODE", "value": "fast"}]},
+        {"caseTimeout": "1s"},
     ]
     for change in changes:
         with pytest.raises(ApiException) as refused:

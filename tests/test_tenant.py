@@ -260,7 +260,7 @@ def test_finding4_result_fields_are_immutable_in_the_crd() -> None:
     schema = crd(KINDS[0])["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     rules = schema["properties"]["spec"]["x-kubernetes-validations"]
     transitions = {r["rule"]: r["message"] for r in rules if "oldSelf" in r["rule"]}
-    for field in ("task", "cases", "compare"):
+    for field in ("task", "cases", "compare", "image", "env", "caseTimeout"):
         cel = next(c for c in transitions if f"self.{field} == oldSelf.{field}" in c)
         assert transitions[cel].startswith(f"spec.{field} is immutable")
         assert "create a new EvalRun" in transitions[cel]

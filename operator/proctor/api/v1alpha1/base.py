@@ -64,8 +64,8 @@ def immutable(field: str) -> tuple[str, str]:
     return (
         f"has(self.{field}) == has(oldSelf.{field}) && "
         f"(!has(self.{field}) || self.{field} == oldSelf.{field})",
-        f"spec.{field} is immutable: it decides which results count, and results written "
-        "for the old value would be counted for the new one; create a new EvalRun",
+        f"spec.{field} is immutable: it decides the results, and results written under the "
+        "old value would be counted for the new one; create a new EvalRun",
     )
 
 

@@ -221,7 +221,9 @@ class EvalRunSpec(ApiModel):
     rules = (PROFILE_OR_RESOURCES,)
     # Results are fenced by spec: workers of an earlier spec keep writing what they were
     # given, so what decides results never changes under them (docs/security.md).
-    transition_rules = (immutable("task"), immutable("cases"), immutable("compare"))
+    transition_rules = tuple(
+        immutable(f) for f in ("task", "cases", "compare", "image", "env", "caseTimeout")
+    )
 
     def profile_name(self) -> str:
         """The profile to plan with: explicit, or auto when nothing is set."""
