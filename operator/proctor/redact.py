@@ -2,8 +2,10 @@
 
 Three things are scrubbed: the userinfo of any URL (``redis://:pw@host`` becomes
 ``redis://***@host``), the values of secret-looking query parameters and ``key=value`` pairs
-(``?X-Amz-Signature=...``, ``token=...``), and the exact values of Secrets this process read
-(:func:`remember_secret_data`), which an exception text may quote in any form.
+(``?X-Amz-Signature=...``, ``token=...``), and the exact values of the credentials this
+process knows (the Secrets the operator read, :func:`remember_secret_data`, and a worker's own
+environment, :func:`remember_environment`), which an exception text may quote in any form.
+Over-masking is preferred to a leak: a path with an ``@`` loses its host in messages.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ _PAIR = re.compile(r"(?P<key>[A-Za-z][A-Za-z0-9_.-]*)(?P<sep>=|:\s*)(?P<value>[^
 
 _lock = threading.Lock()
 _known: frozenset[str] = frozenset()
+_index: dict[str, tuple[str, ...]] = {}
+"""The remembered values by their first MIN_SECRET_LENGTH characters, longest first: a text is
+scanned once whatever the number of values (an operator with a thousand runs remembers
+thousands, and every log line and status write is scrubbed)."""
 
 
 def is_secret_name(name: str) -> bool:
@@ -83,10 +89,15 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
     Secret values and ``secrets`` masked (pure but for the remembered values)."""
     out = _URL.sub(lambda m: redact_url(m[0]), text)
     out = _PAIR.sub(_redact_pair, out)
-    values = sorted({*_known, *(s for s in secrets if len(s) >= MIN_SECRET_LENGTH)}, key=len)
-    for value in reversed(values):  # longest first: a value may contain a shorter one
-        if value in out:
-            out = out.replace(value, MASK)
+    found = {s for s in secrets if len(s) >= MIN_SECRET_LENGTH and s in out}
+    index = _index
+    if index:
+        for i in range(len(out) - MIN_SECRET_LENGTH + 1):
+            for value in index.get(out[i : i + MIN_SECRET_LENGTH], ()):
+                if out.startswith(value, i):
+                    found.add(value)
+    for value in sorted(found, key=len, reverse=True):  # a value may contain a shorter one
+        out = out.replace(value, MASK)
     return out
 
 
@@ -120,12 +131,16 @@ def secret_values(data: Mapping[str, str]) -> set[str]:
 
 def remember_secret_data(data: Mapping[str, str]) -> None:
     """Scrub this Secret's credential values from every later :func:`redact_text`."""
-    global _known  # noqa: PLW0603 - one process-wide set, read lock-free by every log call
+    global _known, _index  # noqa: PLW0603 - process-wide, read lock-free by every log call
     values = secret_values(data)
     if values <= _known:
         return
     with _lock:
         _known = _known | values
+        index: dict[str, list[str]] = {}
+        for value in sorted(_known, key=len, reverse=True):
+            index.setdefault(value[:MIN_SECRET_LENGTH], []).append(value)
+        _index = {k: tuple(v) for k, v in index.items()}
 
 
 def environment_secrets(environ: Mapping[str, str]) -> dict[str, str]:
@@ -146,9 +161,9 @@ def remember_environment(environ: Mapping[str, str]) -> None:
 
 def forget_secrets() -> None:
     """Forget every remembered value (tests)."""
-    global _known  # noqa: PLW0603
+    global _known, _index
     with _lock:
-        _known = frozenset()
+        _known, _index = frozenset(), {}
 
 
 def redact_value(value: Any) -> Any:
