@@ -238,6 +238,9 @@ SUITE: dict[str, Any] = {
          policy(allowedStorageBuckets=["suites"]), None),
         ({"baseline": {"resultsUri": "s3://suites/earlier"},
           "storage": {"uri": "s3://suites/bench"}}, OperatorConfig(), "secretRef"),
+        ({"benchmarks": [{"name": "status", "command": ["git", "status"],
+                          "env": [{"name": f"V{i}", "value": "x" * 1024} for i in range(125)]}]},
+         OperatorConfig(), "KiB"),
     ],
 )  # fmt: skip
 def test_finding11_suite_policy_and_baseline(
@@ -249,7 +252,7 @@ def test_finding11_suite_policy_and_baseline(
         assert problem is None
         return
     assert problem is not None
-    assert problem.reason == "PolicyViolation"
+    assert problem.reason == ("SpecTooLarge" if words == "KiB" else "PolicyViolation")
     assert words in problem.message
 
 

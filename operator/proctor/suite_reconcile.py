@@ -58,7 +58,7 @@ from proctor.observe import (
 )
 from proctor.planning import Demand, NodeInfo, compute_plan
 from proctor.pods import merge_env
-from proctor.policy import admit, baseline_problem
+from proctor.policy import admit, baseline_problem, spec_size_problem
 from proctor.quantity import parse_duration
 from proctor.queue import WorkQueue
 from proctor.reconcile import (
@@ -558,8 +558,11 @@ def admit_suite(spec: BenchmarkSuiteSpec, config: OperatorConfig) -> Problem | N
             return problem
     uri = spec.baseline.results_uri if spec.baseline else None
     if uri is not None:
-        return baseline_problem(uri, spec.storage, config)
-    return None
+        problem = baseline_problem(uri, spec.storage, config)
+        if problem is not None:
+            return problem
+    # Benchmark pods receive the suite's spec in PROCTOR_SUITE_SPEC.
+    return spec_size_problem(spec.model_dump_json(by_alias=True, exclude_none=True))
 
 
 def cached_suite_connection(
