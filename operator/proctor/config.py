@@ -34,6 +34,39 @@ DEFAULT_PROFILES: dict[str, ProfileSize] = {
 }
 
 
+class TenantPolicy(BaseModel):
+    """What runs may ask of the cluster (docs/security.md). An empty list allows anything;
+    a run asking for something not listed gets a ``PolicyViolation`` condition and Event."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    allowed_images: list[str] = Field(
+        default_factory=list,
+        description="Image patterns (fnmatch globs, e.g. registry.example.com/evals/*) worker "
+        "and benchmark pods may run; empty: any image.",
+    )
+    allowed_service_accounts: list[str] = Field(
+        default_factory=list,
+        description="ServiceAccount name patterns runs may use (an unset one is 'default'); "
+        "empty: any.",
+    )
+    allowed_storage_endpoints: list[str] = Field(
+        default_factory=list,
+        description="Patterns of spec.storage.endpoint (S3-compatible stores) the operator may "
+        "send requests to; empty: any. Runs without an endpoint use AWS S3.",
+    )
+    allowed_storage_buckets: list[str] = Field(
+        default_factory=list,
+        description="Bucket patterns runs may store results in; empty: any.",
+    )
+    ambient_credential_buckets: list[str] = Field(
+        default_factory=list,
+        description="Bucket patterns where a run without spec.storage.secretRef is read with "
+        "the operator's own credentials (IRSA), at AWS or the defaultStorageEndpoint only; "
+        "anywhere else such a run is refused.",
+    )
+
+
 class OperatorConfig(BaseModel):
     """Everything an operator installation may tune."""
 
@@ -79,6 +112,10 @@ class OperatorConfig(BaseModel):
     )
     spot_fallback_enabled: bool = Field(
         default=True, description="Honour placement.spot.fallbackToOnDemandAfter."
+    )
+    policy: TenantPolicy = Field(
+        default_factory=TenantPolicy,
+        description="Images, ServiceAccounts and storage runs may use (docs/security.md).",
     )
 
     def profile(self, name: str) -> ProfileSize:

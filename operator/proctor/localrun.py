@@ -51,6 +51,7 @@ from proctor.api.v1alpha1.evalrun import EvalRun, ResultSummary, WorkersSpec
 from proctor.localworkers import LocalWorkers
 from proctor.queue import WorkQueue, open_queue
 from proctor.queue.enqueue import CHUNK_ENTRIES, Enqueuer
+from proctor.redact import redact_text
 from proctor.stats import should_stop_early, summarize
 from proctor.storage import ProgressSnapshot, RunProgress, RunStorage
 from proctor.worker import WorkerConfig, lease_seconds, open_run_storage
@@ -384,7 +385,7 @@ def _run_local(options: LocalRunOptions, out: Console) -> int:
         evalrun = load_evalrun(options.manifest)
         run = _setup(options, evalrun)
     except RunError as exc:
-        out.print(f"[red]error:[/red] {escape(str(exc))}")
+        out.print(f"[red]error:[/red] {escape(redact_text(str(exc)))}")
         return EXIT_USAGE
     run.refresh_seconds = options.refresh_seconds
     spec = evalrun.spec

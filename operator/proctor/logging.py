@@ -2,7 +2,8 @@
 
 ``PROCTOR_LOG_FORMAT`` is ``json`` (one object per line, for pods) or ``console``;
 ``PROCTOR_LOG_LEVEL`` is a standard level name (default ``info``). Logs go to stderr, so
-``proctor run --json`` keeps stdout for its summary.
+``proctor run --json`` keeps stdout for its summary. Credentials are masked in every line
+(:mod:`proctor.redact`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 import sys
 
 import structlog
+
+from proctor.redact import install_stdlib_redaction, redact_event_dict, remember_environment
 
 
 class _StderrLogger:
@@ -33,7 +36,10 @@ def _stderr_logger(*_: object) -> _StderrLogger:
 
 
 def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
-    """Configure structlog once for this process."""
+    """Configure structlog once for this process; every event, stdlib record and uncaught
+    traceback is redacted (:mod:`proctor.redact`)."""
+    install_stdlib_redaction()
+    remember_environment(os.environ)  # a worker's Secrets arrive as variables
     fmt = (fmt or os.environ.get("PROCTOR_LOG_FORMAT") or "console").lower()
     level_name = (level or os.environ.get("PROCTOR_LOG_LEVEL") or "info").upper()
     numeric = std_logging.getLevelNamesMapping().get(level_name, std_logging.INFO)
@@ -48,6 +54,7 @@ def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redact_event_dict,  # last before rendering: values, tracebacks, bound context
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

@@ -23,6 +23,7 @@ from proctor.kubeapi import KubeApi, KubeApiError, core_path, custom_path
 from proctor.planning import GPU_RESOURCE, Capacity, NodeInfo, QuotaHeadroom, Taint
 from proctor.pods import LABEL_POOL, LABEL_RUN
 from proctor.quantity import cpu_millis, to_bytes
+from proctor.redact import redact_text, redact_value, remember_secret_data
 from proctor.status import Event
 
 log = structlog.get_logger("proctor.operator")
@@ -304,6 +305,7 @@ class ClusterApi:
                 self._secrets.pop((namespace, name), None)
             return None
         data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+        remember_secret_data(data)  # so no error, log, Event or status can quote it
         with self._lock:
             self._secrets[(namespace, name)] = (at, data)
         return dict(data)
@@ -352,7 +354,7 @@ class ClusterApi:
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         path = custom_path(GROUP, VERSION, namespace, self.plural, name) + "/status"
-        self.kube.merge_patch(path, {"status": dict(status)})
+        self.kube.merge_patch(path, {"status": redact_value(dict(status))})
 
     def delete_run(self, namespace: str, name: str) -> None:
         self.kube.delete(custom_path(GROUP, VERSION, namespace, self.plural, name))
@@ -419,7 +421,7 @@ def event_object(
         },
         "type": event.type,
         "reason": event.reason,
-        "message": event.message[:EVENT_MESSAGE_MAX],
+        "message": redact_text(event.message)[:EVENT_MESSAGE_MAX],
         "source": {"component": EVENT_COMPONENT},
         "reportingComponent": EVENT_COMPONENT,
         "reportingInstance": EVENT_COMPONENT,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from proctor.api.v1alpha1.base import Placement, Toleration
+from proctor.api.v1alpha1.base import Placement, Toleration, is_reserved_env
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.config import OperatorConfig
 from proctor.planning import GPU_RESOURCE, SPOT_LABELS, WorkerSize, worker_tolerations
@@ -35,6 +35,17 @@ def worker_labels(run_name: str, run_uid: str) -> dict[str, str]:
         LABEL_RUN: run_name,
         LABEL_RUN_UID: run_uid,
     }
+
+
+def merge_env(
+    own: Sequence[Mapping[str, Any]], user: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """The operator's variables, then the run's that name none of them and no reserved name.
+    The schema refuses such names already; dropping them here keeps a run admitted under an
+    older CRD from pointing its pods at another run's queue or results."""
+    taken = {str(e["name"]) for e in own}
+    kept = [e for e in user if e["name"] not in taken and not is_reserved_env(str(e["name"]))]
+    return [dict(e) for e in own] + [dict(e) for e in kept]
 
 
 def selector(run_name: str) -> str:

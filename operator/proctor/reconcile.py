@@ -43,7 +43,8 @@ from proctor.observe import (
     status_patch,
 )
 from proctor.planning import Demand, NodeInfo, compute_plan, pool_for_new_pod
-from proctor.pods import worker_pod
+from proctor.pods import merge_env, worker_pod
+from proctor.policy import admit
 from proctor.quantity import parse_duration
 from proctor.queue import QueueConnections, WorkQueue, enqueue_run
 from proctor.scaling import ScaleState, WorkerPod, busy_workers, decide
@@ -169,6 +170,7 @@ class Connection:
     storage_region: str | None
     storage_credentials: dict[str, str]
     env: list[dict[str, Any]]
+    queue_credentials: dict[str, str] = field(default_factory=dict)  # SQS keys of the Secret
 
 
 @dataclass
@@ -287,43 +289,53 @@ class PassResult:
 EventSink = Callable[[Event], None]
 
 
+def _queue_connection(
+    spec: EvalRunSpec, ref: RunRef, config: OperatorConfig, api: ClusterApi
+) -> tuple[str, list[dict[str, Any]], dict[str, str]] | Problem:
+    """The run's queue URL, the worker env that reaches it and the keys that sign for it."""
+    queue_url = config.default_queue_url or ""
+    if spec.queue is None or spec.queue.secret_ref is None:
+        if not queue_url:
+            return Problem(
+                "NoQueue",
+                "the run names no queue (spec.queue) and the operator has no defaultQueueUrl; "
+                "set spec.queue with a secretRef",
+            )
+        return queue_url, [{"name": "PROCTOR_QUEUE_URL", "value": queue_url}], {}
+    secret_name = spec.queue.secret_ref.name
+    data = api.read_secret(ref.namespace, secret_name)
+    if data is None:
+        return Problem(
+            "SecretNotFound",
+            f"spec.queue.secretRef names Secret {secret_name!r}, which does not exist in "
+            f"namespace {ref.namespace}; create it with key 'url' (redis://...)",
+        )
+    if spec.queue.type == "redis":
+        if "url" not in data:
+            return Problem(
+                "SecretKeyMissing",
+                f"Secret {secret_name!r} has no key 'url'; add the redis:// URL under 'url'",
+            )
+        return data["url"], [_secret_env("PROCTOR_QUEUE_URL", secret_name, "url")], {}
+    query = f"?region={data.get('region', '')}" if data.get("region") else ""
+    host = data.get("endpoint", "").removeprefix("http://").removeprefix("https://")
+    queue_url = f"sqs://{host}{query}"
+    env = [{"name": "PROCTOR_QUEUE_URL", "value": queue_url}]
+    env += [_secret_env(k, secret_name, k, optional=True) for k in AWS_KEYS]
+    keys = {k: data[k] for k in AWS_KEYS if k in data}
+    if not _has_keys(keys):
+        return _no_keys("spec.queue", secret_name)
+    return queue_url, env, keys
+
+
 def connection(
     spec: EvalRunSpec, ref: RunRef, config: OperatorConfig, api: ClusterApi
 ) -> Connection | Problem:
     """Queue and storage of the run from its Secrets or the operator's defaults."""
-    env: list[dict[str, Any]] = []
-    queue_url = config.default_queue_url or ""
-    if spec.queue is not None and spec.queue.secret_ref is not None:
-        secret_name = spec.queue.secret_ref.name
-        data = api.read_secret(ref.namespace, secret_name)
-        if data is None:
-            return Problem(
-                "SecretNotFound",
-                f"spec.queue.secretRef names Secret {secret_name!r}, which does not exist in "
-                f"namespace {ref.namespace}; create it with key 'url' (redis://...)",
-            )
-        if spec.queue.type == "redis":
-            if "url" not in data:
-                return Problem(
-                    "SecretKeyMissing",
-                    f"Secret {secret_name!r} has no key 'url'; add the redis:// URL under 'url'",
-                )
-            queue_url = data["url"]
-            env.append(_secret_env("PROCTOR_QUEUE_URL", secret_name, "url"))
-        else:
-            query = f"?region={data.get('region', '')}" if data.get("region") else ""
-            host = data.get("endpoint", "").removeprefix("http://").removeprefix("https://")
-            queue_url = f"sqs://{host}{query}"
-            env.append({"name": "PROCTOR_QUEUE_URL", "value": queue_url})
-            env += [_secret_env(k, secret_name, k, optional=True) for k in AWS_KEYS]
-    elif queue_url:
-        env.append({"name": "PROCTOR_QUEUE_URL", "value": queue_url})
-    if not queue_url:
-        return Problem(
-            "NoQueue",
-            "the run names no queue (spec.queue) and the operator has no defaultQueueUrl; "
-            "set spec.queue with a secretRef",
-        )
+    queue = _queue_connection(spec, ref, config, api)
+    if isinstance(queue, Problem):
+        return queue
+    queue_url, env, queue_creds = queue
     storage = spec.storage
     uri = storage.uri if storage else (config.default_storage_uri or "")
     endpoint = storage.endpoint if storage else config.default_storage_endpoint
@@ -346,6 +358,8 @@ def connection(
                 "AWS_SECRET_ACCESS_KEY",
             )
         creds = {k: data[k] for k in AWS_KEYS if k in data}
+        if not _has_keys(creds):
+            return _no_keys("spec.storage", secret_name)
         env += [_secret_env(k, secret_name, k) for k in AWS_KEYS if k in data]
     env.append({"name": "PROCTOR_STORAGE_URI", "value": uri})
     if endpoint:
@@ -355,7 +369,21 @@ def connection(
             {"name": "PROCTOR_STORAGE_REGION", "value": region},
             {"name": "AWS_DEFAULT_REGION", "value": region},
         ]
-    return Connection(queue_url, uri, endpoint, region, creds, env)
+    return Connection(queue_url, uri, endpoint, region, creds, env, queue_creds)
+
+
+def _has_keys(creds: Mapping[str, str]) -> bool:
+    return bool(creds.get("AWS_ACCESS_KEY_ID") and creds.get("AWS_SECRET_ACCESS_KEY"))
+
+
+def _no_keys(field: str, secret: str) -> Problem:
+    # Without keys, boto3 would sign with the operator's own credentials.
+    return Problem(
+        "SecretKeyMissing",
+        f"{field}.secretRef names Secret {secret!r}, which lacks AWS_ACCESS_KEY_ID or "
+        "AWS_SECRET_ACCESS_KEY; the operator reaches a run's queue and storage only with the "
+        "run's own credentials: add both keys to the Secret",
+    )
 
 
 def cached_connection(
@@ -367,7 +395,8 @@ def cached_connection(
     fresh = time.monotonic() - at < CONNECTION_TTL_SECONDS and generation == ref.generation
     if rt.conn is not None and fresh:
         return rt.conn
-    conn = connection(spec, ref, config, api)
+    # The tenant policy first: a refused run has none of its Secrets read.
+    conn = admit(spec, config) or connection(spec, ref, config, api)
     rt.conn = conn if isinstance(conn, Connection) else None
     rt.conn_read = (time.monotonic(), ref.generation)
     return conn
@@ -393,8 +422,7 @@ def worker_env(spec: EvalRunSpec, ref: RunRef, conn: Connection) -> list[dict[st
         {"name": "PROCTOR_LOG_FORMAT", "value": "json"},
     ]
     env += conn.env
-    env += [e.model_dump(by_alias=True, exclude_none=True) for e in spec.env or ()]
-    return env
+    return merge_env(env, [e.model_dump(by_alias=True, exclude_none=True) for e in spec.env or ()])
 
 
 def open_run(
@@ -430,7 +458,9 @@ def open_run(
             )
     if rt.queue is None:
         lease = parse_duration(spec.queue.lease) if spec.queue else 60.0
-        rt.queue = clients.queues.open(conn.queue_url, ref.uid, lease_seconds=lease)
+        rt.queue = clients.queues.open(
+            conn.queue_url, ref.uid, lease_seconds=lease, credentials=conn.queue_credentials
+        )
         rt.queue_owned = not clients.queues.shared(rt.queue)
     if rt.progress is None:
         # Resume from the run checkpoint: refresh then reads only objects written since.
@@ -828,7 +858,7 @@ def finalize_run(
     if isinstance(conn, Problem):
         log.warning("queue not deleted", run=ref.name, reason=conn.message)
         return
-    queue = clients.queues.open(conn.queue_url, ref.uid)
+    queue = clients.queues.open(conn.queue_url, ref.uid, credentials=conn.queue_credentials)
     try:
         queue.delete()
     finally:

@@ -57,6 +57,8 @@ from proctor.observe import (
     worker_obs,
 )
 from proctor.planning import Demand, NodeInfo, compute_plan
+from proctor.pods import merge_env
+from proctor.policy import admit, baseline_problem, spec_size_problem
 from proctor.quantity import parse_duration
 from proctor.queue import WorkQueue
 from proctor.reconcile import (
@@ -548,6 +550,21 @@ def suite_connection(
     return connection(cell_run_spec(spec, cells(spec)[0]), ref, config, api)
 
 
+def admit_suite(spec: BenchmarkSuiteSpec, config: OperatorConfig) -> Problem | None:
+    """The tenant policy for every cell's pod, and for a baseline read by URI (pure)."""
+    for cell in cells(spec):
+        problem = admit(cell_run_spec(spec, cell), config)
+        if problem is not None:
+            return problem
+    uri = spec.baseline.results_uri if spec.baseline else None
+    if uri is not None:
+        problem = baseline_problem(uri, spec.storage, config)
+        if problem is not None:
+            return problem
+    # Benchmark pods receive the suite's spec in PROCTOR_SUITE_SPEC.
+    return spec_size_problem(spec.model_dump_json(by_alias=True, exclude_none=True))
+
+
 def cached_suite_connection(
     spec: BenchmarkSuiteSpec,
     ref: RunRef,
@@ -561,7 +578,7 @@ def cached_suite_connection(
     fresh = time.monotonic() - at < CONNECTION_TTL_SECONDS and generation == ref.generation
     if rt.conn is not None and fresh:
         return rt.conn
-    conn = suite_connection(spec, ref, config, api)
+    conn = admit_suite(spec, config) or suite_connection(spec, ref, config, api)
     rt.conn = conn if isinstance(conn, Connection) else None
     rt.conn_read = (time.monotonic(), ref.generation)
     return conn
@@ -595,10 +612,14 @@ def benchmark_env(
     from_conn = {e["name"] for e in conn.env}
     env += [{"name": k, "value": v} for k, v in worker.env().items() if k not in from_conn]
     env += conn.env
-    env += [
-        e.model_dump(by_alias=True, exclude_none=True) for e in cell.env if e.value_from is not None
-    ]
-    return env
+    return merge_env(
+        env,
+        [
+            e.model_dump(by_alias=True, exclude_none=True)
+            for e in cell.env
+            if e.value_from is not None
+        ],
+    )
 
 
 def _refresh_records(
@@ -631,9 +652,12 @@ def _baseline(
     if base is None:
         return None
     if base.results_uri:
-        return base.results_uri, load_records(
-            base.results_uri, endpoint=conn.storage_endpoint, region=conn.storage_region
-        )
+        # With the suite's own credentials (admit_suite allowed the bucket), never the
+        # operator's: a suite must not read what its own credentials cannot.
+        bucket = base.results_uri.removeprefix("s3://").partition("/")[0]
+        s3 = clients.s3(conn.storage_endpoint, conn.storage_region, conn.storage_credentials)
+        blobs = S3Blobs(bucket, "", client=s3, retry_deadline=30.0)
+        return base.results_uri, load_records(base.results_uri, blobs=blobs)
     name = base.suite_run or ""
     if name == ref.name:
         # This suite's own previous run: a scheduled suite compares each run with the last.
@@ -676,7 +700,7 @@ def _open_queue(
     queue = rt.queues.get(cell_id)
     if queue is None:
         queue = rt.queues[cell_id] = clients.queues.open(
-            conn.queue_url, queue_id, lease_seconds=lease
+            conn.queue_url, queue_id, lease_seconds=lease, credentials=conn.queue_credentials
         )
         if not clients.queues.shared(queue):
             rt.owned.add(cell_id)
@@ -966,7 +990,7 @@ def delete_queues(
     """Remove every cell queue of a run (finished, failed or deleted)."""
     for cell in cells(spec):
         queue_id = cell_queue_id(ref.namespace, ref.name, run_id, cell.id)
-        queue = clients.queues.open(conn.queue_url, queue_id)
+        queue = clients.queues.open(conn.queue_url, queue_id, credentials=conn.queue_credentials)
         try:
             queue.delete()
         finally:

@@ -20,6 +20,7 @@ from pydantic_core import ErrorDetails
 from proctor.api.v1alpha1 import API_VERSION
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuite
 from proctor.api.v1alpha1.evalrun import EvalRun
+from proctor.policy import spec_size_problem
 from proctor.quantity import DURATION_PATTERN, QUANTITY_PATTERN
 
 MODELS: dict[str, type[BaseModel]] = {"EvalRun": EvalRun, "BenchmarkSuite": BenchmarkSuite}
@@ -209,6 +210,10 @@ def validate_document(doc: Any, source: str = "<input>", index: int = 0) -> Docu
         for detail in exc.errors():
             path, message = _message(detail)
             errors.append(FieldError(path, message))
+    if isinstance(model, EvalRun):
+        too_large = spec_size_problem(model.spec.model_dump_json(by_alias=True, exclude_none=True))
+        if too_large is not None:
+            errors.append(FieldError("spec.task.params", too_large.message))
     return DocumentResult(source, index, kind, name, tuple(errors), None if errors else model)
 
 

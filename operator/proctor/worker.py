@@ -44,6 +44,7 @@ from proctor.gpu import GpuMonitor
 from proctor.metrics import WorkerMetrics
 from proctor.quantity import parse_duration
 from proctor.queue import Lease, QueueError, Range, WorkQueue, open_queue, subtract
+from proctor.redact import redact_url
 from proctor.storage import RunStorage, StorageError, TaskStateStore, open_storage
 
 log = structlog.get_logger("proctor.worker")
@@ -338,7 +339,9 @@ class Worker:
             return EXIT_CONFIG
         beat = threading.Thread(target=self._heartbeat, name="proctor-heartbeat", daemon=True)
         beat.start()
-        self.log.info("worker started", queue=self.config.queue_url, storage=self.storage.uri)
+        self.log.info(
+            "worker started", queue=redact_url(self.config.queue_url), storage=self.storage.uri
+        )
         code = EXIT_OK
         try:
             self._loop()

@@ -40,6 +40,7 @@ from proctor.bench.store import RECORDS_KEY, SuiteStore, load_records
 from proctor.bench.summary import SuiteSummary, summarize
 from proctor.bench.worker import BenchWorkerConfig, open_suite_store, suite_lease_seconds
 from proctor.queue import open_queue
+from proctor.redact import redact_text
 from proctor.storage import LocalBlobs
 
 log = structlog.get_logger("proctor.bench.local")
@@ -237,7 +238,7 @@ def run_suite_local(options: LocalSuiteOptions, console: Console | None = None) 
         if options.workers is not None and options.workers < 1:
             raise SuiteRunError(f"--workers must be at least 1, got {options.workers}")
     except SuiteRunError as exc:
-        out.print(f"[red]error:[/red] {exc}")
+        out.print(f"[red]error:[/red] {redact_text(str(exc))}")
         return EXIT_USAGE
     spec = suite.spec
     name = str(suite.metadata.get("name") or options.manifest.stem)
@@ -274,7 +275,7 @@ def run_suite_local(options: LocalSuiteOptions, console: Console | None = None) 
             )
             baseline = load_records(baseline_uri)
     except Exception as exc:
-        out.print(f"[red]error:[/red] cannot set up the suite run: {exc}")
+        out.print(f"[red]error:[/red] cannot set up the suite run: {redact_text(str(exc))}")
         return EXIT_USAGE
     log_dir = results_dir / ".logs" / f"{namespace}-{name}-{run_id}"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -324,7 +325,7 @@ def run_suite_local(options: LocalSuiteOptions, console: Console | None = None) 
     except KeyboardInterrupt:
         interrupted = True
     except _WorkerSetupError as exc:
-        out.print(f"[red]error:[/red] {exc}; see {log_dir}")
+        out.print(f"[red]error:[/red] {redact_text(str(exc))}; see {log_dir}")
         return EXIT_USAGE
     records = store.all_records([c.id for c in matrix])
     summary = summarize(spec, records, baseline)

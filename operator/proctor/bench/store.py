@@ -179,10 +179,16 @@ def _split_results_uri(uri: str) -> tuple[str, str]:
 
 
 def load_records(
-    results_uri: str, *, endpoint: str | None = None, region: str | None = None
+    results_uri: str,
+    *,
+    endpoint: str | None = None,
+    region: str | None = None,
+    blobs: Blobs | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Records per cell id of an earlier suite run, from its folder (``status.resultsUri``) or
     a file in it (``status.reportUri``). Reads ``records.jsonl.gz``, else the cells' objects.
+    ``blobs``, when given, is the bucket of an s3:// ``results_uri`` opened with the reader's
+    own credentials (the operator reads a suite's baseline with the suite's credentials).
     """
     root, prefix = _split_results_uri(results_uri)
     if not urlsplit(root).scheme == "s3" and not Path(root).is_dir():
@@ -190,7 +196,8 @@ def load_records(
             f"no suite results at {results_uri!r}: the folder does not exist; point "
             "baseline.resultsUri at an earlier run's results folder or report"
         )
-    blobs = _open_blobs(root, endpoint=endpoint, region=region)
+    if blobs is None:
+        blobs = _open_blobs(root, endpoint=endpoint, region=region)
     base = f"{prefix}/" if prefix else ""
     data = blobs.get(base + RECORDS_KEY)
     out: dict[str, list[dict[str, Any]]] = {}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, parse_qs, urlsplit
@@ -32,6 +33,7 @@ from proctor.queue.base import (
     subtract,
 )
 from proctor.queue.enqueue import enqueue_run
+from proctor.redact import redact_text, redact_url
 
 __all__ = [
     "DeadLetter",
@@ -120,9 +122,18 @@ class QueueConnections:
                 self._clients[key] = make()
             return self._clients[key]
 
-    def open(self, url: str, run_id: str, *, lease_seconds: float = 60.0) -> WorkQueue:
+    def open(
+        self,
+        url: str,
+        run_id: str,
+        *,
+        lease_seconds: float = 60.0,
+        credentials: Mapping[str, str] | None = None,
+    ) -> WorkQueue:
         """Run ``run_id``'s queue at ``url`` on a shared client (the embedded queue has none
-        to share and gets its own)."""
+        to share and gets its own). ``credentials`` (AWS keys) sign SQS requests; without
+        them the process's ambient credentials do, which the operator allows only for its own
+        default queue."""
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme in ("redis", "rediss", "unix"):
@@ -136,8 +147,8 @@ class QueueConnections:
                     client.ping()
                 except (redis.RedisError, ValueError) as exc:
                     raise QueueError(
-                        f"cannot reach Redis at {url}: {exc}; check the queue URL and that "
-                        "Redis runs"
+                        f"cannot reach Redis at {redact_url(url)}: {redact_text(str(exc))}; "
+                        "check the queue URL and that Redis runs"
                     ) from exc
                 return client
 
@@ -151,15 +162,21 @@ class QueueConnections:
 
             endpoint, region = _sqs_location(parts)
 
+            keys = dict(credentials or {})
+
             def make_sqs() -> Any:
                 return boto3.client(
                     "sqs",
                     endpoint_url=endpoint,
                     region_name=region or "us-east-1",
+                    aws_access_key_id=keys.get("AWS_ACCESS_KEY_ID"),
+                    aws_secret_access_key=keys.get("AWS_SECRET_ACCESS_KEY"),
+                    aws_session_token=keys.get("AWS_SESSION_TOKEN"),
                     config=Config(retries={"max_attempts": 10, "mode": "standard"}),
                 )
 
-            client = self._client(("sqs", endpoint or "", region or ""), make_sqs)
+            signer = tuple(keys.get(k, "") for k in sorted(keys))
+            client = self._client(("sqs", endpoint or "", region or "", *signer), make_sqs)
             return SqsQueue(run_id, lease_seconds=lease_seconds, client=client)
         return open_queue(url, run_id, lease_seconds=lease_seconds)
 

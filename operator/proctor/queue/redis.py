@@ -17,6 +17,7 @@ from typing import Any, cast
 import redis
 
 from proctor.queue.base import DeadLetter, Lease, QueueDepth, QueueError, Range
+from proctor.redact import redact_text, redact_url
 
 GROUP = "workers"
 
@@ -168,7 +169,8 @@ class RedisQueue:
             client.ping()
         except (redis.RedisError, ValueError) as exc:
             raise QueueError(
-                f"cannot reach Redis at {url}: {exc}; check the queue URL and that Redis runs"
+                f"cannot reach Redis at {redact_url(url)}: {redact_text(str(exc))}; "
+                "check the queue URL and that Redis runs"
             ) from exc
         return cls(client, run_id, lease_seconds=lease_seconds)
 

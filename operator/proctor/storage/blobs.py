@@ -18,6 +18,8 @@ from typing import Any, Protocol, TypeVar
 
 import structlog
 
+from proctor.redact import redact_text
+
 # botocore is imported by S3Blobs alone: a run on a local folder (``proctor run``) does not pay
 # its import (about 0.2 s).
 
@@ -202,7 +204,8 @@ class S3Blobs:
             except self._errors as exc:
                 if not _retryable(exc) or time.monotonic() + delay > deadline:
                     raise StorageError(
-                        f"S3 {what} in s3://{self.bucket}/{self.prefix} failed: {exc}; check "
+                        f"S3 {what} in s3://{self.bucket}/{self.prefix} failed: "
+                        f"{redact_text(str(exc))}; check "
                         "the bucket, the endpoint and the credentials"
                     ) from exc
                 self.retries += 1

@@ -59,6 +59,16 @@ def exactly_one(first: str, second: str, message: str, field_path: str | None = 
     )
 
 
+def immutable(field: str) -> tuple[str, str]:
+    """A transition rule: the (camelCase) field may not change, appear or vanish on update."""
+    return (
+        f"has(self.{field}) == has(oldSelf.{field}) && "
+        f"(!has(self.{field}) || self.{field} == oldSelf.{field})",
+        f"spec.{field} is immutable: it decides the results, and results written under the "
+        "old value would be counted for the new one; create a new EvalRun",
+    )
+
+
 def not_both(first: str, second: str, message: str, field_path: str | None = None) -> Rule:
     """At most one of two optional fields (snake_case names) may be set."""
     return Rule(
@@ -82,6 +92,9 @@ class ApiModel(BaseModel):
         defer_build=True,
     )
     rules: ClassVar[tuple[Rule, ...]] = ()
+    transition_rules: ClassVar[tuple[tuple[str, str], ...]] = ()
+    """(CEL, message) pairs comparing an update with the stored object (``oldSelf``): the
+    apiserver alone can check them, as one object has no earlier version."""
 
     @model_validator(mode="after")
     def _check_rules(self) -> Self:
@@ -100,13 +113,14 @@ class ApiModel(BaseModel):
     ) -> JsonSchemaValue:
         schema = handler(core_schema)
         target = handler.resolve_ref_schema(schema)
-        if cls.rules:
+        if cls.rules or cls.transition_rules:
             validations = []
             for rule in cls.rules:
                 item: dict[str, str] = {"rule": rule.cel, "message": rule.message}
                 if rule.field_path:
                     item["fieldPath"] = rule.field_path
                 validations.append(item)
+            validations += [{"rule": cel, "message": m} for cel, m in cls.transition_rules]
             target["x-kubernetes-validations"] = validations
         return schema
 
@@ -223,6 +237,41 @@ class EnvVarSource(ApiModel):
 
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 
+OPERATOR_ENV_PREFIX = "PROCTOR_"
+OPERATOR_ENV_NAMES = (
+    "POD_NAME",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+)
+"""Variables the operator sets in worker and benchmark pods (besides ``PROCTOR_*``): a run's
+``env`` can never name them, so it cannot point its pods at another run's queue or results."""
+USER_PROCTOR_ENV = ("PROCTOR_METRICS_PORT", "PROCTOR_LOG_LEVEL")
+"""The ``PROCTOR_*`` variables a run may set: they change what a worker reports, not where it
+reads or writes."""
+
+
+def is_reserved_env(name: str) -> bool:
+    """Whether ``name`` is a variable only the operator may set (pure)."""
+    if name.startswith(OPERATOR_ENV_PREFIX):
+        return name not in USER_PROCTOR_ENV
+    return name in OPERATOR_ENV_NAMES
+
+
+def _cel_list(names: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{n}'" for n in names) + "]"
+
+
+RESERVED_ENV_RULE = Rule(
+    cel=f"(!self.name.startsWith('{OPERATOR_ENV_PREFIX}') || self.name in "
+    f"{_cel_list(USER_PROCTOR_ENV)}) && !(self.name in {_cel_list(OPERATOR_ENV_NAMES)})",
+    message=f"env cannot set PROCTOR_* (except {', '.join(USER_PROCTOR_ENV)}) or "
+    f"{', '.join(OPERATOR_ENV_NAMES)}: the operator sets them; name the variable otherwise",
+    check=lambda m: not is_reserved_env(m.name),
+    field_path=".name",
+)
+
 
 class EnvVar(ApiModel):
     """An environment variable for the worker or benchmark process."""
@@ -235,7 +284,10 @@ class EnvVar(ApiModel):
         default=None, description="Value taken from a Secret or ConfigMap key."
     )
 
-    rules = (not_both("value", "value_from", "env needs value or valueFrom, not both"),)
+    rules = (
+        not_both("value", "value_from", "env needs value or valueFrom, not both"),
+        RESERVED_ENV_RULE,
+    )
 
 
 class LocalObjectReference(ApiModel):
@@ -332,7 +384,8 @@ class QueueSpec(ApiModel):
     secret_ref: LocalObjectReference | None = Field(
         default=None,
         description="Secret with the connection: key `url` for redis (redis://...); for sqs "
-        "`region` and optionally `endpoint`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`. "
+        "`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` (the operator reads the queue with them), "
+        "`region` and optionally `endpoint`. "
         "Unset: the operator's default queue.",
     )
     lease: Duration = Field(
@@ -368,7 +421,9 @@ class StorageSpec(ApiModel):
     secret_ref: LocalObjectReference | None = Field(
         default=None,
         description="Secret with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (optionally "
-        "`AWS_SESSION_TOKEN`). Unset: the workers' ambient credentials (e.g. IRSA).",
+        "`AWS_SESSION_TOKEN`). Unset: the workers' ambient credentials (e.g. IRSA), and the "
+        "run is admitted only where the operator's policy.ambientCredentialBuckets lists the "
+        "bucket (docs/security.md).",
     )
     compression: Compression | None = Field(default=None, description="Compression settings.")
     checkpoint_interval: Duration = Field(

@@ -21,6 +21,7 @@ from proctor.api.v1alpha1.base import (
     Rule,
     StorageSpec,
     exactly_one,
+    immutable,
 )
 
 KIND = "EvalRun"
@@ -223,6 +224,11 @@ class EvalRunSpec(ApiModel):
     )
 
     rules = (PROFILE_OR_RESOURCES,)
+    # Results are fenced by spec: workers of an earlier spec keep writing what they were
+    # given, so what decides results never changes under them (docs/security.md).
+    transition_rules = tuple(
+        immutable(f) for f in ("task", "cases", "compare", "image", "env", "caseTimeout")
+    )
 
     def profile_name(self) -> str:
         """The profile to plan with: explicit, or auto when nothing is set."""
