@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from proctor.api.v1alpha1.base import Condition
+from proctor.api.v1alpha1.base import Condition, LossLedgerStatus
 from proctor.api.v1alpha1.benchmarksuite import (
     PLURAL,
     BenchmarkSuiteSpec,
@@ -44,7 +44,7 @@ from proctor.conditions import get_condition, rfc3339, set_condition
 from proctor.config import OperatorConfig
 from proctor.cron import latest_fire, next_fire, parse_cron
 from proctor.kubeapi import custom_path
-from proctor.losses import LossLedger, count_losses
+from proctor.losses import Losses, LossLedger, count_losses, ledger_status, loss_events
 from proctor.observe import (
     GROUP,
     VERSION,
@@ -67,7 +67,7 @@ from proctor.reconcile import (
     SharedClients,
     connection,
 )
-from proctor.status import Event, Problem
+from proctor.status import Event, Problem, loss_degradations
 from proctor.storage import Blobs, RunStorage, S3Blobs
 from proctor.suite_pods import ANNOTATION_CELL, LABEL_SUITE_RUN, benchmark_pod, cell_run_spec
 
@@ -240,8 +240,10 @@ class SuiteObservation:
     ready_pods: int = 0
     finished: bool = False
     problem: Problem | None = None
-    new_disruptions: int = 0
-    new_failures: int = 0
+    # The run's totals so far, from the loss ledger (which a restarted operator restores).
+    disruptions: int = 0
+    failures: int = 0
+    ledger: LossLedgerStatus | None = None
     report_uri: str | None = None
     results_uri: str | None = None
     baseline_uri: str | None = None
@@ -294,8 +296,7 @@ def next_suite_status(obs: SuiteObservation) -> SuiteStatusUpdate:
     prev = obs.previous
     fresh = obs.run.start
     base = BenchmarkSuiteStatus() if fresh else prev
-    disruptions = (base.disruptions or 0) + obs.new_disruptions
-    failures = (base.failures or 0) + obs.new_failures
+    disruptions, failures = obs.disruptions, obs.failures
     phase, reason, message = _decide_phase(obs, failures)
     now_s = rfc3339(obs.now)
     gen = obs.generation
@@ -314,14 +315,18 @@ def next_suite_status(obs: SuiteObservation) -> SuiteStatusUpdate:
         regressions = list(summary.regressions) if obs.baseline_uri else None
     put("Ready", phase in {"Running", "Succeeded"}, reason, message)
     put("Progressing", phase in {"Running", "Pending"} and obs.problem is None, reason)
-    degraded = [obs.problem.message] if obs.problem else []
-    if failures:
-        degraded.append(f"{failures} benchmark pod failures")
+    degraded = [(obs.problem.reason, obs.problem.message)] if obs.problem else []
+    degraded += loss_degradations(
+        failures,
+        disruptions,
+        budget=f"spec.failureBudget is {obs.spec.failure_budget}",
+        pods="benchmark pod",
+    )
     put(
         "Degraded",
         bool(degraded),
-        obs.problem.reason if obs.problem else ("PodFailures" if failures else "AsExpected"),
-        "; ".join(degraded),
+        degraded[0][0] if degraded else "AsExpected",
+        "; ".join(message for _, message in degraded),
     )
     put("Succeeded", phase == "Succeeded", reason if phase == "Succeeded" else "NotFinished")
     put(
@@ -366,6 +371,7 @@ def next_suite_status(obs: SuiteObservation) -> SuiteStatusUpdate:
             total=total,
             regression_count=len(regressions) if regressions is not None else None,
             disruptions=disruptions,
+            failures=failures,
             report_uri=report_uri,
             results_uri=results_uri,
         )
@@ -383,6 +389,9 @@ def next_suite_status(obs: SuiteObservation) -> SuiteStatusUpdate:
         regression_count=len(regressions) if regressions is not None else None,
         disruptions=disruptions,
         failures=failures,
+        # A finished run's pods are being removed: none is ready.
+        ready_pods=0 if phase in TERMINAL else obs.ready_pods,
+        ledger=obs.ledger or base.ledger,
         run_id=obs.run.run_id,
         report_uri=report_uri,
         results_uri=results_uri,
@@ -438,7 +447,8 @@ class SuiteRuntime:
     owned: set[str] = field(default_factory=set)
     conn: Connection | None = None
     conn_read: tuple[float, int] = (0.0, 0)
-    expected: dict[str, tuple[str, float]] = field(default_factory=dict)
+    # Pods created but not in the pod index yet: cell -> (uid, monotonic time, pod name).
+    expected: dict[str, tuple[str, float, str]] = field(default_factory=dict)
     enqueued: set[str] = field(default_factory=set)
     records: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     ledger: LossLedger = field(default_factory=LossLedger)
@@ -461,6 +471,7 @@ class SuiteRuntime:
         self.summarized = None
         self.summary = None
         self.expected = {}
+        self.ledger = LossLedger()  # restored from the status, or a new run's own
 
     def close(self) -> None:
         """Close the queues this suite owns; shared clients stay open for other runs."""
@@ -475,11 +486,15 @@ class SuiteRuntime:
         at most EXPECTATION_SECONDS): without this a pass would start a second pod."""
         seen = set(indexed)
         self.expected = {
-            cell: (uid, at)
-            for cell, (uid, at) in self.expected.items()
+            cell: (uid, at, name)
+            for cell, (uid, at, name) in self.expected.items()
             if uid not in seen and now - at < EXPECTATION_SECONDS
         }
         return set(self.expected)
+
+    def unseen(self) -> dict[str, str]:
+        """Pods created and not in the pod index yet, name -> uid (for the status ledger)."""
+        return {name: uid for uid, _, name in self.expected.values()}
 
 
 @dataclass(frozen=True)
@@ -717,9 +732,7 @@ def reconcile_suite(
         if pod.run_id != (run.run_id or "") and not pod.obs.terminating:
             delete(pod)
     current = [p for p in pods if p.run_id == (run.run_id or "")]
-    losses = count_losses([p.obs for p in current], rt.ledger)
-    for note in losses.notes:
-        log.info("benchmark pod lost", suite=ref.name, detail=note)
+    losses = _count_losses(rt, prev=prev, run=run, current=current, view=view, ref=ref, emit=emit)
     for pod in current:
         if pod.obs.finished and not pod.obs.terminating and pod.obs.uid not in rt.ledger.deleted:
             delete(pod)
@@ -815,7 +828,7 @@ def reconcile_suite(
                 api=api,
                 now=now,
             )
-    ready = sum(1 for p in live if p.obs.ready)
+    ready = sum(1 for p in live if p.obs.ready and p.obs.uid not in rt.ledger.deleted)
     obs = SuiteObservation(
         spec=spec,
         generation=ref.generation,
@@ -826,8 +839,9 @@ def reconcile_suite(
         ready_pods=ready,
         finished=finished,
         problem=problem,
-        new_disruptions=losses.disruptions,
-        new_failures=losses.failures,
+        disruptions=rt.ledger.disruptions,
+        failures=rt.ledger.failures,
+        ledger=ledger_status(rt.ledger, [p.obs for p in current], rt.unseen()),
         report_uri=report_uri,
         results_uri=results_uri,
         baseline_uri=rt.baseline_uri,
@@ -840,6 +854,9 @@ def reconcile_suite(
         if isinstance(conn, Connection):
             rt.close()
             delete_queues(spec, ref, run.run_id, conn, clients)
+        # The pods just deleted are no loss to a successor that finds them gone.
+        ledger = ledger_status(rt.ledger, [p.obs for p in current], rt.unseen())
+        update.status = update.status.model_copy(update={"ledger": ledger})
     new = update.status.model_dump(by_alias=True, exclude_none=True, mode="json")
     patch = status_patch(body_status, new)
     if patch:
@@ -855,6 +872,33 @@ def reconcile_suite(
     return SuitePassResult(
         update.status.phase or "Pending", run.run_id, created_pods, removed, losses.disruptions
     )
+
+
+def _count_losses(
+    rt: SuiteRuntime,
+    *,
+    prev: BenchmarkSuiteStatus,
+    run: RunDecision,
+    current: Sequence[BenchPod],
+    view: SuiteView,
+    ref: RunRef,
+    emit: EventSink,
+) -> Losses:
+    """Count the run's lost pods once, taking up the ledger a predecessor left in the status
+    (finding 12 of issue 15; a new run starts its own), and post an Event for each."""
+    fresh = run.start
+    rt.ledger.restore(
+        None if fresh else prev.ledger,
+        failures=0 if fresh else prev.failures or 0,
+        disruptions=0 if fresh else prev.disruptions or 0,
+    )
+    spot = {n.name for n in view.nodes if n.is_spot}
+    losses = count_losses([p.obs for p in current], rt.ledger, spot)
+    for note in losses.notes:
+        log.info("benchmark pod lost", suite=ref.name, detail=note)
+    for event in loss_events(losses.lost, budget="spec.failureBudget"):
+        emit(event)  # now: the ledger has counted them, no later pass would post them
+    return losses
 
 
 def _write_report(
@@ -943,7 +987,7 @@ def _start_pods(
             pool=pool,
         )
         name, uid = api.create_pod(manifest)
-        rt.expected[cell_id] = (uid, time.monotonic())
+        rt.expected[cell_id] = (uid, time.monotonic(), name)
         log.info("benchmark pod created", suite=ref.name, run=run_id, cell=cell_id, pod=name)
     return len(chosen)
 
