@@ -5,7 +5,7 @@ pods. Passes run on an in-memory API with a real Redis queue and local storage."
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +16,7 @@ import pytest
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteSpec, BenchmarkSuiteStatus
 from proctor.api.v1alpha1.evalrun import LossLedgerStatus as EvalRunLedger
 from proctor.config import OperatorConfig
+from proctor.losses import Departed
 from proctor.observe import WorkerObs
 from proctor.planning import Capacity, NodeInfo
 from proctor.reconcile import RunRef, SharedClients
@@ -91,7 +92,7 @@ class Operator:
     rt: SuiteRuntime
     events: list[Event]
 
-    def pass_(self, pods: list[BenchPod], now: datetime) -> None:
+    def pass_(self, pods: list[BenchPod], now: datetime, departed: Sequence[Departed] = ()) -> None:
         reconcile_suite(
             body_spec=SPEC,
             body_status=self.api.status,
@@ -100,7 +101,7 @@ class Operator:
             config=self.config,
             api=self.api,
             clients=self.clients,
-            view=SuiteView(nodes=[SPOT_NODE], usage={}, pods=pods, occupied=[]),
+            view=SuiteView(nodes=[SPOT_NODE], usage={}, pods=pods, occupied=[], departed=departed),
             rt=self.rt,
             emit=self.events.append,
             now=now,
@@ -232,3 +233,31 @@ def test_finding13_a_finished_suite_run_shows_no_ready_pods() -> None:
 def test_finding12_suite_ledger_has_the_evalrun_schema() -> None:
     field = BenchmarkSuiteStatus.model_fields["ledger"]
     assert field.annotation == EvalRunLedger | None
+
+
+def gone(bench: BenchPod, *, lost: str, why: str, on_spot: bool = True) -> Departed:
+    """A benchmark pod's DELETED event, with its last state."""
+    return Departed(pod(bench.obs.name, bench.run_id, lost=lost, why=why).obs, on_spot)
+
+
+def test_finding12_suite_pod_deleted_between_passes_is_classified_by_its_last_state(
+    operator: Operator,
+) -> None:
+    run_id, first = started(operator)
+    # It crashed and was deleted before the next pass saw it: a failure, not a disruption.
+    crashed = gone(first, lost="failure", why="exit code 137 (OOMKilled)")
+    operator.pass_([], T0 + timedelta(seconds=4), departed=[crashed])
+    status = operator.api.status
+    assert (status["failures"], status.get("disruptions", 0)) == (1, 0), status
+    assert losses(operator.events) == [("Warning", "WorkerFailed")]
+    # Its replacement is preempted before the pod index ever shows it: counted, and replaced
+    # at once rather than after the wait for a pod the index does not show.
+    (_, name) = operator.api.created
+    preempted = gone(pod(name, run_id), lost="disruption", why="DisruptionTarget")
+    operator.pass_([], T0 + timedelta(seconds=6), departed=[preempted])
+    assert (operator.api.status["failures"], operator.api.status["disruptions"]) == (1, 1)
+    assert len(operator.api.created) == 3
+    # A pod of another suite run, or one this run never made, is not this run's loss.
+    stranger = gone(pod("other-0", "other-run"), lost="failure", why="exit code 1")
+    operator.pass_([], T0 + timedelta(seconds=8), departed=[stranger])
+    assert (operator.api.status["failures"], operator.api.status["disruptions"]) == (1, 1)

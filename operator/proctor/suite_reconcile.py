@@ -26,6 +26,7 @@ import structlog
 
 from proctor.api.v1alpha1.base import Condition, LossLedgerStatus
 from proctor.api.v1alpha1.benchmarksuite import (
+    KIND,
     PLURAL,
     BenchmarkSuiteSpec,
     BenchmarkSuiteStatus,
@@ -44,7 +45,7 @@ from proctor.conditions import get_condition, rfc3339, set_condition
 from proctor.config import OperatorConfig
 from proctor.cron import latest_fire, next_fire, parse_cron
 from proctor.kubeapi import custom_path
-from proctor.losses import Losses, LossLedger, count_losses, ledger_status, loss_events
+from proctor.losses import Departed, Losses, LossLedger, count_losses, ledger_status, loss_events
 from proctor.observe import (
     GROUP,
     VERSION,
@@ -122,6 +123,11 @@ def bench_pod(body: Mapping[str, Any]) -> BenchPod:
         if deleting
         else None,
     )
+
+
+def departure_key(namespace: str, suite: str) -> tuple[str, str, str]:
+    """Where a suite's deleted pods wait for its next pass (apart from an EvalRun's own)."""
+    return (KIND, namespace, suite)
 
 
 def occupied_node(body: Mapping[str, Any]) -> str | None:
@@ -506,6 +512,7 @@ class SuiteView:
     usage: Mapping[str, Sequence[PodUsage]]
     pods: Sequence[BenchPod]
     occupied: Iterable[str]
+    departed: Sequence[Departed] = ()  # this suite's pods deleted since its last pass
 
 
 @dataclass
@@ -885,15 +892,23 @@ def _count_losses(
     emit: EventSink,
 ) -> Losses:
     """Count the run's lost pods once, taking up the ledger a predecessor left in the status
-    (finding 12 of issue 15; a new run starts its own), and post an Event for each."""
+    (finding 12 of issue 15; a new run starts its own), and post an Event for each. Pods
+    deleted since the last pass are classified by their last state (``view.departed``)."""
     fresh = run.start
     rt.ledger.restore(
         None if fresh else prev.ledger,
         failures=0 if fresh else prev.failures or 0,
         disruptions=0 if fresh else prev.disruptions or 0,
     )
+    # Deleted pods of this run: ones the ledger knows or this operator created and the index
+    # has not shown (an earlier run's pods, deleted as it ended, are in neither).
+    mine = set(rt.ledger.known) | set(rt.unseen().values())
+    departed = [g for g in view.departed if g.obs.uid in mine]
+    gone = {g.obs.uid for g in departed}
+    # A pod that came and went between passes: its cell gets a replacement now.
+    rt.expected = {c: e for c, e in rt.expected.items() if e[0] not in gone}
     spot = {n.name for n in view.nodes if n.is_spot}
-    losses = count_losses([p.obs for p in current], rt.ledger, spot)
+    losses = count_losses([p.obs for p in current], rt.ledger, spot, departed)
     for note in losses.notes:
         log.info("benchmark pod lost", suite=ref.name, detail=note)
     for event in loss_events(losses.lost, budget="spec.failureBudget"):
