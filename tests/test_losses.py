@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from proctor.api.v1alpha1.evalrun import LossLedgerStatus
+from proctor.api.v1alpha1.base import LossLedgerStatus
 from proctor.losses import (
     Departed,
     Departures,

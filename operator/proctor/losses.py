@@ -2,9 +2,10 @@
 their node: replaced, never charged) apart from *failures* (crash, OOM, image error: charged to
 the failure budget). EvalRun and BenchmarkSuite passes both count with :func:`count_losses`.
 
-An EvalRun's ledger is also written to its status (:func:`ledger_status`) and read back by a
-restarted operator (:meth:`LossLedger.restore`): the pods the last pass knew, with their node's
-spot-ness, so that a pod that vanished while no operator ran is still counted, once."""
+The ledger of an EvalRun, and of a BenchmarkSuite's current run, is also written to its status
+(:func:`ledger_status`) and read back by a restarted operator (:meth:`LossLedger.restore`): the
+pods the last pass knew, with their node's spot-ness, so that a pod that vanished while no
+operator ran is still counted, once."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import time
 from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from proctor.api.v1alpha1.evalrun import LossLedgerStatus, TrackedPod
+from proctor.api.v1alpha1.base import LossLedgerStatus, TrackedPod
 from proctor.observe import WorkerObs
 from proctor.status import Event
 
@@ -173,17 +174,23 @@ LOSS_EVENTS_PER_PASS = 10
 """Lost workers beyond this many in one pass (a whole spot pool reclaimed) share one Event."""
 
 
-def loss_events(lost: Sequence[Loss], limit: int = LOSS_EVENTS_PER_PASS) -> list[Event]:
+def loss_events(
+    lost: Sequence[Loss],
+    limit: int = LOSS_EVENTS_PER_PASS,
+    *,
+    budget: str = "workers.failureBudget",
+) -> list[Event]:
     """A Warning Event per lost worker pod (pure): ``WorkerFailed`` (charged to the failure
-    budget) or ``WorkerDisrupted`` (replaced, not charged); past ``limit``, one
-    ``WorkersLost`` Event for the rest, so a reclaimed pool does not flood the run's Events."""
+    budget, the field ``budget`` names) or ``WorkerDisrupted`` (replaced, not charged); past
+    ``limit``, one ``WorkersLost`` Event for the rest, so a reclaimed pool does not flood the
+    run's Events. BenchmarkSuites post the same reasons for their benchmark pods."""
     events = []
     for loss in lost[:limit]:
         if loss.kind == "failure":
-            tail = "charged to workers.failureBudget"
+            tail = f"charged to {budget}"
             events.append(Event("Warning", "WorkerFailed", f"{loss.note()}; {tail}"))
         else:
-            tail = "replaced, not charged to workers.failureBudget"
+            tail = f"replaced, not charged to {budget}"
             events.append(Event("Warning", "WorkerDisrupted", f"{loss.note()}; {tail}"))
     rest = lost[limit:]
     if rest:

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from proctor.api.v1alpha1.base import LossLedgerStatus
 from proctor.api.v1alpha1.evalrun import (
     CaseCounts,
     CheckpointStatus,
     EvalRunSpec,
     EvalRunStatus,
-    LossLedgerStatus,
     Phase,
     ResultSummary,
     WorkerCounts,
@@ -155,20 +155,31 @@ def degradations(obs: Observation) -> list[tuple[str, str]]:
         found.append((obs.problem.reason, obs.problem.message))
     if obs.counts.dead_lettered:
         found.append(("DeadLetters", f"{obs.counts.dead_lettered} cases dead-lettered"))
-    if obs.workers.failures:
-        budget = obs.spec.workers.failure_budget if obs.spec.workers else 5
+    budget = obs.spec.workers.failure_budget if obs.spec.workers else 5
+    found += loss_degradations(
+        obs.workers.failures, obs.disruptions, budget=f"workers.failureBudget is {budget}"
+    )
+    return found
+
+
+def loss_degradations(
+    failures: int, disruptions: int, *, budget: str, pods: str = "worker"
+) -> list[tuple[str, str]]:
+    """(reason, message) for lost pods (pure), EvalRun workers and benchmark pods alike:
+    ``WorkerFailures`` (charged to the budget ``budget`` describes), ``WorkersDisrupted``."""
+    found = []
+    if failures:
         found.append(
             (
                 "WorkerFailures",
-                f"{obs.workers.failures} worker failures (crash, OOM or image error; "
-                f"workers.failureBudget is {budget})",
+                f"{failures} {pods} failures (crash, OOM or image error; {budget})",
             )
         )
-    if obs.disruptions:
+    if disruptions:
         found.append(
             (
                 "WorkersDisrupted",
-                f"{obs.disruptions} workers disrupted (preempted, evicted or node lost; "
+                f"{disruptions} {pods}s disrupted (preempted, evicted or node lost; "
                 "replaced, not charged)",
             )
         )

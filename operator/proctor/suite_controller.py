@@ -17,6 +17,7 @@ import kopf
 import structlog
 
 from proctor.config import OperatorConfig
+from proctor.losses import Departed
 from proctor.pods import LABEL_COMPONENT, LABEL_RUN
 from proctor.reconcile import RunRef
 from proctor.status import Event
@@ -28,6 +29,7 @@ from proctor.suite_reconcile import (
     SuiteRuntime,
     SuiteView,
     bench_pod,
+    departure_key,
     finalize_suite,
     occupied_node,
     reconcile_suite,
@@ -76,6 +78,7 @@ def suite_pass(*, body: kopf.Body, memo: Any, **indexes: Any) -> SuitePassResult
             usage={k: list(v) for k, v in indexes["proctor_usage"].items()},
             pods=list(indexes["proctor_bench_pods"].get((ref.namespace, ref.name), [])),
             occupied=list(indexes["proctor_bench_nodes"].get(None, [])),
+            departed=memo.departures.take(departure_key(ref.namespace, ref.name)),
         )
 
         def emit(event: Event) -> None:
@@ -125,6 +128,20 @@ def register_suite_handlers(registry: kopf.OperatorRegistry, config: OperatorCon
         pod = bench_pod(body)
         return {(pod.obs.namespace, pod.obs.run): pod}
 
+    @kopf.on.event(
+        "pods",
+        labels={LABEL_COMPONENT: COMPONENT, LABEL_RUN: kopf.PRESENT},
+        registry=registry,
+    )
+    async def bench_pod_deleted(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        # As for EvalRun workers: a pod bound and deleted between two passes is never in the
+        # index; its last state waits here for the suite's next pass.
+        if type != "DELETED":
+            return
+        obs = bench_pod(body).obs
+        gone = Departed(obs, memo.spot_nodes.was_spot(obs.node))
+        memo.departures.add(departure_key(obs.namespace, obs.run), gone)
+
     @kopf.index(
         "pods", id="proctor_bench_nodes", labels={LABEL_COMPONENT: COMPONENT}, registry=registry
     )
@@ -156,6 +173,7 @@ def register_suite_handlers(registry: kopf.OperatorRegistry, config: OperatorCon
             api=memo.suite_api,
             clients=memo.clients,
         )
+        memo.departures.forget(departure_key(ref.namespace, ref.name))
         rt = memo.suites.pop(ref.uid, None)
         if rt is not None:
             rt.close()

@@ -24,8 +24,9 @@ from typing import Any
 
 import structlog
 
-from proctor.api.v1alpha1.base import Condition
+from proctor.api.v1alpha1.base import Condition, LossLedgerStatus
 from proctor.api.v1alpha1.benchmarksuite import (
+    KIND,
     PLURAL,
     BenchmarkSuiteSpec,
     BenchmarkSuiteStatus,
@@ -44,7 +45,7 @@ from proctor.conditions import get_condition, rfc3339, set_condition
 from proctor.config import OperatorConfig
 from proctor.cron import latest_fire, next_fire, parse_cron
 from proctor.kubeapi import custom_path
-from proctor.losses import LossLedger, count_losses
+from proctor.losses import Departed, Losses, LossLedger, count_losses, ledger_status, loss_events
 from proctor.observe import (
     GROUP,
     VERSION,
@@ -69,7 +70,7 @@ from proctor.reconcile import (
     SharedClients,
     connection,
 )
-from proctor.status import Event, Problem
+from proctor.status import Event, Problem, loss_degradations
 from proctor.storage import Blobs, RunStorage, S3Blobs
 from proctor.suite_pods import ANNOTATION_CELL, LABEL_SUITE_RUN, benchmark_pod, cell_run_spec
 
@@ -124,6 +125,11 @@ def bench_pod(body: Mapping[str, Any]) -> BenchPod:
         if deleting
         else None,
     )
+
+
+def departure_key(namespace: str, suite: str) -> tuple[str, str, str]:
+    """Where a suite's deleted pods wait for its next pass (apart from an EvalRun's own)."""
+    return (KIND, namespace, suite)
 
 
 def occupied_node(body: Mapping[str, Any]) -> str | None:
@@ -242,8 +248,10 @@ class SuiteObservation:
     ready_pods: int = 0
     finished: bool = False
     problem: Problem | None = None
-    new_disruptions: int = 0
-    new_failures: int = 0
+    # The run's totals so far, from the loss ledger (which a restarted operator restores).
+    disruptions: int = 0
+    failures: int = 0
+    ledger: LossLedgerStatus | None = None
     report_uri: str | None = None
     results_uri: str | None = None
     baseline_uri: str | None = None
@@ -296,8 +304,7 @@ def next_suite_status(obs: SuiteObservation) -> SuiteStatusUpdate:
     prev = obs.previous
     fresh = obs.run.start
     base = BenchmarkSuiteStatus() if fresh else prev
-    disruptions = (base.disruptions or 0) + obs.new_disruptions
-    failures = (base.failures or 0) + obs.new_failures
+    disruptions, failures = obs.disruptions, obs.failures
     phase, reason, message = _decide_phase(obs, failures)
     now_s = rfc3339(obs.now)
     gen = obs.generation
@@ -316,14 +323,18 @@ def next_suite_status(obs: SuiteObservation) -> SuiteStatusUpdate:
         regressions = list(summary.regressions) if obs.baseline_uri else None
     put("Ready", phase in {"Running", "Succeeded"}, reason, message)
     put("Progressing", phase in {"Running", "Pending"} and obs.problem is None, reason)
-    degraded = [obs.problem.message] if obs.problem else []
-    if failures:
-        degraded.append(f"{failures} benchmark pod failures")
+    degraded = [(obs.problem.reason, obs.problem.message)] if obs.problem else []
+    degraded += loss_degradations(
+        failures,
+        disruptions,
+        budget=f"spec.failureBudget is {obs.spec.failure_budget}",
+        pods="benchmark pod",
+    )
     put(
         "Degraded",
         bool(degraded),
-        obs.problem.reason if obs.problem else ("PodFailures" if failures else "AsExpected"),
-        "; ".join(degraded),
+        degraded[0][0] if degraded else "AsExpected",
+        "; ".join(message for _, message in degraded),
     )
     put("Succeeded", phase == "Succeeded", reason if phase == "Succeeded" else "NotFinished")
     put(
@@ -368,6 +379,7 @@ def next_suite_status(obs: SuiteObservation) -> SuiteStatusUpdate:
             total=total,
             regression_count=len(regressions) if regressions is not None else None,
             disruptions=disruptions,
+            failures=failures,
             report_uri=report_uri,
             results_uri=results_uri,
         )
@@ -385,6 +397,9 @@ def next_suite_status(obs: SuiteObservation) -> SuiteStatusUpdate:
         regression_count=len(regressions) if regressions is not None else None,
         disruptions=disruptions,
         failures=failures,
+        # A finished run's pods are being removed: none is ready.
+        ready_pods=0 if phase in TERMINAL else obs.ready_pods,
+        ledger=obs.ledger or base.ledger,
         run_id=obs.run.run_id,
         report_uri=report_uri,
         results_uri=results_uri,
@@ -440,7 +455,8 @@ class SuiteRuntime:
     owned: set[str] = field(default_factory=set)
     conn: Connection | None = None
     conn_read: tuple[float, int] = (0.0, 0)
-    expected: dict[str, tuple[str, float]] = field(default_factory=dict)
+    # Pods created but not in the pod index yet: cell -> (uid, monotonic time, pod name).
+    expected: dict[str, tuple[str, float, str]] = field(default_factory=dict)
     enqueued: set[str] = field(default_factory=set)
     records: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     ledger: LossLedger = field(default_factory=LossLedger)
@@ -463,6 +479,7 @@ class SuiteRuntime:
         self.summarized = None
         self.summary = None
         self.expected = {}
+        self.ledger = LossLedger()  # restored from the status, or a new run's own
 
     def close(self) -> None:
         """Close the queues this suite owns; shared clients stay open for other runs."""
@@ -477,11 +494,15 @@ class SuiteRuntime:
         at most EXPECTATION_SECONDS): without this a pass would start a second pod."""
         seen = set(indexed)
         self.expected = {
-            cell: (uid, at)
-            for cell, (uid, at) in self.expected.items()
+            cell: (uid, at, name)
+            for cell, (uid, at, name) in self.expected.items()
             if uid not in seen and now - at < EXPECTATION_SECONDS
         }
         return set(self.expected)
+
+    def unseen(self) -> dict[str, str]:
+        """Pods created and not in the pod index yet, name -> uid (for the status ledger)."""
+        return {name: uid for uid, _, name in self.expected.values()}
 
 
 @dataclass(frozen=True)
@@ -493,6 +514,7 @@ class SuiteView:
     usage: Mapping[str, Sequence[PodUsage]]
     pods: Sequence[BenchPod]
     occupied: Iterable[str]
+    departed: Sequence[Departed] = ()  # this suite's pods deleted since its last pass
 
 
 @dataclass
@@ -741,9 +763,7 @@ def reconcile_suite(
         if pod.run_id != (run.run_id or "") and not pod.obs.terminating:
             delete(pod)
     current = [p for p in pods if p.run_id == (run.run_id or "")]
-    losses = count_losses([p.obs for p in current], rt.ledger)
-    for note in losses.notes:
-        log.info("benchmark pod lost", suite=ref.name, detail=note)
+    losses = _count_losses(rt, prev=prev, run=run, current=current, view=view, ref=ref, emit=emit)
     for pod in current:
         if pod.obs.finished and not pod.obs.terminating and pod.obs.uid not in rt.ledger.deleted:
             delete(pod)
@@ -839,7 +859,7 @@ def reconcile_suite(
                 api=api,
                 now=now,
             )
-    ready = sum(1 for p in live if p.obs.ready)
+    ready = sum(1 for p in live if p.obs.ready and p.obs.uid not in rt.ledger.deleted)
     obs = SuiteObservation(
         spec=spec,
         generation=ref.generation,
@@ -850,8 +870,9 @@ def reconcile_suite(
         ready_pods=ready,
         finished=finished,
         problem=problem,
-        new_disruptions=losses.disruptions,
-        new_failures=losses.failures,
+        disruptions=rt.ledger.disruptions,
+        failures=rt.ledger.failures,
+        ledger=ledger_status(rt.ledger, [p.obs for p in current], rt.unseen()),
         report_uri=report_uri,
         results_uri=results_uri,
         baseline_uri=rt.baseline_uri,
@@ -864,6 +885,9 @@ def reconcile_suite(
         if isinstance(conn, Connection):
             rt.close()
             delete_queues(spec, ref, run.run_id, conn, clients)
+        # The pods just deleted are no loss to a successor that finds them gone.
+        ledger = ledger_status(rt.ledger, [p.obs for p in current], rt.unseen())
+        update.status = update.status.model_copy(update={"ledger": ledger})
     new = update.status.model_dump(by_alias=True, exclude_none=True, mode="json")
     patch = status_patch(body_status, new)
     if patch:
@@ -879,6 +903,41 @@ def reconcile_suite(
     return SuitePassResult(
         update.status.phase or "Pending", run.run_id, created_pods, removed, losses.disruptions
     )
+
+
+def _count_losses(
+    rt: SuiteRuntime,
+    *,
+    prev: BenchmarkSuiteStatus,
+    run: RunDecision,
+    current: Sequence[BenchPod],
+    view: SuiteView,
+    ref: RunRef,
+    emit: EventSink,
+) -> Losses:
+    """Count the run's lost pods once, taking up the ledger a predecessor left in the status
+    (finding 12 of issue 15; a new run starts its own), and post an Event for each. Pods
+    deleted since the last pass are classified by their last state (``view.departed``)."""
+    fresh = run.start
+    rt.ledger.restore(
+        None if fresh else prev.ledger,
+        failures=0 if fresh else prev.failures or 0,
+        disruptions=0 if fresh else prev.disruptions or 0,
+    )
+    # Deleted pods of this run: ones the ledger knows or this operator created and the index
+    # has not shown (an earlier run's pods, deleted as it ended, are in neither).
+    mine = set(rt.ledger.known) | set(rt.unseen().values())
+    departed = [g for g in view.departed if g.obs.uid in mine]
+    gone = {g.obs.uid for g in departed}
+    # A pod that came and went between passes: its cell gets a replacement now.
+    rt.expected = {c: e for c, e in rt.expected.items() if e[0] not in gone}
+    spot = {n.name for n in view.nodes if n.is_spot}
+    losses = count_losses([p.obs for p in current], rt.ledger, spot, departed)
+    for note in losses.notes:
+        log.info("benchmark pod lost", suite=ref.name, detail=note)
+    for event in loss_events(losses.lost, budget="spec.failureBudget"):
+        emit(event)  # now: the ledger has counted them, no later pass would post them
+    return losses
 
 
 def _write_report(
@@ -967,7 +1026,7 @@ def _start_pods(
             pool=pool,
         )
         name, uid = api.create_pod(manifest)
-        rt.expected[cell_id] = (uid, time.monotonic())
+        rt.expected[cell_id] = (uid, time.monotonic(), name)
         log.info("benchmark pod created", suite=ref.name, run=run_id, cell=cell_id, pod=name)
     return len(chosen)
 

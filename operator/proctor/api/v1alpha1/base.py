@@ -448,3 +448,29 @@ class Condition(ApiModel):
     observed_generation: int | None = Field(
         default=None, description="The spec generation this condition was computed from."
     )
+
+
+class TrackedPod(ApiModel):
+    """A worker pod as the operator last recorded it: enough to classify its loss if it is
+    gone by the time a restarted operator looks."""
+
+    name: str = Field(description="Pod name.")
+    uid: str = Field(description="Pod UID.")
+    node: str = Field(default="", description="The node it was bound to; empty: not bound.")
+    spot: bool = Field(default=False, description="Its node was a spot node.")
+    state: Literal["live", "counted", "deleted"] = Field(
+        default="live",
+        description="live: not lost yet; counted: its loss is counted; deleted: the operator "
+        "deleted it (never a loss).",
+    )
+
+
+class LossLedgerStatus(ApiModel):
+    """What the operator needs to count every lost worker once, across its own restarts."""
+
+    spot_disruptions: int = Field(
+        default=0, description="Disruptions on spot nodes (toward fallbackToOnDemandAfter)."
+    )
+    pods: list[TrackedPod] | None = Field(
+        default=None, description="The run's worker pods that still existed at the last pass."
+    )

@@ -14,6 +14,7 @@ from proctor.api.v1alpha1.base import (
     DnsLabel,
     Duration,
     EnvVar,
+    LossLedgerStatus,
     Placement,
     ProfileName,
     QueueSpec,
@@ -200,6 +201,7 @@ class SuiteRunSummary(ApiModel):
     total: int = Field(default=0, description="Repetitions planned.")
     regression_count: int | None = Field(default=None, description="Regressions found.")
     disruptions: int = Field(default=0, description="Benchmark pods lost to disruptions.")
+    failures: int = Field(default=0, description="Benchmark pods that failed.")
     report_uri: str | None = Field(default=None, description="The run's report.")
     results_uri: str | None = Field(default=None, description="The run's records.")
 
@@ -227,6 +229,14 @@ class BenchmarkSuiteStatus(ApiModel):
         default=None,
         description="Benchmark pods that failed (crash, OOM, image error), against "
         "spec.failureBudget.",
+    )
+    ready_pods: int | None = Field(
+        default=None,
+        description="Benchmark pods of the current run that are ready; 0 once it has finished.",
+    )
+    ledger: LossLedgerStatus | None = Field(
+        default=None,
+        description="The current run's lost-pod bookkeeping, which survives an operator restart.",
     )
     run_id: str | None = Field(
         default=None, description="The current (or last) run; each scheduled fire starts one."

@@ -14,6 +14,7 @@ from proctor.api.v1alpha1.base import (
     Entrypoint,
     EnvVar,
     FreeForm,
+    LossLedgerStatus,
     Placement,
     ProfileName,
     QueueSpec,
@@ -273,32 +274,6 @@ class WorkerCounts(ApiModel):
     desired: int = Field(default=0, description="Replicas the autoscaler wants now.")
     ready: int = Field(default=0, description="Worker pods running and ready.")
     failures: int = Field(default=0, description="Worker failures charged to the budget.")
-
-
-class TrackedPod(ApiModel):
-    """A worker pod as the operator last recorded it: enough to classify its loss if it is
-    gone by the time a restarted operator looks."""
-
-    name: str = Field(description="Pod name.")
-    uid: str = Field(description="Pod UID.")
-    node: str = Field(default="", description="The node it was bound to; empty: not bound.")
-    spot: bool = Field(default=False, description="Its node was a spot node.")
-    state: Literal["live", "counted", "deleted"] = Field(
-        default="live",
-        description="live: not lost yet; counted: its loss is counted; deleted: the operator "
-        "deleted it (never a loss).",
-    )
-
-
-class LossLedgerStatus(ApiModel):
-    """What the operator needs to count every lost worker once, across its own restarts."""
-
-    spot_disruptions: int = Field(
-        default=0, description="Disruptions on spot nodes (toward fallbackToOnDemandAfter)."
-    )
-    pods: list[TrackedPod] | None = Field(
-        default=None, description="The run's worker pods that still existed at the last pass."
-    )
 
 
 class PoolPlan(ApiModel):
