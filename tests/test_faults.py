@@ -18,6 +18,8 @@ from proctor.isolation import isolated_records
 from proctor.localrun import EXIT_REJECT, EXIT_USAGE
 from proctor.quantity import parse_duration
 from proctor.sdk import LoadedTask, TaskLoadError, load_task
+from proctor.sdk.records import case_record, side_record
+from proctor.stats import Aggregate
 from proctor.storage import open_storage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -254,3 +256,63 @@ def test_finding7_case_timeout_is_bounded(
     rules = json.dumps(schema["properties"]["caseTimeout"])
     assert "duration(self)" in rules
     assert "168h" in rules
+
+
+def test_finding1_aggregate_counts_crashed_sides_as_errored() -> None:
+    passed = side_record([], None)
+    crashed = side_record(
+        [], "the implementation killed its worker process (exit code 9)", "crashed"
+    )
+    agg = Aggregate()
+    for i in range(10):
+        agg.add(case_record(i, [passed, crashed if i == 7 else passed], 1.0))
+    assert (agg.candidate_passed, agg.candidate_errored, agg.baseline_errored) == (9, 1, 0)
+    assert (agg.errored, agg.baseline_only_passed) == (1, 1)
+    assert Aggregate.from_json(agg.to_json()) == agg
+    old = {k: v for k, v in agg.to_json().items() if not k.endswith("Errored")}
+    assert Aggregate.from_json(old).candidate_errored == 0  # a checkpoint from before
+    assert Aggregate().merge(agg).merge(agg).candidate_errored == 2
+
+
+MG_MANIFEST = """
+apiVersion: proctor.dev/v1alpha1
+kind: EvalRun
+metadata: {name: mg-crash}
+spec:
+  image: proctor/proctor:0.1.0
+  task:
+    entrypoint: proctor.mgadapter:task
+    params: {task: top_k, minDelta: -0.05}
+  cases: {count: 200, seed: 5}
+  compare:
+    baseline: {ref: proctor.mgadapter.impls:top_k_sorted}
+    candidate: {ref: tests.test_worker_tasks:top_k_exit_on_7}
+    minDelta: -0.05
+  batch: {initialSize: 20}
+  workers: {failureBudget: 1000}
+  caseTimeout: 30s
+"""
+
+
+def test_finding1_metamorphic_guard_report_counts_crashes_as_violations(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "mg.yaml"
+    path.write_text(MG_MANIFEST)
+    capsys.readouterr()
+    code = main(["run", str(path), "-n", "2", "--json"])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    storage = open_storage((tmp_path / "proctor-results").as_uri(), "mg-crash")
+    records = list(storage.iter_records())
+    crashed = [r["index"] for r in records if r["candidate"]["errorType"] == "crashed"]
+    assert crashed  # the seed gives inputs of every length
+    assert (summary["completed"], summary["deadLettered"]) == (200, 0)
+    report = summary["metamorphicGuard"]
+    assert report["candidate"]["passes"] == 200 - len(crashed)
+    assert report["baseline"]["passes"] == 200
+    # Each crash is an execution violation (the report lists the first violationCap, 25).
+    executions = [v for v in report["candidate"]["prop_violations"] if v["property"] == "execution"]
+    assert [v["test_case"] for v in executions] == crashed[: len(executions)]
+    assert report["proctor"]["propertyViolations"]["candidate"] == len(crashed)
+    assert summary["decision"] == "reject"
+    assert code == EXIT_REJECT

@@ -129,3 +129,10 @@ def lie_at_3(case: Mapping[str, Any]) -> int:
 def set_at_5(case: Mapping[str, Any]) -> Any:
     """An output the check turns into a set of violations on every index ending in 5."""
     return {"not-a-list"} if case["i"] % 10 == 5 else int(case["i"])
+
+
+def top_k_exit_on_7(L: list[int], k: int) -> list[int]:  # noqa: N803 - Metamorphic Guard's name
+    """Metamorphic Guard's top_k that kills its process when the input's length ends in 7."""
+    if len(L) % 10 == 7:
+        os._exit(9)
+    return sorted(L, reverse=True)[:k]
