@@ -87,6 +87,11 @@ def proctor_run(
     return code, summary, records
 
 
+def worker_starts(tmp_path: Path, run: str) -> int:
+    logs = (tmp_path / "proctor-results" / run).glob("worker-*.log")
+    return sum(p.read_text().count('"worker started"') for p in logs)
+
+
 def test_finding1_crashing_candidate_counts_as_errored(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], redis_url: str
 ) -> None:
@@ -103,6 +108,8 @@ def test_finding1_crashing_candidate_counts_as_errored(
     # delta -0.1, below minDelta -0.05 whatever the interval: reject.
     assert summary["decision"] == "reject"
     assert code == EXIT_REJECT
+    # At most one worker crash per poison case: the redelivery isolates it.
+    assert 1 <= worker_starts(tmp_path, "exit-at-7") - 2 <= 20
 
 
 def _task(candidate: str, timeout: str) -> tuple[LoadedTask, float]:

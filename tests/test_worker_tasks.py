@@ -136,3 +136,10 @@ def top_k_exit_on_7(L: list[int], k: int) -> list[int]:  # noqa: N803 - Metamorp
     if len(L) % 10 == 7:
         os._exit(9)
     return sorted(L, reverse=True)[:k]
+
+
+def exit_at_27(case: Mapping[str, Any]) -> int:
+    """Kills its process on case 27 only."""
+    if case["i"] == 27:
+        os._exit(9)
+    return int(case["i"])
