@@ -15,12 +15,13 @@ import pytest
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.cli import main
 from proctor.isolation import isolated_records
-from proctor.localrun import EXIT_REJECT, EXIT_USAGE
+from proctor.localrun import EXIT_INCOMPLETE, EXIT_REJECT, EXIT_USAGE
 from proctor.quantity import parse_duration
 from proctor.sdk import LoadedTask, TaskLoadError, load_task
 from proctor.sdk.records import case_record, side_record
 from proctor.stats import Aggregate
 from proctor.storage import open_storage
+from tests.test_worker_tasks import Indexed
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,7 +33,7 @@ metadata:
 spec:
   image: proctor/proctor:0.1.0
   task:
-    entrypoint: tests.test_worker_tasks:Indexed
+    entrypoint: {entrypoint}
   cases:
     count: {count}
   compare:
@@ -68,13 +69,20 @@ def proctor_run(
     budget: int = 1000,
     timeout: str = "10s",
     queue: str | None = None,
+    entrypoint: str = "tests.test_worker_tasks:Indexed",
 ) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
     """``proctor run -n 2 --json`` of the manifest: (exit code, summary, every raw record)."""
     name = candidate.replace("_", "-")
     path = tmp_path / f"{name}.yaml"
     path.write_text(
         MANIFEST.format(
-            name=name, count=count, candidate=candidate, size=size, budget=budget, timeout=timeout
+            name=name,
+            count=count,
+            candidate=candidate,
+            size=size,
+            budget=budget,
+            timeout=timeout,
+            entrypoint=entrypoint,
         )
     )
     capsys.readouterr()
@@ -323,3 +331,25 @@ def test_finding1_metamorphic_guard_report_counts_crashes_as_violations(
     assert report["proctor"]["propertyViolations"]["candidate"] == len(crashed)
     assert summary["decision"] == "reject"
     assert code == EXIT_REJECT
+
+
+class NotForkSafe(Indexed):
+    fork_safe = False
+
+
+def test_finding1_a_task_that_cannot_fork_is_not_isolated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``fork_safe = False`` keeps the in-process path: the crashing case is set aside after
+    ``retries`` (not evaluated, with its reason), never evaluated in a broken forked copy."""
+    code, summary, records = proctor_run(
+        tmp_path, capsys, "exit_at_27", count=40, budget=5,
+        entrypoint="tests.test_faults:NotForkSafe",
+    )  # fmt: skip
+    assert sorted(r["index"] for r in records) == [i for i in range(40) if i != 27]
+    assert (summary["completed"], summary["deadLettered"], summary["errored"]) == (39, 1, 0)
+    dead = open_storage((tmp_path / "proctor-results").as_uri(), "exit-at-27").dead_letters()
+    assert [(d["start"], d["end"]) for d in dead] == [(27, 28)]
+    assert "crashed or stalled the worker" in dead[0]["reason"]
+    assert summary["decision"] == "undecided"  # the undecided/exit-3 rule (finding 3)
+    assert code == EXIT_INCOMPLETE

@@ -14,7 +14,8 @@ written, so finished batches are skipped, and its cases are evaluated with each 
 child (:mod:`proctor.isolation`): a side whose child dies on a case is recorded as errored
 (``crashed``), one whose child hangs past the timeout as ``timeout``, and every case is
 recorded once. Redelivered entries go before fresh ones, so a crash elsewhere cannot charge
-them again. Without ``os.fork``, or with ``spec.retries`` below 2, the cases of a redelivered
+them again. Without ``os.fork``, for a task that is not fork-safe (``Task.fork_safe``, CUDA
+initialised), or with ``spec.retries`` below 2, the cases of a redelivered
 entry run one per batch in the worker and, past ``spec.retries`` deliveries, the first
 unrecorded one is dead-lettered (not evaluated, with its reason).
 
@@ -329,7 +330,7 @@ class Worker:
         if not gaps:
             self.queue.ack(lease, me)
             return
-        if suspicious and self.retries >= 2 and CAN_FORK:
+        if suspicious and self.retries >= 2 and CAN_FORK and self._task.fork_safe:
             self._process_isolated(lease, gaps)
             return
         if lease.delivery > self.retries:

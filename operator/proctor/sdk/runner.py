@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import shutil
+import sys
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -57,6 +59,11 @@ class LoadedTask(ABC):
     @abstractmethod
     def sides(self) -> int:
         """Implementations evaluated per case: 2 when comparing, else 1."""
+
+    @property
+    def fork_safe(self) -> bool:
+        """Whether :meth:`evaluate_side` works in a forked copy of this process."""
+        return True
 
     @abstractmethod
     def evaluate_side(
@@ -181,6 +188,16 @@ class PythonTask(LoadedTask):
     def sides(self) -> int:
         """See :attr:`LoadedTask.sides`."""
         return len(self._impls)
+
+    @property
+    def fork_safe(self) -> bool:
+        """The task's :attr:`Task.fork_safe`, and False once CUDA is initialised here."""
+        torch = sys.modules.get("torch")
+        cuda = getattr(torch, "cuda", None)
+        with contextlib.suppress(Exception):
+            if cuda is not None and cuda.is_initialized():
+                return False
+        return bool(getattr(self.task, "fork_safe", True))
 
     def evaluate_batch(self, start: int, end: int, case_timeout: float) -> Iterator[Record]:
         """See :meth:`LoadedTask.evaluate_batch`."""
