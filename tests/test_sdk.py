@@ -474,6 +474,8 @@ def test_command_task_errors_bad_cases_and_keeps_going(tmp_path: Path) -> None:
     assert "exited with code 2" in errors[5]
     assert "not JSON" in errors[7]
     assert errors[9] == "cannot evaluate"
+    types = {r["index"]: r["errorType"] for r in got if r["errorType"]}
+    assert types == {3: "timeout", 5: "crashed", 7: "badOutput", 9: "exception"}
 
 
 def test_command_task_compare_sends_both_roles(tmp_path: Path) -> None:

@@ -296,7 +296,12 @@ def _parse_answer(
     try:
         answer = json.loads(line)
     except ValueError:
-        answer = None
+        return (
+            None,
+            f"the command wrote a line that is not JSON: {line[:200]!r}",
+            "badOutput",
+            False,
+        )
     if not isinstance(answer, dict):
         why = f"the command wrote {line[:200]!r}, not a JSON object, where case {index}'s was due"
         return None, why, "badOutput", False
