@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +19,12 @@ from proctor.cli import main
 from proctor.isolation import isolated_records
 from proctor.localrun import EXIT_INCOMPLETE, EXIT_REJECT, EXIT_USAGE
 from proctor.quantity import parse_duration
+from proctor.queue import enqueue_run, open_queue
 from proctor.sdk import LoadedTask, TaskLoadError, load_task
 from proctor.sdk.records import case_record, side_record
 from proctor.stats import Aggregate
 from proctor.storage import open_storage
+from proctor.worker import EXIT_HUNG, WorkerConfig
 from tests.test_worker_tasks import Indexed
 
 REPO = Path(__file__).resolve().parent.parent
@@ -353,3 +357,43 @@ def test_finding1_a_task_that_cannot_fork_is_not_isolated(
     assert "crashed or stalled the worker" in dead[0]["reason"]
     assert summary["decision"] == "undecided"  # the undecided/exit-3 rule (finding 3)
     assert code == EXIT_INCOMPLETE
+
+
+def test_finding6_a_worker_stuck_in_a_case_exits_recognisably(tmp_path: Path) -> None:
+    spec = EvalRunSpec.model_validate(
+        {
+            "image": "t",
+            "task": {"entrypoint": "tests.test_worker_tasks:Indexed"},
+            "cases": {"count": 20},
+            "compare": {
+                "baseline": {"ref": "tests.test_worker_tasks:ok"},
+                "candidate": {"ref": "tests.test_worker_tasks:hang_at_13"},
+            },
+            "batch": {"initialSize": 20},
+            "caseTimeout": "1s",
+        }
+    )
+    config = WorkerConfig(
+        run_id="hung",
+        spec=spec,
+        queue_url=f"sqlite://{tmp_path / 'queue.sqlite3'}",
+        storage_uri=str(tmp_path / "results"),
+        lease_seconds=30.0,
+    )
+    enqueue_run(
+        open_queue(config.queue_url, "hung"), open_storage(config.storage_uri, "hung"), spec
+    )
+    env = {**os.environ, **config.env(), "PROCTOR_LOG_FORMAT": "json"}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    t0 = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-m", "proctor", "worker"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    # Two 1 s timeouts (one per side) and a 1 s grace, not the 30 s lease nor forever.
+    assert time.monotonic() - t0 < 20
+    assert out.returncode == EXIT_HUNG
+    assert b"a case ignored its timeout" in out.stdout + out.stderr
