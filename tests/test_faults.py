@@ -24,7 +24,7 @@ from proctor.sdk import LoadedTask, TaskLoadError, load_task
 from proctor.sdk.records import case_record, side_record
 from proctor.stats import Aggregate
 from proctor.storage import open_storage
-from proctor.worker import EXIT_HUNG, WorkerConfig
+from proctor.worker import EXIT_HUNG, Worker, WorkerConfig
 from tests.test_worker_tasks import Indexed
 
 REPO = Path(__file__).resolve().parent.parent
@@ -397,3 +397,48 @@ def test_finding6_a_worker_stuck_in_a_case_exits_recognisably(tmp_path: Path) ->
     assert time.monotonic() - t0 < 20
     assert out.returncode == EXIT_HUNG
     assert b"a case ignored its timeout" in out.stdout + out.stderr
+
+
+def test_finding1_a_failed_fork_counts_as_an_attempt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a fork the crash cannot be attributed: after ``retries`` attempts the first
+    unrecorded case is set aside with its reason, and the rest is evaluated as usual."""
+    spec = EvalRunSpec.model_validate(
+        {
+            "image": "t",
+            "task": {"entrypoint": "tests.test_worker_tasks:Indexed"},
+            "cases": {"count": 10},
+            "compare": {
+                "baseline": {"ref": "tests.test_worker_tasks:ok"},
+                "candidate": {"ref": "tests.test_worker_tasks:ok"},
+            },
+            "batch": {"initialSize": 10},
+            "retries": 2,
+        }
+    )
+    config = WorkerConfig(
+        run_id="nofork",
+        spec=spec,
+        queue_url=f"sqlite://{tmp_path / 'queue.sqlite3'}",
+        storage_uri=str(tmp_path / "results"),
+        lease_seconds=0.2,
+        poll_interval=0.05,
+    )
+    queue = open_queue(config.queue_url, "nofork", lease_seconds=0.2)
+    storage = open_storage(config.storage_uri, "nofork")
+    enqueue_run(queue, storage, spec)
+    assert len(queue.claim(1, "a-worker-that-died")) == 1
+    time.sleep(0.3)
+
+    def no_fork() -> int:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    fds = len(os.listdir("/proc/self/fd"))
+    assert Worker(config).run() == 0
+    assert len(os.listdir("/proc/self/fd")) <= fds + 2  # no pipe left behind per failed fork
+    (dead,) = storage.dead_letters()
+    assert (dead["start"], dead["end"]) == (0, 1)
+    assert "could not be evaluated in isolation" in dead["reason"]
+    assert [r["index"] for r in storage.iter_records()] == list(range(1, 10))

@@ -64,7 +64,12 @@ class _SideChild:
 
     def __init__(self, task: LoadedTask, work: tuple[int, int, int], case_timeout: float) -> None:
         read, write = os.pipe()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(read)
+            os.close(write)
+            raise
         if pid == 0:  # pragma: no cover - the child leaves through os._exit
             os.close(read)
             _child(task, work, case_timeout, write)

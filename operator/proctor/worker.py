@@ -363,23 +363,26 @@ class Worker:
         """Evaluate a redelivered entry's gaps with each side in a forked child (module doc)."""
         me = self.config.worker_id
         for gi, gap in enumerate(gaps):
-            start = self._record_isolated(lease, gap)
+            start, forked = self._record_isolated(lease, gap)
             if start is None:
                 return
             if start < gap.end:
                 rest = [Range(start, gap.end), *gaps[gi + 1 :]]
-                if lease.delivery > self.retries and not self._stop.is_set():
+                if not forked and lease.delivery > self.retries:
                     self._dead_letter(lease, rest, "could not be evaluated in isolation")
                 else:
-                    self.queue.handback(lease, me, rest, prior=lease.delivery - 1)
+                    # A failed fork counts as an attempt; a stop does not.
+                    prior = lease.delivery - (1 if forked else 0)
+                    self.queue.handback(lease, me, rest, prior=prior)
                     self.stats.handed_back += sum(len(r) for r in rest)
                 return
         if not self.queue.ack(lease, me):
             self._note_lease_lost(lease)
 
-    def _record_isolated(self, lease: Lease, gap: Range) -> int | None:
-        """Evaluate ``gap`` in isolation, recording as it goes: the first index not recorded,
-        or None when the lease was lost (another worker holds the entry now)."""
+    def _record_isolated(self, lease: Lease, gap: Range) -> tuple[int | None, bool]:
+        """Evaluate ``gap`` in isolation, recording as it goes: (the first index not recorded,
+        or None when the lease was lost (another worker holds the entry now); whether every
+        fork succeeded)."""
         start = gap.start
         chunk: list[dict[str, Any]] = []
         t0 = time.perf_counter()
@@ -394,12 +397,15 @@ class Worker:
                 chunk, t0 = [], time.perf_counter()
                 if self._lease_lost(lease):
                     self._note_lease_lost(lease)
-                    return None
+                    return None, True
         except OSError as exc:
             self.log.error("cannot fork to isolate cases", index=start, error=str(exc))
+            forked = False
+        else:
+            forked = True
         if chunk:
             start += self._record(Range(start, start + len(chunk)), chunk, 0.0)
-        return start
+        return start, forked
 
     def _note_lease_lost(self, lease: Lease) -> None:
         self.stats.leases_lost += 1
