@@ -21,7 +21,7 @@ from proctor.localrun import EXIT_INCOMPLETE, EXIT_REJECT, EXIT_USAGE
 from proctor.quantity import parse_duration
 from proctor.queue import enqueue_run, open_queue
 from proctor.sdk import LoadedTask, TaskLoadError, load_task
-from proctor.sdk.records import case_record, side_record
+from proctor.sdk.records import case_record, encodable, side_record
 from proctor.stats import Aggregate
 from proctor.storage import open_storage
 from proctor.worker import EXIT_HUNG, Worker, WorkerConfig
@@ -442,3 +442,28 @@ def test_finding1_a_failed_fork_counts_as_an_attempt(
     assert (dead["start"], dead["end"]) == (0, 1)
     assert "could not be evaluated in isolation" in dead["reason"]
     assert [r["index"] for r in storage.iter_records()] == list(range(1, 10))
+
+
+@pytest.mark.parametrize(
+    ("record", "baseline_type", "candidate_type"),
+    [
+        (case_record(3, [side_record([], None), side_record(["a"], None)], 1.0), None, None),
+        (case_record(3, [side_record([], None), {**side_record([], None), "violations": {1}}], 1.0),
+         None, "unencodable"),
+        (case_record(3, [{**side_record([], None), "error": object()}, side_record([], None)], 1.0),
+         "unencodable", None),
+        ({**case_record(3, [side_record([], None)], 1.0), "violations": [b"x"]},
+         None, "unencodable"),
+    ],
+)  # fmt: skip
+def test_finding7_the_worker_records_what_it_cannot_encode_as_unencodable(
+    record: dict[str, Any], baseline_type: str | None, candidate_type: str | None
+) -> None:
+    out = encodable(record)
+    json.dumps(out)
+    assert out["index"] == 3
+    if "baseline" in out:
+        assert out["baseline"]["errorType"] == baseline_type
+        assert out["candidate"]["errorType"] == candidate_type
+    assert out["errorType"] == candidate_type
+    assert (out["status"] == "errored") is (candidate_type is not None)
