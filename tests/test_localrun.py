@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from proctor.cli import main
-from proctor.localrun import EXIT_ACCEPT, EXIT_INCOMPLETE, EXIT_REJECT, EXIT_USAGE
+from proctor.localrun import EXIT_ACCEPT, EXIT_REJECT, EXIT_USAGE
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -103,10 +103,12 @@ def test_poison_case_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[s
         params="{crash: [123], raise: [7]}",
         count=300,
     )
-    assert code == EXIT_INCOMPLETE
-    assert summary["deadLettered"] == 1
-    assert summary["completed"] == 299
-    assert summary["errored"] == 1
+    # The crash is attributed in isolation (issue 15, finding 1): case 123 is recorded as an
+    # errored case of the one side, like the exception at 7, and nothing is dead-lettered.
+    assert code == EXIT_ACCEPT
+    assert summary["deadLettered"] == 0
+    assert summary["completed"] == 300
+    assert summary["errored"] == 2
     assert summary["decision"] is None
 
 

@@ -171,8 +171,9 @@ def test_finding2_default_budget_isolates_two_poison_cases(
 def test_finding2_exhausted_budget_says_why_and_how_many(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    body = FAULTY.format(params="{crash: [3]}", count=400) + "  workers: {failureBudget: 0}\n"
-    code, summary = run_here(capsys, write(tmp_path, "budget", body))
+    body = FAULTY.format(params="{crash: [250]}", count=400) + "  workers: {failureBudget: 0}\n"
+    # One worker: its crash exhausts the budget, so no other worker takes the entry over.
+    code, summary = run_here(capsys, write(tmp_path, "budget", body), "-n", "1")
     assert code == EXIT_INCOMPLETE
     missing = 400 - summary["completed"]
     assert missing > 0

@@ -168,7 +168,15 @@ def test_single_task_records() -> None:
     assert "ValueError: unlucky case" in by_index[13]["error"]
     assert "test_sdk.py" in by_index[13]["error"]
     assert all(r["durationMs"] >= 0 for r in got)
-    assert set(by_index[11]) == {"index", "status", "durationMs", "error", "violations"}
+    assert set(by_index[11]) == {
+        "index",
+        "status",
+        "durationMs",
+        "error",
+        "errorType",
+        "violations",
+    }
+    assert (by_index[11]["errorType"], by_index[13]["errorType"]) == (None, "exception")
 
 
 def test_task_without_solve_errors_each_case_with_advice() -> None:
@@ -190,6 +198,7 @@ def test_compare_records_checks_and_relations() -> None:
         "errored": False,
         "violations": [],
         "error": None,
+        "errorType": None,
     }
     assert by_index[7]["status"] == "failed"
     assert by_index[7]["candidate"]["violations"] == ["non_negative", "relation:shift"]
@@ -465,6 +474,8 @@ def test_command_task_errors_bad_cases_and_keeps_going(tmp_path: Path) -> None:
     assert "exited with code 2" in errors[5]
     assert "not JSON" in errors[7]
     assert errors[9] == "cannot evaluate"
+    types = {r["index"]: r["errorType"] for r in got if r["errorType"]}
+    assert types == {3: "timeout", 5: "crashed", 7: "badOutput", 9: "exception"}
 
 
 def test_command_task_compare_sends_both_roles(tmp_path: Path) -> None:

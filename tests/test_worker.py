@@ -218,7 +218,7 @@ def test_task_state_resumes_after_sigterm(tmp_path: Path, run_id: str) -> None:
     assert worker.metrics.registry.get_sample_value("proctor_worker_checkpoint_bytes_total")
 
 
-def test_poison_batch_is_dead_lettered_and_reported(tmp_path: Path, run_id: str) -> None:
+def test_poison_case_is_recorded_as_crashed(tmp_path: Path, run_id: str) -> None:
     spec = make_spec(params={"crash": [37]}, count=100, size=50, retries=3)
     config = local(tmp_path, run_id, spec, lease=0.5)
     queue = open_queue(config.queue_url, run_id, lease_seconds=0.5)
@@ -230,16 +230,37 @@ def test_poison_batch_is_dead_lettered_and_reported(tmp_path: Path, run_id: str)
         if queue.depth().empty:
             break
         time.sleep(0.6)
-    assert codes.count(70) == 3, codes  # three attempts crashed, then the case was set aside
-    assert codes[-1] == 0
+    assert codes == [70, 0]  # one crash; the next worker evaluates the entry in isolation
+    assert storage.dead_letters() == []
+    assert_exactly_once(storage, 100)
+    record = next(r for r in storage.iter_records() if r["index"] == 37)
+    assert (record["status"], record["errorType"]) == ("errored", "crashed")
+    assert "exit code 70" in record["error"]
+
+
+def test_poison_batch_is_dead_lettered_without_retries(tmp_path: Path, run_id: str) -> None:
+    # With one attempt allowed (retries: 1) nothing is isolated: the entry is set aside.
+    spec = make_spec(params={"crash": [37]}, count=100, size=50, retries=1)
+    config = local(tmp_path, run_id, spec, lease=0.5)
+    queue = open_queue(config.queue_url, run_id, lease_seconds=0.5)
+    storage = open_storage(config.storage_uri, run_id)
+    enqueue_run(queue, storage, spec)
+    codes = []
+    for _ in range(8):
+        codes.append(spawn(config).wait(timeout=60))
+        if queue.depth().empty:
+            break
+        time.sleep(0.6)
+    assert codes == [70, 0], codes
     (dead,) = storage.dead_letters()
-    assert (dead["start"], dead["end"], dead["deliveries"]) == (37, 38, 3)
-    assert [(d.range.start, d.range.end) for d in queue.dead_letters()] == [(37, 38)]
-    assert_exactly_once(storage, 100, missing={37})
+    assert (dead["start"], dead["end"], dead["deliveries"]) == (0, 50, 1)
+    assert "crashed or stalled the worker" in dead["reason"]
+    assert [(d.range.start, d.range.end) for d in queue.dead_letters()] == [(0, 50)]
+    assert_exactly_once(storage, 100, missing=set(range(50)))
     progress = RunProgress(storage, 100)
     progress.refresh()
     snap = progress.snapshot()
-    assert (snap.completed, snap.dead_lettered, snap.finished) == (99, 1, True)
+    assert (snap.completed, snap.dead_lettered, snap.finished) == (50, 50, True)
 
 
 def test_s3_errors_during_a_run_lose_nothing(

@@ -85,3 +85,61 @@ class Stateful(Task):
             if state["step"] % every == 0:
                 save_state("progress", state)
         return state["acc"]
+
+
+class Indexed(Task):
+    """Cases ``{"i": index}``; an output passes when it is the index. Compare the module-level
+    implementations below: ``ok`` and candidates that crash, hang, lie or return a set."""
+
+    def generate(self, seed: int, index: int) -> Any:
+        return {"i": index}
+
+    def check(self, case: Any, output: Any) -> list[str]:
+        if isinstance(output, set):
+            return output  # type: ignore[return-value] # the unencodable check under test
+        return [] if output == case["i"] else ["wrong-index"]
+
+
+def ok(case: Mapping[str, Any]) -> int:
+    return int(case["i"])
+
+
+def exit_at_7(case: Mapping[str, Any]) -> int:
+    """Kills its process (as a segfault would) on every index ending in 7."""
+    if case["i"] % 10 == 7:
+        os._exit(9)
+    return int(case["i"])
+
+
+def hang_at_13(case: Mapping[str, Any]) -> int:
+    """Case 13 never ends and swallows the timeout's interruption."""
+    while case["i"] == 13:
+        try:  # noqa: SIM105 - the issue's repro, written as a user would
+            time.sleep(1000)
+        except BaseException:
+            pass
+    return int(case["i"])
+
+
+def lie_at_3(case: Mapping[str, Any]) -> int:
+    """A wrong answer (a failure, not an error) on every index ending in 3."""
+    return -1 if case["i"] % 10 == 3 else int(case["i"])
+
+
+def set_at_5(case: Mapping[str, Any]) -> Any:
+    """An output the check turns into a set of violations on every index ending in 5."""
+    return {"not-a-list"} if case["i"] % 10 == 5 else int(case["i"])
+
+
+def top_k_exit_on_7(L: list[int], k: int) -> list[int]:  # noqa: N803 - Metamorphic Guard's name
+    """Metamorphic Guard's top_k that kills its process when the input's length ends in 7."""
+    if len(L) % 10 == 7:
+        os._exit(9)
+    return sorted(L, reverse=True)[:k]
+
+
+def exit_at_27(case: Mapping[str, Any]) -> int:
+    """Kills its process on case 27 only."""
+    if case["i"] == 27:
+        os._exit(9)
+    return int(case["i"])

@@ -47,9 +47,11 @@ _BISECTION_STEPS = 60
 class Aggregate:
     """A mergeable running aggregate over case records (see :func:`proctor.sdk` record schema).
 
-    Errored sides count as not passed: an implementation that raises or times out on a case has
-    not shown that it handles it. ``candidate_only_passed`` and ``baseline_only_passed`` are the
-    discordant pairs, which the paired confidence sequence needs.
+    Errored sides count as not passed: an implementation that raises, times out or kills its
+    process (``errorType`` ``crashed``, see :mod:`proctor.isolation`) on a case has not shown
+    that it handles it; ``baseline_errored`` and ``candidate_errored`` count them per side.
+    ``candidate_only_passed`` and ``baseline_only_passed`` are the discordant pairs, which the
+    paired confidence sequence needs.
     """
 
     total: int = 0
@@ -62,6 +64,8 @@ class Aggregate:
     candidate_total: int = 0
     candidate_only_passed: int = 0
     baseline_only_passed: int = 0
+    baseline_errored: int = 0
+    candidate_errored: int = 0
     violations: dict[str, int] = field(default_factory=dict)
 
     def add(self, record: Mapping[str, Any]) -> None:
@@ -85,6 +89,8 @@ class Aggregate:
             self.candidate_passed += cand_ok
             self.candidate_only_passed += cand_ok and not base_ok
             self.baseline_only_passed += base_ok and not cand_ok
+            self.baseline_errored += bool(baseline.get("errored"))
+            self.candidate_errored += bool(candidate.get("errored"))
             for name in baseline.get("violations") or ():
                 self._count_violation(f"baseline/{name}", 1)
             for name in candidate.get("violations") or ():

@@ -10,11 +10,18 @@ One loop per process (``proctor worker``, or each process of ``proctor run``):
 4. leave when the queue is empty and nothing is in flight, or the run was stopped.
 
 A redelivered entry (its last worker died) is first compared with the results already
-written, so finished batches are skipped, and its cases run one per batch, so the next crash
-pins the case at fault: when an entry has been delivered more than ``spec.retries`` times, the
-first unrecorded case is run once alone in a forked child; if that kills or hangs the child it
-is dead-lettered and the rest goes back to the queue afresh, otherwise (the entry was only held
-by a worker another case killed) the entry is evaluated as usual.
+written, so finished batches are skipped, and its cases are evaluated with each side in a forked
+child (:mod:`proctor.isolation`): a side whose child dies on a case is recorded as errored
+(``crashed``), one whose child hangs past the timeout as ``timeout``, and every case is
+recorded once. Redelivered entries go before fresh ones, so a crash elsewhere cannot charge
+them again. Without ``os.fork``, for a task that is not fork-safe (``Task.fork_safe``, CUDA
+initialised), or with ``spec.retries`` below 2, the cases of a redelivered
+entry run one per batch in the worker and, past ``spec.retries`` deliveries, the first
+unrecorded one is dead-lettered (not evaluated, with its reason).
+
+A case that overruns ``caseTimeout`` plus a grace in the worker (the task swallowed the
+interruption) makes the worker stop renewing its leases and exit with :data:`EXIT_HUNG`; the
+entry is redelivered and the hung side recorded as ``timeout`` in isolation.
 
 On SIGTERM the worker stops claiming, lets the running case finish (or abandons it after
 ``shutdown_grace`` seconds), writes the results of the cases finished in the current batch,
@@ -23,35 +30,63 @@ hands the unfinished remainder back in one atomic step and exits 0.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import signal
-import socket
+import sys
 import threading
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import structlog
-import yaml
 
-from proctor.api.v1alpha1.evalrun import BatchSpec, EvalRun, EvalRunSpec
+from proctor.api.v1alpha1.evalrun import BatchSpec, EvalRunSpec
 from proctor.gpu import GpuMonitor
+from proctor.isolation import CAN_FORK, hang_grace, isolated_records
 from proctor.metrics import WorkerMetrics
 from proctor.quantity import parse_duration
 from proctor.queue import Lease, QueueError, Range, WorkQueue, open_queue, subtract
 from proctor.redact import redact_url
-from proctor.storage import RunStorage, StorageError, TaskStateStore, open_storage
+from proctor.sdk.deadline import timeout_enabled
+from proctor.sdk.records import encodable
+from proctor.storage import RunStorage, StorageError, TaskStateStore
+from proctor.worker_config import (
+    BatchSizer,
+    ConfigError,
+    WorkerConfig,
+    lease_seconds,
+    open_run_storage,
+    parse_spec,
+)
 
 log = structlog.get_logger("proctor.worker")
+
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_HUNG",
+    "EXIT_OK",
+    "EXIT_STORAGE",
+    "Abandoned",
+    "BatchSizer",
+    "ConfigError",
+    "Worker",
+    "WorkerConfig",
+    "WorkerStats",
+    "lease_seconds",
+    "main",
+    "open_run_storage",
+    "parse_spec",
+]
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_STORAGE = 3
+EXIT_HUNG = 4
+"""A case ignored its timeout; the process exits so it can be replaced (see the module doc)."""
 
 Loader = Callable[[EvalRunSpec], Any]
 """Builds the object that evaluates batches (``proctor.sdk.load_task`` by default)."""
@@ -59,148 +94,6 @@ Loader = Callable[[EvalRunSpec], Any]
 
 class Abandoned(BaseException):
     """Raised in the main thread when a case outlives the shutdown grace after SIGTERM."""
-
-
-class ConfigError(ValueError):
-    """The worker's configuration is missing or wrong; the message says what to set."""
-
-
-@dataclass
-class WorkerConfig:
-    """Everything a worker needs; :meth:`from_env` reads it from ``PROCTOR_*`` variables."""
-
-    run_id: str
-    spec: EvalRunSpec
-    queue_url: str
-    storage_uri: str
-    run_name: str = ""
-    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    storage_endpoint: str | None = None
-    storage_region: str | None = None
-    metrics_port: int | None = None
-    lease_seconds: float | None = None
-    shutdown_grace: float = 1.0
-    poll_interval: float = 0.5
-    attempt: str = ""
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerConfig:
-        """Read the configuration the operator (or ``proctor run``) sets on a worker.
-
-        Required: ``PROCTOR_SPEC`` (the EvalRun spec, or the whole EvalRun, as JSON) or
-        ``PROCTOR_SPEC_FILE`` (a JSON or YAML file of either), ``PROCTOR_QUEUE_URL`` and
-        ``PROCTOR_STORAGE_URI``; ``PROCTOR_RUN_ID`` (the run's uid) or ``PROCTOR_RUN``
-        (``namespace/name``). Optional: ``PROCTOR_WORKER_ID`` (default ``POD_NAME``, else
-        host-pid), ``PROCTOR_STORAGE_ENDPOINT``, ``PROCTOR_STORAGE_REGION``,
-        ``PROCTOR_METRICS_PORT``, ``PROCTOR_LEASE_SECONDS``, ``PROCTOR_SHUTDOWN_GRACE``,
-        ``PROCTOR_ATTEMPT`` (the run attempt whose queue and results are this worker's).
-        """
-        e = dict(os.environ if env is None else env)
-
-        def need(name: str) -> str:
-            value = e.get(name, "").strip()
-            if not value:
-                raise ConfigError(f"{name} is not set; the worker needs it (see docs/engine.md)")
-            return value
-
-        if e.get("PROCTOR_SPEC"):
-            spec = parse_spec(json.loads(e["PROCTOR_SPEC"]))
-        elif e.get("PROCTOR_SPEC_FILE"):
-            spec = parse_spec(yaml.safe_load(Path(e["PROCTOR_SPEC_FILE"]).read_text()))
-        else:
-            raise ConfigError("set PROCTOR_SPEC (JSON) or PROCTOR_SPEC_FILE to the EvalRun spec")
-        run_name = e.get("PROCTOR_RUN", "")
-        run_id = e.get("PROCTOR_RUN_ID") or run_name.replace("/", "-")
-        if not run_id:
-            raise ConfigError("set PROCTOR_RUN_ID (the run's uid) or PROCTOR_RUN (ns/name)")
-        port = e.get("PROCTOR_METRICS_PORT", "").strip()
-        lease = e.get("PROCTOR_LEASE_SECONDS", "").strip()
-        return cls(
-            run_id=run_id,
-            run_name=run_name,
-            spec=spec,
-            queue_url=need("PROCTOR_QUEUE_URL"),
-            storage_uri=need("PROCTOR_STORAGE_URI"),
-            worker_id=e.get("PROCTOR_WORKER_ID")
-            or e.get("POD_NAME")
-            or f"{socket.gethostname()}-{os.getpid()}",
-            storage_endpoint=e.get("PROCTOR_STORAGE_ENDPOINT") or None,
-            storage_region=e.get("PROCTOR_STORAGE_REGION") or None,
-            metrics_port=int(port) if port and port != "0" else None,
-            lease_seconds=float(lease) if lease else None,
-            shutdown_grace=float(e.get("PROCTOR_SHUTDOWN_GRACE", "1.0")),
-            attempt=e.get("PROCTOR_ATTEMPT", "").strip(),
-        )
-
-    def env(self) -> dict[str, str]:
-        """The inverse of :meth:`from_env`: variables that configure a worker like this one."""
-        out = {
-            "PROCTOR_RUN_ID": self.run_id,
-            "PROCTOR_SPEC": json.dumps(self.spec.to_wire()),
-            "PROCTOR_QUEUE_URL": self.queue_url,
-            "PROCTOR_STORAGE_URI": self.storage_uri,
-            "PROCTOR_WORKER_ID": self.worker_id,
-            "PROCTOR_SHUTDOWN_GRACE": str(self.shutdown_grace),
-        }
-        if self.run_name:
-            out["PROCTOR_RUN"] = self.run_name
-        if self.storage_endpoint:
-            out["PROCTOR_STORAGE_ENDPOINT"] = self.storage_endpoint
-        if self.storage_region:
-            out["PROCTOR_STORAGE_REGION"] = self.storage_region
-        if self.metrics_port:
-            out["PROCTOR_METRICS_PORT"] = str(self.metrics_port)
-        if self.lease_seconds:
-            out["PROCTOR_LEASE_SECONDS"] = str(self.lease_seconds)
-        if self.attempt:
-            out["PROCTOR_ATTEMPT"] = self.attempt
-        return out
-
-
-def parse_spec(data: Mapping[str, Any]) -> EvalRunSpec:
-    """An EvalRunSpec from the spec itself or a whole EvalRun object."""
-    if "spec" in data and "kind" in data:
-        return EvalRun.model_validate(data).spec
-    return EvalRunSpec.model_validate(data)
-
-
-def lease_seconds(spec: EvalRunSpec) -> float:
-    return parse_duration(spec.queue.lease) if spec.queue else 60.0
-
-
-def open_run_storage(config: WorkerConfig) -> RunStorage:
-    compression = config.spec.storage.compression if config.spec.storage else None
-    return open_storage(
-        config.storage_uri,
-        config.run_id,
-        compression=compression.algorithm if compression else "zstd",
-        level=compression.level if compression else 3,
-        endpoint=config.storage_endpoint,
-        region=config.storage_region,
-        attempt=config.attempt,
-    )
-
-
-class BatchSizer:
-    """Batch size toward a target duration: cases per batch = target / seconds per case,
-    from a moving average, within [min, max] and at most doubling or halving per step."""
-
-    def __init__(self, batch: BatchSpec) -> None:
-        self.size = batch.initial_size
-        self.min = batch.min_size
-        self.max = batch.max_size
-        self.target = parse_duration(batch.target_duration)
-        self._per_case: float | None = None
-
-    def observe(self, cases: int, seconds: float) -> None:
-        if cases <= 0:
-            return
-        per_case = max(seconds / cases, 1e-9)
-        self._per_case = (
-            per_case if self._per_case is None else 0.7 * self._per_case + 0.3 * per_case
-        )
-        wanted = int(self.target / self._per_case)
-        self.size = max(self.min, min(self.max, max(self.size // 2, min(wanted, self.size * 2))))
 
 
 @dataclass
@@ -253,6 +146,8 @@ class Worker:
         self._lost: set[str] = set()
         self._held_lock = threading.Lock()
         self._gpu: GpuMonitor | None = None
+        self._case_index = -1
+        self._case_since = 0.0
         self.stop_time: float | None = None
         self.flushed_time: float | None = None
 
@@ -296,7 +191,7 @@ class Worker:
         interval = max(0.05, min(self.lease / 3.0, 10.0))
         while not self._done.wait(interval):
             with self._held_lock:
-                held = list(self._held.values())
+                held = [] if self._overdue() else list(self._held.values())
             for lease in held:
                 try:
                     ok = self.queue.renew(lease, self.config.worker_id)
@@ -314,6 +209,29 @@ class Worker:
                     self.metrics.gpu_utilization.labels(gpu).set(s.utilization)
                     self.metrics.gpu_memory_used.labels(gpu).set(s.memory_used)
                     self.metrics.gpu_memory_total.labels(gpu).set(s.memory_total)
+
+    def _overdue(self) -> bool:
+        """Whether the case being evaluated here ran past its timeouts and the grace."""
+        if not self._evaluating or not timeout_enabled(self.case_timeout):
+            return False
+        sides: int = self._task.sides
+        limit = sides * self.case_timeout + hang_grace(self.case_timeout)
+        return time.monotonic() - self._case_since > limit
+
+    def _watch_cases(self) -> None:
+        """Exit when a case ignores its timeout: only a new process gets the worker back."""
+        while not self._done.wait(0.2):
+            if self._overdue():
+                self.log.error(
+                    "a case ignored its timeout; exiting so that it is evaluated in isolation",
+                    index=self._case_index,
+                    case_timeout=self.case_timeout,
+                    exit_code=EXIT_HUNG,
+                )
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(EXIT_HUNG)
 
     def _lease_lost(self, lease: Lease) -> bool:
         with self._held_lock:
@@ -339,6 +257,8 @@ class Worker:
             return EXIT_CONFIG
         beat = threading.Thread(target=self._heartbeat, name="proctor-heartbeat", daemon=True)
         beat.start()
+        watch = threading.Thread(target=self._watch_cases, name="proctor-hang-watch", daemon=True)
+        watch.start()
         self.log.info(
             "worker started", queue=redact_url(self.config.queue_url), storage=self.storage.uri
         )
@@ -381,6 +301,9 @@ class Worker:
                     return
                 self._stop.wait(self.config.poll_interval)
                 continue
+            # Redelivered entries first: evaluated in isolation, no crash of a fresh entry
+            # held alongside can charge them again.
+            leases.sort(key=lambda x: -x.delivery)
             with self._held_lock:
                 self._held.update({x.token: x for x in leases})
             for n, lease in enumerate(leases):
@@ -412,10 +335,11 @@ class Worker:
         if not gaps:
             self.queue.ack(lease, me)
             return
-        if lease.delivery > self.retries and not (
-            self.retries >= 2 and self._survives_alone(gaps[0].start)
-        ):
-            self._dead_letter(lease, gaps)
+        if suspicious and self.retries >= 2 and CAN_FORK and self._task.fork_safe:
+            self._process_isolated(lease, gaps)
+            return
+        if lease.delivery > self.retries:
+            self._dead_letter(lease, gaps, "crashed or stalled the worker")
             return
         for gi, gap in enumerate(gaps):
             start = gap.start
@@ -435,49 +359,65 @@ class Worker:
                     return
                 if self._lease_lost(lease):
                     # Another worker holds the entry now and skips what was recorded here.
-                    self.stats.leases_lost += 1
-                    self.metrics.leases_lost.inc()
-                    self.log.warning("lease lost; leaving the entry", range=str(lease.range))
+                    self._note_lease_lost(lease)
                     return
         if not self.queue.ack(lease, me):
-            self.stats.leases_lost += 1
-            self.metrics.leases_lost.inc()
+            self._note_lease_lost(lease)
 
-    def _survives_alone(self, index: int) -> bool:
-        """Evaluate case ``index`` once in a forked child that touches neither queue nor store.
+    def _process_isolated(self, lease: Lease, gaps: list[Range]) -> None:
+        """Evaluate a redelivered entry's gaps with each side in a forked child (module doc)."""
+        me = self.config.worker_id
+        for gi, gap in enumerate(gaps):
+            start, forked = self._record_isolated(lease, gap)
+            if start is None:
+                return
+            if start < gap.end:
+                rest = [Range(start, gap.end), *gaps[gi + 1 :]]
+                if not forked and lease.delivery > self.retries:
+                    self._dead_letter(lease, rest, "could not be evaluated in isolation")
+                else:
+                    # A failed fork counts as an attempt; a stop does not.
+                    prior = lease.delivery - (1 if forked else 0)
+                    self.queue.handback(lease, me, rest, prior=prior)
+                    self.stats.handed_back += sum(len(r) for r in rest)
+                return
+        if not self.queue.ack(lease, me):
+            self._note_lease_lost(lease)
 
-        A delivery count says how often a worker holding the entry died, not that this entry
-        killed it: a worker claims several entries at once, and one poison case charges every
-        entry it held. Before a case is dead-lettered it must kill (or hang) a process on its
-        own; when it finishes, the entry was charged for another's crash and is evaluated
-        normally. Costs one fork, and only on this rare path.
-        """
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child; coverage cannot follow os._exit
-            code = 1
-            try:
-                for _ in self._task.evaluate_batch(index, index + 1, self.case_timeout):
-                    pass
-                code = 0
-            finally:
-                os._exit(code)
-        deadline = time.monotonic() + self.case_timeout + 10.0
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                survived = os.waitstatus_to_exitcode(status) == 0
-                break
-            if time.monotonic() > deadline or self._stop.is_set():
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                # Stopping proves nothing either way: leave it to the next delivery.
-                survived = self._stop.is_set()
-                break
-            time.sleep(0.01)
-        self.log.info("poison check", index=index, survived=survived)
-        return survived
+    def _record_isolated(self, lease: Lease, gap: Range) -> tuple[int | None, bool]:
+        """Evaluate ``gap`` in isolation, recording as it goes: (the first index not recorded,
+        or None when the lease was lost (another worker holds the entry now); whether every
+        fork succeeded)."""
+        start = gap.start
+        chunk: list[dict[str, Any]] = []
+        t0 = time.perf_counter()
+        try:
+            for record in isolated_records(
+                self._task, gap.start, gap.end, self.case_timeout, self._stop
+            ):
+                chunk.append(record)
+                if len(chunk) < self.sizer.size and time.perf_counter() - t0 < 5.0:
+                    continue
+                start += self._record(Range(start, start + len(chunk)), chunk, 0.0)
+                chunk, t0 = [], time.perf_counter()
+                if self._lease_lost(lease):
+                    self._note_lease_lost(lease)
+                    return None, True
+        except OSError as exc:
+            self.log.error("cannot fork to isolate cases", index=start, error=str(exc))
+            forked = False
+        else:
+            forked = True
+        if chunk:
+            start += self._record(Range(start, start + len(chunk)), chunk, 0.0)
+        return start, forked
 
-    def _dead_letter(self, lease: Lease, gaps: list[Range]) -> None:
+    def _note_lease_lost(self, lease: Lease) -> None:
+        self.stats.leases_lost += 1
+        self.metrics.leases_lost.inc()
+        self.log.warning("lease lost; leaving the entry", range=str(lease.range))
+
+    def _dead_letter(self, lease: Lease, gaps: list[Range], what: str) -> None:
         # After a crash, batches of one case: the first unrecorded case is the one at fault.
         # With a single attempt allowed there was no such run, so the whole rest goes.
         if self.retries >= 2:
@@ -488,8 +428,8 @@ class Worker:
             dead = Range(gaps[0].start, gaps[-1].end)
             rest = []
         reason = (
-            f"cases {dead} crashed or stalled the worker on each of {lease.delivery - 1} "
-            f"attempts (retries: {self.retries})"
+            f"cases {dead} {what} on each of {lease.delivery - 1} attempts "
+            f"(retries: {self.retries})"
         )
         for part in [g for g in gaps if g.start < dead.end and g.end > dead.start]:
             r = Range(max(part.start, dead.start), min(part.end, dead.end))
@@ -503,18 +443,27 @@ class Worker:
         """Evaluate and record ``batch``; returns how many cases (a prefix) were recorded."""
         records: list[dict[str, Any]] = []
         t0 = time.perf_counter()
+        self._case_index, self._case_since = batch.start, time.monotonic()
         self._evaluating = True
         try:
             for record in self._task.evaluate_batch(batch.start, batch.end, self.case_timeout):
                 records.append(record)
+                self._case_index, self._case_since = record["index"] + 1, time.monotonic()
         except Abandoned:
             self.log.warning("case abandoned at shutdown", index=batch.start + len(records))
         finally:
             self._evaluating = False
-        elapsed = time.perf_counter() - t0
         if not records:
             return 0
         done = Range(batch.start, batch.start + len(records))
+        full = len(records) == len(batch)
+        return self._record(done, records, time.perf_counter() - t0 if full else 0.0)
+
+    def _record(self, done: Range, records: list[dict[str, Any]], elapsed: float) -> int:
+        """Write ``records`` of ``done`` as one object; ``elapsed`` > 0 feeds the batch sizer."""
+        t0 = time.perf_counter()
+        # A result that cannot be written errors its case, never the worker (in a loop).
+        records = [encodable(r) for r in records]
         written = self.storage.write_results(done, records)
         self.metrics.result_bytes.inc(written.bytes)
         statuses = Tally(r["status"] for r in records)
@@ -523,12 +472,12 @@ class Worker:
         observe = self.metrics.case_duration.observe
         for r in records:
             observe(r["durationMs"] / 1000.0)
-        self.metrics.batch_duration.observe(time.perf_counter() - t0)
+        self.metrics.batch_duration.observe(elapsed + time.perf_counter() - t0)
         self.metrics.batches.labels("created" if written.created else "duplicate").inc()
         self.stats.cases += len(records)
         self.stats.batches += 1
         self.stats.statuses.update(statuses)
-        if len(records) == len(batch):
+        if elapsed > 0:
             self.sizer.observe(len(records), elapsed)
             self.metrics.batch_size.set(self.sizer.size)
         return len(records)

@@ -8,16 +8,10 @@ go through the same checks and relations. Tasks in other languages are commands 
 lines (:class:`CommandTask`). See docs/statistics.md for an example.
 """
 
+from proctor.sdk.command import CommandTask
 from proctor.sdk.deadline import CaseTimeout
-from proctor.sdk.runner import (
-    CommandTask,
-    LoadedTask,
-    PythonTask,
-    Record,
-    describe_error,
-    load_task,
-    make_task,
-)
+from proctor.sdk.records import ERROR_TYPES, ErrorType, Record, describe_error
+from proctor.sdk.runner import LoadedTask, PythonTask, load_task, make_task
 from proctor.sdk.state import (
     CaseInterrupted,
     MemoryStateStore,
@@ -33,9 +27,11 @@ from proctor.sdk.state import (
 from proctor.sdk.task import Property, Relation, Task, TaskLoadError, case_rng, resolve_ref
 
 __all__ = [
+    "ERROR_TYPES",
     "CaseInterrupted",
     "CaseTimeout",
     "CommandTask",
+    "ErrorType",
     "LoadedTask",
     "MemoryStateStore",
     "Property",

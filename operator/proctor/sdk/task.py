@@ -60,6 +60,11 @@ class Task(ABC):
 
     properties: Sequence[Property] = ()
     relations: Sequence[Relation] = ()
+    fork_safe: bool = True
+    """Whether a forked copy of the worker can evaluate this task's cases. After a worker died,
+    its cases run again with each side in a forked child, to find the side that crashed; set
+    False when the task holds state a fork breaks (an initialised CUDA context is detected
+    without it). Then a crashing case is dead-lettered after ``retries`` instead."""
 
     def __init__(self, params: Mapping[str, Any] | None = None) -> None:
         self.params: dict[str, Any] = dict(params or {})

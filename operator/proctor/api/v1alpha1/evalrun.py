@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, WithJsonSchema, model_validator
+from pydantic_core import PydanticCustomError
 
 from proctor.api.v1alpha1.base import (
     PROFILE_OR_RESOURCES,
@@ -24,9 +25,42 @@ from proctor.api.v1alpha1.base import (
     exactly_one,
     immutable,
 )
+from proctor.quantity import DURATION_PATTERN, parse_duration
 
 KIND = "EvalRun"
 PLURAL = "evalruns"
+
+MAX_CASE_TIMEOUT = "168h"
+"""The longest ``caseTimeout`` (7 days): longer is a typo, and overflows the timers."""
+_MAX_CASE_TIMEOUT_MESSAGE = (
+    f"caseTimeout must be at most {MAX_CASE_TIMEOUT} (7 days); write it like 30s, 10m or 2h"
+)
+
+
+def _bound_case_timeout(value: str) -> str:
+    if parse_duration(value) > parse_duration(MAX_CASE_TIMEOUT):
+        message = _MAX_CASE_TIMEOUT_MESSAGE + ", got {value}"
+        raise PydanticCustomError("case_timeout", message, {"value": value})
+    return value
+
+
+CaseTimeoutDuration = Annotated[
+    Duration,
+    AfterValidator(_bound_case_timeout),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": DURATION_PATTERN,
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"duration(self) <= duration('{MAX_CASE_TIMEOUT}')",
+                    "message": _MAX_CASE_TIMEOUT_MESSAGE,
+                }
+            ],
+        }
+    ),
+]
+"""A Go duration of at most :data:`MAX_CASE_TIMEOUT`."""
 
 
 class TaskSpec(ApiModel):
@@ -201,8 +235,11 @@ class EvalRunSpec(ApiModel):
     retries: int = Field(
         default=3, ge=1, le=100, description="Attempts per batch before it is dead-lettered."
     )
-    case_timeout: Duration = Field(
-        default="60s", description="A case running longer is recorded as errored (timeout)."
+    case_timeout: CaseTimeoutDuration = Field(
+        default="60s",
+        description="A case running longer is recorded as errored (timeout); at most 168h. A "
+        "case that ignores the interruption for a grace (its timeout, 1s to 30s) more ends "
+        "its worker process and is recorded as timed out in isolation.",
     )
     env: list[EnvVar] | None = Field(
         default=None, max_length=128, description="Environment for the task process."

@@ -1,0 +1,216 @@
+"""Evaluating cases with each side in a forked child, to learn which side kills a process.
+
+A redelivered entry means a worker holding it died. Its cases are evaluated again with each
+side (baseline, candidate; the only one of a plain run) in a child process forked from the
+worker, which streams one JSON line per case back over a pipe. A child that dies marks its
+side of the case it was on as errored (``crashed``, with how it died); one that outlives
+``caseTimeout`` plus :func:`hang_grace` on a case (the task swallowed the interruption) is
+killed and that side is errored (``timeout``). A new child takes the side on from the next case.
+The worker itself runs no implementation on this path, so it records every case exactly once
+and a crash costs one worker, not one per retry. Children touch neither the queue nor storage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from typing import NoReturn
+
+from proctor.sdk import LoadedTask, Record
+from proctor.sdk.deadline import timeout_enabled
+from proctor.sdk.records import ErrorType, case_record, side_record
+
+CAN_FORK = hasattr(os, "fork")
+"""Isolation needs ``os.fork``; without it a crashing case is dead-lettered after its retries."""
+
+_CHILD_FAILED = 70
+
+
+def hang_grace(case_timeout: float) -> float:
+    """How long past its timeout a case may run before its process is deemed hung: enough for
+    a task to notice the interruption and clean up, short enough not to stall a run."""
+    return min(30.0, max(1.0, case_timeout))
+
+
+def how_it_died(status: int) -> str:
+    """``exit code 9`` or ``signal SIGSEGV`` from a ``waitpid`` status."""
+    code = os.waitstatus_to_exitcode(status)
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"signal {signal.Signals(-code).name}"
+    except ValueError:
+        return f"signal {-code}"
+
+
+class _Ended(Exception):  # noqa: N818 - internal control flow
+    def __init__(self, error: str, error_type: ErrorType | None) -> None:
+        super().__init__(error)
+        self.error = error
+        self.error_type = error_type
+
+
+class _SideChild:
+    """A forked child evaluating ``work``: side ``role`` of the cases ``[start, end)``, one
+    JSON line per case."""
+
+    def __init__(self, task: LoadedTask, work: tuple[int, int, int], case_timeout: float) -> None:
+        read, write = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(read)
+            os.close(write)
+            raise
+        if pid == 0:  # pragma: no cover - the child leaves through os._exit
+            os.close(read)
+            _child(task, work, case_timeout, write)
+        os.close(write)
+        self.pid = pid
+        self._fd = read
+        self._buf = bytearray()
+        self.last = time.monotonic()
+
+    def next(self, limit: float | None, stop: threading.Event) -> Record:
+        """The next side record; raises :class:`_Ended` when the child ends without it."""
+        while True:
+            nl = self._buf.find(b"\n")
+            if nl >= 0:
+                line = bytes(self._buf[:nl])
+                del self._buf[: nl + 1]
+                self.last = time.monotonic()
+                side: Record = json.loads(line)
+                return side
+            if stop.is_set():
+                self.close()
+                raise _Ended("stopped", None)
+            now = time.monotonic()
+            if limit is not None and now - self.last > limit:
+                self.close()
+                raise _Ended(f"did not stop within {limit:g}s", "timeout")
+            ready, _, _ = select.select([self._fd], [], [], 0.1)
+            if ready:
+                chunk = os.read(self._fd, 1 << 16)
+                if not chunk:
+                    _, status = os.waitpid(self.pid, 0)
+                    self.pid = 0
+                    self.close()
+                    raise _Ended(how_it_died(status), "crashed")
+                self._buf += chunk
+
+    def close(self) -> None:
+        if self.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+            self.pid = 0
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _child(
+    task: LoadedTask, work: tuple[int, int, int], case_timeout: float, fd: int
+) -> NoReturn:  # pragma: no cover - runs in the forked child
+    role, start, end = work
+    code = 0
+    try:
+        # The worker's handlers belong to the worker; the parent kills this child when it stops.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with os.fdopen(fd, "wb", buffering=0) as out:
+            for side in task.evaluate_side(start, end, role, case_timeout):
+                try:
+                    line = json.dumps(side, separators=(",", ":")).encode()
+                except (TypeError, ValueError) as exc:
+                    why = f"the case's result cannot be recorded: {type(exc).__name__}: {exc}"
+                    bad = side_record([], why.encode("utf-8", "backslashreplace").decode())
+                    bad["errorType"] = "unencodable"
+                    line = json.dumps({"index": side["index"], **bad}).encode()
+                out.write(line + b"\n")
+    except BaseException:
+        traceback.print_exc()
+        code = _CHILD_FAILED
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def isolated_records(
+    task: LoadedTask, start: int, end: int, case_timeout: float, stop: threading.Event
+) -> Iterator[Record]:
+    """The record of each case in ``[start, end)``, in order, with every side in a forked child.
+
+    Ends early (without the cases not done) when ``stop`` is set. Raises OSError when a child
+    cannot be forked.
+    """
+    sides = _Sides(task, end, case_timeout, stop)
+    try:
+        for index in range(start, end):
+            t0 = time.perf_counter()
+            got: list[Record] = []
+            for role in range(task.sides):
+                side = sides.next(role, index)
+                if side is None:
+                    return
+                got.append(side)
+            yield case_record(index, got, (time.perf_counter() - t0) * 1000.0)
+    finally:
+        sides.close()
+
+
+class _Sides:
+    """One child per side, each forked when its side needs one."""
+
+    def __init__(
+        self, task: LoadedTask, end: int, case_timeout: float, stop: threading.Event
+    ) -> None:
+        self.task = task
+        self.end = end
+        self.case_timeout = case_timeout
+        self.stop = stop
+        self.limit = (
+            case_timeout + hang_grace(case_timeout) if timeout_enabled(case_timeout) else None
+        )
+        self.children: list[_SideChild | None] = [None] * task.sides
+
+    def next(self, role: int, index: int) -> Record | None:
+        """Side ``role`` of case ``index``; None when stopped."""
+        child = self.children[role]
+        if child is None:
+            child = _SideChild(self.task, (role, index, self.end), self.case_timeout)
+            self.children[role] = child
+        try:
+            side = child.next(self.limit, self.stop)
+        except _Ended as ended:
+            if ended.error_type is None:
+                return None
+            # The next case goes to a fresh child.
+            self.children[role] = None
+            return side_record([], _ended_text(ended, self.case_timeout), ended.error_type)
+        if side.pop("index", None) != index:
+            raise RuntimeError(f"an isolated side answered out of order at case {index}")
+        return side
+
+    def close(self) -> None:
+        for child in self.children:
+            if child is not None:
+                child.close()
+
+
+def _ended_text(ended: _Ended, case_timeout: float) -> str:
+    if ended.error_type == "timeout":
+        return (
+            f"case timed out after {case_timeout:g}s and {ended.error}: the implementation "
+            "ignored the interruption, so its process was killed"
+        )
+    return f"the implementation killed its worker process ({ended.error})"

@@ -1,0 +1,325 @@
+"""Command tasks: a task in any language, one long-lived process speaking JSON lines."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import subprocess
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from proctor.sdk.deadline import timeout_enabled
+from proctor.sdk.records import ErrorType, Record, bounded, case_record, describe_error, side_record
+from proctor.sdk.runner import LoadedTask
+from proctor.sdk.state import stop_requested
+
+Request = tuple[int, int]
+"""(case index, role)."""
+
+
+class _Exited(Exception):  # noqa: N818 - internal control flow
+    def __init__(self, message: str, error_type: ErrorType = "crashed") -> None:
+        super().__init__(message)
+        self.error_type: ErrorType = error_type
+
+
+class _Channel:
+    """A running command: JSON lines in on stdin, JSON lines out on stdout."""
+
+    MAX_LINE = 16 * 1024 * 1024
+
+    def __init__(self, command: Sequence[str], env: Mapping[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            list(command),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=dict(env),
+            bufsize=0,
+        )
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self._stdin = self.proc.stdin
+        self._fd = self.proc.stdout.fileno()
+        self._buf = bytearray()
+
+    def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = self._stdin.write(view)
+            view = view[written or 0 :]
+
+    def read_line(self, deadline: float | None) -> bytes | None:
+        """The next line, or None at the deadline; raises _Exited when the command ended."""
+        while True:
+            nl = self._buf.find(b"\n")
+            if nl >= 0:
+                line = bytes(self._buf[:nl])
+                del self._buf[: nl + 1]
+                return line
+            if len(self._buf) > self.MAX_LINE:
+                raise _Exited(f"a result line longer than {self.MAX_LINE} bytes", "badOutput")
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            ready, _, _ = select.select([self._fd], [], [], remaining)
+            if not ready:
+                return None
+            chunk = os.read(self._fd, 1 << 16)
+            if not chunk:
+                try:
+                    code = self.proc.wait(timeout=1.0)
+                except subprocess.TimeoutExpired:
+                    raise _Exited("the command closed its stdout") from None
+                raise _Exited(f"the command exited with code {code}")
+            self._buf += chunk
+
+    def close(self, grace: float) -> None:
+        with contextlib.suppress(OSError):
+            self._stdin.close()
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+class CommandTask(LoadedTask):
+    """A task in any language: one long-lived process speaking JSON lines.
+
+    Each case goes to the command as ``{"index", "seed", "role", "implementation"}`` (once per
+    side when comparing) and comes back as ``{"index", "passed", "violations", "output"}``, or
+    with ``"error"`` when the case errored. Up to ``WINDOW`` requests are in flight, so the pipe
+    round trip is paid once per window, not per case. An answer that is not a valid result
+    errors its case (``badOutput``) and the command goes on; a case that overruns its timeout
+    (``timeout``), an exit (``crashed``) or an answer to another case than the one due (the
+    stream is out of step) errors the case at the head of the line and restarts the command;
+    after ``MAX_FAILED_STARTS`` such restarts with no good answer between them the rest of the
+    batch errors at once.
+    """
+
+    WINDOW = 32
+    MAX_FAILED_STARTS = 3
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        seed: int,
+        params: Mapping[str, Any],
+        roles: Sequence[tuple[str | None, str | None]],
+    ) -> None:
+        self.command = list(command)
+        self.seed = seed
+        self.roles = list(roles)
+        self._env = {
+            **os.environ,
+            "PROCTOR_SEED": str(seed),
+            "PROCTOR_TASK_PARAMS": json.dumps(dict(params), separators=(",", ":")),
+        }
+        self._channel: _Channel | None = None
+
+    @property
+    def sides(self) -> int:
+        """See :attr:`LoadedTask.sides`."""
+        return len(self.roles)
+
+    def _request(self, index: int, role: int) -> bytes:
+        name, ref = self.roles[role]
+        body = {"index": index, "seed": self.seed, "role": name, "implementation": ref}
+        return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+
+    def _open(self) -> _Channel:
+        if self._channel is None:
+            self._channel = _Channel(self.command, self._env)
+        return self._channel
+
+    def _restart(self) -> None:
+        if self._channel is not None:
+            self._channel.proc.kill()
+            self._channel.close(grace=5.0)
+            self._channel = None
+
+    def evaluate_batch(self, start: int, end: int, case_timeout: float) -> Iterator[Record]:
+        """See :meth:`LoadedTask.evaluate_batch`."""
+        sides: list[Record] = []
+        case_t0 = time.perf_counter()
+        for (index, role), side in self._answers(start, end, case_timeout):
+            sides.append(side)
+            if role == len(self.roles) - 1:
+                yield case_record(index, sides, (time.perf_counter() - case_t0) * 1000.0)
+                sides = []
+                case_t0 = time.perf_counter()
+                if stop_requested():
+                    return
+
+    def evaluate_side(
+        self, start: int, end: int, role: int, case_timeout: float
+    ) -> Iterator[Record]:
+        """See :meth:`LoadedTask.evaluate_side`: a command of its own for that side alone."""
+        alone = CommandTask(self.command, self.seed, {}, [self.roles[role]])
+        alone._env = self._env
+        try:
+            for (index, _), side in alone._answers(start, end, case_timeout):
+                yield {"index": index, **side}
+                if stop_requested():
+                    return
+        finally:
+            alone.close()
+
+    def _answers(
+        self, start: int, end: int, case_timeout: float
+    ) -> Iterator[tuple[Request, Record]]:
+        if start < 0 or end < start:
+            raise ValueError(f"bad batch range [{start}, {end})")
+        flow = _Flow(
+            ((i, r) for i in range(start, end) for r in range(len(self.roles))),
+            case_timeout if timeout_enabled(case_timeout) else None,
+        )
+        try:
+            while True:
+                step = (
+                    self._give_up(flow)
+                    if flow.failures >= self.MAX_FAILED_STARTS
+                    else self._exchange(flow, case_timeout)
+                )
+                if step is None:
+                    return
+                yield step
+        finally:
+            if flow.sent:
+                # Abandoned mid-window (stop, or the consumer went away): answers for cases
+                # nobody will read would desynchronise the next batch.
+                self._restart()
+
+    def _give_up(self, flow: _Flow) -> tuple[Request, Record] | None:
+        req = flow.sent.popleft() if flow.sent else flow.next_request()
+        if req is None:
+            return None
+        error = bounded(f"the command keeps failing: {flow.last_error}")
+        return req, side_record([], error, flow.last_type)
+
+    def _exchange(self, flow: _Flow, case_timeout: float) -> tuple[Request, Record] | None:
+        """Send what the window allows, read the head's answer: (request, its side)."""
+        answer: dict[str, Any] | None = None
+        error: str | None = None
+        error_type: ErrorType | None = None
+        resync = False
+        try:
+            channel = self._open()
+            self._fill(channel, flow)
+            if not flow.sent:
+                return None
+            deadline = None if flow.timeout is None else flow.head_since + flow.timeout
+            line = channel.read_line(deadline)
+            if line is None:
+                error = f"case timed out after {case_timeout:g}s; the command was restarted"
+                error_type, resync = "timeout", True
+            else:
+                answer, error, error_type, resync = _parse_answer(line, flow.sent[0][0])
+        except (_Exited, OSError) as exc:
+            error = str(exc) if isinstance(exc, _Exited) else describe_error(exc)
+            error_type = exc.error_type if isinstance(exc, _Exited) else "crashed"
+            resync = True
+            if not flow.sent:
+                # The command could not even start: charge the next request.
+                nxt = flow.next_request()
+                if nxt is None:
+                    return None
+                flow.sent.append(nxt)
+        req = flow.sent.popleft()
+        flow.head_since = time.monotonic()
+        if resync:
+            # Timeout, exit or a stream out of step: the rest of the window is lost with the
+            # process and goes again to a fresh one.
+            self._restart()
+            flow.retry.extendleft(reversed(flow.sent))
+            flow.sent.clear()
+            flow.failures += 1
+            flow.last_error, flow.last_type = error or "", error_type or "crashed"
+        elif error is None:
+            flow.failures = 0
+        if answer is not None and error is None:
+            return req, _answer_side(answer)
+        return req, side_record([], error or "no answer", error_type)
+
+    def _fill(self, channel: _Channel, flow: _Flow) -> None:
+        batch = bytearray()
+        while len(flow.sent) < self.WINDOW:
+            nxt = flow.next_request()
+            if nxt is None:
+                break
+            batch += self._request(*nxt)
+            if not flow.sent:
+                flow.head_since = time.monotonic()
+            flow.sent.append(nxt)
+        if batch:
+            channel.send(bytes(batch))
+
+    def close(self) -> None:
+        """End the command: close its stdin, wait briefly, then kill it."""
+        if self._channel is not None:
+            self._channel.close(grace=5.0)
+            self._channel = None
+
+
+@dataclass
+class _Flow:
+    """Requests of one batch: not sent yet, to send again after a restart, awaiting answers."""
+
+    fresh: Iterator[Request]
+    timeout: float | None
+    retry: deque[Request] = field(default_factory=deque)
+    sent: deque[Request] = field(default_factory=deque)
+    failures: int = 0
+    last_error: str = ""
+    last_type: ErrorType = "crashed"
+    head_since: float = field(default_factory=time.monotonic)
+
+    def next_request(self) -> Request | None:
+        return self.retry.popleft() if self.retry else next(self.fresh, None)
+
+
+def _parse_answer(
+    line: bytes, index: int
+) -> tuple[dict[str, Any] | None, str | None, ErrorType | None, bool]:
+    """(answer, error, errorType, out of step) for a line read where ``index``'s answer is due.
+
+    Not JSON, or JSON without a valid result: an error of that case (``badOutput``) on a stream
+    still in step. An object answering another case: the stream is out of step (restart).
+    """
+    try:
+        answer = json.loads(line)
+    except ValueError:
+        return (
+            None,
+            f"the command wrote a line that is not JSON: {line[:200]!r}",
+            "badOutput",
+            False,
+        )
+    if not isinstance(answer, dict):
+        why = f"the command wrote {line[:200]!r}, not a JSON object, where case {index}'s was due"
+        return None, why, "badOutput", False
+    if answer.get("index") != index:
+        why = f"the command answered {line[:200]!r} where case {index}'s result was due"
+        return None, why, "badOutput", True
+    if answer.get("error"):
+        return answer, bounded(str(answer["error"])), "exception", False
+    violations = answer.get("violations", [])
+    if not isinstance(answer.get("passed"), bool) or not isinstance(violations, list):
+        why = f"case {index}: a result needs a boolean 'passed' and a list 'violations'"
+        return answer, why, "badOutput", False
+    return answer, None, None, False
+
+
+def _answer_side(answer: Mapping[str, Any]) -> Record:
+    violations = [str(v) for v in answer.get("violations", [])]
+    # A command saying passed with violations listed is taken at its violations.
+    if not answer["passed"] and not violations:
+        violations = ["failed"]
+    return side_record(violations, None)

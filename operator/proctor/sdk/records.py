@@ -1,0 +1,118 @@
+"""The case record: what one evaluated case writes to the results, whoever evaluated it.
+
+A side (the only one of a plain run; baseline or candidate of a comparison) is
+``{"passed", "errored", "violations", "error", "errorType"}``; the record is ``{"index",
+"status", "durationMs", "error", "errorType"}`` plus ``"violations"`` (one side) or
+``"baseline"`` and ``"candidate"`` (a comparison, whose top level describes the candidate).
+``errorType`` is None unless the side errored, then one of :data:`ERROR_TYPES`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any, Literal
+
+Record = dict[str, Any]
+
+ErrorType = Literal["exception", "timeout", "crashed", "unencodable", "badOutput"]
+ERROR_TYPES: tuple[ErrorType, ...] = ("exception", "timeout", "crashed", "unencodable", "badOutput")
+"""``exception``: the implementation or the task raised; ``timeout``: the case overran
+``caseTimeout``; ``crashed``: the implementation killed its process; ``unencodable``: the task
+returned what cannot be recorded (violations that are not a list of strings); ``badOutput``: a
+command task's answer is not a valid result."""
+
+_MAX_ERROR_CHARS = 1000
+
+
+def describe_error(exc: BaseException) -> str:
+    """``Type: message (at file:line in function)`` of the innermost frame, bounded."""
+    text = f"{type(exc).__name__}: {exc}"
+    tb = exc.__traceback__
+    if tb is not None:
+        while tb.tb_next is not None:
+            tb = tb.tb_next
+        code = tb.tb_frame.f_code
+        text += f" (at {os.path.basename(code.co_filename)}:{tb.tb_lineno} in {code.co_name})"
+    return bounded(text)
+
+
+def bounded(text: str) -> str:
+    """An error text cut to a length a record can carry."""
+    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 3] + "..."
+
+
+def status_of(violations: Sequence[str], error: str | None) -> str:
+    """``errored``, ``failed`` or ``passed``."""
+    if error is not None:
+        return "errored"
+    return "failed" if violations else "passed"
+
+
+def side_record(
+    violations: list[str], error: str | None, error_type: ErrorType | None = None
+) -> Record:
+    """One side's result; an error without a type is an ``exception``."""
+    if error is not None and error_type is None:
+        error_type = "exception"
+    return {
+        "passed": error is None and not violations,
+        "errored": error is not None,
+        "violations": violations if error is None else [],
+        "error": error,
+        "errorType": error_type if error is not None else None,
+    }
+
+
+def case_record(index: int, sides: Sequence[Record], duration_ms: float) -> Record:
+    """The record of case ``index`` from its one side, or its baseline and candidate."""
+    last = sides[-1]
+    record: Record = {
+        "index": index,
+        "status": status_of(last["violations"], last["error"]),
+        "durationMs": duration_ms,
+        "error": last["error"],
+        "errorType": last["errorType"],
+    }
+    if len(sides) == 1:
+        record["violations"] = last["violations"]
+    else:
+        record["baseline"], record["candidate"] = sides
+    return record
+
+
+def violation_names(value: Any, source: str) -> tuple[list[str], str | None]:
+    """(violations, None) for a list or tuple of strings; ([], why) for anything else, which
+    would crash the worker when its record is written."""
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return list(value), None
+    kind = type(value).__name__
+    if isinstance(value, list | tuple):
+        kind = f"{kind} holding {sorted({type(v).__name__ for v in value} - {'str'})}"
+    return [], bounded(f"{source} returned a {kind}; it must return a list of violation names")
+
+
+def encodable(record: Record) -> Record:
+    """``record``, or, when it cannot be written as JSON, an errored ``unencodable`` record of
+    the same case that says why (so a bad result errors its case instead of the worker)."""
+    try:
+        json.dumps(record, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as exc:
+        why = bounded(f"the case's result cannot be recorded: {type(exc).__name__}: {exc}")
+        why = why.encode("utf-8", "backslashreplace").decode()
+        sides = [side_record([], why, "unencodable")]
+        if "baseline" in record:
+            sides = [_encodable_side(record.get(k), why) for k in ("baseline", "candidate")]
+            if all(not s["errored"] for s in sides):
+                sides[1] = side_record([], why, "unencodable")
+        return case_record(int(record["index"]), sides, float(record.get("durationMs") or 0.0))
+    return record
+
+
+def _encodable_side(side: Any, why: str) -> Record:
+    try:
+        json.dumps(side).encode()
+    except (TypeError, ValueError):
+        return side_record([], why, "unencodable")
+    return dict(side) if isinstance(side, dict) else side_record([], why, "unencodable")

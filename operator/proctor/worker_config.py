@@ -1,0 +1,159 @@
+"""A worker's configuration (``PROCTOR_*`` variables) and its batch sizing."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from proctor.api.v1alpha1.evalrun import BatchSpec, EvalRun, EvalRunSpec
+from proctor.quantity import parse_duration
+from proctor.storage import RunStorage, open_storage
+
+
+class ConfigError(ValueError):
+    """The worker's configuration is missing or wrong; the message says what to set."""
+
+
+@dataclass
+class WorkerConfig:
+    """Everything a worker needs; :meth:`from_env` reads it from ``PROCTOR_*`` variables."""
+
+    run_id: str
+    spec: EvalRunSpec
+    queue_url: str
+    storage_uri: str
+    run_name: str = ""
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    storage_endpoint: str | None = None
+    storage_region: str | None = None
+    metrics_port: int | None = None
+    lease_seconds: float | None = None
+    shutdown_grace: float = 1.0
+    poll_interval: float = 0.5
+    attempt: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerConfig:
+        """Read the configuration the operator (or ``proctor run``) sets on a worker.
+
+        Required: ``PROCTOR_SPEC`` (the EvalRun spec, or the whole EvalRun, as JSON) or
+        ``PROCTOR_SPEC_FILE`` (a JSON or YAML file of either), ``PROCTOR_QUEUE_URL`` and
+        ``PROCTOR_STORAGE_URI``; ``PROCTOR_RUN_ID`` (the run's uid) or ``PROCTOR_RUN``
+        (``namespace/name``). Optional: ``PROCTOR_WORKER_ID`` (default ``POD_NAME``, else
+        host-pid), ``PROCTOR_STORAGE_ENDPOINT``, ``PROCTOR_STORAGE_REGION``,
+        ``PROCTOR_METRICS_PORT``, ``PROCTOR_LEASE_SECONDS``, ``PROCTOR_SHUTDOWN_GRACE``,
+        ``PROCTOR_ATTEMPT`` (the run attempt whose queue and results are this worker's).
+        """
+        e = dict(os.environ if env is None else env)
+
+        def need(name: str) -> str:
+            value = e.get(name, "").strip()
+            if not value:
+                raise ConfigError(f"{name} is not set; the worker needs it (see docs/engine.md)")
+            return value
+
+        if e.get("PROCTOR_SPEC"):
+            spec = parse_spec(json.loads(e["PROCTOR_SPEC"]))
+        elif e.get("PROCTOR_SPEC_FILE"):
+            spec = parse_spec(yaml.safe_load(Path(e["PROCTOR_SPEC_FILE"]).read_text()))
+        else:
+            raise ConfigError("set PROCTOR_SPEC (JSON) or PROCTOR_SPEC_FILE to the EvalRun spec")
+        run_name = e.get("PROCTOR_RUN", "")
+        run_id = e.get("PROCTOR_RUN_ID") or run_name.replace("/", "-")
+        if not run_id:
+            raise ConfigError("set PROCTOR_RUN_ID (the run's uid) or PROCTOR_RUN (ns/name)")
+        port = e.get("PROCTOR_METRICS_PORT", "").strip()
+        lease = e.get("PROCTOR_LEASE_SECONDS", "").strip()
+        return cls(
+            run_id=run_id,
+            run_name=run_name,
+            spec=spec,
+            queue_url=need("PROCTOR_QUEUE_URL"),
+            storage_uri=need("PROCTOR_STORAGE_URI"),
+            worker_id=e.get("PROCTOR_WORKER_ID")
+            or e.get("POD_NAME")
+            or f"{socket.gethostname()}-{os.getpid()}",
+            storage_endpoint=e.get("PROCTOR_STORAGE_ENDPOINT") or None,
+            storage_region=e.get("PROCTOR_STORAGE_REGION") or None,
+            metrics_port=int(port) if port and port != "0" else None,
+            lease_seconds=float(lease) if lease else None,
+            shutdown_grace=float(e.get("PROCTOR_SHUTDOWN_GRACE", "1.0")),
+            attempt=e.get("PROCTOR_ATTEMPT", "").strip(),
+        )
+
+    def env(self) -> dict[str, str]:
+        """The inverse of :meth:`from_env`: variables that configure a worker like this one."""
+        out = {
+            "PROCTOR_RUN_ID": self.run_id,
+            "PROCTOR_SPEC": json.dumps(self.spec.to_wire()),
+            "PROCTOR_QUEUE_URL": self.queue_url,
+            "PROCTOR_STORAGE_URI": self.storage_uri,
+            "PROCTOR_WORKER_ID": self.worker_id,
+            "PROCTOR_SHUTDOWN_GRACE": str(self.shutdown_grace),
+        }
+        if self.run_name:
+            out["PROCTOR_RUN"] = self.run_name
+        if self.storage_endpoint:
+            out["PROCTOR_STORAGE_ENDPOINT"] = self.storage_endpoint
+        if self.storage_region:
+            out["PROCTOR_STORAGE_REGION"] = self.storage_region
+        if self.metrics_port:
+            out["PROCTOR_METRICS_PORT"] = str(self.metrics_port)
+        if self.lease_seconds:
+            out["PROCTOR_LEASE_SECONDS"] = str(self.lease_seconds)
+        if self.attempt:
+            out["PROCTOR_ATTEMPT"] = self.attempt
+        return out
+
+
+def parse_spec(data: Mapping[str, Any]) -> EvalRunSpec:
+    """An EvalRunSpec from the spec itself or a whole EvalRun object."""
+    if "spec" in data and "kind" in data:
+        return EvalRun.model_validate(data).spec
+    return EvalRunSpec.model_validate(data)
+
+
+def lease_seconds(spec: EvalRunSpec) -> float:
+    return parse_duration(spec.queue.lease) if spec.queue else 60.0
+
+
+def open_run_storage(config: WorkerConfig) -> RunStorage:
+    compression = config.spec.storage.compression if config.spec.storage else None
+    return open_storage(
+        config.storage_uri,
+        config.run_id,
+        compression=compression.algorithm if compression else "zstd",
+        level=compression.level if compression else 3,
+        endpoint=config.storage_endpoint,
+        region=config.storage_region,
+        attempt=config.attempt,
+    )
+
+
+class BatchSizer:
+    """Batch size toward a target duration: cases per batch = target / seconds per case,
+    from a moving average, within [min, max] and at most doubling or halving per step."""
+
+    def __init__(self, batch: BatchSpec) -> None:
+        self.size = batch.initial_size
+        self.min = batch.min_size
+        self.max = batch.max_size
+        self.target = parse_duration(batch.target_duration)
+        self._per_case: float | None = None
+
+    def observe(self, cases: int, seconds: float) -> None:
+        if cases <= 0:
+            return
+        per_case = max(seconds / cases, 1e-9)
+        self._per_case = (
+            per_case if self._per_case is None else 0.7 * self._per_case + 0.3 * per_case
+        )
+        wanted = int(self.target / self._per_case)
+        self.size = max(self.min, min(self.max, max(self.size // 2, min(wanted, self.size * 2))))
