@@ -194,7 +194,7 @@ def test_helm_install_runs_a_sample_and_uninstall_keeps_only_the_crds(
         worked = [who for who, log in logs.items() if "workers changed" in log]
         assert len(worked) == 1, "\n---\n".join(log[-3000:] for log in logs.values())
         assert sum("enqueued" in log for log in logs.values()) == 1
-        # The other one's EvalRun pass loop paused with kopf (proctor.peering).
+        # The other one's EvalRun pass loop paused with kopf (proctor.controller.peering).
         paused = [who for who, log in logs.items() if "run passes paused" in log]
         assert len(paused) == 1, paused
         assert paused != worked

@@ -25,7 +25,7 @@ from e2e.harness.promql import (
     rules,
 )
 from proctor.metrics import WorkerMetrics
-from proctor.operator_metrics import OperatorMetrics
+from proctor.controller.metrics import OperatorMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 OPERATIONS = ROOT / "docs" / "operations.md"

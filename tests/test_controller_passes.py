@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 
 from proctor.config import OperatorConfig
-from proctor.controller import _scheduled_pass
+from proctor.controller.evalrun import _scheduled_pass
 from proctor.losses import Departures
-from proctor.operator_metrics import OperatorMetrics
+from proctor.controller.metrics import OperatorMetrics
 from proctor.reconcile import RunRuntime, SharedClients
-from proctor.schedule import PassSchedule
+from proctor.controller.pass_timing import PassSchedule
 from proctor.status import Event
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import kopf
 import pytest
 
-from proctor.controller import (
+from proctor.controller.evalrun import (
     GROUP,
     KOPF_REQUEST_CONNECTIONS,
     DiffBaseStorage,

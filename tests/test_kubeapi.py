@@ -175,7 +175,7 @@ def test_operator_process_never_imports_the_kubernetes_client() -> None:
         "import sys\n"
         "from proctor.kubeapi import keep_kubernetes_client_out\n"
         "keep_kubernetes_client_out()\n"
-        "import proctor.controller\n"
+        "import proctor.controller.evalrun\n"
         "loaded = [m for m in sys.modules if m.startswith('kubernetes.')]\n"
         "assert not loaded, loaded\n"
     )

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import pytest
 from prometheus_client import generate_latest
 
-from proctor.operator_metrics import OperatorMetrics
+from proctor.controller.metrics import OperatorMetrics
 
 RUN = ("team-a", "nightly")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from proctor.peering import PeeringGate, is_pattern, matches, paused
+from proctor.controller.peering import PeeringGate, is_pattern, matches, paused
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from proctor.pass_loop import PassLoop
-from proctor.peering import PeeringGate
-from proctor.schedule import PassSchedule, trim_body
+from proctor.controller.pass_loop import PassLoop
+from proctor.controller.peering import PeeringGate
+from proctor.controller.pass_timing import PassSchedule, trim_body
 
 
 def run(uid: str, generation: int = 1, **meta: Any) -> dict[str, Any]:

@@ -141,7 +141,7 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 
     keep_kubernetes_client_out()  # before kopf is imported
     from proctor.config import load_config
-    from proctor.controller import run_operator
+    from proctor.controller.evalrun import run_operator
     from proctor.logging import configure_logging
 
     configure_logging(level=args.log_level)

@@ -1,5 +1,5 @@
 """kopf handlers of the EvalRun operator. Thin: they say *when* (with the pass loop,
-:mod:`proctor.pass_loop`); :mod:`proctor.reconcile` says *what*, and :mod:`proctor.observe` is
+:mod:`proctor.controller.pass_loop`); :mod:`proctor.reconcile` says *what*, and :mod:`proctor.observe` is
 the only code that talks to the API.
 
 Handlers are registered on a registry built by :func:`build_registry`, because the loop's
@@ -25,9 +25,9 @@ from proctor.kubeapi import KubeApi
 from proctor.kubeapi import login as kube_login
 from proctor.losses import Departed, Departures, SpotNodes
 from proctor.observe import ClusterApi, WorkerObs, node_info, pod_usage, worker_obs
-from proctor.operator_metrics import OperatorMetrics
-from proctor.pass_loop import PassLoop
-from proctor.peering import PeeringGate, is_pattern, own_identity
+from proctor.controller.metrics import OperatorMetrics
+from proctor.controller.pass_loop import PassLoop
+from proctor.controller.peering import PeeringGate, is_pattern, own_identity
 from proctor.pods import LABEL_COMPONENT, LABEL_RUN
 from proctor.reconcile import (
     ClusterView,
@@ -38,9 +38,9 @@ from proctor.reconcile import (
     finalize_run,
     reconcile_run,
 )
-from proctor.schedule import PassSchedule
+from proctor.controller.pass_timing import PassSchedule
 from proctor.status import Event
-from proctor.suite_controller import register_suite_handlers
+from proctor.controller.suite import register_suite_handlers
 
 log = structlog.get_logger("proctor.operator")
 

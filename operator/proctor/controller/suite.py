@@ -2,7 +2,7 @@
 says *what*.
 
 Registered on the EvalRun operator's registry by :func:`register_suite_handlers` (called from
-:func:`proctor.controller.build_registry`), so one operator process serves both kinds and
+:func:`proctor.controller.evalrun.build_registry`), so one operator process serves both kinds and
 shares its node and pod-usage indexes, configuration and API client.
 """
 

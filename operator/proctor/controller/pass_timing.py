@@ -4,7 +4,7 @@ A kopf timer per run kept, per run, an asyncio task and the run's whole live bod
 50 KB with its ``managedFields``) and started a thousand new runs' first passes in no
 particular order behind the repeat passes of older ones. Here the operator keeps one small
 entry per run (the body trimmed to what a pass reads) and one loop
-(:mod:`proctor.pass_loop`) asks :meth:`PassSchedule.take` what to run:
+(:mod:`proctor.controller.pass_loop`) asks :meth:`PassSchedule.take` what to run:
 
 - a run never passed by this operator, or whose ``metadata.generation`` went past the one its
   latest pass started with (a spec change: suspend, resume, workers), is *urgent*: due at
