@@ -10,7 +10,7 @@ import pytest
 
 from proctor.config import OperatorConfig
 from proctor.controller.evalrun import _scheduled_pass
-from proctor.losses import Departures
+from proctor.cluster.losses import Departures
 from proctor.controller.metrics import OperatorMetrics
 from proctor.reconcile import RunRuntime, SharedClients
 from proctor.controller.pass_timing import PassSchedule

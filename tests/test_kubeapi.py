@@ -17,7 +17,7 @@ import kopf
 import pytest
 import yaml
 
-from proctor.kubeapi import (
+from proctor.cluster.client import (
     KubeApi,
     KubeApiError,
     LoginError,
@@ -173,7 +173,7 @@ def test_operator_process_never_imports_the_kubernetes_client() -> None:
     # kopf imports the client's models when it is installed; the operator keeps them out.
     code = (
         "import sys\n"
-        "from proctor.kubeapi import keep_kubernetes_client_out\n"
+        "from proctor.cluster.client import keep_kubernetes_client_out\n"
         "keep_kubernetes_client_out()\n"
         "import proctor.controller.evalrun\n"
         "loaded = [m for m in sys.modules if m.startswith('kubernetes.')]\n"

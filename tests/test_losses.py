@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from proctor.api.v1alpha1.base import LossLedgerStatus
-from proctor.losses import (
+from proctor.cluster.losses import (
     Departed,
     Departures,
     Loss,
@@ -18,7 +18,7 @@ from proctor.losses import (
     ledger_status,
     loss_events,
 )
-from proctor.observe import WorkerObs
+from proctor.cluster.observe import WorkerObs
 
 
 def obs(uid: str, *, lost: str = "", node: str = "n1") -> WorkerObs:

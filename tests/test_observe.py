@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from proctor.observe import (
+from proctor.cluster.observe import (
     PodUsage,
     node_info,
     nodes_with_usage,

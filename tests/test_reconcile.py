@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from proctor.api.v1alpha1.evalrun import EvalRunStatus
-from proctor.observe import WorkerObs
+from proctor.cluster.observe import WorkerObs
 from proctor.reconcile import (
     PROGRESS_REFRESH_MAX_SECONDS,
     PROGRESS_REFRESH_SECONDS,

@@ -15,7 +15,7 @@ import structlog
 
 from proctor import redact
 from proctor.logging import configure_logging
-from proctor.observe import event_object
+from proctor.cluster.observe import event_object
 from proctor.status import Event
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,8 +16,8 @@ import pytest
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteSpec, BenchmarkSuiteStatus
 from proctor.api.v1alpha1.evalrun import LossLedgerStatus as EvalRunLedger
 from proctor.config import OperatorConfig
-from proctor.losses import Departed
-from proctor.observe import WorkerObs
+from proctor.cluster.losses import Departed
+from proctor.cluster.observe import WorkerObs
 from proctor.planning import Capacity, NodeInfo
 from proctor.reconcile import RunRef, SharedClients
 from proctor.status import Event

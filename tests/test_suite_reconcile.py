@@ -16,8 +16,8 @@ from proctor.api.v1alpha1.benchmarksuite import (
 )
 from proctor.bench.summary import summarize
 from proctor.config import OperatorConfig
-from proctor.losses import LossLedger, count_losses
-from proctor.observe import WorkerObs
+from proctor.cluster.losses import LossLedger, count_losses
+from proctor.cluster.observe import WorkerObs
 from proctor.planning import Capacity, NodeInfo
 from proctor.status import Problem
 from proctor.suite_reconcile import (

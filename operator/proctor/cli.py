@@ -137,7 +137,7 @@ def _peering_priority(peering: bool, given: int | None) -> int:
 
 
 def _cmd_operator(args: argparse.Namespace) -> int:
-    from proctor.kubeapi import keep_kubernetes_client_out
+    from proctor.cluster.client import keep_kubernetes_client_out
 
     keep_kubernetes_client_out()  # before kopf is imported
     from proctor.config import load_config

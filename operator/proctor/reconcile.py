@@ -32,8 +32,8 @@ from proctor.api.v1alpha1.evalrun import (
 )
 from proctor.conditions import is_true, rfc3339
 from proctor.config import OperatorConfig
-from proctor.losses import Departed, LossLedger, count_losses, ledger_status, loss_events
-from proctor.observe import (
+from proctor.cluster.losses import Departed, LossLedger, count_losses, ledger_status, loss_events
+from proctor.cluster.observe import (
     ClusterApi,
     PodUsage,
     QuotaExceeded,

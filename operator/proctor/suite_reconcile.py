@@ -44,9 +44,9 @@ from proctor.bench.worker import BenchWorkerConfig
 from proctor.conditions import get_condition, rfc3339, set_condition
 from proctor.config import OperatorConfig
 from proctor.cron import latest_fire, next_fire, parse_cron
-from proctor.kubeapi import custom_path
-from proctor.losses import Departed, Losses, LossLedger, count_losses, ledger_status, loss_events
-from proctor.observe import (
+from proctor.cluster.client import custom_path
+from proctor.cluster.losses import Departed, Losses, LossLedger, count_losses, ledger_status, loss_events
+from proctor.cluster.observe import (
     GROUP,
     VERSION,
     ClusterApi,

@@ -1,5 +1,5 @@
 """kopf handlers of the EvalRun operator. Thin: they say *when* (with the pass loop,
-:mod:`proctor.controller.pass_loop`); :mod:`proctor.reconcile` says *what*, and :mod:`proctor.observe` is
+:mod:`proctor.controller.pass_loop`); :mod:`proctor.reconcile` says *what*, and :mod:`proctor.cluster.observe` is
 the only code that talks to the API.
 
 Handlers are registered on a registry built by :func:`build_registry`, because the loop's
@@ -21,10 +21,10 @@ import kopf
 import structlog
 
 from proctor.config import OperatorConfig
-from proctor.kubeapi import KubeApi
-from proctor.kubeapi import login as kube_login
-from proctor.losses import Departed, Departures, SpotNodes
-from proctor.observe import ClusterApi, WorkerObs, node_info, pod_usage, worker_obs
+from proctor.cluster.client import KubeApi
+from proctor.cluster.client import login as kube_login
+from proctor.cluster.losses import Departed, Departures, SpotNodes
+from proctor.cluster.observe import ClusterApi, WorkerObs, node_info, pod_usage, worker_obs
 from proctor.controller.metrics import OperatorMetrics
 from proctor.controller.pass_loop import PassLoop
 from proctor.controller.peering import PeeringGate, is_pattern, own_identity

@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from proctor.kubeapi import KubeApi
+from proctor.cluster.client import KubeApi
 
 log = structlog.get_logger("proctor.operator")
 

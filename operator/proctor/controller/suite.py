@@ -17,7 +17,7 @@ import kopf
 import structlog
 
 from proctor.config import OperatorConfig
-from proctor.losses import Departed
+from proctor.cluster.losses import Departed
 from proctor.pods import LABEL_COMPONENT, LABEL_RUN
 from proctor.reconcile import RunRef
 from proctor.status import Event

@@ -15,7 +15,7 @@ from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from proctor.api.v1alpha1.base import LossLedgerStatus, TrackedPod
-from proctor.observe import WorkerObs
+from proctor.cluster.observe import WorkerObs
 from proctor.status import Event
 
 

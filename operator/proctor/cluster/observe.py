@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from proctor.kubeapi import KubeApi, KubeApiError, core_path, custom_path
+from proctor.cluster.client import KubeApi, KubeApiError, core_path, custom_path
 from proctor.planning import GPU_RESOURCE, Capacity, NodeInfo, QuotaHeadroom, Taint
 from proctor.pods import LABEL_POOL, LABEL_RUN
 from proctor.quantity import cpu_millis, to_bytes

@@ -1,0 +1,1 @@
+"""The Kubernetes API edge: the HTTP client, reads and writes, and lost pods."""
