@@ -2,7 +2,7 @@
 calls them: the object as the global ``obj``, the script's returned table read for ``status``
 and ``message``.
 
-EvalRun statuses come from the operator's own status function (:func:`proctor.status.next_status`),
+EvalRun statuses come from the operator's own status function (:func:`proctor.evalrun.status.next_status`),
 so the phases and conditions the Lua sees are the ones the operator writes. BenchmarkSuite has
 no controller yet: its samples are validated against the status model instead.
 """
@@ -28,7 +28,7 @@ from proctor.api.v1alpha1.evalrun import (
     ResultSummary,
     WorkerCounts,
 )
-from proctor.status import Observation, Problem, next_status
+from proctor.evalrun.status import Observation, Problem, next_status
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGOCD = ROOT / "manifests" / "argocd"

@@ -12,9 +12,9 @@ from proctor.config import OperatorConfig
 from proctor.controller.evalrun import _scheduled_pass
 from proctor.cluster.losses import Departures
 from proctor.controller.metrics import OperatorMetrics
-from proctor.reconcile import RunRuntime, SharedClients
+from proctor.evalrun.reconcile import RunRuntime, SharedClients
 from proctor.controller.pass_timing import PassSchedule
-from proctor.status import Event
+from proctor.evalrun.status import Event
 
 
 class EventsOnly:

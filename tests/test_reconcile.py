@@ -10,7 +10,7 @@ import pytest
 
 from proctor.api.v1alpha1.evalrun import EvalRunStatus
 from proctor.cluster.observe import WorkerObs
-from proctor.reconcile import (
+from proctor.evalrun.reconcile import (
     PROGRESS_REFRESH_MAX_SECONDS,
     PROGRESS_REFRESH_SECONDS,
     SUPERSEDED_KEPT,

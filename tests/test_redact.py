@@ -16,7 +16,7 @@ import structlog
 from proctor import redact
 from proctor.logging import configure_logging
 from proctor.cluster.observe import event_object
-from proctor.status import Event
+from proctor.evalrun.status import Event
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "manifests" / "samples" / "quickstart.yaml"

@@ -12,7 +12,7 @@ import pytest
 
 from proctor.api.v1alpha1.evalrun import CaseCounts, EvalRunSpec, EvalRunStatus, WorkerCounts
 from proctor.conditions import get_condition
-from proctor.status import (
+from proctor.evalrun.status import (
     PLAN_DRIFT_SECONDS,
     STATUS_DRIFT_SECONDS,
     Observation,

@@ -19,9 +19,9 @@ from proctor.config import OperatorConfig
 from proctor.cluster.losses import Departed
 from proctor.cluster.observe import WorkerObs
 from proctor.planning import Capacity, NodeInfo
-from proctor.reconcile import RunRef, SharedClients
-from proctor.status import Event
-from proctor.suite_reconcile import (
+from proctor.evalrun.reconcile import RunRef, SharedClients
+from proctor.evalrun.status import Event
+from proctor.suite.reconcile import (
     BenchPod,
     RunDecision,
     SuiteApi,

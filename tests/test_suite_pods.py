@@ -12,8 +12,8 @@ from proctor.bench.matrix import Cell, cells
 from proctor.bench.worker import BenchWorkerConfig
 from proctor.config import OperatorConfig
 from proctor.planning import resolve_size
-from proctor.reconcile import Connection, RunRef
-from proctor.suite_pods import (
+from proctor.evalrun.reconcile import Connection, RunRef
+from proctor.suite.pods import (
     ANNOTATION_CELL,
     LABEL_CELL,
     LABEL_ISOLATION,
@@ -21,7 +21,7 @@ from proctor.suite_pods import (
     cell_run_spec,
     label_value,
 )
-from proctor.suite_reconcile import benchmark_env
+from proctor.suite.reconcile import benchmark_env
 
 SUITE: dict[str, Any] = {
     "image": "bench:1",

@@ -19,8 +19,8 @@ from proctor.config import OperatorConfig
 from proctor.cluster.losses import LossLedger, count_losses
 from proctor.cluster.observe import WorkerObs
 from proctor.planning import Capacity, NodeInfo
-from proctor.status import Problem
-from proctor.suite_reconcile import (
+from proctor.evalrun.status import Problem
+from proctor.suite.reconcile import (
     RunDecision,
     SuiteObservation,
     admission_problem,

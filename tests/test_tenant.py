@@ -14,9 +14,9 @@ from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteSpec
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.config import OperatorConfig, TenantPolicy
 from proctor.policy import SPEC_ENV_MAX_BYTES, admit
-from proctor.reconcile import Connection, RunRef, RunRuntime, cached_connection, worker_env
-from proctor.status import Problem
-from proctor.suite_reconcile import admit_suite
+from proctor.evalrun.reconcile import Connection, RunRef, RunRuntime, cached_connection, worker_env
+from proctor.evalrun.status import Problem
+from proctor.suite.reconcile import admit_suite
 from proctor.validation import validate_document
 
 SPEC: dict[str, Any] = {
@@ -323,8 +323,8 @@ def test_finding11_a_suite_baseline_is_read_with_the_suites_credentials(
     import boto3
 
     from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteStatus
-    from proctor.reconcile import SharedClients
-    from proctor.suite_reconcile import _baseline
+    from proctor.evalrun.reconcile import SharedClients
+    from proctor.suite.reconcile import _baseline
 
     record = {"benchmark": "status", "variant": "git", "repetition": 0, "seconds": 1.0}
     boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1").put_object(

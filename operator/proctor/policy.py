@@ -15,7 +15,7 @@ from fnmatch import fnmatchcase
 from proctor.api.v1alpha1.base import StorageSpec
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.config import OperatorConfig
-from proctor.status import Problem
+from proctor.evalrun.status import Problem
 
 POLICY_VIOLATION = "PolicyViolation"
 SPEC_TOO_LARGE = "SpecTooLarge"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from proctor.api.v1alpha1.base import LossLedgerStatus, TrackedPod
 from proctor.cluster.observe import WorkerObs
-from proctor.status import Event
+from proctor.evalrun.status import Event
 
 
 @dataclass(frozen=True)

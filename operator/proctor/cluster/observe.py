@@ -24,7 +24,7 @@ from proctor.planning import GPU_RESOURCE, Capacity, NodeInfo, QuotaHeadroom, Ta
 from proctor.pods import LABEL_POOL, LABEL_RUN
 from proctor.quantity import cpu_millis, to_bytes
 from proctor.redact import redact_text, redact_value, remember_secret_data
-from proctor.status import Event
+from proctor.evalrun.status import Event
 
 log = structlog.get_logger("proctor.operator")
 

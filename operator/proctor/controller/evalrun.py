@@ -1,5 +1,5 @@
 """kopf handlers of the EvalRun operator. Thin: they say *when* (with the pass loop,
-:mod:`proctor.controller.pass_loop`); :mod:`proctor.reconcile` says *what*, and :mod:`proctor.cluster.observe` is
+:mod:`proctor.controller.pass_loop`); :mod:`proctor.evalrun.reconcile` says *what*, and :mod:`proctor.cluster.observe` is
 the only code that talks to the API.
 
 Handlers are registered on a registry built by :func:`build_registry`, because the loop's
@@ -29,7 +29,7 @@ from proctor.controller.metrics import OperatorMetrics
 from proctor.controller.pass_loop import PassLoop
 from proctor.controller.peering import PeeringGate, is_pattern, own_identity
 from proctor.pods import LABEL_COMPONENT, LABEL_RUN
-from proctor.reconcile import (
+from proctor.evalrun.reconcile import (
     ClusterView,
     PassResult,
     RunRef,
@@ -39,7 +39,7 @@ from proctor.reconcile import (
     reconcile_run,
 )
 from proctor.controller.pass_timing import PassSchedule
-from proctor.status import Event
+from proctor.evalrun.status import Event
 from proctor.controller.suite import register_suite_handlers
 
 log = structlog.get_logger("proctor.operator")

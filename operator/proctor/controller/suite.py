@@ -1,4 +1,4 @@
-"""kopf handlers of BenchmarkSuites. Thin: they say *when*; :mod:`proctor.suite_reconcile`
+"""kopf handlers of BenchmarkSuites. Thin: they say *when*; :mod:`proctor.suite.reconcile`
 says *what*.
 
 Registered on the EvalRun operator's registry by :func:`register_suite_handlers` (called from
@@ -19,10 +19,10 @@ import structlog
 from proctor.config import OperatorConfig
 from proctor.cluster.losses import Departed
 from proctor.pods import LABEL_COMPONENT, LABEL_RUN
-from proctor.reconcile import RunRef
-from proctor.status import Event
-from proctor.suite_pods import COMPONENT
-from proctor.suite_reconcile import (
+from proctor.evalrun.reconcile import RunRef
+from proctor.evalrun.status import Event
+from proctor.suite.pods import COMPONENT
+from proctor.suite.reconcile import (
     BenchPod,
     SuiteApi,
     SuitePassResult,

@@ -22,7 +22,7 @@ from proctor.api.v1alpha1.base import (
     StorageSpec,
     exactly_one,
 )
-from proctor.cron import CronError, parse_cron
+from proctor.suite.cron import CronError, parse_cron
 
 KIND = "BenchmarkSuite"
 PLURAL = "benchmarksuites"

@@ -4,8 +4,8 @@ A suite is EvalRun-style work cut per cell: each cell (benchmark x variant) of a
 its own queue whose entries are repetitions ``[i, i + 1)`` (:mod:`proctor.bench.enqueue`) and
 its own results under the run's storage (:class:`proctor.bench.store.SuiteStore`); at most one
 benchmark pod per cell measures them (``proctor bench-worker``). Cells are planned with the
-EvalRun planner (:func:`proctor.suite_pods.cell_run_spec`) and pods are EvalRun worker pods
-made benchmark pods (:mod:`proctor.suite_pods`).
+EvalRun planner (:func:`proctor.suite.pods.cell_run_spec`) and pods are EvalRun worker pods
+made benchmark pods (:mod:`proctor.suite.pods`).
 
 Order of a pass: which run (schedule) -> classify pods (disruption vs failure) -> admit
 (Secrets, baseline, feasibility) -> enqueue each cell once -> progress from storage -> start
@@ -43,7 +43,7 @@ from proctor.bench.summary import SuiteSummary, summarize
 from proctor.bench.worker import BenchWorkerConfig
 from proctor.conditions import get_condition, rfc3339, set_condition
 from proctor.config import OperatorConfig
-from proctor.cron import latest_fire, next_fire, parse_cron
+from proctor.suite.cron import latest_fire, next_fire, parse_cron
 from proctor.cluster.client import custom_path
 from proctor.cluster.losses import Departed, Losses, LossLedger, count_losses, ledger_status, loss_events
 from proctor.cluster.observe import (
@@ -62,7 +62,7 @@ from proctor.pods import merge_env
 from proctor.policy import admit, baseline_problem, spec_size_problem
 from proctor.quantity import parse_duration
 from proctor.queue import WorkQueue
-from proctor.reconcile import (
+from proctor.evalrun.reconcile import (
     CONNECTION_TTL_SECONDS,
     EXPECTATION_SECONDS,
     Connection,
@@ -70,9 +70,9 @@ from proctor.reconcile import (
     SharedClients,
     connection,
 )
-from proctor.status import Event, Problem, loss_degradations
+from proctor.evalrun.status import Event, Problem, loss_degradations
 from proctor.storage import Blobs, RunStorage, S3Blobs
-from proctor.suite_pods import ANNOTATION_CELL, LABEL_SUITE_RUN, benchmark_pod, cell_run_spec
+from proctor.suite.pods import ANNOTATION_CELL, LABEL_SUITE_RUN, benchmark_pod, cell_run_spec
 
 log = structlog.get_logger("proctor.operator")
 

@@ -49,7 +49,7 @@ from proctor.quantity import parse_duration
 from proctor.queue import QueueConnections, WorkQueue, enqueue_run
 from proctor.scaling import ScaleState, WorkerPod, busy_workers, decide
 from proctor.stats import should_stop_early, summarize
-from proctor.status import (
+from proctor.evalrun.status import (
     Event,
     Observation,
     Problem,

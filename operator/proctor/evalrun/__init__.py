@@ -1,0 +1,1 @@
+"""An EvalRun's reconcile pass and its status."""

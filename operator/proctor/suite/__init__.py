@@ -1,0 +1,1 @@
+"""A BenchmarkSuite's reconcile pass, its pods and its schedule."""
