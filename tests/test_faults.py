@@ -18,7 +18,7 @@ from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.cli import main
 from proctor.isolation import isolated_records
 from proctor.localrun import EXIT_INCOMPLETE, EXIT_REJECT, EXIT_USAGE
-from proctor.quantity import parse_duration
+from proctor.api.quantity import parse_duration
 from proctor.queue import enqueue_run, open_queue
 from proctor.sdk import LoadedTask, TaskLoadError, load_task
 from proctor.sdk.records import case_record, encodable, side_record

@@ -18,7 +18,7 @@ from proctor.cluster.observe import (
     status_patch,
     worker_obs,
 )
-from proctor.planning import GPU_RESOURCE, Capacity, NodeInfo, QuotaHeadroom, Taint
+from proctor.planning.plan import GPU_RESOURCE, Capacity, NodeInfo, QuotaHeadroom, Taint
 
 GiB = 1 << 30
 

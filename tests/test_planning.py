@@ -10,7 +10,7 @@ import pytest
 
 from proctor.api.v1alpha1.evalrun import EvalRunSpec, PoolPlan
 from proctor.config import OperatorConfig, ProfileSize
-from proctor.planning import (
+from proctor.planning.plan import (
     Capacity,
     Demand,
     NodeInfo,

@@ -9,7 +9,7 @@ import pytest
 
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.config import OperatorConfig
-from proctor.planning import resolve_size
+from proctor.planning.plan import resolve_size
 from proctor.pods import LABEL_RUN, selector, worker_pod
 
 BASE: dict[str, Any] = {

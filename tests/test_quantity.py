@@ -2,7 +2,7 @@ from decimal import Decimal
 
 import pytest
 
-from proctor.quantity import (
+from proctor.api.quantity import (
     QuantityError,
     cpu_millis,
     format_bytes,

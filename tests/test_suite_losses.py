@@ -18,7 +18,7 @@ from proctor.api.v1alpha1.evalrun import LossLedgerStatus as EvalRunLedger
 from proctor.config import OperatorConfig
 from proctor.cluster.losses import Departed
 from proctor.cluster.observe import WorkerObs
-from proctor.planning import Capacity, NodeInfo
+from proctor.planning.plan import Capacity, NodeInfo
 from proctor.evalrun.reconcile import RunRef, SharedClients
 from proctor.evalrun.status import Event
 from proctor.suite.reconcile import (

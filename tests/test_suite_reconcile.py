@@ -18,7 +18,7 @@ from proctor.bench.summary import summarize
 from proctor.config import OperatorConfig
 from proctor.cluster.losses import LossLedger, count_losses
 from proctor.cluster.observe import WorkerObs
-from proctor.planning import Capacity, NodeInfo
+from proctor.planning.plan import Capacity, NodeInfo
 from proctor.evalrun.status import Problem
 from proctor.suite.reconcile import (
     RunDecision,

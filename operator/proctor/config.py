@@ -127,7 +127,7 @@ class OperatorConfig(BaseModel):
 
     def profile_names(self) -> list[str]:
         """Profiles from smallest to largest CPU request."""
-        from proctor.quantity import cpu_millis, to_bytes
+        from proctor.api.quantity import cpu_millis, to_bytes
 
         merged = {**DEFAULT_PROFILES, **self.profiles}
         return sorted(merged, key=lambda n: (cpu_millis(merged[n].cpu), to_bytes(merged[n].memory)))

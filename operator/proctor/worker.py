@@ -48,7 +48,7 @@ from proctor.api.v1alpha1.evalrun import BatchSpec, EvalRunSpec
 from proctor.gpu import GpuMonitor
 from proctor.isolation import CAN_FORK, hang_grace, isolated_records
 from proctor.metrics import WorkerMetrics
-from proctor.quantity import parse_duration
+from proctor.api.quantity import parse_duration
 from proctor.queue import Lease, QueueError, Range, WorkQueue, open_queue, subtract
 from proctor.redact import redact_url
 from proctor.sdk.deadline import timeout_enabled

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from proctor.api.v1alpha1.base import EnvVar, Resources
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteSpec
-from proctor.quantity import parse_duration
+from proctor.api.quantity import parse_duration
 
 
 @dataclass(frozen=True)

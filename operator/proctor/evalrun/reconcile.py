@@ -30,7 +30,7 @@ from proctor.api.v1alpha1.evalrun import (
     ResultSummary,
     WorkerCounts,
 )
-from proctor.conditions import is_true, rfc3339
+from proctor.api.conditions import is_true, rfc3339
 from proctor.config import OperatorConfig
 from proctor.cluster.losses import Departed, LossLedger, count_losses, ledger_status, loss_events
 from proctor.cluster.observe import (
@@ -42,12 +42,12 @@ from proctor.cluster.observe import (
     quota_headroom,
     status_patch,
 )
-from proctor.planning import Demand, NodeInfo, compute_plan, pool_for_new_pod
+from proctor.planning.plan import Demand, NodeInfo, compute_plan, pool_for_new_pod
 from proctor.pods import merge_env, worker_pod
 from proctor.policy import admit
-from proctor.quantity import parse_duration
+from proctor.api.quantity import parse_duration
 from proctor.queue import QueueConnections, WorkQueue, enqueue_run
-from proctor.scaling import ScaleState, WorkerPod, busy_workers, decide
+from proctor.planning.scaling import ScaleState, WorkerPod, busy_workers, decide
 from proctor.stats import should_stop_early, summarize
 from proctor.evalrun.status import (
     Event,

@@ -1,7 +1,7 @@
 """EvalRun status as a pure function of what was observed.
 
 A chain of named decisions (terminal, budget, deadline, finished, suspended, problem, started)
-picks the phase; conditions follow from it with :func:`proctor.conditions.set_condition`, and
+picks the phase; conditions follow from it with :func:`proctor.api.conditions.set_condition`, and
 events are emitted only for transitions a user must know about.
 """
 
@@ -22,8 +22,8 @@ from proctor.api.v1alpha1.evalrun import (
     ResultSummary,
     WorkerCounts,
 )
-from proctor.conditions import get_condition, rfc3339, set_condition
-from proctor.planning import PlanResult
+from proctor.api.conditions import get_condition, rfc3339, set_condition
+from proctor.planning.plan import PlanResult
 
 TERMINAL: frozenset[str] = frozenset({"Succeeded", "Failed"})
 

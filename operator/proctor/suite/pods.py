@@ -19,7 +19,7 @@ from proctor.api.v1alpha1.benchmarksuite import KIND, BenchmarkSuiteSpec
 from proctor.api.v1alpha1.evalrun import CasesSpec, EvalRunSpec, TaskSpec, WorkersSpec
 from proctor.bench.matrix import Cell
 from proctor.config import OperatorConfig
-from proctor.planning import WorkerSize
+from proctor.planning.plan import WorkerSize
 from proctor.pods import HOSTNAME_KEY, LABEL_COMPONENT, worker_pod
 
 COMPONENT = "benchmark"

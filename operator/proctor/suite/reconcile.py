@@ -41,7 +41,7 @@ from proctor.bench.report import render_html, render_markdown
 from proctor.bench.store import SuiteStore, load_records
 from proctor.bench.summary import SuiteSummary, summarize
 from proctor.bench.worker import BenchWorkerConfig
-from proctor.conditions import get_condition, rfc3339, set_condition
+from proctor.api.conditions import get_condition, rfc3339, set_condition
 from proctor.config import OperatorConfig
 from proctor.suite.cron import latest_fire, next_fire, parse_cron
 from proctor.cluster.client import custom_path
@@ -57,10 +57,10 @@ from proctor.cluster.observe import (
     status_patch,
     worker_obs,
 )
-from proctor.planning import Demand, NodeInfo, compute_plan
+from proctor.planning.plan import Demand, NodeInfo, compute_plan
 from proctor.pods import merge_env
 from proctor.policy import admit, baseline_problem, spec_size_problem
-from proctor.quantity import parse_duration
+from proctor.api.quantity import parse_duration
 from proctor.queue import WorkQueue
 from proctor.evalrun.reconcile import (
     CONNECTION_TTL_SECONDS,

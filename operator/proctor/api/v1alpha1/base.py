@@ -25,7 +25,7 @@ from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError
 
-from proctor.quantity import (
+from proctor.api.quantity import (
     DURATION_PATTERN,
     QUANTITY_PATTERN,
     is_duration,

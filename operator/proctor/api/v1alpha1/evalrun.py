@@ -25,7 +25,7 @@ from proctor.api.v1alpha1.base import (
     exactly_one,
     immutable,
 )
-from proctor.quantity import DURATION_PATTERN, parse_duration
+from proctor.api.quantity import DURATION_PATTERN, parse_duration
 
 KIND = "EvalRun"
 PLURAL = "evalruns"

@@ -1,0 +1,1 @@
+"""Pure planning: how many workers, where they go, and when to scale."""
