@@ -24,7 +24,7 @@ from e2e.harness.promql import (
     metric_names,
     rules,
 )
-from proctor.metrics import WorkerMetrics
+from proctor.worker.metrics import WorkerMetrics
 from proctor.controller.metrics import OperatorMetrics
 
 ROOT = Path(__file__).resolve().parents[1]

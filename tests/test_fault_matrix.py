@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from proctor.cli import main
-from proctor.localrun import EXIT_ACCEPT, EXIT_INCOMPLETE, EXIT_REJECT
+from proctor.local.run import EXIT_ACCEPT, EXIT_INCOMPLETE, EXIT_REJECT
 from proctor.storage import open_storage
 
 REPO = Path(__file__).resolve().parent.parent

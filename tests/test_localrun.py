@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from proctor.cli import main
-from proctor.localrun import EXIT_ACCEPT, EXIT_REJECT, EXIT_USAGE
+from proctor.local.run import EXIT_ACCEPT, EXIT_REJECT, EXIT_USAGE
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from proctor.cli import main
-from proctor.localrun import EXIT_ACCEPT, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_USAGE
+from proctor.local.run import EXIT_ACCEPT, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_USAGE
 
 REPO = Path(__file__).resolve().parent.parent
 OPERATOR = REPO / "operator"
@@ -512,7 +512,7 @@ def test_also_worker_without_redis_is_one_line(tmp_path: Path) -> None:
 def test_finding5_fingerprint_differences_name_the_fields(
     stored: dict[str, Any], current: dict[str, Any], fields: list[str]
 ) -> None:
-    from proctor.attempts import differences
+    from proctor.storage.attempts import differences
 
     assert differences(stored, current) == fields
 

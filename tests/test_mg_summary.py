@@ -23,7 +23,7 @@ from proctor.api.v1alpha1.evalrun import (
     TaskSpec,
 )
 from proctor.cli import main
-from proctor.localrun import EXIT_ACCEPT, EXIT_INCOMPLETE, EXIT_REJECT
+from proctor.local.run import EXIT_ACCEPT, EXIT_INCOMPLETE, EXIT_REJECT
 from proctor.mgadapter.report import report_from_storage
 from proctor.mgadapter.summary import (
     REPORT_NAME,
@@ -263,7 +263,7 @@ def test_proctor_run_reports_metamorphic_guards_decision(
     ]
     assert summary["interval"] == report["delta_ci"]
     # The same report, made again from the stored records.
-    from proctor.localrun import load_evalrun
+    from proctor.local.run import load_evalrun
 
     storage = open_storage((tmp_path / "proctor-results").as_uri(), name).of_current_attempt()
     again = report_from_storage(load_evalrun(path).spec, storage)

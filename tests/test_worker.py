@@ -20,7 +20,7 @@ from botocore.awsrequest import AWSResponse
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.queue import enqueue_run, open_queue
 from proctor.storage import RunProgress, RunStorage, S3Blobs, open_storage
-from proctor.worker import BatchSizer, Worker, WorkerConfig
+from proctor.worker.runtime import BatchSizer, Worker, WorkerConfig
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.integration

@@ -29,7 +29,7 @@ from proctor.api.v1alpha1.evalrun import EvalRunSpec  # noqa: E402
 from proctor.logging import configure_logging  # noqa: E402
 from proctor.queue import enqueue_run  # noqa: E402
 from proctor.storage import RunProgress  # noqa: E402
-from proctor.worker import Worker, WorkerConfig  # noqa: E402
+from proctor.worker.runtime import Worker, WorkerConfig  # noqa: E402
 
 
 def run(

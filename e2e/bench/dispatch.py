@@ -23,7 +23,7 @@ from e2e.harness.services import redis_server  # noqa: E402
 from proctor.api.v1alpha1.evalrun import EvalRunSpec  # noqa: E402
 from proctor.logging import configure_logging  # noqa: E402
 from proctor.queue import enqueue_run  # noqa: E402
-from proctor.worker import Worker, WorkerConfig  # noqa: E402
+from proctor.worker.runtime import Worker, WorkerConfig  # noqa: E402
 from tests.test_worker_tasks import Noop  # noqa: E402
 
 

@@ -27,7 +27,7 @@ from e2e.harness.services import redis_server  # noqa: E402
 from proctor.api.v1alpha1.evalrun import EvalRunSpec  # noqa: E402
 from proctor.queue import enqueue_run, open_queue  # noqa: E402
 from proctor.storage import open_storage  # noqa: E402
-from proctor.worker import WorkerConfig  # noqa: E402
+from proctor.worker.runtime import WorkerConfig  # noqa: E402
 
 
 def once(redis_url: str, folder: str) -> float:

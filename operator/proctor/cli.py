@@ -57,7 +57,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _run_manifest(args: argparse.Namespace) -> int:
     from proctor.bench.local import LocalSuiteOptions, holds_benchmark_suite, run_suite_local
-    from proctor.localrun import LocalRunOptions, run_local
+    from proctor.local.run import LocalRunOptions, run_local
     from proctor.logging import configure_logging
 
     configure_logging(level=args.log_level)
@@ -97,7 +97,7 @@ def _run_manifest(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     import os
 
-    from proctor.worker import main as worker_main
+    from proctor.worker.runtime import main as worker_main
 
     overrides = {
         "PROCTOR_QUEUE_URL": args.queue,

@@ -48,7 +48,7 @@ class Aggregate:
     """A mergeable running aggregate over case records (see :func:`proctor.sdk` record schema).
 
     Errored sides count as not passed: an implementation that raises, times out or kills its
-    process (``errorType`` ``crashed``, see :mod:`proctor.isolation`) on a case has not shown
+    process (``errorType`` ``crashed``, see :mod:`proctor.worker.isolation`) on a case has not shown
     that it handles it; ``baseline_errored`` and ``candidate_errored`` count them per side.
     ``candidate_only_passed`` and ``baseline_only_passed`` are the discordant pairs, which the
     paired confidence sequence needs.

@@ -410,7 +410,7 @@ def _secret_env(name: str, secret: str, key: str, optional: bool = False) -> dic
 
 
 def worker_env(spec: EvalRunSpec, ref: RunRef, conn: Connection) -> list[dict[str, Any]]:
-    """Variables that :meth:`proctor.worker.WorkerConfig.from_env` reads."""
+    """Variables that :meth:`proctor.worker.runtime.WorkerConfig.from_env` reads."""
     lease = parse_duration(spec.queue.lease) if spec.queue else 60.0
     env: list[dict[str, Any]] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},

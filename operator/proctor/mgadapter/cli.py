@@ -73,13 +73,13 @@ def manifest(
 def _storage(
     manifest_path: Path, results: Path, run_id: str | None, storage_uri: str | None
 ) -> Any:
-    from proctor.localrun import load_evalrun
+    from proctor.local.run import load_evalrun
     from proctor.storage import open_storage
 
     run = load_evalrun(manifest_path)
     name = str(run.metadata.get("name") or manifest_path.stem)
     uri = storage_uri or results.resolve().as_uri()
-    # The results of the run's current attempt (see proctor.attempts).
+    # The results of the run's current attempt (see proctor.storage.attempts).
     return run, open_storage(uri, run_id or name).of_current_attempt()
 
 
@@ -142,7 +142,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=results, delete=False) as f:
         yaml.safe_dump(doc, f, sort_keys=False)
         path = Path(f.name)
-    from proctor.localrun import LocalRunOptions, run_local
+    from proctor.local.run import LocalRunOptions, run_local
     from proctor.mgadapter.adapter import load_spec
 
     # A wrong task fails here, before any worker starts; and local workers, forked from this

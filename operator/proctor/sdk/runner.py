@@ -73,7 +73,7 @@ class LoadedTask(ABC):
         in ``[start, end)``: side records with their ``index`` added, in order.
 
         What the worker runs in a forked child per side to learn which side kills a process
-        (see :mod:`proctor.isolation`); it ends early once a stop was requested.
+        (see :mod:`proctor.worker.isolation`); it ends early once a stop was requested.
         """
 
     @abstractmethod

@@ -1,9 +1,9 @@
 """The worker processes of ``proctor run``: forked copies of the parent that die with it.
 
-Each runs what ``proctor worker`` runs (:func:`proctor.worker.main`). On Linux a worker asks
+Each runs what ``proctor worker`` runs (:func:`proctor.worker.runtime.main`). On Linux a worker asks
 the kernel for SIGKILL when its parent dies (``PR_SET_PDEATHSIG``), so no worker outlives a
 ``proctor run`` that was killed, even by SIGKILL; the run's attempt fences the results of any
-that does (another machine's, say; see :mod:`proctor.attempts`).
+that does (another machine's, say; see :mod:`proctor.storage.attempts`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import IO
 
 import structlog
 
-from proctor.worker import WorkerConfig
+from proctor.worker.runtime import WorkerConfig
 
 log = structlog.get_logger("proctor.run")
 
@@ -31,7 +31,7 @@ class _ForkedWorker:
     """A worker process forked from this one, with the part of ``Popen``'s interface used here.
 
     The child takes ``env`` as its environment, writes to ``log_fd``, runs
-    :func:`proctor.worker.main` (what ``proctor worker`` runs) and exits with its code.
+    :func:`proctor.worker.runtime.main` (what ``proctor worker`` runs) and exits with its code.
     """
 
     def __init__(self, env: dict[str, str], log_fd: int) -> None:
@@ -103,7 +103,7 @@ def _worker_child(env: dict[str, str], log_fd: int, parent: int) -> int:  # prag
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
     os.environ.clear()
     os.environ.update(env)
-    from proctor.worker import main
+    from proctor.worker.runtime import main
 
     return main()
 

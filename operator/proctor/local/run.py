@@ -2,12 +2,12 @@
 
 The parent process enqueues the run (chunk by chunk as it goes, so a huge run starts at
 once), starts N ``proctor worker`` processes (forked copies that die with the parent, see
-:mod:`proctor.localworkers`), follows progress from the results (exact, each case once),
+:mod:`proctor.local.workers`), follows progress from the results (exact, each case once),
 applies early stopping, restarts a worker that crashed (as Kubernetes would restart its pod)
 within the failure budget, and prints the summary. Defaults: the embedded SQLite queue and a
 results folder ``./proctor-results/<run-name>/``; ``--queue redis://...|sqs://...`` and
 ``--storage s3://...`` use real services instead. Names and run ids are DNS-1123 labels. A
-fresh run is a new attempt (see :mod:`proctor.attempts`); ``--resume`` continues the
+fresh run is a new attempt (see :mod:`proctor.storage.attempts`); ``--resume`` continues the
 current one and refuses a manifest that changes results.
 
 Only a run whose every case is recorded, or one the sequential test stopped early, is
@@ -48,13 +48,13 @@ from rich.progress import (
 from rich.table import Table
 
 from proctor.api.v1alpha1.evalrun import EvalRun, ResultSummary, WorkersSpec
-from proctor.localworkers import LocalWorkers
+from proctor.local.workers import LocalWorkers
 from proctor.queue import WorkQueue, open_queue
 from proctor.queue.enqueue import CHUNK_ENTRIES, Enqueuer
 from proctor.redact import redact_text
 from proctor.stats import should_stop_early, summarize
 from proctor.storage import ProgressSnapshot, RunProgress, RunStorage
-from proctor.worker import WorkerConfig, lease_seconds, open_run_storage
+from proctor.worker.runtime import WorkerConfig, lease_seconds, open_run_storage
 
 log = structlog.get_logger("proctor.run")
 
@@ -240,7 +240,7 @@ def _paths(options: LocalRunOptions, evalrun: EvalRun) -> tuple[str, str, Path]:
 
 def _setup(options: LocalRunOptions, evalrun: EvalRun) -> _Run:
     """Open (fresh: reset) the run's storage and queue, fix its attempt, enqueue the cases."""
-    from proctor.attempts import AttemptError, fresh_attempt, resume_attempt
+    from proctor.storage.attempts import AttemptError, fresh_attempt, resume_attempt
 
     name, run_id, local_dir = _paths(options, evalrun)
     spec = evalrun.spec

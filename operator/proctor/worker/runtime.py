@@ -11,7 +11,7 @@ One loop per process (``proctor worker``, or each process of ``proctor run``):
 
 A redelivered entry (its last worker died) is first compared with the results already
 written, so finished batches are skipped, and its cases are evaluated with each side in a forked
-child (:mod:`proctor.isolation`): a side whose child dies on a case is recorded as errored
+child (:mod:`proctor.worker.isolation`): a side whose child dies on a case is recorded as errored
 (``crashed``), one whose child hangs past the timeout as ``timeout``, and every case is
 recorded once. Redelivered entries go before fresh ones, so a crash elsewhere cannot charge
 them again. Without ``os.fork``, for a task that is not fork-safe (``Task.fork_safe``, CUDA
@@ -45,16 +45,16 @@ from typing import Any
 import structlog
 
 from proctor.api.v1alpha1.evalrun import BatchSpec, EvalRunSpec
-from proctor.gpu import GpuMonitor
-from proctor.isolation import CAN_FORK, hang_grace, isolated_records
-from proctor.metrics import WorkerMetrics
+from proctor.worker.gpu import GpuMonitor
+from proctor.worker.isolation import CAN_FORK, hang_grace, isolated_records
+from proctor.worker.metrics import WorkerMetrics
 from proctor.api.quantity import parse_duration
 from proctor.queue import Lease, QueueError, Range, WorkQueue, open_queue, subtract
 from proctor.redact import redact_url
 from proctor.sdk.deadline import timeout_enabled
 from proctor.sdk.records import encodable
 from proctor.storage import RunStorage, StorageError, TaskStateStore
-from proctor.worker_config import (
+from proctor.worker.config import (
     BatchSizer,
     ConfigError,
     WorkerConfig,
@@ -63,7 +63,7 @@ from proctor.worker_config import (
     parse_spec,
 )
 
-log = structlog.get_logger("proctor.worker")
+log = structlog.get_logger("proctor.worker.runtime")
 
 __all__ = [
     "EXIT_CONFIG",

@@ -1,0 +1,1 @@
+"""Running an EvalRun on this machine, without a cluster."""

@@ -1,0 +1,1 @@
+"""The worker process that leases cases, runs them in isolation and records results."""
