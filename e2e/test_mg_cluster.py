@@ -101,7 +101,7 @@ def test_metamorphic_guard_run_survives_preemption_with_metamorphic_guards_decis
     assert status["disruptions"] >= 1
     assert status["workers"]["failures"] == 0
 
-    from proctor.mgadapter.summary import REPORT_NAME
+    from proctor.integrations.metamorphic_guard.summary import REPORT_NAME
 
     storage = env.run_storage(created["metadata"]["uid"], monkeypatch)
     # Every case exactly once: the result objects tile [0, N) and each index has one record.

@@ -304,7 +304,7 @@ spec:
     params: {task: top_k, minDelta: -0.05}
   cases: {count: 200, seed: 5}
   compare:
-    baseline: {ref: proctor.mgadapter.impls:top_k_sorted}
+    baseline: {ref: proctor.integrations.metamorphic_guard.impls:top_k_sorted}
     candidate: {ref: tests.test_worker_tasks:top_k_exit_on_7}
     minDelta: -0.05
   batch: {initialSize: 20}

@@ -24,8 +24,8 @@ from proctor.api.v1alpha1.evalrun import (
 )
 from proctor.cli import main
 from proctor.local.run import EXIT_ACCEPT, EXIT_INCOMPLETE, EXIT_REJECT
-from proctor.mgadapter.report import report_from_storage
-from proctor.mgadapter.summary import (
+from proctor.integrations.metamorphic_guard.report import report_from_storage
+from proctor.integrations.metamorphic_guard.summary import (
     REPORT_NAME,
     is_mg_run,
     report_rows,
@@ -37,7 +37,7 @@ from proctor.queue import Range
 from proctor.sdk import load_task
 from proctor.storage import RunStorage, open_storage
 
-IMPLS = "proctor.mgadapter.impls"
+IMPLS = "proctor.integrations.metamorphic_guard.impls"
 
 
 def spec_with_metric() -> Spec:
@@ -224,8 +224,8 @@ spec:
     params: {{task: top_k, minDelta: 0.0}}
   cases: {{count: 300, seed: 5}}
   compare:
-    baseline: {{ref: proctor.mgadapter.impls:top_k_sorted}}
-    candidate: {{ref: proctor.mgadapter.impls:{candidate}}}
+    baseline: {{ref: proctor.integrations.metamorphic_guard.impls:top_k_sorted}}
+    candidate: {{ref: proctor.integrations.metamorphic_guard.impls:{candidate}}}
     minDelta: 0.0
   batch: {{initialSize: 40}}
   caseTimeout: 30s

@@ -701,7 +701,7 @@ def reconcile_run(
                 dead_lettered=snap.dead_lettered,
             ).model_copy(update={"results_uri": storage.results_uri()})
             # Metamorphic Guard task specs: its report and rule (docs/metamorphic-guard.md).
-            from proctor.mgadapter.summary import with_mg_report
+            from proctor.integrations.metamorphic_guard.summary import with_mg_report
 
             result, _ = with_mg_report(spec, storage, result, metrics=False)
             storage.write_summary(

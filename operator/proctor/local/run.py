@@ -188,7 +188,7 @@ def _table(data: dict[str, Any]) -> Table:
         if data["reason"]:
             table.add_row("reason", escape(data["reason"]))
     if data.get("metamorphicGuard"):
-        from proctor.mgadapter.summary import report_rows
+        from proctor.integrations.metamorphic_guard.summary import report_rows
 
         for label, value in report_rows(data["metamorphicGuard"]):
             table.add_row(label, value)
@@ -458,7 +458,7 @@ def _finish(
         why=_why(snap, workers, budget, interrupted),
     )
     # A Metamorphic Guard task spec is judged by Metamorphic Guard's report and rule.
-    from proctor.mgadapter.summary import with_mg_report
+    from proctor.integrations.metamorphic_guard.summary import with_mg_report
 
     summary, mg_report = with_mg_report(spec, storage, summary)
     failed = workers.setup_failed or workers.crashes > budget

@@ -1,28 +1,11 @@
-"""Metamorphic Guard task specs on Proctor: same inputs, same checks, same decision.
+"""The public name of the Metamorphic Guard integration.
 
-An EvalRun names a Metamorphic Guard task (a registered name such as ``top_k``, or a
-``module:factory`` returning a ``metamorphic_guard.Spec``) in ``task.params.task``, with the
-entrypoint ``proctor.mgadapter:task``; ``compare.baseline.ref`` and ``compare.candidate.ref``
-are implementations as Metamorphic Guard takes them (``path/to/file.py`` for its ``solve``,
-``file.py:function`` or ``module:function``); the knobs that change the verdict (``minDelta``,
-``minPassRate``, ``alpha``, ``ciMethod``, ``bootstrapSamples``, ``relationCorrection``) are
-``task.params`` too, with Metamorphic Guard's defaults. Workers evaluate the cases in process
-(:mod:`proctor.mgadapter.adapter`); :func:`mg_report` turns the stored records into Metamorphic
-Guard's report and decision with its own statistics (:mod:`proctor.mgadapter.report`).
+The code is :mod:`proctor.integrations.metamorphic_guard`.
 
-Needs the optional extra: ``pip install 'proctor[metamorphic-guard]'``. See
-docs/metamorphic-guard.md.
+EvalRuns name ``proctor.mgadapter:task`` as their entrypoint and ``python -m proctor.mgadapter``
+is its command line; both stay here while the code lives under ``proctor.integrations``.
 """
 
-from proctor.mgadapter.adapter import MGParams, MGTask, load_spec, resolve_implementation, task
-from proctor.mgadapter.report import mg_report, report_from_storage
+from proctor.integrations.metamorphic_guard import MGTask, mg_report, task
 
-__all__ = [
-    "MGParams",
-    "MGTask",
-    "load_spec",
-    "mg_report",
-    "report_from_storage",
-    "resolve_implementation",
-    "task",
-]
+__all__ = ["MGTask", "mg_report", "task"]

@@ -1,7 +1,7 @@
-"""``python -m proctor.mgadapter``: see :mod:`proctor.mgadapter.cli`."""
+"""``python -m proctor.mgadapter``: see :mod:`proctor.integrations.metamorphic_guard.cli`."""
 
 import sys
 
-from proctor.mgadapter.cli import main
+from proctor.integrations.metamorphic_guard.cli import main
 
 sys.exit(main())

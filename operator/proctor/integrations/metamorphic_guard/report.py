@@ -1,7 +1,7 @@
 """Metamorphic Guard's report and adopt/reject decision from a Proctor run's records.
 
 The records (one per case, in index order) carry each side's pass/fail, error and violation
-names (see :mod:`proctor.mgadapter.adapter`). From them this module rebuilds what
+names (see :mod:`proctor.integrations.metamorphic_guard.adapter`). From them this module rebuilds what
 ``metamorphic_guard.harness.reporting.evaluate_results`` returns (pass counts, pass indicators,
 property and relation violations, per-relation totals and failures, cluster labels) and then
 calls Metamorphic Guard's own functions for everything statistical: ``compute_delta_ci``,
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
-from proctor.mgadapter.adapter import ChunkedInputs, MGParams, import_mg, load_spec
+from proctor.integrations.metamorphic_guard.adapter import ChunkedInputs, MGParams, import_mg, load_spec
 
 DIRECT_LIMIT = 20_000_000
 """Largest ``n * bootstrapSamples`` handed to Metamorphic Guard's one-shot bootstrap."""
@@ -222,7 +222,7 @@ def _metrics(
         return {}
     from metamorphic_guard.harness.reporting import collect_metrics, safe_extract_metric
 
-    from proctor.mgadapter.adapter import fresh_copy, resolve_implementation
+    from proctor.integrations.metamorphic_guard.adapter import fresh_copy, resolve_implementation
 
     impls = [resolve_implementation(s.ref) for s in (run.compare.baseline, run.compare.candidate)]
     values: list[list[list[float | None]]] = [[[] for _ in spec.metrics] for _ in impls]

@@ -75,7 +75,7 @@ def with_mg_report(
     """
     if not is_mg_run(spec):
         return base, None
-    from proctor.mgadapter.report import report_from_storage
+    from proctor.integrations.metamorphic_guard.report import report_from_storage
     from proctor.sdk import TaskLoadError
 
     try:

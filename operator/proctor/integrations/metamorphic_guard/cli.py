@@ -105,7 +105,7 @@ def _code(report: dict[str, Any]) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from proctor.mgadapter.report import report_from_storage
+    from proctor.integrations.metamorphic_guard.report import report_from_storage
 
     run, storage = _storage(Path(args.manifest), Path(args.results_dir), args.run_id, args.storage)
     report = report_from_storage(run.spec, storage)
@@ -143,7 +143,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         yaml.safe_dump(doc, f, sort_keys=False)
         path = Path(f.name)
     from proctor.local.run import LocalRunOptions, run_local
-    from proctor.mgadapter.adapter import load_spec
+    from proctor.integrations.metamorphic_guard.adapter import load_spec
 
     # A wrong task fails here, before any worker starts; and local workers, forked from this
     # process, find Metamorphic Guard imported (the report needs it here anyway).
