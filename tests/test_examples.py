@@ -11,7 +11,7 @@ import pytest
 from proctor.api.v1alpha1.evalrun import CompareSpec, TaskSpec
 from proctor.examples import matmul, sorting_cmd, topk
 from proctor.sdk import Relation, load_task
-from proctor.stats import Aggregate, summarize
+from proctor.stats.passrates import Aggregate, summarize
 
 
 def run(

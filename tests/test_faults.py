@@ -14,16 +14,16 @@ from typing import Any
 
 import pytest
 
+from proctor.api.quantity import parse_duration
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.cli import main
-from proctor.worker.isolation import isolated_records
 from proctor.local.run import EXIT_INCOMPLETE, EXIT_REJECT, EXIT_USAGE
-from proctor.api.quantity import parse_duration
 from proctor.queue import enqueue_run, open_queue
 from proctor.sdk import LoadedTask, TaskLoadError, load_task
 from proctor.sdk.records import case_record, encodable, side_record
-from proctor.stats import Aggregate
+from proctor.stats.passrates import Aggregate
 from proctor.storage import open_storage
+from proctor.worker.isolation import isolated_records
 from proctor.worker.runtime import EXIT_HUNG, Worker, WorkerConfig
 from tests.test_worker_tasks import Indexed
 

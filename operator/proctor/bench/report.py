@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from proctor.bench.summary import Records, SuiteSummary, wall_times
-from proctor.stats import median, median_interval_ranks, percentile
+from proctor.stats.timing import median, median_interval_ranks, percentile
 
 _NOW_COLOUR = "#2563eb"
 _BASE_COLOUR = "#9ca3af"

@@ -13,8 +13,8 @@ from typing import Any
 
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteSpec, CellSummary, Regression
 from proctor.bench.matrix import cells
-from proctor.stats import (
-    Interval,
+from proctor.stats.passrates import Interval
+from proctor.stats.timing import (
     Welford,
     bootstrap_ratio_of_medians,
     detect_regression,

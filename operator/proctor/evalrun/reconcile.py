@@ -21,6 +21,8 @@ from typing import Any, TypeVar, cast
 import structlog
 from pydantic import BaseModel
 
+from proctor.api.conditions import is_true, rfc3339
+from proctor.api.quantity import parse_duration
 from proctor.api.v1alpha1.base import Placement
 from proctor.api.v1alpha1.evalrun import (
     CaseCounts,
@@ -30,8 +32,6 @@ from proctor.api.v1alpha1.evalrun import (
     ResultSummary,
     WorkerCounts,
 )
-from proctor.api.conditions import is_true, rfc3339
-from proctor.config import OperatorConfig
 from proctor.cluster.losses import Departed, LossLedger, count_losses, ledger_status, loss_events
 from proctor.cluster.observe import (
     ClusterApi,
@@ -42,13 +42,7 @@ from proctor.cluster.observe import (
     quota_headroom,
     status_patch,
 )
-from proctor.planning.plan import Demand, NodeInfo, compute_plan, pool_for_new_pod
-from proctor.pods import merge_env, worker_pod
-from proctor.policy import admit
-from proctor.api.quantity import parse_duration
-from proctor.queue import QueueConnections, WorkQueue, enqueue_run
-from proctor.planning.scaling import ScaleState, WorkerPod, busy_workers, decide
-from proctor.stats import should_stop_early, summarize
+from proctor.config import OperatorConfig
 from proctor.evalrun.status import (
     Event,
     Observation,
@@ -56,6 +50,12 @@ from proctor.evalrun.status import (
     drift_hold,
     next_status,
 )
+from proctor.planning.plan import Demand, NodeInfo, compute_plan, pool_for_new_pod
+from proctor.planning.scaling import ScaleState, WorkerPod, busy_workers, decide
+from proctor.pods import merge_env, worker_pod
+from proctor.policy import admit
+from proctor.queue import QueueConnections, WorkQueue, enqueue_run
+from proctor.stats.passrates import should_stop_early, summarize
 from proctor.storage import RunProgress, RunStorage
 from proctor.storage.blobs import S3Blobs
 

@@ -52,7 +52,7 @@ from proctor.local.workers import LocalWorkers
 from proctor.queue import WorkQueue, open_queue
 from proctor.queue.enqueue import CHUNK_ENTRIES, Enqueuer
 from proctor.redact import redact_text
-from proctor.stats import should_stop_early, summarize
+from proctor.stats.passrates import should_stop_early, summarize
 from proctor.storage import ProgressSnapshot, RunProgress, RunStorage
 from proctor.worker.runtime import WorkerConfig, lease_seconds, open_run_storage
 

@@ -1,10 +1,11 @@
 """Reading a run's progress from its results, and the run checkpoint.
 
-:class:`RunProgress` folds result objects into one :class:`proctor.stats.Aggregate`, each case
-index once, and remembers which indexes it has counted as a set of intervals. ``refresh()``
-reads only objects not yet counted, so a coordinator (the operator, or ``proctor run``) can
-call it every few seconds. ``checkpoint()`` writes the intervals and the aggregate to the run
-checkpoint, and :meth:`RunProgress.resume` starts from it, so after a restart only newer
+:class:`RunProgress` folds result objects into one
+:class:`proctor.stats.passrates.Aggregate`, each case index once, and remembers which indexes
+it has counted as a set of intervals. ``refresh()`` reads only objects not yet counted, so a
+coordinator (the operator, or ``proctor run``) can call it every few seconds. ``checkpoint()``
+writes the intervals and the aggregate to the run checkpoint, and :meth:`RunProgress.resume`
+starts from it, so after a restart only newer
 objects are read. The intervals are what :func:`proctor.engine.enqueue_run` subtracts to
 rebuild a lost queue.
 
@@ -26,7 +27,7 @@ from typing import Any
 import structlog
 
 from proctor.queue.base import Range
-from proctor.stats import Aggregate
+from proctor.stats.passrates import Aggregate
 from proctor.storage.run import CorruptObjectError, RunStorage
 
 CHECKPOINT_VERSION = 1

@@ -1,7 +1,7 @@
 """Metamorphic Guard's report and decision as a run's result summary.
 
 ``proctor run`` and the operator summarize a finished run with Proctor's own rule
-(:func:`proctor.stats.summarize`). For a run of a Metamorphic Guard task
+(:func:`proctor.stats.passrates.summarize`). For a run of a Metamorphic Guard task
 (``task.entrypoint: proctor.mgadapter:task`` with ``compare``) :func:`with_mg_report` replaces
 that summary with Metamorphic Guard's: pass rates, the delta and its interval, and the
 adopt/reject decision of ``decide_adopt`` (``accept``/``reject``, ``undecided`` while cases

@@ -1,0 +1,1 @@
+"""Statistics: pass rates and decisions, and benchmark timing."""
