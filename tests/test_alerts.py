@@ -24,8 +24,8 @@ from e2e.harness.promql import (
     metric_names,
     rules,
 )
-from proctor.worker.metrics import WorkerMetrics
 from proctor.controller.metrics import OperatorMetrics
+from proctor.worker.metrics import WorkerMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 OPERATIONS = ROOT / "docs" / "operations.md"
@@ -91,7 +91,7 @@ def test_every_metric_in_rules_and_dashboard_is_exported() -> None:
                 used.setdefault(name, set()).add(where)
     unknown = {name: where for name, where in used.items() if name not in known}
     assert not unknown, (
-        f"metrics not exported by operator_metrics.py or metrics.py: {unknown}; "
+        f"metrics not exported by controller/metrics.py or worker/metrics.py: {unknown}; "
         f"exported: {sorted(known)}"
     )
     # The dashboard shows every area the issue asks for.

@@ -2,9 +2,10 @@
 calls them: the object as the global ``obj``, the script's returned table read for ``status``
 and ``message``.
 
-EvalRun statuses come from the operator's own status function (:func:`proctor.evalrun.status.next_status`),
-so the phases and conditions the Lua sees are the ones the operator writes. BenchmarkSuite has
-no controller yet: its samples are validated against the status model instead.
+EvalRun statuses come from the operator's own status function
+(:func:`proctor.evalrun.status.next_status`), so the phases and conditions the Lua sees are the
+ones the operator writes. BenchmarkSuite has no controller yet: its samples are validated
+against the status model instead.
 """
 
 from __future__ import annotations

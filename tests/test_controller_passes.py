@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
+from proctor.cluster.losses import Departures
 from proctor.config import OperatorConfig
 from proctor.controller.evalrun import _scheduled_pass
-from proctor.cluster.losses import Departures
 from proctor.controller.metrics import OperatorMetrics
-from proctor.evalrun.reconcile import RunRuntime, SharedClients
 from proctor.controller.pass_timing import PassSchedule
+from proctor.evalrun.reconcile import RunRuntime, SharedClients
 from proctor.evalrun.status import Event
 
 

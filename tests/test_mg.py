@@ -22,11 +22,15 @@ from metamorphic_guard.scalability import ChunkedInputGenerator
 from metamorphic_guard.specs import get_task
 
 from proctor.api.v1alpha1.evalrun import CompareSpec, EvalRunSpec, Implementation, TaskSpec
-from proctor.mgadapter import MGParams, MGTask, mg_report
-from proctor.mgadapter import impls as topk
 from proctor.integrations.metamorphic_guard.adapter import ChunkedInputs
 from proctor.integrations.metamorphic_guard.cli import manifest
-from proctor.integrations.metamorphic_guard.report import DIRECT_LIMIT, chunked_bootstrap_deltas, delta_interval
+from proctor.integrations.metamorphic_guard.report import (
+    DIRECT_LIMIT,
+    chunked_bootstrap_deltas,
+    delta_interval,
+)
+from proctor.mgadapter import MGParams, MGTask, mg_report
+from proctor.mgadapter import impls as topk
 from proctor.sdk import TaskLoadError, load_task
 
 IMPLS = "proctor.integrations.metamorphic_guard.impls"

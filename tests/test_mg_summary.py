@@ -23,7 +23,6 @@ from proctor.api.v1alpha1.evalrun import (
     TaskSpec,
 )
 from proctor.cli import main
-from proctor.local.run import EXIT_ACCEPT, EXIT_INCOMPLETE, EXIT_REJECT
 from proctor.integrations.metamorphic_guard.report import report_from_storage
 from proctor.integrations.metamorphic_guard.summary import (
     REPORT_NAME,
@@ -33,6 +32,7 @@ from proctor.integrations.metamorphic_guard.summary import (
     unavailable,
     with_mg_report,
 )
+from proctor.local.run import EXIT_ACCEPT, EXIT_INCOMPLETE, EXIT_REJECT
 from proctor.queue import Range
 from proctor.sdk import load_task
 from proctor.storage import RunStorage, open_storage

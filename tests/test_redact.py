@@ -14,9 +14,9 @@ import pytest
 import structlog
 
 from proctor import redact
-from proctor.logging import configure_logging
 from proctor.cluster.observe import event_object
 from proctor.evalrun.status import Event
+from proctor.logging import configure_logging
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "manifests" / "samples" / "quickstart.yaml"

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from proctor.api.v1alpha1.base import Condition
 from proctor.api.conditions import get_condition, is_true, set_condition
+from proctor.api.v1alpha1.base import Condition
 from proctor.planning.scaling import ScaleState, WorkerPod, busy_workers, decide
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

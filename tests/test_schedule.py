@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from proctor.controller.pass_loop import PassLoop
-from proctor.controller.peering import PeeringGate
 from proctor.controller.pass_timing import PassSchedule, trim_body
+from proctor.controller.peering import PeeringGate
 
 
 def run(uid: str, generation: int = 1, **meta: Any) -> dict[str, Any]:

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from proctor.api.v1alpha1.evalrun import CaseCounts, EvalRunSpec, EvalRunStatus, WorkerCounts
 from proctor.api.conditions import get_condition
+from proctor.api.v1alpha1.evalrun import CaseCounts, EvalRunSpec, EvalRunStatus, WorkerCounts
 from proctor.evalrun.status import (
     PLAN_DRIFT_SECONDS,
     STATUS_DRIFT_SECONDS,

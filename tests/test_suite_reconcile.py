@@ -15,11 +15,11 @@ from proctor.api.v1alpha1.benchmarksuite import (
     SuiteRunSummary,
 )
 from proctor.bench.summary import summarize
-from proctor.config import OperatorConfig
 from proctor.cluster.losses import LossLedger, count_losses
 from proctor.cluster.observe import WorkerObs
-from proctor.planning.plan import Capacity, NodeInfo
+from proctor.config import OperatorConfig
 from proctor.evalrun.status import Problem
+from proctor.planning.plan import Capacity, NodeInfo
 from proctor.suite.reconcile import (
     RunDecision,
     SuiteObservation,

@@ -13,9 +13,9 @@ from proctor.api.crdgen import KINDS, crd
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteSpec
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.config import OperatorConfig, TenantPolicy
-from proctor.policy import SPEC_ENV_MAX_BYTES, admit
 from proctor.evalrun.reconcile import Connection, RunRef, RunRuntime, cached_connection, worker_env
 from proctor.evalrun.status import Problem
+from proctor.policy import SPEC_ENV_MAX_BYTES, admit
 from proctor.suite.reconcile import admit_suite
 from proctor.validation import validate_document
 

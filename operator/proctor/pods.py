@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from proctor.api.quantity import format_bytes, format_cpu
 from proctor.api.v1alpha1.base import Placement, Toleration, is_reserved_env
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.config import OperatorConfig
 from proctor.planning.plan import GPU_RESOURCE, SPOT_LABELS, WorkerSize, worker_tolerations
-from proctor.api.quantity import format_bytes, format_cpu
 
 LABEL_RUN = "proctor.dev/run"
 LABEL_RUN_UID = "proctor.dev/run-uid"

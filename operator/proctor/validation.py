@@ -17,11 +17,11 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from proctor.api.quantity import DURATION_PATTERN, QUANTITY_PATTERN
 from proctor.api.v1alpha1 import API_VERSION
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuite
 from proctor.api.v1alpha1.evalrun import EvalRun
 from proctor.policy import spec_size_problem
-from proctor.api.quantity import DURATION_PATTERN, QUANTITY_PATTERN
 
 MODELS: dict[str, type[BaseModel]] = {"EvalRun": EvalRun, "BenchmarkSuite": BenchmarkSuite}
 

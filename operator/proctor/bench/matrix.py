@@ -6,9 +6,9 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from proctor.api.quantity import parse_duration
 from proctor.api.v1alpha1.base import EnvVar, Resources
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteSpec
-from proctor.api.quantity import parse_duration
 
 
 @dataclass(frozen=True)

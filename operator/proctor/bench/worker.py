@@ -33,11 +33,11 @@ from typing import Any
 
 import structlog
 
+from proctor.api.quantity import parse_duration
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuite, BenchmarkSuiteSpec
 from proctor.bench.matrix import Cell, cell_queue_id, find_cell
 from proctor.bench.measure import Measurement, run_measured
 from proctor.bench.store import SuiteStore
-from proctor.api.quantity import parse_duration
 from proctor.queue import Lease, QueueError, WorkQueue, open_queue
 from proctor.storage import StorageError
 

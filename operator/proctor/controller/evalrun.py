@@ -1,6 +1,6 @@
 """kopf handlers of the EvalRun operator. Thin: they say *when* (with the pass loop,
-:mod:`proctor.controller.pass_loop`); :mod:`proctor.evalrun.reconcile` says *what*, and :mod:`proctor.cluster.observe` is
-the only code that talks to the API.
+:mod:`proctor.controller.pass_loop`); :mod:`proctor.evalrun.reconcile` says *what*, and
+:mod:`proctor.cluster.observe` is the only code that talks to the API.
 
 Handlers are registered on a registry built by :func:`build_registry`, because the loop's
 interval, the suites' timer and the peering identity come from the operator's configuration
@@ -20,15 +20,16 @@ from typing import Any
 import kopf
 import structlog
 
-from proctor.config import OperatorConfig
 from proctor.cluster.client import KubeApi
 from proctor.cluster.client import login as kube_login
 from proctor.cluster.losses import Departed, Departures, SpotNodes
 from proctor.cluster.observe import ClusterApi, WorkerObs, node_info, pod_usage, worker_obs
+from proctor.config import OperatorConfig
 from proctor.controller.metrics import OperatorMetrics
 from proctor.controller.pass_loop import PassLoop
+from proctor.controller.pass_timing import PassSchedule
 from proctor.controller.peering import PeeringGate, is_pattern, own_identity
-from proctor.pods import LABEL_COMPONENT, LABEL_RUN
+from proctor.controller.suite import register_suite_handlers
 from proctor.evalrun.reconcile import (
     ClusterView,
     PassResult,
@@ -38,9 +39,8 @@ from proctor.evalrun.reconcile import (
     finalize_run,
     reconcile_run,
 )
-from proctor.controller.pass_timing import PassSchedule
 from proctor.evalrun.status import Event
-from proctor.controller.suite import register_suite_handlers
+from proctor.pods import LABEL_COMPONENT, LABEL_RUN
 
 log = structlog.get_logger("proctor.operator")
 

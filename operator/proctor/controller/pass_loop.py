@@ -1,8 +1,8 @@
 """The loop that gives every EvalRun its reconcile passes, on kopf's event loop.
 
 The watch-event handler feeds :meth:`PassLoop.observe` with each run's body; the loop takes
-due runs from the :class:`~proctor.controller.pass_timing.PassSchedule` (new runs and spec changes first)
-and runs each pass on a thread of its own pool, at most ``slots`` at once, while the
+due runs from the :class:`~proctor.controller.pass_timing.PassSchedule` (new runs and spec
+changes first) and runs each pass on a thread of its own pool, at most ``slots`` at once, while the
 :class:`~proctor.controller.peering.PeeringGate` is open. What a pass does is the caller's
 (``do_pass``); this module only says when.
 """
@@ -18,8 +18,8 @@ from typing import Any
 
 import structlog
 
-from proctor.controller.peering import PeeringGate
 from proctor.controller.pass_timing import Entry, PassSchedule
+from proctor.controller.peering import PeeringGate
 
 log = structlog.get_logger("proctor.operator")
 

@@ -1,10 +1,10 @@
 """Whether this operator may act while kopf peering is on (``proctor operator --peering``).
 
-kopf pauses its own watches and handlers when a live peer of higher priority (or another of
-the same priority) shows in the peering object, but it cannot pause a loop it does not own:
-the EvalRun pass loop (:mod:`proctor.controller.pass_loop`) asks :class:`PeeringGate` before each round.
-The gate reads the same peering objects and applies kopf's rule (:func:`paused`); the loop
-runs under the identity it gave kopf, so it knows which entry is its own.
+kopf pauses its own watches and handlers when a live peer of higher priority (or another of the
+same priority) shows in the peering object, but it cannot pause a loop it does not own: the
+EvalRun pass loop (:mod:`proctor.controller.pass_loop`) asks :class:`PeeringGate` before each
+round. The gate reads the same peering objects and applies kopf's rule (:func:`paused`); the
+loop runs under the identity it gave kopf, so it knows which entry is its own.
 """
 
 from __future__ import annotations

@@ -16,11 +16,11 @@ from typing import Any
 import kopf
 import structlog
 
-from proctor.config import OperatorConfig
 from proctor.cluster.losses import Departed
-from proctor.pods import LABEL_COMPONENT, LABEL_RUN
+from proctor.config import OperatorConfig
 from proctor.evalrun.reconcile import RunRef
 from proctor.evalrun.status import Event
+from proctor.pods import LABEL_COMPONENT, LABEL_RUN
 from proctor.suite.pods import COMPONENT
 from proctor.suite.reconcile import (
     BenchPod,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from proctor.api.conditions import get_condition, rfc3339, set_condition
 from proctor.api.v1alpha1.base import LossLedgerStatus
 from proctor.api.v1alpha1.evalrun import (
     CaseCounts,
@@ -22,7 +23,6 @@ from proctor.api.v1alpha1.evalrun import (
     ResultSummary,
     WorkerCounts,
 )
-from proctor.api.conditions import get_condition, rfc3339, set_condition
 from proctor.planning.plan import PlanResult
 
 TERMINAL: frozenset[str] = frozenset({"Succeeded", "Failed"})

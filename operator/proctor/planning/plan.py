@@ -11,10 +11,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from proctor.api.quantity import cpu_millis, format_bytes, format_cpu, to_bytes
 from proctor.api.v1alpha1.base import Placement, Toleration
 from proctor.api.v1alpha1.evalrun import EvalRunSpec, LimitName, Plan, PoolPlan
 from proctor.config import OperatorConfig
-from proctor.api.quantity import cpu_millis, format_bytes, format_cpu, to_bytes
 
 GPU_RESOURCE = "nvidia.com/gpu"
 

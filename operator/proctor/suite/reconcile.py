@@ -24,6 +24,8 @@ from typing import Any
 
 import structlog
 
+from proctor.api.conditions import get_condition, rfc3339, set_condition
+from proctor.api.quantity import parse_duration
 from proctor.api.v1alpha1.base import Condition, LossLedgerStatus
 from proctor.api.v1alpha1.benchmarksuite import (
     KIND,
@@ -41,11 +43,15 @@ from proctor.bench.report import render_html, render_markdown
 from proctor.bench.store import SuiteStore, load_records
 from proctor.bench.summary import SuiteSummary, summarize
 from proctor.bench.worker import BenchWorkerConfig
-from proctor.api.conditions import get_condition, rfc3339, set_condition
-from proctor.config import OperatorConfig
-from proctor.suite.cron import latest_fire, next_fire, parse_cron
 from proctor.cluster.client import custom_path
-from proctor.cluster.losses import Departed, Losses, LossLedger, count_losses, ledger_status, loss_events
+from proctor.cluster.losses import (
+    Departed,
+    Losses,
+    LossLedger,
+    count_losses,
+    ledger_status,
+    loss_events,
+)
 from proctor.cluster.observe import (
     GROUP,
     VERSION,
@@ -57,11 +63,7 @@ from proctor.cluster.observe import (
     status_patch,
     worker_obs,
 )
-from proctor.planning.plan import Demand, NodeInfo, compute_plan
-from proctor.pods import merge_env
-from proctor.policy import admit, baseline_problem, spec_size_problem
-from proctor.api.quantity import parse_duration
-from proctor.queue import WorkQueue
+from proctor.config import OperatorConfig
 from proctor.evalrun.reconcile import (
     CONNECTION_TTL_SECONDS,
     EXPECTATION_SECONDS,
@@ -71,7 +73,12 @@ from proctor.evalrun.reconcile import (
     connection,
 )
 from proctor.evalrun.status import Event, Problem, loss_degradations
+from proctor.planning.plan import Demand, NodeInfo, compute_plan
+from proctor.pods import merge_env
+from proctor.policy import admit, baseline_problem, spec_size_problem
+from proctor.queue import WorkQueue
 from proctor.storage import Blobs, RunStorage, S3Blobs
+from proctor.suite.cron import latest_fire, next_fire, parse_cron
 from proctor.suite.pods import ANNOTATION_CELL, LABEL_SUITE_RUN, benchmark_pod, cell_run_spec
 
 log = structlog.get_logger("proctor.operator")

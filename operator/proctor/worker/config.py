@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from proctor.api.v1alpha1.evalrun import BatchSpec, EvalRun, EvalRunSpec
 from proctor.api.quantity import parse_duration
+from proctor.api.v1alpha1.evalrun import BatchSpec, EvalRun, EvalRunSpec
 from proctor.storage import RunStorage, open_storage
 
 

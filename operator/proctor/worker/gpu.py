@@ -11,7 +11,7 @@ from typing import Any
 
 import structlog
 
-log = structlog.get_logger("proctor.worker.gpu")
+log = structlog.get_logger("proctor.gpu")
 
 
 @dataclass(frozen=True)

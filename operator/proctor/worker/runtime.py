@@ -44,11 +44,8 @@ from typing import Any
 
 import structlog
 
-from proctor.api.v1alpha1.evalrun import BatchSpec, EvalRunSpec
-from proctor.worker.gpu import GpuMonitor
-from proctor.worker.isolation import CAN_FORK, hang_grace, isolated_records
-from proctor.worker.metrics import WorkerMetrics
 from proctor.api.quantity import parse_duration
+from proctor.api.v1alpha1.evalrun import BatchSpec, EvalRunSpec
 from proctor.queue import Lease, QueueError, Range, WorkQueue, open_queue, subtract
 from proctor.redact import redact_url
 from proctor.sdk.deadline import timeout_enabled
@@ -62,8 +59,11 @@ from proctor.worker.config import (
     open_run_storage,
     parse_spec,
 )
+from proctor.worker.gpu import GpuMonitor
+from proctor.worker.isolation import CAN_FORK, hang_grace, isolated_records
+from proctor.worker.metrics import WorkerMetrics
 
-log = structlog.get_logger("proctor.worker.runtime")
+log = structlog.get_logger("proctor.worker")
 
 __all__ = [
     "EXIT_CONFIG",

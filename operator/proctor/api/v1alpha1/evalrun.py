@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
+from proctor.api.quantity import DURATION_PATTERN, parse_duration
 from proctor.api.v1alpha1.base import (
     PROFILE_OR_RESOURCES,
     ApiModel,
@@ -25,7 +26,6 @@ from proctor.api.v1alpha1.base import (
     exactly_one,
     immutable,
 )
-from proctor.api.quantity import DURATION_PATTERN, parse_duration
 
 KIND = "EvalRun"
 PLURAL = "evalruns"

@@ -7,14 +7,21 @@ are implementations as Metamorphic Guard takes them (``path/to/file.py`` for its
 ``file.py:function`` or ``module:function``); the knobs that change the verdict (``minDelta``,
 ``minPassRate``, ``alpha``, ``ciMethod``, ``bootstrapSamples``, ``relationCorrection``) are
 ``task.params`` too, with Metamorphic Guard's defaults. Workers evaluate the cases in process
-(:mod:`proctor.integrations.metamorphic_guard.adapter`); :func:`mg_report` turns the stored records into Metamorphic
-Guard's report and decision with its own statistics (:mod:`proctor.integrations.metamorphic_guard.report`).
+(:mod:`proctor.integrations.metamorphic_guard.adapter`); :func:`mg_report` turns the stored
+records into Metamorphic Guard's report and decision with its own statistics
+(:mod:`proctor.integrations.metamorphic_guard.report`).
 
 Needs the optional extra: ``pip install 'proctor[metamorphic-guard]'``. See
 docs/metamorphic-guard.md.
 """
 
-from proctor.integrations.metamorphic_guard.adapter import MGParams, MGTask, load_spec, resolve_implementation, task
+from proctor.integrations.metamorphic_guard.adapter import (
+    MGParams,
+    MGTask,
+    load_spec,
+    resolve_implementation,
+    task,
+)
 from proctor.integrations.metamorphic_guard.report import mg_report, report_from_storage
 
 __all__ = [

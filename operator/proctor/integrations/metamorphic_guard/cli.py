@@ -142,8 +142,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=results, delete=False) as f:
         yaml.safe_dump(doc, f, sort_keys=False)
         path = Path(f.name)
-    from proctor.local.run import LocalRunOptions, run_local
     from proctor.integrations.metamorphic_guard.adapter import load_spec
+    from proctor.local.run import LocalRunOptions, run_local
 
     # A wrong task fails here, before any worker starts; and local workers, forked from this
     # process, find Metamorphic Guard imported (the report needs it here anyway).

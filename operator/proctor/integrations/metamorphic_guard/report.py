@@ -1,12 +1,13 @@
 """Metamorphic Guard's report and adopt/reject decision from a Proctor run's records.
 
 The records (one per case, in index order) carry each side's pass/fail, error and violation
-names (see :mod:`proctor.integrations.metamorphic_guard.adapter`). From them this module rebuilds what
-``metamorphic_guard.harness.reporting.evaluate_results`` returns (pass counts, pass indicators,
-property and relation violations, per-relation totals and failures, cluster labels) and then
-calls Metamorphic Guard's own functions for everything statistical: ``compute_delta_ci``,
-``compute_relative_risk``, ``compute_paired_stats``, ``summarize_relations`` (with the relation
-correction), ``collect_metrics``, ``estimate_power`` and, for the verdict, ``decide_adopt``.
+names (see :mod:`proctor.integrations.metamorphic_guard.adapter`). From them this module
+rebuilds what ``metamorphic_guard.harness.reporting.evaluate_results`` returns (pass counts,
+pass indicators, property and relation violations, per-relation totals and failures, cluster
+labels) and then calls Metamorphic Guard's own functions for everything statistical:
+``compute_delta_ci``, ``compute_relative_risk``, ``compute_paired_stats``,
+``summarize_relations`` (with the relation correction), ``collect_metrics``, ``estimate_power``
+and, for the verdict, ``decide_adopt``.
 
 The bootstrap interval is computed by Metamorphic Guard's ``compute_delta_ci`` when
 ``n * bootstrapSamples`` fits :data:`DIRECT_LIMIT`; above that (its one-shot resampling matrix
@@ -25,7 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
-from proctor.integrations.metamorphic_guard.adapter import ChunkedInputs, MGParams, import_mg, load_spec
+from proctor.integrations.metamorphic_guard.adapter import (
+    ChunkedInputs,
+    MGParams,
+    import_mg,
+    load_spec,
+)
 
 DIRECT_LIMIT = 20_000_000
 """Largest ``n * bootstrapSamples`` handed to Metamorphic Guard's one-shot bootstrap."""
