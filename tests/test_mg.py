@@ -22,6 +22,8 @@ from metamorphic_guard.scalability import ChunkedInputGenerator
 from metamorphic_guard.specs import get_task
 
 from proctor.api.v1alpha1.evalrun import CompareSpec, EvalRunSpec, Implementation, TaskSpec
+from proctor.integrations.metamorphic_guard import MGParams, MGTask, mg_report
+from proctor.integrations.metamorphic_guard import impls as topk
 from proctor.integrations.metamorphic_guard.adapter import ChunkedInputs
 from proctor.integrations.metamorphic_guard.cli import manifest
 from proctor.integrations.metamorphic_guard.report import (
@@ -29,8 +31,6 @@ from proctor.integrations.metamorphic_guard.report import (
     chunked_bootstrap_deltas,
     delta_interval,
 )
-from proctor.mgadapter import MGParams, MGTask, mg_report
-from proctor.mgadapter import impls as topk
 from proctor.sdk import TaskLoadError, load_task
 
 IMPLS = "proctor.integrations.metamorphic_guard.impls"
@@ -213,7 +213,7 @@ def test_chunked_bootstrap_is_bit_identical_to_metamorphic_guards(method: str) -
 def test_interval_above_the_direct_limit_equals_metamorphic_guards(
     method: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from proctor.mgadapter import report
+    from proctor.integrations.metamorphic_guard import report
 
     n = 2000
     b, c = _indicators(n, 0.8, 3), _indicators(n, 0.85, 4)
