@@ -5,9 +5,8 @@
 it has counted as a set of intervals. ``refresh()`` reads only objects not yet counted, so a
 coordinator (the operator, or ``proctor run``) can call it every few seconds. ``checkpoint()``
 writes the intervals and the aggregate to the run checkpoint, and :meth:`RunProgress.resume`
-starts from it, so after a restart only newer
-objects are read. The intervals are what :func:`proctor.engine.enqueue_run` subtracts to
-rebuild a lost queue.
+starts from it, so after a restart only newer objects are read. The intervals are what
+:func:`proctor.queue.enqueue.enqueue_run` subtracts to rebuild a lost queue.
 
 Only objects of the storage's attempt are read (see :mod:`proctor.storage.run`), and a
 checkpoint of another attempt, or one that cannot be read, is ignored with a warning: it only
