@@ -1,1 +1,1 @@
-"""Pure planning: how many workers, where they go, and when to scale."""
+"""Pure planning: how many workers a run gets, where they may go, and when to scale."""
