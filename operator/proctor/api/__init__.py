@@ -1,3 +1,4 @@
-"""The Proctor API: versioned pydantic models, the single source of the CRD schemas."""
+"""The Proctor API: versioned pydantic models, the single source of the CRD schemas.
 
-GROUP = "proctor.dev"
+Its names (group, version, label and annotation keys) are in :mod:`proctor.api.names`.
+"""

@@ -15,8 +15,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from proctor.api import GROUP
-from proctor.api.v1alpha1 import VERSION, benchmarksuite, evalrun
+from proctor.api.names import GROUP, VERSION
+from proctor.api.v1alpha1 import benchmarksuite, evalrun
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteSpec, BenchmarkSuiteStatus
 from proctor.api.v1alpha1.evalrun import EvalRunSpec, EvalRunStatus
 
@@ -126,18 +126,19 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
     return {k: _resolve(v, defs) for k, v in node.items()}
 
 
-def _structural(node: Any) -> Any:
-    if isinstance(node, list):
-        return [_structural(item) for item in node]
-    if not isinstance(node, dict):
+def _collapse_nullable(node: dict[str, Any]) -> dict[str, Any]:
+    """``X | None`` becomes ``X``: absence, not null, is how the API says "unset"."""
+    if "anyOf" not in node or node.get("x-kubernetes-int-or-string"):
         return node
-    node = dict(node)
-    if "anyOf" in node and not node.get("x-kubernetes-int-or-string"):
-        branches = [b for b in node["anyOf"] if b.get("type") != "null"]
-        if len(branches) != 1:
-            raise ValueError(f"cannot express union in a structural schema: {node['anyOf']}")
-        outer = {k: v for k, v in node.items() if k != "anyOf"}
-        node = {**branches[0], **outer}
+    branches = [b for b in node["anyOf"] if b.get("type") != "null"]
+    if len(branches) != 1:
+        raise ValueError(f"cannot express union in a structural schema: {node['anyOf']}")
+    outer = {k: v for k, v in node.items() if k != "anyOf"}
+    return {**branches[0], **outer}
+
+
+def _openapi_keywords(node: dict[str, Any]) -> dict[str, Any]:
+    """JSON-Schema-only keywords rewritten or dropped, in place; only scalar defaults kept."""
     for key in _DROP:
         node.pop(key, None)
     if node.get("additionalProperties") is False:
@@ -151,6 +152,17 @@ def _structural(node: Any) -> Any:
         if isinstance(value, int | float) and not isinstance(value, bool):
             node[base] = value
             node[bound] = True
+    if node.get("required") == []:
+        del node["required"]
+    return node
+
+
+def _structural(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_structural(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = _openapi_keywords(_collapse_nullable(dict(node)))
     if "properties" in node:
         node["properties"] = {k: _structural(v) for k, v in node["properties"].items()}
     for key in ("items", "additionalProperties"):
@@ -158,8 +170,6 @@ def _structural(node: Any) -> Any:
             node[key] = _structural(node[key])
     if "anyOf" in node:
         node["anyOf"] = [_structural(b) for b in node["anyOf"]]
-    if node.get("required") == []:
-        del node["required"]
     return node
 
 

@@ -14,6 +14,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from proctor.api.crdgen import KINDS
+from proctor.api.names import API_VERSION
 from proctor.api.v1alpha1.base import ApiModel
 
 _SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean"}
@@ -94,7 +95,7 @@ def _section(model: type[BaseModel]) -> list[str]:
 
 def render() -> str:
     out = [
-        "# API reference: proctor.dev/v1alpha1",
+        f"# API reference: {API_VERSION}",
         "",
         "Generated from the pydantic models by `python -m proctor.api.docgen`; "
         "do not edit by hand (a test fails when this file drifts).",

@@ -1,0 +1,30 @@
+"""The names the API is known by: its group and version, and the label, annotation and
+finalizer keys the operator writes under the group.
+
+One home for them, so the CRDs, the controller's watches and the pods it labels cannot drift
+apart. The kinds and their plurals are derived from the model classes
+(:mod:`proctor.api.v1alpha1`).
+"""
+
+from __future__ import annotations
+
+GROUP = "proctor.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+KEY_PREFIX = f"{GROUP}/"
+"""Every label and annotation key the operator owns starts with this."""
+
+FINALIZER = f"{GROUP}/finalizer"
+
+LABEL_RUN = f"{GROUP}/run"
+LABEL_RUN_UID = f"{GROUP}/run-uid"
+LABEL_POOL = f"{GROUP}/pool"
+LABEL_CAPACITY = f"{GROUP}/capacity"
+LABEL_CELL = f"{GROUP}/cell"
+LABEL_SUITE_RUN = f"{GROUP}/suite-run"
+LABEL_ISOLATION = f"{GROUP}/isolation"
+
+ANNOTATION_CELL = f"{GROUP}/cell"
+ANNOTATION_PROFILE = f"{GROUP}/profile"
+ANNOTATION_ENQUEUED = f"{GROUP}/enqueued"
