@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
+from proctor.api.names import LABEL_RUN
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.config import OperatorConfig
 from proctor.planning.plan import resolve_size
-from proctor.pods import LABEL_RUN, selector, worker_pod
+from proctor.pods import selector, worker_pod
 
 BASE: dict[str, Any] = {
     "image": "img:1",

@@ -98,7 +98,7 @@ def test_finding10_worker_env_keeps_the_operators_variables() -> None:
 
 
 def _env(data: dict[str, Any]) -> Any:
-    from proctor.api.v1alpha1.base import EnvVar
+    from proctor.api.v1alpha1.env import EnvVar
 
     return EnvVar.model_construct(name=data["name"], value=data["value"], value_from=None)
 

@@ -10,17 +10,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from proctor.api import names
+from proctor.api.names import ANNOTATION_PROFILE, API_VERSION, LABEL_CAPACITY, LABEL_RUN_UID
 from proctor.api.quantity import format_bytes, format_cpu
-from proctor.api.v1alpha1.base import Placement, Toleration, is_reserved_env
+from proctor.api.v1alpha1 import EVALRUN_KIND
+from proctor.api.v1alpha1.base import Toleration
+from proctor.api.v1alpha1.env import is_reserved_env
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.config import OperatorConfig
 from proctor.planning.plan import GPU_RESOURCE, SPOT_LABELS, WorkerSize, worker_tolerations
 
-LABEL_RUN = "proctor.dev/run"
-LABEL_RUN_UID = "proctor.dev/run-uid"
 LABEL_COMPONENT = "app.kubernetes.io/component"
-LABEL_POOL = "proctor.dev/pool"
-LABEL_CAPACITY = "proctor.dev/capacity"
+# Kept here for the modules that import them from proctor.pods; the keys live in api.names.
+LABEL_RUN = names.LABEL_RUN
+LABEL_POOL = names.LABEL_POOL
 HOSTNAME_KEY = "kubernetes.io/hostname"
 ZONE_KEY = "topology.kubernetes.io/zone"
 METRICS_PORT = 9090
@@ -122,13 +125,13 @@ def worker_pod(
     spot_fallback: bool = False,
 ) -> dict[str, Any]:
     """The manifest of one worker pod of the run."""
-    placement = spec.placement or Placement()
+    placement = spec.placement
     labels = {**config.worker_pod_labels, **worker_labels(run_name, run_uid)}
     pool_selector: Mapping[str, str] | None = None
     if pool:
         labels[LABEL_POOL] = pool
         pool_selector = next(p.node_selector for p in placement.pools or () if p.name == pool)
-    spot_ok = placement.spot.allowed if placement.spot else True
+    spot_ok = placement.spot.allowed
     on_demand_only = not spot_ok or spot_fallback
     labels[LABEL_CAPACITY] = "on-demand" if on_demand_only else "any"
 
@@ -194,11 +197,11 @@ def worker_pod(
             "generateName": f"{run_name}-worker-",
             "namespace": namespace,
             "labels": labels,
-            "annotations": {"proctor.dev/profile": size.profile},
+            "annotations": {ANNOTATION_PROFILE: size.profile},
             "ownerReferences": [
                 {
-                    "apiVersion": "proctor.dev/v1alpha1",
-                    "kind": "EvalRun",
+                    "apiVersion": API_VERSION,
+                    "kind": EVALRUN_KIND,
                     "name": run_name,
                     "uid": run_uid,
                     "controller": True,

@@ -17,13 +17,14 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from proctor.api.names import API_VERSION
 from proctor.api.quantity import DURATION_PATTERN, QUANTITY_PATTERN
-from proctor.api.v1alpha1 import API_VERSION
+from proctor.api.v1alpha1 import EVALRUN_KIND, SUITE_KIND
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuite
 from proctor.api.v1alpha1.evalrun import EvalRun
 from proctor.policy import spec_size_problem
 
-MODELS: dict[str, type[BaseModel]] = {"EvalRun": EvalRun, "BenchmarkSuite": BenchmarkSuite}
+MODELS: dict[str, type[BaseModel]] = {EVALRUN_KIND: EvalRun, SUITE_KIND: BenchmarkSuite}
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_LABEL_MAX = 63
@@ -245,7 +246,7 @@ def validate_file(path: Path) -> list[DocumentResult]:
 
 def load_evalrun(path: Path) -> EvalRun:
     """Load exactly one valid EvalRun from a file, or raise ManifestError saying what is wrong."""
-    results = [r for r in validate_file(path) if r.kind == "EvalRun"]
+    results = [r for r in validate_file(path) if r.kind == EVALRUN_KIND]
     if len(results) != 1:
         raise ManifestError(f"{path}: expected exactly one EvalRun, found {len(results)}")
     result = results[0]

@@ -32,13 +32,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from proctor.api.v1alpha1 import SUITE_KIND
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuite
 from proctor.bench.enqueue import enqueue_cell
 from proctor.bench.matrix import Cell, cells
 from proctor.bench.report import format_seconds, render_html, render_markdown
 from proctor.bench.store import RECORDS_KEY, SuiteStore, load_records
 from proctor.bench.summary import SuiteSummary, summarize
-from proctor.bench.worker import BenchWorkerConfig, open_suite_store, suite_lease_seconds
+from proctor.bench.worker import BenchWorkerConfig, open_suite_store
 from proctor.queue import open_queue
 from proctor.redact import redact_text
 from proctor.storage import LocalBlobs
@@ -78,7 +79,7 @@ def holds_benchmark_suite(path: Path) -> bool:
         docs = list(yaml.safe_load_all(path.read_text()))
     except (OSError, yaml.YAMLError, RecursionError):
         return False  # the EvalRun path reports the error
-    return any(isinstance(d, dict) and d.get("kind") == "BenchmarkSuite" for d in docs)
+    return any(isinstance(d, dict) and d.get("kind") == SUITE_KIND for d in docs)
 
 
 def load_suite(path: Path) -> BenchmarkSuite:
@@ -89,7 +90,7 @@ def load_suite(path: Path) -> BenchmarkSuite:
         results = validate_file(path)
     except ManifestError as exc:
         raise SuiteRunError(str(exc)) from exc
-    suites = [r for r in results if r.kind == "BenchmarkSuite"]
+    suites = [r for r in results if r.kind == SUITE_KIND]
     if len(suites) != 1:
         raise SuiteRunError(f"{path} holds {len(suites)} BenchmarkSuite documents; need one")
     (result,) = suites
@@ -248,7 +249,7 @@ def run_suite_local(options: LocalSuiteOptions, console: Console | None = None) 
     results_dir.mkdir(parents=True, exist_ok=True)
     storage_uri = options.storage_uri or results_dir.as_uri()
     queue_url = options.queue_url or f"sqlite://{results_dir / '.proctor-queue.sqlite3'}"
-    lease = min(suite_lease_seconds(spec), LOCAL_LEASE_SECONDS)
+    lease = min(spec.lease_seconds(), LOCAL_LEASE_SECONDS)
     matrix = cells(spec)
     configs = {
         c.id: BenchWorkerConfig(

@@ -7,8 +7,9 @@ import re
 from dataclasses import dataclass
 
 from proctor.api.quantity import parse_duration
-from proctor.api.v1alpha1.base import EnvVar, Resources
+from proctor.api.v1alpha1.base import Resources
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteSpec
+from proctor.api.v1alpha1.env import EnvVar
 
 
 @dataclass(frozen=True)

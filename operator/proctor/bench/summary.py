@@ -11,7 +11,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteSpec, CellSummary, Regression
+from proctor.api.v1alpha1.benchmarksuite import (
+    DEFAULT_CONFIDENCE_LEVEL,
+    BenchmarkSuiteSpec,
+    CellSummary,
+    Regression,
+)
 from proctor.bench.matrix import cells
 from proctor.stats.passrates import Interval
 from proctor.stats.timing import (
@@ -24,7 +29,6 @@ from proctor.stats.timing import (
     percentile,
 )
 
-DEFAULT_CONFIDENCE_LEVEL = 0.95
 BOOTSTRAP_RESAMPLES = 2000
 
 Records = Mapping[str, Sequence[Mapping[str, Any]]]
@@ -180,7 +184,7 @@ def summarize(
     baseline: Records | None = None,
 ) -> SuiteSummary:
     """The suite's summary from its records per cell id (and the baseline's, if any)."""
-    level = spec.baseline.confidence_level if spec.baseline else DEFAULT_CONFIDENCE_LEVEL
+    level = spec.confidence_level()
     threshold = spec.baseline.threshold if spec.baseline else None
     out: list[CellSummary] = []
     comparisons: list[Comparison] = []

@@ -33,7 +33,6 @@ from typing import Any
 
 import structlog
 
-from proctor.api.quantity import parse_duration
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuite, BenchmarkSuiteSpec
 from proctor.bench.matrix import Cell, cell_queue_id, find_cell
 from proctor.bench.measure import Measurement, run_measured
@@ -60,10 +59,6 @@ def parse_suite_spec(data: Mapping[str, Any]) -> BenchmarkSuiteSpec:
     if "spec" in data and "kind" in data:
         return BenchmarkSuite.model_validate(data).spec
     return BenchmarkSuiteSpec.model_validate(data)
-
-
-def suite_lease_seconds(spec: BenchmarkSuiteSpec) -> float:
-    return parse_duration(spec.queue.lease) if spec.queue else 60.0
 
 
 @dataclass
@@ -161,14 +156,14 @@ class BenchWorkerConfig:
 
 
 def open_suite_store(config: BenchWorkerConfig) -> SuiteStore:
-    compression = config.spec.storage.compression if config.spec.storage else None
+    compression = config.spec.compression()
     return SuiteStore(
         config.storage_uri,
         config.namespace,
         config.suite,
         config.run_id,
-        compression=compression.algorithm if compression else "zstd",
-        level=compression.level if compression else 3,
+        compression=compression.algorithm,
+        level=compression.level,
         endpoint=config.storage_endpoint,
         region=config.storage_region,
     )
@@ -236,7 +231,7 @@ class BenchWorker:
     ) -> None:
         self.config = config
         self.cell = find_cell(config.spec, config.cell)
-        self.lease = config.lease_seconds or suite_lease_seconds(config.spec)
+        self.lease = config.lease_seconds or config.spec.lease_seconds()
         self.queue = queue or open_queue(
             config.queue_url, config.queue_id, lease_seconds=self.lease
         )

@@ -47,14 +47,15 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from proctor.api.v1alpha1.evalrun import EvalRun, ResultSummary, WorkersSpec
+from proctor.api.v1alpha1 import EVALRUN_KIND
+from proctor.api.v1alpha1.evalrun import EvalRun, ResultSummary
 from proctor.local.workers import LocalWorkers
 from proctor.queue import WorkQueue, open_queue
 from proctor.queue.enqueue import CHUNK_ENTRIES, Enqueuer
 from proctor.redact import redact_text
 from proctor.stats.passrates import should_stop_early, summarize
 from proctor.storage import ProgressSnapshot, RunProgress, RunStorage
-from proctor.worker.runtime import WorkerConfig, lease_seconds, open_run_storage
+from proctor.worker.runtime import WorkerConfig, open_run_storage
 
 log = structlog.get_logger("proctor.run")
 
@@ -94,7 +95,7 @@ def load_evalrun(path: Path) -> EvalRun:
         results = validate_file(path)
     except ManifestError as exc:
         raise RunError(str(exc)) from exc
-    runs = [r for r in results if r.kind == "EvalRun"]
+    runs = [r for r in results if r.kind == EVALRUN_KIND]
     if len(runs) != 1:
         raise RunError(f"{path} holds {len(runs)} EvalRun documents; proctor run needs one")
     (result,) = runs
@@ -245,7 +246,7 @@ def _setup(options: LocalRunOptions, evalrun: EvalRun) -> _Run:
     name, run_id, local_dir = _paths(options, evalrun)
     spec = evalrun.spec
     queue_url = options.queue_url or f"sqlite://{local_dir / 'queue.sqlite3'}"
-    lease = min(lease_seconds(spec), LOCAL_LEASE_SECONDS)
+    lease = min(spec.lease_seconds(), LOCAL_LEASE_SECONDS)
     config = WorkerConfig(
         run_id=run_id,
         run_name=name,
@@ -318,7 +319,7 @@ def _redo_corrupt(progress: RunProgress, run: _Run) -> None:
 def _follow(run: _Run, progress: RunProgress, workers: LocalWorkers, bar: Progress) -> str | None:
     """Follow the run until every case is recorded or no worker runs; the stop reason."""
     spec = run.config.spec
-    budget = (spec.workers or WorkersSpec()).failure_budget
+    budget = spec.workers.failure_budget
     early = spec.early_stopping
     stopped: str | None = None
     last_checkpoint = time.monotonic()
@@ -444,7 +445,7 @@ def _finish(
 ) -> int:
     """Count what was recorded, decide (or say why not), write and print the summary."""
     spec, storage = run.config.spec, run.storage
-    budget = (spec.workers or WorkersSpec()).failure_budget
+    budget = spec.workers.failure_budget
     progress.refresh()
     snap = progress.snapshot()
     complete = snap.completed == snap.total

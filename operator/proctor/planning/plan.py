@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from proctor.api.quantity import cpu_millis, format_bytes, format_cpu, to_bytes
-from proctor.api.v1alpha1.base import Placement, Toleration
+from proctor.api.v1alpha1.base import Toleration
 from proctor.api.v1alpha1.evalrun import EvalRunSpec, LimitName, Plan, PoolPlan
 from proctor.config import OperatorConfig
 
@@ -34,10 +34,6 @@ SPOT_TAINT_KEYS: tuple[str, ...] = (
     "karpenter.sh/capacity-type",
 )
 UNLIMITED = 1 << 40
-
-NO_PLACEMENT = Placement()
-"""A spec's placement when it has none (one instance: planning asks for it per node, and a
-pydantic model costs microseconds to build). Read, never changed."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +149,7 @@ def tolerates(tolerations: Sequence[Toleration], taint: Taint) -> bool:
 
 def worker_tolerations(spec: EvalRunSpec, spot_fallback: bool = False) -> list[Toleration]:
     """Tolerations a worker pod carries: the spec's, GPU nodes', and spot nodes' when allowed."""
-    placement = spec.placement or NO_PLACEMENT
+    placement = spec.placement
     result = list(placement.tolerations or [])
     if spec.gpus > 0:
         result.append(Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule"))
@@ -165,8 +161,8 @@ def worker_tolerations(spec: EvalRunSpec, spot_fallback: bool = False) -> list[T
 
 
 def spot_allowed(spec: EvalRunSpec, spot_fallback: bool) -> bool:
-    placement = spec.placement or NO_PLACEMENT
-    allowed = placement.spot.allowed if placement.spot else True
+    placement = spec.placement
+    allowed = placement.spot.allowed
     return allowed and not spot_fallback
 
 
@@ -190,7 +186,7 @@ def pool_for_new_pod(pools: Sequence[PoolPlan], current: Mapping[str, int]) -> s
 
 def pool_of(spec: EvalRunSpec, node: NodeInfo) -> str | None:
     """The first pool whose selector the node matches; ``""`` when the run has no pools."""
-    placement = spec.placement or NO_PLACEMENT
+    placement = spec.placement
     if not placement.pools:
         return ""
     for pool in placement.pools:
@@ -207,7 +203,7 @@ def ineligibility(
 ) -> str:
     """Why a worker of this run may not run on the node; empty when it may. ``tolerations``
     are the workers' (:func:`worker_tolerations`), when the caller has them already."""
-    placement = spec.placement or NO_PLACEMENT
+    placement = spec.placement
     if not node.ready:
         return "node is not Ready"
     if node.unschedulable:
@@ -341,11 +337,9 @@ def compute_plan(
     spot_fallback: bool = False,
 ) -> PlanResult:
     """How many workers to run now, and which limit decided it."""
-    placement = spec.placement or NO_PLACEMENT
+    placement = spec.placement
     workers = spec.workers
-    w_min = workers.min if workers else 0
-    w_max = workers.max if workers else 10
-    target = workers.target_backlog_per_worker if workers else 2
+    w_min, w_max, target = workers.min, workers.max, workers.target_backlog_per_worker
     size = resolve_size(spec, config, nodes)
     one_per_node = placement.spread == "required"
 

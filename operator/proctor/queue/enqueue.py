@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proctor.api.v1alpha1.evalrun import BatchSpec, EvalRunSpec
+from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.queue.base import Range, WorkQueue, partition
 
 CHUNK_ENTRIES = 10_000
@@ -25,7 +25,7 @@ class Enqueuer:
 
         self.queue = queue
         self.count = spec.cases.count
-        self.size = (spec.batch or BatchSpec()).initial_size
+        self.size = spec.batch.initial_size
         self.done = IntervalSet()
         if isinstance(storage, RunStorage):
             self.done = RunProgress.resume(storage, self.count).covered

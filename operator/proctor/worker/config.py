@@ -120,17 +120,13 @@ def parse_spec(data: Mapping[str, Any]) -> EvalRunSpec:
     return EvalRunSpec.model_validate(data)
 
 
-def lease_seconds(spec: EvalRunSpec) -> float:
-    return parse_duration(spec.queue.lease) if spec.queue else 60.0
-
-
 def open_run_storage(config: WorkerConfig) -> RunStorage:
-    compression = config.spec.storage.compression if config.spec.storage else None
+    compression = config.spec.compression()
     return open_storage(
         config.storage_uri,
         config.run_id,
-        compression=compression.algorithm if compression else "zstd",
-        level=compression.level if compression else 3,
+        compression=compression.algorithm,
+        level=compression.level,
         endpoint=config.storage_endpoint,
         region=config.storage_region,
         attempt=config.attempt,

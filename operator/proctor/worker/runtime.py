@@ -45,7 +45,7 @@ from typing import Any
 import structlog
 
 from proctor.api.quantity import parse_duration
-from proctor.api.v1alpha1.evalrun import BatchSpec, EvalRunSpec
+from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.queue import Lease, QueueError, Range, WorkQueue, open_queue, subtract
 from proctor.redact import redact_url
 from proctor.sdk.deadline import timeout_enabled
@@ -55,7 +55,6 @@ from proctor.worker.config import (
     BatchSizer,
     ConfigError,
     WorkerConfig,
-    lease_seconds,
     open_run_storage,
     parse_spec,
 )
@@ -76,7 +75,6 @@ __all__ = [
     "Worker",
     "WorkerConfig",
     "WorkerStats",
-    "lease_seconds",
     "main",
     "open_run_storage",
     "parse_spec",
@@ -125,13 +123,13 @@ class Worker:
     ) -> None:
         self.config = config
         self.spec = config.spec
-        self.lease = config.lease_seconds or lease_seconds(self.spec)
+        self.lease = config.lease_seconds or self.spec.lease_seconds()
         self.queue = queue or open_queue(
             config.queue_url, config.run_id, lease_seconds=self.lease, attempt=config.attempt
         )
         self.storage = storage or open_run_storage(config)
         self.metrics = metrics or WorkerMetrics()
-        self.sizer = BatchSizer(self.spec.batch or BatchSpec())
+        self.sizer = BatchSizer(self.spec.batch)
         self.case_timeout = parse_duration(self.spec.case_timeout)
         self.retries = self.spec.retries
         self.stats = WorkerStats()
@@ -287,7 +285,7 @@ class Worker:
         return code
 
     def _loop(self) -> None:
-        entry_size = (self.spec.batch or BatchSpec()).initial_size
+        entry_size = self.spec.batch.initial_size
         while not self._stop.is_set():
             want = max(1, min(10, round(self.sizer.size / max(1, entry_size))))
             leases = self.queue.claim(want, self.config.worker_id)

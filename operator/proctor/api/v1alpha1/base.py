@@ -30,10 +30,13 @@ from proctor.api.quantity import (
     QUANTITY_PATTERN,
     is_duration,
     is_quantity,
+    parse_duration,
 )
 
-VERSION = "v1alpha1"
-API_VERSION = f"proctor.dev/{VERSION}"
+DEFAULT_LEASE = "60s"
+"""A queue lease when the run sets none, for its own queue or the operator's default one."""
+DEFAULT_CHECKPOINT_INTERVAL = "30s"
+"""The run checkpoint interval when the run sets none, for its own or the default storage."""
 
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$"
@@ -129,6 +132,20 @@ class ApiModel(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
+def kind_of(resource: type[BaseModel]) -> str:
+    """The kind a top-level model declares (its ``kind`` field's only value)."""
+    field = resource.model_fields.get("kind")
+    kind = field.default if field is not None else None
+    if not isinstance(kind, str):
+        raise TypeError(f"{resource.__name__} declares no kind")
+    return kind
+
+
+def plural_of(resource: type[BaseModel]) -> str:
+    """The plural the CRD names the kind by: lower case, with an s (as kubectl expects)."""
+    return kind_of(resource).lower() + "s"
+
+
 def _stringify_number(value: Any) -> Any:
     if isinstance(value, bool):
         return value
@@ -194,100 +211,6 @@ PROFILE_NAMES: tuple[str, ...] = ("micro", "small", "medium", "large", "xlarge",
 PROFILE_OR_RESOURCES = not_both(
     "profile", "resources", "set either profile or resources, not both", field_path=".resources"
 )
-
-
-class SecretKeySelector(ApiModel):
-    """A key of a Secret in the object's namespace."""
-
-    name: DnsLabel = Field(description="Name of the Secret, in the same namespace.")
-    key: str = Field(description="Key within the Secret.", min_length=1, max_length=253)
-    optional: bool | None = Field(
-        default=None, description="Whether a missing Secret or key is tolerated."
-    )
-
-
-class ConfigMapKeySelector(ApiModel):
-    """A key of a ConfigMap in the object's namespace."""
-
-    name: DnsLabel = Field(description="Name of the ConfigMap, in the same namespace.")
-    key: str = Field(description="Key within the ConfigMap.", min_length=1, max_length=253)
-    optional: bool | None = Field(
-        default=None, description="Whether a missing ConfigMap or key is tolerated."
-    )
-
-
-class EnvVarSource(ApiModel):
-    """Where an environment variable's value comes from. Secrets are only ever referenced."""
-
-    secret_key_ref: SecretKeySelector | None = Field(
-        default=None, description="Take the value from a key of a Secret."
-    )
-    config_map_key_ref: ConfigMapKeySelector | None = Field(
-        default=None, description="Take the value from a key of a ConfigMap."
-    )
-
-    rules = (
-        exactly_one(
-            "secret_key_ref",
-            "config_map_key_ref",
-            "valueFrom needs exactly one of secretKeyRef or configMapKeyRef",
-        ),
-    )
-
-
-ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
-
-OPERATOR_ENV_PREFIX = "PROCTOR_"
-OPERATOR_ENV_NAMES = (
-    "POD_NAME",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_DEFAULT_REGION",
-)
-"""Variables the operator sets in worker and benchmark pods (besides ``PROCTOR_*``): a run's
-``env`` can never name them, so it cannot point its pods at another run's queue or results."""
-USER_PROCTOR_ENV = ("PROCTOR_METRICS_PORT", "PROCTOR_LOG_LEVEL")
-"""The ``PROCTOR_*`` variables a run may set: they change what a worker reports, not where it
-reads or writes."""
-
-
-def is_reserved_env(name: str) -> bool:
-    """Whether ``name`` is a variable only the operator may set (pure)."""
-    if name.startswith(OPERATOR_ENV_PREFIX):
-        return name not in USER_PROCTOR_ENV
-    return name in OPERATOR_ENV_NAMES
-
-
-def _cel_list(names: tuple[str, ...]) -> str:
-    return "[" + ", ".join(f"'{n}'" for n in names) + "]"
-
-
-RESERVED_ENV_RULE = Rule(
-    cel=f"(!self.name.startsWith('{OPERATOR_ENV_PREFIX}') || self.name in "
-    f"{_cel_list(USER_PROCTOR_ENV)}) && !(self.name in {_cel_list(OPERATOR_ENV_NAMES)})",
-    message=f"env cannot set PROCTOR_* (except {', '.join(USER_PROCTOR_ENV)}) or "
-    f"{', '.join(OPERATOR_ENV_NAMES)}: the operator sets them; name the variable otherwise",
-    check=lambda m: not is_reserved_env(m.name),
-    field_path=".name",
-)
-
-
-class EnvVar(ApiModel):
-    """An environment variable for the worker or benchmark process."""
-
-    name: str = Field(
-        description="Variable name.", pattern=ENV_NAME_PATTERN, min_length=1, max_length=253
-    )
-    value: str | None = Field(default=None, description="Literal value.")
-    value_from: EnvVarSource | None = Field(
-        default=None, description="Value taken from a Secret or ConfigMap key."
-    )
-
-    rules = (
-        not_both("value", "value_from", "env needs value or valueFrom, not both"),
-        RESERVED_ENV_RULE,
-    )
 
 
 class LocalObjectReference(ApiModel):
@@ -372,7 +295,7 @@ class Placement(ApiModel):
         max_length=16,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
-    spot: SpotPolicy | None = Field(default=None, description="Spot node policy.")
+    spot: SpotPolicy = Field(default_factory=SpotPolicy, description="Spot node policy.")
 
 
 class QueueSpec(ApiModel):
@@ -389,10 +312,15 @@ class QueueSpec(ApiModel):
         "Unset: the operator's default queue.",
     )
     lease: Duration = Field(
-        default="60s",
+        default=DEFAULT_LEASE,
         description="How long a claimed batch stays leased without a heartbeat before another "
         "worker may claim it.",
     )
+
+    @staticmethod
+    def lease_seconds_of(queue: QueueSpec | None) -> float:
+        """The lease of ``queue``; None (the operator's default queue) has the default one."""
+        return parse_duration(queue.lease if queue is not None else DEFAULT_LEASE)
 
 
 class Compression(ApiModel):
@@ -425,10 +353,24 @@ class StorageSpec(ApiModel):
         "run is admitted only where the operator's policy.ambientCredentialBuckets lists the "
         "bucket (docs/security.md).",
     )
-    compression: Compression | None = Field(default=None, description="Compression settings.")
-    checkpoint_interval: Duration = Field(
-        default="30s", description="How often the run-level checkpoint is written."
+    compression: Compression = Field(
+        default_factory=Compression, description="Compression settings."
     )
+    checkpoint_interval: Duration = Field(
+        default=DEFAULT_CHECKPOINT_INTERVAL,
+        description="How often the run-level checkpoint is written.",
+    )
+
+    @staticmethod
+    def compression_of(storage: StorageSpec | None) -> Compression:
+        """How ``storage`` compresses; None (the operator's default storage) as the default."""
+        return storage.compression if storage is not None else Compression()
+
+    @staticmethod
+    def checkpoint_seconds_of(storage: StorageSpec | None) -> float:
+        """The checkpoint interval of ``storage``; None (the default storage): the default."""
+        interval = storage.checkpoint_interval if storage is not None else None
+        return parse_duration(interval or DEFAULT_CHECKPOINT_INTERVAL)
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]

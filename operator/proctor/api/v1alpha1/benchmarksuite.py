@@ -10,10 +10,10 @@ from pydantic_core import PydanticCustomError
 from proctor.api.v1alpha1.base import (
     PROFILE_OR_RESOURCES,
     ApiModel,
+    Compression,
     Condition,
     DnsLabel,
     Duration,
-    EnvVar,
     LossLedgerStatus,
     Placement,
     ProfileName,
@@ -21,11 +21,14 @@ from proctor.api.v1alpha1.base import (
     Resources,
     StorageSpec,
     exactly_one,
+    kind_of,
+    plural_of,
 )
+from proctor.api.v1alpha1.env import EnvVar
 from proctor.suite.cron import CronError, parse_cron
 
-KIND = "BenchmarkSuite"
-PLURAL = "benchmarksuites"
+DEFAULT_CONFIDENCE_LEVEL = 0.95
+"""The confidence level of a suite's intervals, with or without a baseline to compare to."""
 
 _NAMED_LIST: dict[str, Any] = {
     "x-kubernetes-list-type": "map",
@@ -85,7 +88,10 @@ class BaselineSpec(ApiModel):
         description="Relative slowdown of the median that counts as a regression (0.10 = 10%).",
     )
     confidence_level: float = Field(
-        default=0.95, ge=0.5, le=0.9999, description="Confidence level of the comparison."
+        default=DEFAULT_CONFIDENCE_LEVEL,
+        ge=0.5,
+        le=0.9999,
+        description="Confidence level of the comparison.",
     )
 
     rules = (
@@ -140,7 +146,7 @@ class BenchmarkSuiteSpec(ApiModel):
     profile: ProfileName | None = Field(default=None, description="Default pod size profile.")
     baseline: BaselineSpec | None = Field(default=None, description="Compare to an earlier run.")
     schedule: ScheduleSpec | None = Field(default=None, description="Optional cron schedule.")
-    placement: Placement | None = Field(default=None, description="Where benchmark pods run.")
+    placement: Placement = Field(default_factory=Placement, description="Where benchmark pods run.")
     queue: QueueSpec | None = Field(default=None, description="Work queue.")
     storage: StorageSpec | None = Field(default=None, description="Results and reports.")
     max_parallel: int = Field(
@@ -156,6 +162,18 @@ class BenchmarkSuiteSpec(ApiModel):
     suspend: bool = Field(default=False, description="Pause the suite.")
 
     rules = ()
+
+    def lease_seconds(self) -> float:
+        """How long a claimed repetition stays leased, on the suite's queue or the default one."""
+        return QueueSpec.lease_seconds_of(self.queue)
+
+    def compression(self) -> Compression:
+        """How the suite's objects are compressed, in its storage or the default one."""
+        return StorageSpec.compression_of(self.storage)
+
+    def confidence_level(self) -> float:
+        """The confidence level of every interval of the suite (the baseline's, if it has one)."""
+        return self.baseline.confidence_level if self.baseline else DEFAULT_CONFIDENCE_LEVEL
 
 
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
@@ -262,8 +280,13 @@ class BenchmarkSuiteStatus(ApiModel):
 class BenchmarkSuite(ApiModel):
     """A benchmark suite."""
 
+    # A literal, not API_VERSION: a type cannot name a constant (test_names checks they agree).
     api_version: Literal["proctor.dev/v1alpha1"] = Field(default="proctor.dev/v1alpha1")
     kind: Literal["BenchmarkSuite"] = Field(default="BenchmarkSuite")
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: BenchmarkSuiteSpec
     status: BenchmarkSuiteStatus | None = None
+
+
+KIND = kind_of(BenchmarkSuite)
+PLURAL = plural_of(BenchmarkSuite)

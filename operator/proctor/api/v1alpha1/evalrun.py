@@ -11,10 +11,10 @@ from proctor.api.quantity import DURATION_PATTERN, parse_duration
 from proctor.api.v1alpha1.base import (
     PROFILE_OR_RESOURCES,
     ApiModel,
+    Compression,
     Condition,
     Duration,
     Entrypoint,
-    EnvVar,
     FreeForm,
     LossLedgerStatus,
     Placement,
@@ -25,10 +25,10 @@ from proctor.api.v1alpha1.base import (
     StorageSpec,
     exactly_one,
     immutable,
+    kind_of,
+    plural_of,
 )
-
-KIND = "EvalRun"
-PLURAL = "evalruns"
+from proctor.api.v1alpha1.env import EnvVar
 
 MAX_CASE_TIMEOUT = "168h"
 """The longest ``caseTimeout`` (7 days): longer is a typo, and overflows the timers."""
@@ -211,8 +211,8 @@ class EvalRunSpec(ApiModel):
     compare: CompareSpec | None = Field(
         default=None, description="Compare a baseline and a candidate implementation."
     )
-    early_stopping: EarlyStoppingSpec | None = Field(
-        default=None, description="Stop when the decision is settled."
+    early_stopping: EarlyStoppingSpec = Field(
+        default_factory=EarlyStoppingSpec, description="Stop when the decision is settled."
     )
     profile: ProfileName | None = Field(
         default=None,
@@ -223,15 +223,15 @@ class EvalRunSpec(ApiModel):
         default=None, description="Explicit worker requests instead of a profile."
     )
     gpus: int = Field(default=0, ge=0, le=16, description="GPUs (nvidia.com/gpu) per worker.")
-    workers: WorkersSpec | None = Field(default=None, description="Worker pool bounds.")
-    placement: Placement | None = Field(default=None, description="Where workers may run.")
+    workers: WorkersSpec = Field(default_factory=WorkersSpec, description="Worker pool bounds.")
+    placement: Placement = Field(default_factory=Placement, description="Where workers may run.")
     queue: QueueSpec | None = Field(
         default=None, description="Work queue; unset: the operator's default."
     )
     storage: StorageSpec | None = Field(
         default=None, description="Results and checkpoints; unset: the operator's default."
     )
-    batch: BatchSpec | None = Field(default=None, description="Batch sizing.")
+    batch: BatchSpec = Field(default_factory=BatchSpec, description="Batch sizing.")
     retries: int = Field(
         default=3, ge=1, le=100, description="Attempts per batch before it is dead-lettered."
     )
@@ -267,6 +267,18 @@ class EvalRunSpec(ApiModel):
     transition_rules = tuple(
         immutable(f) for f in ("task", "cases", "compare", "image", "env", "caseTimeout")
     )
+
+    def lease_seconds(self) -> float:
+        """How long a claimed batch stays leased, on the run's queue or the default one."""
+        return QueueSpec.lease_seconds_of(self.queue)
+
+    def compression(self) -> Compression:
+        """How the run's objects are compressed, in its storage or the default one."""
+        return StorageSpec.compression_of(self.storage)
+
+    def checkpoint_seconds(self) -> float:
+        """How often the run-level checkpoint is written."""
+        return StorageSpec.checkpoint_seconds_of(self.storage)
 
     def profile_name(self) -> str:
         """The profile to plan with: explicit, or auto when nothing is set."""
@@ -415,8 +427,13 @@ class EvalRunStatus(ApiModel):
 class EvalRun(ApiModel):
     """An evaluation run."""
 
+    # A literal, not API_VERSION: a type cannot name a constant (test_names checks they agree).
     api_version: Literal["proctor.dev/v1alpha1"] = Field(default="proctor.dev/v1alpha1")
     kind: Literal["EvalRun"] = Field(default="EvalRun")
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: EvalRunSpec
     status: EvalRunStatus | None = None
+
+
+KIND = kind_of(EvalRun)
+PLURAL = plural_of(EvalRun)
