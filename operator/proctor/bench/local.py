@@ -387,13 +387,19 @@ def _run_cell(
     refresh: float,
 ) -> bool:
     """Enqueue and measure one cell; False when its workers crashed beyond the budget."""
-    queue = open_queue(config.queue_url, config.queue_id, lease_seconds=config.lease_seconds or 60)
+    queue = open_queue(
+        config.queue_url,
+        config.queue_id,
+        lease_seconds=config.lease_seconds or config.spec.lease_seconds(),
+    )
     storage = store.cell_storage(cell.id)
     try:
         queue.delete()
         queue.close()
         queue = open_queue(
-            config.queue_url, config.queue_id, lease_seconds=config.lease_seconds or 60
+            config.queue_url,
+            config.queue_id,
+            lease_seconds=config.lease_seconds or config.spec.lease_seconds(),
         )
         enqueue_cell(queue, storage, cell)
     finally:
