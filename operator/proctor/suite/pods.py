@@ -1,4 +1,4 @@
-"""Benchmark pods: one per cell of a suite run, built from the EvalRun worker pod.
+"""Benchmark pods: one per cell of a suite run, built by the EvalRun worker pod's builder.
 
 A cell is planned and sized as an EvalRun of at most one worker would be
 (:func:`cell_run_spec`), so profiles, explicit resources, node selectors, pools, tolerations,
@@ -20,7 +20,7 @@ from proctor.api.v1alpha1.evalrun import CasesSpec, EvalRunSpec, TaskSpec, Worke
 from proctor.bench.matrix import Cell
 from proctor.config import OperatorConfig
 from proctor.planning.plan import WorkerSize
-from proctor.pods import HOSTNAME_KEY, LABEL_COMPONENT, worker_pod
+from proctor.pods import HOSTNAME_KEY, LABEL_COMPONENT, PodKind, build_pod
 
 COMPONENT = "benchmark"
 LABEL_CELL = "proctor.dev/cell"
@@ -121,41 +121,31 @@ def benchmark_pod(
     config: OperatorConfig,
     env: Sequence[Mapping[str, Any]],
     pool: str = "",
+    run_spec: EvalRunSpec | None = None,
 ) -> dict[str, Any]:
-    """The manifest of the benchmark pod of ``cell`` in run ``run_id``."""
-    pod = worker_pod(
+    """The manifest of the benchmark pod of ``cell`` in run ``run_id``, in one call of the pod
+    builder. ``run_spec``: the cell's :func:`cell_run_spec` the pass planned with (computed
+    here when not given)."""
+    kind = PodKind(
+        owner_kind=KIND,
+        component=COMPONENT,
+        command=BENCH_WORKER_COMMAND,
+        generate_name=f"{label_value(f'{suite}-{cell.id}')[:50].replace('.', '-')}-",
+        labels=benchmark_labels(suite, suite_uid, run_id, cell.id, spec.isolation),
+        annotations={ANNOTATION_CELL: cell.id},
+        metrics_port=False,  # the bench worker serves no metrics
+        # The EvalRun spreads one run's workers over zones; a benchmark pod is alone in its cell.
+        zone_spread=False,
+        pod_anti_affinity=isolation_affinity(spec.isolation),
+    )
+    return build_pod(
         run_name=suite,
         run_uid=suite_uid,
         namespace=namespace,
-        spec=cell_run_spec(spec, cell),
+        spec=run_spec if run_spec is not None else cell_run_spec(spec, cell),
         size=size,
         config=config,
         env=env,
+        kind=kind,
         pool=pool,
     )
-    meta = pod["metadata"]
-    labels = {
-        **meta["labels"],
-        **benchmark_labels(suite, suite_uid, run_id, cell.id, spec.isolation),
-    }
-    meta["labels"] = labels
-    meta["generateName"] = f"{label_value(f'{suite}-{cell.id}')[:50].replace('.', '-')}-"
-    meta["annotations"] = {**meta["annotations"], ANNOTATION_CELL: cell.id}
-    meta["ownerReferences"][0]["kind"] = KIND
-
-    pod_spec = pod["spec"]
-    # The EvalRun spreads one run's workers over zones; a benchmark pod is alone in its cell.
-    pod_spec.pop("topologySpreadConstraints", None)
-    affinity = {k: v for k, v in (pod_spec.get("affinity") or {}).items() if k == "nodeAffinity"}
-    anti = isolation_affinity(spec.isolation)
-    if anti:
-        affinity["podAntiAffinity"] = anti
-    if affinity:
-        pod_spec["affinity"] = affinity
-    else:
-        pod_spec.pop("affinity", None)
-    container = pod_spec["containers"][0]
-    container["name"] = COMPONENT
-    container["command"] = list(BENCH_WORKER_COMMAND)
-    container.pop("ports", None)  # the bench worker serves no metrics
-    return pod
