@@ -17,11 +17,11 @@ from proctor.suite.pods import (
     ANNOTATION_CELL,
     LABEL_CELL,
     LABEL_ISOLATION,
+    benchmark_env,
     benchmark_pod,
     cell_run_spec,
     label_value,
 )
-from proctor.suite.reconcile import benchmark_env
 
 SUITE: dict[str, Any] = {
     "image": "bench:1",

@@ -16,7 +16,7 @@ from proctor.config import OperatorConfig, TenantPolicy
 from proctor.evalrun.reconcile import Connection, RunRef, RunRuntime, cached_connection, worker_env
 from proctor.evalrun.status import Problem
 from proctor.policy import SPEC_ENV_MAX_BYTES, admit
-from proctor.suite.reconcile import admit_suite
+from proctor.suite.decide import admit_suite
 from proctor.validation import validate_document
 
 SPEC: dict[str, Any] = {
@@ -324,7 +324,7 @@ def test_finding11_a_suite_baseline_is_read_with_the_suites_credentials(
 
     from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteStatus
     from proctor.evalrun.reconcile import SharedClients
-    from proctor.suite.reconcile import _baseline
+    from proctor.suite.results import read_baseline
 
     record = {"benchmark": "status", "variant": "git", "repetition": 0, "seconds": 1.0}
     boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1").put_object(
@@ -348,7 +348,7 @@ def test_finding11_a_suite_baseline_is_read_with_the_suites_credentials(
     conn = Connection("redis://r:6379/0", f"s3://{s3_bucket}/b", moto_url, "us-east-1", keys, [])
     clients = SharedClients()
     try:
-        found = _baseline(
+        found = read_baseline(
             spec=spec, ref=REF, prev=BenchmarkSuiteStatus(), run_id="r1", conn=conn,
             clients=clients, config=OperatorConfig(), api=None,  # type: ignore[arg-type]
         )  # fmt: skip

@@ -14,13 +14,16 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from proctor.api.quantity import parse_duration
 from proctor.api.v1alpha1.base import Placement
 from proctor.api.v1alpha1.benchmarksuite import KIND, BenchmarkSuiteSpec
 from proctor.api.v1alpha1.evalrun import CasesSpec, EvalRunSpec, TaskSpec, WorkersSpec
 from proctor.bench.matrix import Cell
+from proctor.bench.worker import BenchWorkerConfig
 from proctor.config import OperatorConfig
+from proctor.evalrun.reconcile import Connection, RunRef
 from proctor.planning.plan import WorkerSize
-from proctor.pods import HOSTNAME_KEY, LABEL_COMPONENT, PodKind, build_pod
+from proctor.pods import HOSTNAME_KEY, LABEL_COMPONENT, PodKind, build_pod, merge_env
 
 COMPONENT = "benchmark"
 LABEL_CELL = "proctor.dev/cell"
@@ -148,4 +151,42 @@ def benchmark_pod(
         env=env,
         kind=kind,
         pool=pool,
+    )
+
+
+def benchmark_env(
+    spec: BenchmarkSuiteSpec, ref: RunRef, run_id: str, cell: Cell, conn: Connection
+) -> list[dict[str, Any]]:
+    """The pod's environment: what :meth:`BenchWorkerConfig.from_env` reads, with the queue
+    URL and S3 credentials taken from their Secrets (never written into the pod spec), and
+    the cell's ``valueFrom`` variables (literal ones travel in the spec)."""
+    lease = parse_duration(spec.queue.lease) if spec.queue else 60.0
+    worker = BenchWorkerConfig(
+        spec=spec,
+        namespace=ref.namespace,
+        suite=ref.name,
+        run_id=run_id,
+        cell=cell.id,
+        queue_url=conn.queue_url,
+        storage_uri=conn.storage_uri,
+        worker_id="$(POD_NAME)",
+        storage_endpoint=conn.storage_endpoint,
+        storage_region=conn.storage_region,
+        lease_seconds=lease,
+    )
+    env: list[dict[str, Any]] = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "PROCTOR_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        {"name": "PROCTOR_LOG_FORMAT", "value": "json"},
+    ]
+    from_conn = {e["name"] for e in conn.env}
+    env += [{"name": k, "value": v} for k, v in worker.env().items() if k not in from_conn]
+    env += conn.env
+    return merge_env(
+        env,
+        [
+            e.model_dump(by_alias=True, exclude_none=True)
+            for e in cell.env
+            if e.value_from is not None
+        ],
     )
