@@ -110,6 +110,13 @@ def register_suite_handlers(registry: kopf.OperatorRegistry, config: OperatorCon
         for runtime in memo.suites.values():
             runtime.close()
 
+    _register_pod_handlers(registry)
+    _register_suite_handlers(registry, config)
+
+
+def _register_pod_handlers(registry: kopf.OperatorRegistry) -> None:
+    """The indexes of benchmark pods, and their deletions kept for the suite's next pass."""
+
     @kopf.index(
         "pods",
         id="proctor_bench_pods",
@@ -141,6 +148,10 @@ def register_suite_handlers(registry: kopf.OperatorRegistry, config: OperatorCon
         # Nodes holding a benchmark pod of any suite: exclusive suites plan around them.
         node = occupied_node(body)
         return {None: node} if node else None
+
+
+def _register_suite_handlers(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
+    """A pass on create, resume, spec change and every scaling interval; clean-up on delete."""
 
     @kopf.on.resume(*RESOURCE, registry=registry)
     @kopf.on.create(*RESOURCE, registry=registry)
