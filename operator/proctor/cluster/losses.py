@@ -14,9 +14,9 @@ import time
 from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from proctor.api.conditions import Event
 from proctor.api.v1alpha1.base import LossLedgerStatus, TrackedPod
 from proctor.cluster.observe import WorkerObs
-from proctor.evalrun.status import Event
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ from typing import Any
 import kopf
 import structlog
 
+from proctor.api.conditions import Event
 from proctor.cluster.losses import Departed
 from proctor.config import OperatorConfig
-from proctor.evalrun.reconcile import RunRef
-from proctor.evalrun.status import Event
+from proctor.connection import RunRef
 from proctor.pods import LABEL_COMPONENT, LABEL_RUN
 from proctor.suite.pods import COMPONENT
 from proctor.suite.reconcile import (

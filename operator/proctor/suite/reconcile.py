@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from proctor.api.conditions import get_condition, rfc3339, set_condition
+from proctor.api.conditions import Event, Problem, get_condition, rfc3339, set_condition
 from proctor.api.quantity import parse_duration
 from proctor.api.v1alpha1.base import Condition, LossLedgerStatus
 from proctor.api.v1alpha1.benchmarksuite import (
@@ -64,15 +64,16 @@ from proctor.cluster.observe import (
     worker_obs,
 )
 from proctor.config import OperatorConfig
-from proctor.evalrun.reconcile import (
-    CONNECTION_TTL_SECONDS,
-    EXPECTATION_SECONDS,
+from proctor.connection import (
     Connection,
+    ConnectionCache,
     RunRef,
     SharedClients,
-    connection,
+    build_connection,
+    cached_connection,
 )
-from proctor.evalrun.status import Event, Problem, loss_degradations
+from proctor.evalrun.reconcile import EXPECTATION_SECONDS
+from proctor.evalrun.status import loss_degradations
 from proctor.planning.plan import Demand, NodeInfo, compute_plan
 from proctor.pods import merge_env
 from proctor.policy import admit, baseline_problem, spec_size_problem
@@ -460,8 +461,7 @@ class SuiteRuntime:
     store: SuiteStore | None = None
     queues: dict[str, WorkQueue] = field(default_factory=dict)
     owned: set[str] = field(default_factory=set)
-    conn: Connection | None = None
-    conn_read: tuple[float, int] = (0.0, 0)
+    connection: ConnectionCache = field(default_factory=ConnectionCache)
     # Pods created but not in the pod index yet: cell -> (uid, monotonic time, pod name).
     expected: dict[str, tuple[str, float, str]] = field(default_factory=dict)
     enqueued: set[str] = field(default_factory=set)
@@ -576,7 +576,7 @@ def suite_connection(
     spec: BenchmarkSuiteSpec, ref: RunRef, config: OperatorConfig, api: ClusterApi
 ) -> Connection | Problem:
     """Queue and storage of the suite, exactly as for an EvalRun (its Secrets or defaults)."""
-    return connection(cell_run_spec(spec, cells(spec)[0]), ref, config, api)
+    return build_connection(spec.queue, spec.storage, ref.namespace, config, api)
 
 
 def admit_suite(spec: BenchmarkSuiteSpec, config: OperatorConfig) -> Problem | None:
@@ -603,14 +603,11 @@ def cached_suite_connection(
 ) -> Connection | Problem:
     """:func:`suite_connection`, read again after CONNECTION_TTL_SECONDS or a spec change; a
     problem is never cached, so a Secret created later is found on the next pass."""
-    at, generation = rt.conn_read
-    fresh = time.monotonic() - at < CONNECTION_TTL_SECONDS and generation == ref.generation
-    if rt.conn is not None and fresh:
-        return rt.conn
-    conn = admit_suite(spec, config) or suite_connection(spec, ref, config, api)
-    rt.conn = conn if isinstance(conn, Connection) else None
-    rt.conn_read = (time.monotonic(), ref.generation)
-    return conn
+    return cached_connection(
+        rt.connection,
+        (ref.uid, ref.generation),
+        lambda: admit_suite(spec, config) or suite_connection(spec, ref, config, api),
+    )
 
 
 def benchmark_env(
