@@ -57,6 +57,7 @@ from proctor.planning.scaling import ScaleState, WorkerPod, busy_workers, decide
 from proctor.pods import merge_env, worker_pod
 from proctor.policy import admit
 from proctor.queue import WorkQueue, enqueue_run
+from proctor.sdk.hooks import summarize_with_task
 from proctor.stats.passrates import should_stop_early, summarize
 from proctor.storage import RunProgress, RunStorage
 from proctor.storage.blobs import S3Blobs
@@ -533,10 +534,8 @@ def reconcile_run(
                 total=snap.total,
                 dead_lettered=snap.dead_lettered,
             ).model_copy(update={"results_uri": storage.results_uri()})
-            # Metamorphic Guard task specs: its report and rule (docs/metamorphic-guard.md).
-            from proctor.integrations.metamorphic_guard.summary import with_mg_report
-
-            result, _ = with_mg_report(spec, storage, result, metrics=False)
+            # The task's own rule, if it has one (Metamorphic Guard's: docs/metamorphic-guard.md).
+            result = summarize_with_task(spec, storage, result, run_user_code=False).summary
             storage.write_summary(
                 {
                     "run": ref.name,
