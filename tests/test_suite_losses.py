@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
+from proctor.api.conditions import Event
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteSpec, BenchmarkSuiteStatus
 from proctor.api.v1alpha1.evalrun import LossLedgerStatus as EvalRunLedger
 from proctor.cluster.losses import Departed
 from proctor.cluster.observe import WorkerObs
 from proctor.config import OperatorConfig
-from proctor.evalrun.reconcile import RunRef, SharedClients
-from proctor.evalrun.status import Event
+from proctor.connection import RunRef, SharedClients
 from proctor.planning.plan import Capacity, NodeInfo
 from proctor.suite.api import SuiteApi
 from proctor.suite.decide import RunDecision

@@ -11,7 +11,7 @@ from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteSpec
 from proctor.bench.matrix import Cell, cells
 from proctor.bench.worker import BenchWorkerConfig
 from proctor.config import OperatorConfig
-from proctor.evalrun.reconcile import Connection, RunRef
+from proctor.connection import Connection, RunRef
 from proctor.planning.plan import resolve_size
 from proctor.suite.pods import (
     ANNOTATION_CELL,

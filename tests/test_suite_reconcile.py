@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from proctor.api.conditions import Problem
 from proctor.api.v1alpha1.benchmarksuite import (
     BenchmarkSuiteSpec,
     BenchmarkSuiteStatus,
@@ -18,7 +19,6 @@ from proctor.bench.summary import summarize
 from proctor.cluster.losses import LossLedger, count_losses
 from proctor.cluster.observe import WorkerObs
 from proctor.config import OperatorConfig
-from proctor.evalrun.status import Problem
 from proctor.planning.plan import Capacity, NodeInfo
 from proctor.suite.decide import (
     RunDecision,

@@ -16,10 +16,10 @@ from typing import Any
 import kopf
 import structlog
 
+from proctor.api.conditions import Event
 from proctor.cluster.losses import Departed
 from proctor.config import OperatorConfig
-from proctor.evalrun.reconcile import RunRef
-from proctor.evalrun.status import Event
+from proctor.connection import RunRef
 from proctor.pods import LABEL_COMPONENT, LABEL_RUN
 from proctor.suite.api import SuiteApi
 from proctor.suite.gather import BenchPod, SuiteView, bench_pod, departure_key, occupied_node

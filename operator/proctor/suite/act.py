@@ -17,7 +17,7 @@ from proctor.bench.store import SuiteStore
 from proctor.bench.summary import SuiteSummary
 from proctor.cluster.observe import status_patch
 from proctor.config import OperatorConfig
-from proctor.evalrun.reconcile import Connection, RunRef, SharedClients
+from proctor.connection import Connection, RunRef, SharedClients
 from proctor.queue import WorkQueue
 from proctor.suite.api import SuiteApi
 from proctor.suite.connection import suite_store

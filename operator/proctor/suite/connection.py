@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import time
-
+from proctor.api.conditions import Problem
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteSpec
-from proctor.bench.matrix import cells
 from proctor.bench.store import SuiteStore
 from proctor.cluster.observe import ClusterApi
 from proctor.config import OperatorConfig
-from proctor.evalrun.reconcile import (
-    CONNECTION_TTL_SECONDS,
+from proctor.connection import (
     Connection,
     RunRef,
     SharedClients,
-    connection,
+    build_connection,
+    cached_connection,
 )
-from proctor.evalrun.status import Problem
 from proctor.queue import WorkQueue
 from proctor.storage import Blobs, S3Blobs
 from proctor.suite.decide import admit_suite
-from proctor.suite.pods import cell_run_spec
 from proctor.suite.runtime import SuiteRuntime
 
 
@@ -61,7 +57,7 @@ def suite_connection(
     spec: BenchmarkSuiteSpec, ref: RunRef, config: OperatorConfig, api: ClusterApi
 ) -> Connection | Problem:
     """Queue and storage of the suite, exactly as for an EvalRun (its Secrets or defaults)."""
-    return connection(cell_run_spec(spec, cells(spec)[0]), ref, config, api)
+    return build_connection(spec.queue, spec.storage, ref.namespace, config, api)
 
 
 def cached_suite_connection(
@@ -71,16 +67,14 @@ def cached_suite_connection(
     api: ClusterApi,
     runtime: SuiteRuntime,
 ) -> Connection | Problem:
-    """:func:`suite_connection`, read again after CONNECTION_TTL_SECONDS or a spec change; a
-    problem is never cached, so a Secret created later is found on the next pass."""
-    at, generation = runtime.conn_read
-    fresh = time.monotonic() - at < CONNECTION_TTL_SECONDS and generation == ref.generation
-    if runtime.conn is not None and fresh:
-        return runtime.conn
-    conn = admit_suite(spec, config) or suite_connection(spec, ref, config, api)
-    runtime.conn = conn if isinstance(conn, Connection) else None
-    runtime.conn_read = (time.monotonic(), ref.generation)
-    return conn
+    """:func:`suite_connection` after the tenant policy, read again after
+    CONNECTION_TTL_SECONDS or a spec change; a problem is never cached, so a Secret created
+    later is found on the next pass."""
+    return cached_connection(
+        runtime.connection,
+        (ref.uid, ref.generation),
+        lambda: admit_suite(spec, config) or suite_connection(spec, ref, config, api),
+    )
 
 
 def open_queue(

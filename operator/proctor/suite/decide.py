@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from proctor.api.conditions import Problem
 from proctor.api.v1alpha1.benchmarksuite import (
     BenchmarkSuiteSpec,
     BenchmarkSuiteStatus,
@@ -16,7 +17,6 @@ from proctor.api.v1alpha1.benchmarksuite import (
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.bench.matrix import Cell, cells
 from proctor.config import OperatorConfig
-from proctor.evalrun.status import Problem
 from proctor.planning.plan import (
     Demand,
     NodeInfo,

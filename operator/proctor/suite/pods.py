@@ -21,7 +21,7 @@ from proctor.api.v1alpha1.evalrun import CasesSpec, EvalRunSpec, TaskSpec, Worke
 from proctor.bench.matrix import Cell
 from proctor.bench.worker import BenchWorkerConfig
 from proctor.config import OperatorConfig
-from proctor.evalrun.reconcile import Connection, RunRef
+from proctor.connection import Connection, RunRef
 from proctor.planning.plan import WorkerSize
 from proctor.pods import HOSTNAME_KEY, LABEL_COMPONENT, PodKind, build_pod, merge_env
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import structlog
 
+from proctor.api.conditions import Problem
 from proctor.api.quantity import parse_duration
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteSpec, BenchmarkSuiteStatus
 from proctor.bench.matrix import Cell, cell_queue_id, cells
@@ -37,8 +38,7 @@ from proctor.bench.summary import SuiteSummary, summarize
 from proctor.cluster.losses import Losses, count_losses, ledger_status, loss_events
 from proctor.cluster.observe import ClusterApi, nodes_with_usage, quota_headroom
 from proctor.config import OperatorConfig
-from proctor.evalrun.reconcile import Connection, RunRef, SharedClients
-from proctor.evalrun.status import Problem
+from proctor.connection import Connection, RunRef, SharedClients
 from proctor.suite.act import (
     create_pods,
     delete_pods,

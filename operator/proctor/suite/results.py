@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from proctor.api.conditions import Problem
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteSpec, BenchmarkSuiteStatus
 from proctor.bench.store import SuiteStore, load_records
 from proctor.config import OperatorConfig
-from proctor.evalrun.reconcile import Connection, RunRef, SharedClients
-from proctor.evalrun.status import Problem
+from proctor.connection import Connection, RunRef, SharedClients
 from proctor.storage import RunStorage, S3Blobs
 from proctor.suite.api import SuiteApi
 from proctor.suite.connection import suite_connection, suite_store

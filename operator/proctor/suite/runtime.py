@@ -8,11 +8,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from proctor.api.conditions import Event
 from proctor.bench.store import SuiteStore
 from proctor.bench.summary import SuiteSummary
-from proctor.cluster.losses import LossLedger
-from proctor.evalrun.reconcile import EXPECTATION_SECONDS, Connection
-from proctor.evalrun.status import Event
+from proctor.cluster.losses import EXPECTATION_SECONDS, LossLedger
+from proctor.connection import ConnectionCache
 from proctor.queue import WorkQueue
 
 
@@ -25,8 +25,7 @@ class SuiteRuntime:
     store: SuiteStore | None = None
     queues: dict[str, WorkQueue] = field(default_factory=dict)
     owned: set[str] = field(default_factory=set)
-    conn: Connection | None = None
-    conn_read: tuple[float, int] = (0.0, 0)
+    connection: ConnectionCache = field(default_factory=ConnectionCache)
     # Pods created but not in the pod index yet: cell -> (uid, monotonic time, pod name).
     expected: dict[str, tuple[str, float, str]] = field(default_factory=dict)
     enqueued: set[str] = field(default_factory=set)

@@ -6,7 +6,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from proctor.api.conditions import get_condition, rfc3339, set_condition
+from proctor.api.conditions import (
+    ConditionSetter,
+    Event,
+    Problem,
+    get_condition,
+    rfc3339,
+)
 from proctor.api.v1alpha1.base import Condition, LossLedgerStatus
 from proctor.api.v1alpha1.benchmarksuite import (
     BenchmarkSuiteSpec,
@@ -16,7 +22,7 @@ from proctor.api.v1alpha1.benchmarksuite import (
     SuiteRunSummary,
 )
 from proctor.bench.summary import SuiteSummary
-from proctor.evalrun.status import Event, Problem, loss_degradations
+from proctor.cluster.losses import loss_degradations
 from proctor.suite.decide import TERMINAL, RunDecision, trim_history
 
 
@@ -148,21 +154,18 @@ def _conditions(
         ("Degraded", *_degraded(seen)),
         ("Succeeded", phase == "Succeeded", reason if phase == "Succeeded" else "NotFinished", ""),
         ("Failed", failed, reason if failed else "NotFailed", message if failed else ""),
-        ("Suspended", phase == "Suspended", phase if phase == "Suspended" else "NotSuspended", ""),
+        (
+            "Suspended",
+            phase == "Suspended",
+            "Suspended" if phase == "Suspended" else "NotSuspended",
+            "",
+        ),
         ("Regressed", regressed, "RegressionFound" if regressed else compared, found),
     ]
-    conds: list[Condition] = list(seen.previous.conditions or [])
+    conditions = ConditionSetter(seen.previous.conditions, now=seen.now, generation=seen.generation)
     for type_, on, why, text in wanted:
-        conds = set_condition(
-            conds,
-            type_,
-            "True" if on else "False",
-            why,
-            text,
-            now=seen.now,
-            generation=seen.generation,
-        )
-    return conds
+        conditions.put(type_, on, why, text)
+    return conditions.conditions
 
 
 def _times(seen: SuiteObservation, phase: Phase) -> tuple[str | None, str | None]:
