@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import pytest
 import yaml
 
+from proctor.api.conditions import Problem
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteStatus
 from proctor.api.v1alpha1.evalrun import (
     CaseCounts,
@@ -29,7 +30,7 @@ from proctor.api.v1alpha1.evalrun import (
     ResultSummary,
     WorkerCounts,
 )
-from proctor.evalrun.status import Observation, Problem, next_status
+from proctor.evalrun.status import Observation, next_status
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGOCD = ROOT / "manifests" / "argocd"

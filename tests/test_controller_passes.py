@@ -8,13 +8,14 @@ from typing import Any
 
 import pytest
 
+from proctor.api.conditions import Event
 from proctor.cluster.losses import Departures
 from proctor.config import OperatorConfig
+from proctor.connection import SharedClients
 from proctor.controller.evalrun import _scheduled_pass
 from proctor.controller.metrics import OperatorMetrics
 from proctor.controller.pass_timing import PassSchedule
-from proctor.evalrun.reconcile import RunRuntime, SharedClients
-from proctor.evalrun.status import Event
+from proctor.evalrun.reconcile import RunRuntime
 
 
 class EventsOnly:

@@ -10,13 +10,12 @@ from typing import Any
 
 import pytest
 
-from proctor.api.conditions import get_condition
+from proctor.api.conditions import Problem, get_condition
 from proctor.api.v1alpha1.evalrun import CaseCounts, EvalRunSpec, EvalRunStatus, WorkerCounts
 from proctor.evalrun.status import (
     PLAN_DRIFT_SECONDS,
     STATUS_DRIFT_SECONDS,
     Observation,
-    Problem,
     decide_phase,
     drift_hold,
     next_status,

@@ -13,24 +13,20 @@ from typing import Any
 
 import pytest
 
+from proctor.api.conditions import Event
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteSpec, BenchmarkSuiteStatus
 from proctor.api.v1alpha1.evalrun import LossLedgerStatus as EvalRunLedger
 from proctor.cluster.losses import Departed
 from proctor.cluster.observe import WorkerObs
 from proctor.config import OperatorConfig
-from proctor.evalrun.reconcile import RunRef, SharedClients
-from proctor.evalrun.status import Event
+from proctor.connection import RunRef, SharedClients
 from proctor.planning.plan import Capacity, NodeInfo
-from proctor.suite.reconcile import (
-    BenchPod,
-    RunDecision,
-    SuiteApi,
-    SuiteObservation,
-    SuiteRuntime,
-    SuiteView,
-    next_suite_status,
-    reconcile_suite,
-)
+from proctor.suite.api import SuiteApi
+from proctor.suite.decide import RunDecision
+from proctor.suite.gather import BenchPod, SuiteView
+from proctor.suite.reconcile import reconcile_suite
+from proctor.suite.runtime import SuiteRuntime
+from proctor.suite.status import SuiteObservation, next_suite_status
 
 T0 = datetime(2026, 3, 1, 2, 30, tzinfo=UTC)
 UID = "abcdef0123456789"
@@ -102,7 +98,7 @@ class Operator:
             api=self.api,
             clients=self.clients,
             view=SuiteView(nodes=[SPOT_NODE], usage={}, pods=pods, occupied=[], departed=departed),
-            rt=self.rt,
+            runtime=self.rt,
             emit=self.events.append,
             now=now,
         )

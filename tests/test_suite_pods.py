@@ -11,17 +11,17 @@ from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteSpec
 from proctor.bench.matrix import Cell, cells
 from proctor.bench.worker import BenchWorkerConfig
 from proctor.config import OperatorConfig
-from proctor.evalrun.reconcile import Connection, RunRef
+from proctor.connection import Connection, RunRef
 from proctor.planning.plan import resolve_size
 from proctor.suite.pods import (
     ANNOTATION_CELL,
     LABEL_CELL,
     LABEL_ISOLATION,
+    benchmark_env,
     benchmark_pod,
     cell_run_spec,
     label_value,
 )
-from proctor.suite.reconcile import benchmark_env
 
 SUITE: dict[str, Any] = {
     "image": "bench:1",

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from proctor.api.conditions import Problem
 from proctor.api.v1alpha1.benchmarksuite import (
     BenchmarkSuiteSpec,
     BenchmarkSuiteStatus,
@@ -18,22 +19,19 @@ from proctor.bench.summary import summarize
 from proctor.cluster.losses import LossLedger, count_losses
 from proctor.cluster.observe import WorkerObs
 from proctor.config import OperatorConfig
-from proctor.evalrun.status import Problem
 from proctor.planning.plan import Capacity, NodeInfo
-from proctor.suite.reconcile import (
+from proctor.suite.decide import (
     RunDecision,
-    SuiteObservation,
     admission_problem,
     baseline_run_id,
-    bench_pod,
     cell_needs_pod,
     choose_cells,
     decide_run,
-    next_suite_status,
-    occupied_node,
     run_id_for,
     trim_history,
 )
+from proctor.suite.gather import bench_pod, occupied_node
+from proctor.suite.status import SuiteObservation, next_suite_status
 
 T0 = datetime(2026, 3, 1, 2, 30, tzinfo=UTC)
 UID = "abcdef0123456789"

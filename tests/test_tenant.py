@@ -9,14 +9,15 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from proctor.api.conditions import Problem
 from proctor.api.crdgen import KINDS, crd
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteSpec
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.config import OperatorConfig, TenantPolicy
-from proctor.evalrun.reconcile import Connection, RunRef, RunRuntime, cached_connection, worker_env
-from proctor.evalrun.status import Problem
+from proctor.connection import Connection, RunRef
+from proctor.evalrun.reconcile import RunRuntime, run_connection, worker_env
 from proctor.policy import SPEC_ENV_MAX_BYTES, admit
-from proctor.suite.reconcile import admit_suite
+from proctor.suite.decide import admit_suite
 from proctor.validation import validate_document
 
 SPEC: dict[str, Any] = {
@@ -189,7 +190,7 @@ def test_finding11_storage_without_secret_ref_is_refused_before_any_read() -> No
         spec_with(storage=STORAGE, queue={"type": "redis", "secretRef": {"name": "q"}})
     )
     api = SecretsApi()
-    conn = cached_connection(spec, REF, OperatorConfig(), api, RunRuntime())  # type: ignore[arg-type]
+    conn = run_connection(spec, REF, OperatorConfig(), api, RunRuntime())  # type: ignore[arg-type]
     assert isinstance(conn, Problem)
     assert conn.reason == "PolicyViolation"
     assert api.reads == []
@@ -210,7 +211,7 @@ def test_finding11_a_run_with_its_own_secret_gets_its_own_credentials() -> None:
                 return {"AWS_ACCESS_KEY_ID": "AKIARUN", "AWS_SECRET_ACCESS_KEY": "run-secret"}
             return super().read_secret(namespace, name)
 
-    conn = cached_connection(spec, REF, OperatorConfig(), Api(), RunRuntime())  # type: ignore[arg-type]
+    conn = run_connection(spec, REF, OperatorConfig(), Api(), RunRuntime())  # type: ignore[arg-type]
     assert isinstance(conn, Connection)
     assert conn.storage_credentials == {
         "AWS_ACCESS_KEY_ID": "AKIARUN",
@@ -290,7 +291,7 @@ def test_finding11_a_secret_without_keys_never_falls_back_to_the_operators(
     changes: dict[str, Any] = {k: v for k, v in (("queue", queue), ("storage", storage)) if v}
     spec = EvalRunSpec.model_validate(spec_with(**changes))
     config = OperatorConfig(default_queue_url="redis://q:6379/0", default_storage_uri="s3://d/r")
-    conn = cached_connection(spec, REF, config, KeylessApi(), RunRuntime())  # type: ignore[arg-type]
+    conn = run_connection(spec, REF, config, KeylessApi(), RunRuntime())  # type: ignore[arg-type]
     assert isinstance(conn, Problem)
     assert conn.reason == "SecretKeyMissing"
     assert conn.message.startswith(f"{field}.secretRef")
@@ -323,8 +324,8 @@ def test_finding11_a_suite_baseline_is_read_with_the_suites_credentials(
     import boto3
 
     from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteStatus
-    from proctor.evalrun.reconcile import SharedClients
-    from proctor.suite.reconcile import _baseline
+    from proctor.connection import SharedClients
+    from proctor.suite.results import read_baseline
 
     record = {"benchmark": "status", "variant": "git", "repetition": 0, "seconds": 1.0}
     boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1").put_object(
@@ -348,7 +349,7 @@ def test_finding11_a_suite_baseline_is_read_with_the_suites_credentials(
     conn = Connection("redis://r:6379/0", f"s3://{s3_bucket}/b", moto_url, "us-east-1", keys, [])
     clients = SharedClients()
     try:
-        found = _baseline(
+        found = read_baseline(
             spec=spec, ref=REF, prev=BenchmarkSuiteStatus(), run_id="r1", conn=conn,
             clients=clients, config=OperatorConfig(), api=None,  # type: ignore[arg-type]
         )  # fmt: skip

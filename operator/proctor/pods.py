@@ -8,6 +8,7 @@ seccomp and no ServiceAccount token (workers never talk to the Kubernetes API).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from proctor.api import names
@@ -29,11 +30,11 @@ ZONE_KEY = "topology.kubernetes.io/zone"
 METRICS_PORT = 9090
 
 
-def worker_labels(run_name: str, run_uid: str) -> dict[str, str]:
+def worker_labels(run_name: str, run_uid: str, component: str = "worker") -> dict[str, str]:
     """Labels that identify one run's workers (also their selector)."""
     return {
         "app.kubernetes.io/name": "proctor",
-        LABEL_COMPONENT: "worker",
+        LABEL_COMPONENT: component,
         "app.kubernetes.io/managed-by": "proctor",
         LABEL_RUN: run_name,
         LABEL_RUN_UID: run_uid,
@@ -112,6 +113,22 @@ def _resources(spec: EvalRunSpec, size: WorkerSize) -> dict[str, Any]:
     return {"requests": requests, "limits": limits}
 
 
+@dataclass(frozen=True)
+class PodKind:
+    """What sets one kind of operator pod apart; everything else (resources, placement,
+    tolerations, the restricted security context) comes from the run spec and its plan."""
+
+    owner_kind: str = EVALRUN_KIND
+    component: str = "worker"  # the component label and the container's name
+    command: Sequence[str] | None = None  # None: the operator's worker command
+    generate_name: str = ""  # "": ``<run>-worker-``
+    labels: Mapping[str, str] = field(default_factory=dict)  # added to the run's labels
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    metrics_port: bool = True
+    zone_spread: bool = True  # spread the run's pods over zones
+    pod_anti_affinity: Mapping[str, Any] | None = None
+
+
 def worker_pod(
     *,
     run_name: str,
@@ -125,24 +142,62 @@ def worker_pod(
     spot_fallback: bool = False,
 ) -> dict[str, Any]:
     """The manifest of one worker pod of the run."""
-    placement = spec.placement
-    labels = {**config.worker_pod_labels, **worker_labels(run_name, run_uid)}
-    pool_selector: Mapping[str, str] | None = None
+    spread = spec.placement.spread
+    kind = PodKind(zone_spread=spread != "none", pod_anti_affinity=_anti_affinity(spread, run_name))
+    return build_pod(
+        run_name=run_name,
+        run_uid=run_uid,
+        namespace=namespace,
+        spec=spec,
+        size=size,
+        config=config,
+        env=env,
+        kind=kind,
+        pool=pool,
+        spot_fallback=spot_fallback,
+    )
+
+
+def _labels(
+    run_name: str, run_uid: str, config: OperatorConfig, *, pool: str, on_demand_only: bool,
+    kind: PodKind,
+) -> dict[str, str]:  # fmt: skip
+    labels = {**config.worker_pod_labels, **worker_labels(run_name, run_uid, kind.component)}
     if pool:
         labels[LABEL_POOL] = pool
-        pool_selector = next(p.node_selector for p in placement.pools or () if p.name == pool)
-    spot_ok = placement.spot.allowed
-    on_demand_only = not spot_ok or spot_fallback
     labels[LABEL_CAPACITY] = "on-demand" if on_demand_only else "any"
+    return {**labels, **kind.labels}
 
-    affinity: dict[str, Any] = {}
-    node_affinity = _node_affinity(spec, pool_selector, on_demand_only)
-    if node_affinity:
-        affinity["nodeAffinity"] = node_affinity
-    anti = _anti_affinity(placement.spread, run_name)
-    if anti:
-        affinity["podAntiAffinity"] = anti
 
+def _container(
+    spec: EvalRunSpec, size: WorkerSize, config: OperatorConfig, *,
+    env: Sequence[Mapping[str, Any]], kind: PodKind,
+) -> dict[str, Any]:  # fmt: skip
+    container: dict[str, Any] = {
+        "name": kind.component,
+        "image": config.worker_image or spec.image,
+        "command": list(config.worker_command if kind.command is None else kind.command),
+        "env": [dict(e) for e in env],
+    }
+    if kind.metrics_port:
+        container["ports"] = [{"name": "metrics", "containerPort": METRICS_PORT}]
+    container |= {
+        "resources": _resources(spec, size),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "scratch", "mountPath": "/tmp"}],
+    }
+    return container
+
+
+def _pod_spec(
+    spec: EvalRunSpec, container: dict[str, Any], config: OperatorConfig, *,
+    affinity: Mapping[str, Any], spot_fallback: bool,
+) -> dict[str, Any]:  # fmt: skip
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "terminationGracePeriodSeconds": config.worker_grace_seconds,
@@ -155,29 +210,45 @@ def worker_pod(
             "fsGroup": 10001,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [
-            {
-                "name": "worker",
-                "image": config.worker_image or spec.image,
-                "command": list(config.worker_command),
-                "env": [dict(e) for e in env],
-                "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
-                "resources": _resources(spec, size),
-                "securityContext": {
-                    "allowPrivilegeEscalation": False,
-                    "readOnlyRootFilesystem": True,
-                    "runAsNonRoot": True,
-                    "capabilities": {"drop": ["ALL"]},
-                },
-                "volumeMounts": [{"name": "scratch", "mountPath": "/tmp"}],
-            }
-        ],
+        "containers": [container],
         "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "1Gi"}}],
         "tolerations": [_toleration(t) for t in worker_tolerations(spec, spot_fallback)],
     }
     if affinity:
-        pod_spec["affinity"] = affinity
-    if placement.spread != "none":
+        pod_spec["affinity"] = dict(affinity)
+    return pod_spec
+
+
+def build_pod(
+    *,
+    run_name: str,
+    run_uid: str,
+    namespace: str,
+    spec: EvalRunSpec,
+    size: WorkerSize,
+    config: OperatorConfig,
+    env: Sequence[Mapping[str, Any]],
+    kind: PodKind,
+    pool: str = "",
+    spot_fallback: bool = False,
+) -> dict[str, Any]:
+    """The manifest of one pod of ``kind`` for the run, built in one go (nothing edits it
+    afterwards)."""
+    placement = spec.placement
+    pool_selector: Mapping[str, str] | None = None
+    if pool:
+        pool_selector = next(p.node_selector for p in placement.pools or () if p.name == pool)
+    spot_ok = placement.spot.allowed
+    on_demand_only = not spot_ok or spot_fallback
+    affinity: dict[str, Any] = {}
+    node_affinity = _node_affinity(spec, pool_selector, on_demand_only)
+    if node_affinity:
+        affinity["nodeAffinity"] = node_affinity
+    if kind.pod_anti_affinity:
+        affinity["podAntiAffinity"] = dict(kind.pod_anti_affinity)
+    container = _container(spec, size, config, env=env, kind=kind)
+    pod_spec = _pod_spec(spec, container, config, affinity=affinity, spot_fallback=spot_fallback)
+    if kind.zone_spread:
         pod_spec["topologySpreadConstraints"] = [
             {
                 "maxSkew": 1,
@@ -190,24 +261,21 @@ def worker_pod(
         pod_spec["nodeSelector"] = dict(placement.node_selector)
     if spec.service_account_name:
         pod_spec["serviceAccountName"] = spec.service_account_name
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "generateName": f"{run_name}-worker-",
-            "namespace": namespace,
-            "labels": labels,
-            "annotations": {ANNOTATION_PROFILE: size.profile},
-            "ownerReferences": [
-                {
-                    "apiVersion": API_VERSION,
-                    "kind": EVALRUN_KIND,
-                    "name": run_name,
-                    "uid": run_uid,
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
-        },
-        "spec": pod_spec,
+    labels = _labels(run_name, run_uid, config, pool=pool, on_demand_only=on_demand_only, kind=kind)
+    metadata = {
+        "generateName": kind.generate_name or f"{run_name}-worker-",
+        "namespace": namespace,
+        "labels": labels,
+        "annotations": {ANNOTATION_PROFILE: size.profile, **kind.annotations},
+        "ownerReferences": [
+            {
+                "apiVersion": API_VERSION,
+                "kind": kind.owner_kind,
+                "name": run_name,
+                "uid": run_uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
     }
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}

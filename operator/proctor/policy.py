@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
 
+from proctor.api.conditions import Problem
 from proctor.api.v1alpha1.base import StorageSpec
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.config import OperatorConfig
-from proctor.evalrun.status import Problem
 
 POLICY_VIOLATION = "PolicyViolation"
 SPEC_TOO_LARGE = "SpecTooLarge"

@@ -7,9 +7,27 @@ long a state has held; ``observedGeneration`` says which spec the condition desc
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from proctor.api.v1alpha1.base import Condition, ConditionStatus
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a run cannot proceed now (a missing Secret, a profile no node holds)."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to post about the run."""
+
+    type: str
+    reason: str
+    message: str
 
 
 def rfc3339(moment: datetime) -> str:
@@ -66,3 +84,27 @@ def get_condition(conditions: Sequence[Condition] | None, type_: str) -> Conditi
 def is_true(conditions: Sequence[Condition] | None, type_: str) -> bool:
     condition = get_condition(conditions, type_)
     return condition is not None and condition.status == "True"
+
+
+class ConditionSetter:
+    """Conditions set one after another on a status's previous list, for one spec generation
+    at one moment (both kinds' status computations set theirs this way)."""
+
+    def __init__(
+        self, previous: Sequence[Condition] | None, *, now: datetime, generation: int | None
+    ) -> None:
+        self.conditions: list[Condition] = list(previous or [])
+        self._now = now
+        self._generation = generation
+
+    def put(self, type_: str, on: bool, reason: str, message: str = "") -> None:
+        """Set ``type_`` to True when ``on``, else False."""
+        self.conditions = set_condition(
+            self.conditions,
+            type_,
+            "True" if on else "False",
+            reason,
+            message,
+            now=self._now,
+            generation=self._generation,
+        )

@@ -14,9 +14,9 @@ import time
 from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from proctor.api.conditions import Event
 from proctor.api.v1alpha1.base import LossLedgerStatus, TrackedPod
 from proctor.cluster.observe import WorkerObs
-from proctor.evalrun.status import Event
 
 
 @dataclass(frozen=True)
@@ -262,3 +262,31 @@ def count_losses(
     ledger.disruptions += len(lost) - failures
     ledger.spot_disruptions += spot
     return Losses(failures, len(lost) - failures, spot, tuple(lost))
+
+
+EXPECTATION_SECONDS = 30.0
+"""A pod this operator created counts as a worker until the pod index shows it, or this long."""
+
+
+def loss_degradations(
+    failures: int, disruptions: int, *, budget: str, pods: str = "worker"
+) -> list[tuple[str, str]]:
+    """(reason, message) for lost pods (pure), EvalRun workers and benchmark pods alike:
+    ``WorkerFailures`` (charged to the budget ``budget`` describes), ``WorkersDisrupted``."""
+    found = []
+    if failures:
+        found.append(
+            (
+                "WorkerFailures",
+                f"{failures} {pods} failures (crash, OOM or image error; {budget})",
+            )
+        )
+    if disruptions:
+        found.append(
+            (
+                "WorkersDisrupted",
+                f"{disruptions} {pods}s disrupted (preempted, evicted or node lost; "
+                "replaced, not charged)",
+            )
+        )
+    return found

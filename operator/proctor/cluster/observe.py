@@ -19,9 +19,9 @@ from typing import Any
 
 import structlog
 
+from proctor.api.conditions import Event
 from proctor.api.quantity import cpu_millis, to_bytes
 from proctor.cluster.client import KubeApi, KubeApiError, core_path, custom_path
-from proctor.evalrun.status import Event
 from proctor.planning.plan import GPU_RESOURCE, Capacity, NodeInfo, QuotaHeadroom, Taint
 from proctor.pods import LABEL_POOL, LABEL_RUN
 from proctor.redact import redact_text, redact_value, remember_secret_data

@@ -20,11 +20,13 @@ from typing import Any
 import kopf
 import structlog
 
+from proctor.api.conditions import Event
 from proctor.cluster.client import KubeApi
 from proctor.cluster.client import login as kube_login
 from proctor.cluster.losses import Departed, Departures, SpotNodes
 from proctor.cluster.observe import ClusterApi, WorkerObs, node_info, pod_usage, worker_obs
 from proctor.config import OperatorConfig
+from proctor.connection import RunRef, SharedClients
 from proctor.controller.metrics import OperatorMetrics
 from proctor.controller.pass_loop import PassLoop
 from proctor.controller.pass_timing import PassSchedule
@@ -33,13 +35,10 @@ from proctor.controller.suite import register_suite_handlers
 from proctor.evalrun.reconcile import (
     ClusterView,
     PassResult,
-    RunRef,
     RunRuntime,
-    SharedClients,
     finalize_run,
     reconcile_run,
 )
-from proctor.evalrun.status import Event
 from proctor.pods import LABEL_COMPONENT, LABEL_RUN
 
 log = structlog.get_logger("proctor.operator")

@@ -16,24 +16,16 @@ from typing import Any
 import kopf
 import structlog
 
+from proctor.api.conditions import Event
 from proctor.cluster.losses import Departed
 from proctor.config import OperatorConfig
-from proctor.evalrun.reconcile import RunRef
-from proctor.evalrun.status import Event
+from proctor.connection import RunRef
 from proctor.pods import LABEL_COMPONENT, LABEL_RUN
+from proctor.suite.api import SuiteApi
+from proctor.suite.gather import BenchPod, SuiteView, bench_pod, departure_key, occupied_node
 from proctor.suite.pods import COMPONENT
-from proctor.suite.reconcile import (
-    BenchPod,
-    SuiteApi,
-    SuitePassResult,
-    SuiteRuntime,
-    SuiteView,
-    bench_pod,
-    departure_key,
-    finalize_suite,
-    occupied_node,
-    reconcile_suite,
-)
+from proctor.suite.reconcile import finalize_suite, reconcile_suite
+from proctor.suite.runtime import SuitePassResult, SuiteRuntime
 
 log = structlog.get_logger("proctor.operator")
 
@@ -68,8 +60,8 @@ def suite_pass(*, body: kopf.Body, memo: Any, **indexes: Any) -> SuitePassResult
     """One reconcile pass of one suite, serialized per suite."""
     meta = body["metadata"]
     ref = _ref(meta)
-    rt = _runtime(memo, ref.uid)
-    if not rt.lock.acquire(blocking=False):
+    runtime = _runtime(memo, ref.uid)
+    if not runtime.lock.acquire(blocking=False):
         return None  # Another pass of this suite is under way; the next tick catches up.
     started = time.monotonic()
     try:
@@ -93,7 +85,7 @@ def suite_pass(*, body: kopf.Body, memo: Any, **indexes: Any) -> SuitePassResult
             api=memo.suite_api,
             clients=memo.clients,
             view=view,
-            rt=rt,
+            runtime=runtime,
             emit=emit,
         )
     except Exception:
@@ -101,7 +93,7 @@ def suite_pass(*, body: kopf.Body, memo: Any, **indexes: Any) -> SuitePassResult
         raise
     finally:
         memo.metrics.reconcile_seconds.observe(time.monotonic() - started)
-        rt.lock.release()
+        runtime.lock.release()
 
 
 def register_suite_handlers(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
@@ -115,8 +107,15 @@ def register_suite_handlers(registry: kopf.OperatorRegistry, config: OperatorCon
 
     @kopf.on.cleanup(registry=registry)
     def suite_cleanup(memo: kopf.Memo, **_: Any) -> None:
-        for rt in memo.suites.values():
-            rt.close()
+        for runtime in memo.suites.values():
+            runtime.close()
+
+    _register_pod_handlers(registry)
+    _register_suite_handlers(registry, config)
+
+
+def _register_pod_handlers(registry: kopf.OperatorRegistry) -> None:
+    """The indexes of benchmark pods, and their deletions kept for the suite's next pass."""
 
     @kopf.index(
         "pods",
@@ -150,6 +149,10 @@ def register_suite_handlers(registry: kopf.OperatorRegistry, config: OperatorCon
         node = occupied_node(body)
         return {None: node} if node else None
 
+
+def _register_suite_handlers(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
+    """A pass on create, resume, spec change and every scaling interval; clean-up on delete."""
+
     @kopf.on.resume(*RESOURCE, registry=registry)
     @kopf.on.create(*RESOURCE, registry=registry)
     @kopf.on.update(*RESOURCE, field="spec", registry=registry)
@@ -174,7 +177,7 @@ def register_suite_handlers(registry: kopf.OperatorRegistry, config: OperatorCon
             clients=memo.clients,
         )
         memo.departures.forget(departure_key(ref.namespace, ref.name))
-        rt = memo.suites.pop(ref.uid, None)
-        if rt is not None:
-            rt.close()
+        runtime = memo.suites.pop(ref.uid, None)
+        if runtime is not None:
+            runtime.close()
         log.info("suite deleted", suite=ref.name, namespace=ref.namespace)

@@ -21,7 +21,7 @@ from typing import Any, TypeVar, cast
 import structlog
 from pydantic import BaseModel
 
-from proctor.api.conditions import is_true, rfc3339
+from proctor.api.conditions import Event, Problem, is_true, rfc3339
 from proctor.api.quantity import parse_duration
 from proctor.api.v1alpha1.base import Placement
 from proctor.api.v1alpha1.evalrun import (
@@ -43,18 +43,21 @@ from proctor.cluster.observe import (
     status_patch,
 )
 from proctor.config import OperatorConfig
-from proctor.evalrun.status import (
-    Event,
-    Observation,
-    Problem,
-    drift_hold,
-    next_status,
+from proctor.connection import (
+    Connection,
+    ConnectionCache,
+    RunRef,
+    SharedClients,
+    build_connection,
+    cached_connection,
 )
+from proctor.evalrun.status import Observation, drift_hold, next_status
 from proctor.planning.plan import Demand, NodeInfo, compute_plan, pool_for_new_pod
 from proctor.planning.scaling import ScaleState, WorkerPod, busy_workers, decide
 from proctor.pods import merge_env, worker_pod
 from proctor.policy import admit
-from proctor.queue import QueueConnections, WorkQueue, enqueue_run
+from proctor.queue import WorkQueue, enqueue_run
+from proctor.sdk.hooks import summarize_with_task
 from proctor.stats.passrates import should_stop_early, summarize
 from proctor.storage import RunProgress, RunStorage
 from proctor.storage.blobs import S3Blobs
@@ -66,11 +69,6 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 ENQUEUED_ANNOTATION = "proctor.dev/enqueued"
 """Written by operators before this one on a run's first enqueue; still read, never written
 (the first status write says the same, one API write fewer per run)."""
-AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
-
-CONNECTION_TTL_SECONDS = 30.0
-"""How long a run's Secrets, once read, are trusted before they are read again (a spec change
-reads them at once). A missing Secret is looked for on every pass."""
 
 PROGRESS_REFRESH_SECONDS = 10.0
 """Result objects are listed when the queue changed (an ack, a handback, a dead letter) and at
@@ -120,59 +118,6 @@ EXPECTATION_SECONDS = 30.0
 """A pod this operator created counts as a worker until the pod index shows it, or this long."""
 
 
-class SharedClients:
-    """Queue and S3 clients shared by every run (kept in ``memo``, closed on cleanup).
-
-    A boto3 client costs 10-20 MB and tens of milliseconds to create; with hundreds of runs
-    one per run was most of the operator's memory and of a new run's first pass.
-    """
-
-    def __init__(self) -> None:
-        self.queues = QueueConnections()
-        self._lock = threading.Lock()
-        self._s3: dict[tuple[str, ...], Any] = {}
-
-    def s3(self, endpoint: str | None, region: str | None, creds: Mapping[str, str]) -> Any:
-        """One S3 client per endpoint, region and credentials."""
-        key = (endpoint or "", region or "", *(creds.get(k, "") for k in AWS_KEYS))
-        with self._lock:
-            if key not in self._s3:
-                import boto3
-                from botocore.config import Config
-
-                self._s3[key] = boto3.client(
-                    "s3",
-                    endpoint_url=endpoint,
-                    region_name=region,
-                    aws_access_key_id=creds.get("AWS_ACCESS_KEY_ID"),
-                    aws_secret_access_key=creds.get("AWS_SECRET_ACCESS_KEY"),
-                    aws_session_token=creds.get("AWS_SESSION_TOKEN"),
-                    config=Config(retries={"max_attempts": 5, "mode": "standard"}),
-                )
-            return self._s3[key]
-
-    def close(self) -> None:
-        self.queues.close()
-        with self._lock:
-            clients = list(self._s3.values())
-            self._s3.clear()
-        for client in clients:
-            client.close()
-
-
-@dataclass
-class Connection:
-    """Where a run's queue and storage are, and the worker env that reaches them."""
-
-    queue_url: str
-    storage_uri: str
-    storage_endpoint: str | None
-    storage_region: str | None
-    storage_credentials: dict[str, str]
-    env: list[dict[str, Any]]
-    queue_credentials: dict[str, str] = field(default_factory=dict)  # SQS keys of the Secret
-
-
 @dataclass
 class RunRuntime:
     """Per-run state kept between passes (in memo); rebuilt from storage after a restart."""
@@ -194,8 +139,7 @@ class RunRuntime:
     refreshed_at: float = 0.0
     refresh_every: float = PROGRESS_REFRESH_SECONDS
     depth_seen: tuple[object, ...] | None = None
-    conn: Connection | None = None
-    conn_read: tuple[float, int] = (0.0, 0)
+    connection: ConnectionCache = field(default_factory=ConnectionCache)
     status_written: float = 0.0
     deleting: bool = False  # the run's TTL passed and its deletion was requested
     finalized: bool = False  # the run's finalizer ran: no pass may follow
@@ -249,15 +193,6 @@ class RunRuntime:
 
 
 @dataclass(frozen=True)
-class RunRef:
-    namespace: str
-    name: str
-    uid: str
-    generation: int
-    annotations: Mapping[str, str]
-
-
-@dataclass(frozen=True)
 class ClusterView:
     """Indexed facts: nodes, per-node pod usage, and this run's worker pods."""
 
@@ -289,124 +224,23 @@ class PassResult:
 EventSink = Callable[[Event], None]
 
 
-def _queue_connection(
-    spec: EvalRunSpec, ref: RunRef, config: OperatorConfig, api: ClusterApi
-) -> tuple[str, list[dict[str, Any]], dict[str, str]] | Problem:
-    """The run's queue URL, the worker env that reaches it and the keys that sign for it."""
-    queue_url = config.default_queue_url or ""
-    if spec.queue is None or spec.queue.secret_ref is None:
-        if not queue_url:
-            return Problem(
-                "NoQueue",
-                "the run names no queue (spec.queue) and the operator has no defaultQueueUrl; "
-                "set spec.queue with a secretRef",
-            )
-        return queue_url, [{"name": "PROCTOR_QUEUE_URL", "value": queue_url}], {}
-    secret_name = spec.queue.secret_ref.name
-    data = api.read_secret(ref.namespace, secret_name)
-    if data is None:
-        return Problem(
-            "SecretNotFound",
-            f"spec.queue.secretRef names Secret {secret_name!r}, which does not exist in "
-            f"namespace {ref.namespace}; create it with key 'url' (redis://...)",
-        )
-    if spec.queue.type == "redis":
-        if "url" not in data:
-            return Problem(
-                "SecretKeyMissing",
-                f"Secret {secret_name!r} has no key 'url'; add the redis:// URL under 'url'",
-            )
-        return data["url"], [_secret_env("PROCTOR_QUEUE_URL", secret_name, "url")], {}
-    query = f"?region={data.get('region', '')}" if data.get("region") else ""
-    host = data.get("endpoint", "").removeprefix("http://").removeprefix("https://")
-    queue_url = f"sqs://{host}{query}"
-    env = [{"name": "PROCTOR_QUEUE_URL", "value": queue_url}]
-    env += [_secret_env(k, secret_name, k, optional=True) for k in AWS_KEYS]
-    keys = {k: data[k] for k in AWS_KEYS if k in data}
-    if not _has_keys(keys):
-        return _no_keys("spec.queue", secret_name)
-    return queue_url, env, keys
+def run_connection(
+    spec: EvalRunSpec, ref: RunRef, config: OperatorConfig, api: ClusterApi, rt: RunRuntime
+) -> Connection | Problem:
+    """The run's connection, read again after CONNECTION_TTL_SECONDS or a spec change. The
+    tenant policy first: a refused run has none of its Secrets read."""
+    return cached_connection(
+        rt.connection,
+        (ref.uid, ref.generation),
+        lambda: admit(spec, config) or connection(spec, ref, config, api),
+    )
 
 
 def connection(
     spec: EvalRunSpec, ref: RunRef, config: OperatorConfig, api: ClusterApi
 ) -> Connection | Problem:
     """Queue and storage of the run from its Secrets or the operator's defaults."""
-    queue = _queue_connection(spec, ref, config, api)
-    if isinstance(queue, Problem):
-        return queue
-    queue_url, env, queue_creds = queue
-    storage = spec.storage
-    uri = storage.uri if storage else (config.default_storage_uri or "")
-    endpoint = storage.endpoint if storage else config.default_storage_endpoint
-    region = storage.region if storage else None
-    if not uri:
-        return Problem(
-            "NoStorage",
-            "the run names no storage (spec.storage) and the operator has no "
-            "defaultStorageUri; set spec.storage.uri",
-        )
-    creds: dict[str, str] = {}
-    if storage is not None and storage.secret_ref is not None:
-        secret_name = storage.secret_ref.name
-        data = api.read_secret(ref.namespace, secret_name)
-        if data is None:
-            return Problem(
-                "SecretNotFound",
-                f"spec.storage.secretRef names Secret {secret_name!r}, which does not exist in "
-                f"namespace {ref.namespace}; create it with AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY",
-            )
-        creds = {k: data[k] for k in AWS_KEYS if k in data}
-        if not _has_keys(creds):
-            return _no_keys("spec.storage", secret_name)
-        env += [_secret_env(k, secret_name, k) for k in AWS_KEYS if k in data]
-    env.append({"name": "PROCTOR_STORAGE_URI", "value": uri})
-    if endpoint:
-        env.append({"name": "PROCTOR_STORAGE_ENDPOINT", "value": endpoint})
-    if region:
-        env += [
-            {"name": "PROCTOR_STORAGE_REGION", "value": region},
-            {"name": "AWS_DEFAULT_REGION", "value": region},
-        ]
-    return Connection(queue_url, uri, endpoint, region, creds, env, queue_creds)
-
-
-def _has_keys(creds: Mapping[str, str]) -> bool:
-    return bool(creds.get("AWS_ACCESS_KEY_ID") and creds.get("AWS_SECRET_ACCESS_KEY"))
-
-
-def _no_keys(field: str, secret: str) -> Problem:
-    # Without keys, boto3 would sign with the operator's own credentials.
-    return Problem(
-        "SecretKeyMissing",
-        f"{field}.secretRef names Secret {secret!r}, which lacks AWS_ACCESS_KEY_ID or "
-        "AWS_SECRET_ACCESS_KEY; the operator reaches a run's queue and storage only with the "
-        "run's own credentials: add both keys to the Secret",
-    )
-
-
-def cached_connection(
-    spec: EvalRunSpec, ref: RunRef, config: OperatorConfig, api: ClusterApi, rt: RunRuntime
-) -> Connection | Problem:
-    """:func:`connection`, read again after :data:`CONNECTION_TTL_SECONDS` or a spec change;
-    a problem is never cached, so a Secret created later is found on the next pass."""
-    at, generation = rt.conn_read
-    fresh = time.monotonic() - at < CONNECTION_TTL_SECONDS and generation == ref.generation
-    if rt.conn is not None and fresh:
-        return rt.conn
-    # The tenant policy first: a refused run has none of its Secrets read.
-    conn = admit(spec, config) or connection(spec, ref, config, api)
-    rt.conn = conn if isinstance(conn, Connection) else None
-    rt.conn_read = (time.monotonic(), ref.generation)
-    return conn
-
-
-def _secret_env(name: str, secret: str, key: str, optional: bool = False) -> dict[str, Any]:
-    ref: dict[str, Any] = {"name": secret, "key": key}
-    if optional:
-        ref["optional"] = True
-    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
+    return build_connection(spec.queue, spec.storage, ref.namespace, config, api)
 
 
 def worker_env(spec: EvalRunSpec, ref: RunRef, conn: Connection) -> list[dict[str, Any]]:
@@ -593,7 +427,7 @@ def reconcile_run(
     nodes = nodes_with_usage(view.nodes, view.usage, ref.uid)
     quota = quota_headroom(api.quotas(ref.namespace), [w.requests for w in live])
     problem: Problem | None = None
-    conn = cached_connection(spec, ref, config, api, rt)
+    conn = run_connection(spec, ref, config, api, rt)
     if isinstance(conn, Problem):
         problem = conn
 
@@ -700,10 +534,8 @@ def reconcile_run(
                 total=snap.total,
                 dead_lettered=snap.dead_lettered,
             ).model_copy(update={"results_uri": storage.results_uri()})
-            # Metamorphic Guard task specs: its report and rule (docs/metamorphic-guard.md).
-            from proctor.integrations.metamorphic_guard.summary import with_mg_report
-
-            result, _ = with_mg_report(spec, storage, result, metrics=False)
+            # The task's own rule, if it has one (Metamorphic Guard's: docs/metamorphic-guard.md).
+            result = summarize_with_task(spec, storage, result, run_user_code=False).summary
             storage.write_summary(
                 {
                     "run": ref.name,

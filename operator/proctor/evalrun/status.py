@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from proctor.api.conditions import get_condition, rfc3339, set_condition
+from proctor.api.conditions import ConditionSetter, Event, Problem, get_condition, rfc3339
 from proctor.api.v1alpha1.base import LossLedgerStatus
 from proctor.api.v1alpha1.evalrun import (
     CaseCounts,
@@ -26,23 +26,6 @@ from proctor.api.v1alpha1.evalrun import (
 from proctor.planning.plan import PlanResult
 
 TERMINAL: frozenset[str] = frozenset({"Succeeded", "Failed"})
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Why a run cannot proceed now (a missing Secret, a profile no node holds)."""
-
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Event:
-    """A Kubernetes Event to post about the run."""
-
-    type: str
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)
@@ -201,13 +184,8 @@ def next_status(obs: Observation) -> StatusUpdate:
     active_since, _ = deadline_clock(prev, obs.spec.suspend, obs.now)
     completion = prev.completion_time or (now_s if decision.phase in TERMINAL else None)
 
-    conds = list(prev.conditions or [])
-
-    def put(type_: str, on: bool, reason: str, message: str = "") -> None:
-        nonlocal conds
-        conds = set_condition(
-            conds, type_, "True" if on else "False", reason, message, now=obs.now, generation=gen
-        )
+    conditions = ConditionSetter(prev.conditions, now=obs.now, generation=gen)
+    put = conditions.put
 
     phase = decision.phase
     running = phase == "Running"
@@ -255,7 +233,7 @@ def next_status(obs: Observation) -> StatusUpdate:
     status = EvalRunStatus(
         phase=phase,
         observed_generation=gen,
-        conditions=conds,
+        conditions=conditions.conditions,
         counts=counts,
         progress_percent=percent,
         cases_per_second=round(obs.rate, 2) if obs.rate is not None else None,

@@ -53,6 +53,7 @@ from proctor.local.workers import LocalWorkers
 from proctor.queue import WorkQueue, open_queue
 from proctor.queue.enqueue import CHUNK_ENTRIES, Enqueuer
 from proctor.redact import redact_text
+from proctor.sdk.hooks import summarize_with_task
 from proctor.stats.passrates import should_stop_early, summarize
 from proctor.storage import ProgressSnapshot, RunProgress, RunStorage
 from proctor.worker.runtime import WorkerConfig, open_run_storage
@@ -458,10 +459,9 @@ def _finish(
         dead_lettered=snap.dead_lettered,
         why=_why(snap, workers, budget, interrupted),
     )
-    # A Metamorphic Guard task spec is judged by Metamorphic Guard's report and rule.
-    from proctor.integrations.metamorphic_guard.summary import with_mg_report
-
-    summary, mg_report = with_mg_report(spec, storage, summary)
+    # A task with its own rule (Metamorphic Guard's) judges the run by it.
+    judged = summarize_with_task(spec, storage, summary, run_user_code=True)
+    summary = judged.summary
     failed = workers.setup_failed or workers.crashes > budget
     code = EXIT_INTERRUPTED if interrupted else _exit_code(summary, complete, failed)
     if workers.setup_failed and not interrupted:
@@ -483,8 +483,8 @@ def _finish(
     data["attempt"] = run.config.attempt
     if interrupted:
         data["decision"] = "interrupted"
-    if mg_report is not None:
-        data["metamorphicGuard"] = mg_report
+    if judged.report_key is not None and judged.report is not None:
+        data[judged.report_key] = dict(judged.report)
     progress.checkpoint(summary=data)
     storage.write_summary(data)
     run.queue.close()

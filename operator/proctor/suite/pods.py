@@ -1,4 +1,4 @@
-"""Benchmark pods: one per cell of a suite run, built from the EvalRun worker pod.
+"""Benchmark pods: one per cell of a suite run, built by the EvalRun worker pod's builder.
 
 A cell is planned and sized as an EvalRun of at most one worker would be
 (:func:`cell_run_spec`), so profiles, explicit resources, node selectors, pools, tolerations,
@@ -14,13 +14,16 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from proctor.api.quantity import parse_duration
 from proctor.api.v1alpha1.base import Placement
 from proctor.api.v1alpha1.benchmarksuite import KIND, BenchmarkSuiteSpec
 from proctor.api.v1alpha1.evalrun import CasesSpec, EvalRunSpec, TaskSpec, WorkersSpec
 from proctor.bench.matrix import Cell
+from proctor.bench.worker import BenchWorkerConfig
 from proctor.config import OperatorConfig
+from proctor.connection import Connection, RunRef
 from proctor.planning.plan import WorkerSize
-from proctor.pods import HOSTNAME_KEY, LABEL_COMPONENT, worker_pod
+from proctor.pods import HOSTNAME_KEY, LABEL_COMPONENT, PodKind, build_pod, merge_env
 
 COMPONENT = "benchmark"
 LABEL_CELL = "proctor.dev/cell"
@@ -121,41 +124,69 @@ def benchmark_pod(
     config: OperatorConfig,
     env: Sequence[Mapping[str, Any]],
     pool: str = "",
+    run_spec: EvalRunSpec | None = None,
 ) -> dict[str, Any]:
-    """The manifest of the benchmark pod of ``cell`` in run ``run_id``."""
-    pod = worker_pod(
+    """The manifest of the benchmark pod of ``cell`` in run ``run_id``, in one call of the pod
+    builder. ``run_spec``: the cell's :func:`cell_run_spec` the pass planned with (computed
+    here when not given)."""
+    kind = PodKind(
+        owner_kind=KIND,
+        component=COMPONENT,
+        command=BENCH_WORKER_COMMAND,
+        generate_name=f"{label_value(f'{suite}-{cell.id}')[:50].replace('.', '-')}-",
+        labels=benchmark_labels(suite, suite_uid, run_id, cell.id, spec.isolation),
+        annotations={ANNOTATION_CELL: cell.id},
+        metrics_port=False,  # the bench worker serves no metrics
+        # The EvalRun spreads one run's workers over zones; a benchmark pod is alone in its cell.
+        zone_spread=False,
+        pod_anti_affinity=isolation_affinity(spec.isolation),
+    )
+    return build_pod(
         run_name=suite,
         run_uid=suite_uid,
         namespace=namespace,
-        spec=cell_run_spec(spec, cell),
+        spec=run_spec if run_spec is not None else cell_run_spec(spec, cell),
         size=size,
         config=config,
         env=env,
+        kind=kind,
         pool=pool,
     )
-    meta = pod["metadata"]
-    labels = {
-        **meta["labels"],
-        **benchmark_labels(suite, suite_uid, run_id, cell.id, spec.isolation),
-    }
-    meta["labels"] = labels
-    meta["generateName"] = f"{label_value(f'{suite}-{cell.id}')[:50].replace('.', '-')}-"
-    meta["annotations"] = {**meta["annotations"], ANNOTATION_CELL: cell.id}
-    meta["ownerReferences"][0]["kind"] = KIND
 
-    pod_spec = pod["spec"]
-    # The EvalRun spreads one run's workers over zones; a benchmark pod is alone in its cell.
-    pod_spec.pop("topologySpreadConstraints", None)
-    affinity = {k: v for k, v in (pod_spec.get("affinity") or {}).items() if k == "nodeAffinity"}
-    anti = isolation_affinity(spec.isolation)
-    if anti:
-        affinity["podAntiAffinity"] = anti
-    if affinity:
-        pod_spec["affinity"] = affinity
-    else:
-        pod_spec.pop("affinity", None)
-    container = pod_spec["containers"][0]
-    container["name"] = COMPONENT
-    container["command"] = list(BENCH_WORKER_COMMAND)
-    container.pop("ports", None)  # the bench worker serves no metrics
-    return pod
+
+def benchmark_env(
+    spec: BenchmarkSuiteSpec, ref: RunRef, run_id: str, cell: Cell, conn: Connection
+) -> list[dict[str, Any]]:
+    """The pod's environment: what :meth:`BenchWorkerConfig.from_env` reads, with the queue
+    URL and S3 credentials taken from their Secrets (never written into the pod spec), and
+    the cell's ``valueFrom`` variables (literal ones travel in the spec)."""
+    lease = parse_duration(spec.queue.lease) if spec.queue else 60.0
+    worker = BenchWorkerConfig(
+        spec=spec,
+        namespace=ref.namespace,
+        suite=ref.name,
+        run_id=run_id,
+        cell=cell.id,
+        queue_url=conn.queue_url,
+        storage_uri=conn.storage_uri,
+        worker_id="$(POD_NAME)",
+        storage_endpoint=conn.storage_endpoint,
+        storage_region=conn.storage_region,
+        lease_seconds=lease,
+    )
+    env: list[dict[str, Any]] = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "PROCTOR_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        {"name": "PROCTOR_LOG_FORMAT", "value": "json"},
+    ]
+    from_conn = {e["name"] for e in conn.env}
+    env += [{"name": k, "value": v} for k, v in worker.env().items() if k not in from_conn]
+    env += conn.env
+    return merge_env(
+        env,
+        [
+            e.model_dump(by_alias=True, exclude_none=True)
+            for e in cell.env
+            if e.value_from is not None
+        ],
+    )

@@ -7,7 +7,8 @@ that summary with Metamorphic Guard's: pass rates, the delta and its interval, a
 adopt/reject decision of ``decide_adopt`` (``accept``/``reject``, ``undecided`` while cases
 are missing), and writes the full report next to the run's summary
 (``<run>/metamorphic-guard.json``). Any other run passes through unchanged, and this module
-imports nothing of Metamorphic Guard until it meets such a run.
+imports nothing of Metamorphic Guard until it meets such a run. The core reaches it only as the
+task's summary hook (:func:`summarize_run`, :mod:`proctor.sdk.hooks`).
 
 When the report cannot be made here (``metamorphic-guard`` is not installed in this process's
 environment, or the task spec cannot be imported), the summary keeps Proctor's numbers but its
@@ -22,6 +23,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from proctor.api.v1alpha1.evalrun import EvalRunSpec, ResultSummary
+from proctor.integrations.metamorphic_guard.report import report_from_storage
+from proctor.sdk import TaskLoadError
+from proctor.sdk.hooks import TaskSummary
 
 ENTRYPOINTS = ("proctor.mgadapter:task", "proctor.mgadapter:MGTask")
 """Task entrypoints that make a run a Metamorphic Guard run."""
@@ -75,9 +79,6 @@ def with_mg_report(
     """
     if not is_mg_run(spec):
         return base, None
-    from proctor.integrations.metamorphic_guard.report import report_from_storage
-    from proctor.sdk import TaskLoadError
-
     try:
         report = report_from_storage(spec, storage, metrics=metrics)
     except (TaskLoadError, ImportError) as exc:
@@ -86,6 +87,18 @@ def with_mg_report(
         return unavailable(base, f"{type(exc).__name__}: {exc}"), None
     storage.blobs.put(storage.base + REPORT_NAME, json.dumps(report).encode())
     return summary_from_report(report, base), report
+
+
+REPORT_KEY = "metamorphicGuard"
+"""The report's key in the summary ``proctor run`` writes."""
+
+
+def summarize_run(
+    spec: EvalRunSpec, storage: Any, summary: ResultSummary, *, run_user_code: bool
+) -> TaskSummary:
+    """The :class:`proctor.sdk.hooks.SummaryHook` of ``proctor.mgadapter``'s tasks."""
+    result, report = with_mg_report(spec, storage, summary, metrics=run_user_code)
+    return TaskSummary(result, REPORT_KEY if report is not None else None, report)
 
 
 def report_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
