@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 
 from proctor.cluster.losses import Departures
+from proctor.cluster.writes import Event
 from proctor.config import OperatorConfig
 from proctor.controller.evalrun import _scheduled_pass
 from proctor.controller.metrics import OperatorMetrics
 from proctor.controller.pass_timing import PassSchedule
 from proctor.evalrun.reconcile import RunRuntime, SharedClients
-from proctor.evalrun.status import Event
 
 
 class EventsOnly:

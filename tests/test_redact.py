@@ -14,8 +14,7 @@ import pytest
 import structlog
 
 from proctor import redact
-from proctor.cluster.observe import event_object
-from proctor.evalrun.status import Event
+from proctor.cluster.writes import Event, event_object
 from proctor.logging import configure_logging
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,8 +2,8 @@
 says *what*.
 
 Registered on the EvalRun operator's registry by :func:`register_suite_handlers` (called from
-:func:`proctor.controller.evalrun.build_registry`), so one operator process serves both kinds and
-shares its node and pod-usage indexes, configuration and API client.
+:func:`proctor.controller.evalrun.build_registry`), so one operator process serves both kinds
+and shares its node and pod-usage indexes, configuration and API client.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import kopf
 import structlog
 
 from proctor.cluster.losses import Departed
+from proctor.cluster.writes import Event
 from proctor.config import OperatorConfig
-from proctor.evalrun.reconcile import RunRef
-from proctor.evalrun.status import Event
+from proctor.controller.refs import run_ref
 from proctor.pods import LABEL_COMPONENT, LABEL_RUN
 from proctor.suite.pods import COMPONENT
 from proctor.suite.reconcile import (
@@ -40,16 +40,6 @@ log = structlog.get_logger("proctor.operator")
 RESOURCE = ("proctor.dev", "v1alpha1", "benchmarksuites")
 
 
-def _ref(meta: Mapping[str, Any]) -> RunRef:
-    return RunRef(
-        namespace=str(meta["namespace"]),
-        name=str(meta["name"]),
-        uid=str(meta["uid"]),
-        generation=int(meta.get("generation") or 1),
-        annotations=dict(meta.get("annotations") or {}),
-    )
-
-
 def _created(meta: Mapping[str, Any]) -> datetime:
     stamp = meta.get("creationTimestamp")
     if not stamp:
@@ -67,9 +57,9 @@ def _runtime(memo: Any, uid: str) -> SuiteRuntime:
 def suite_pass(*, body: kopf.Body, memo: Any, **indexes: Any) -> SuitePassResult | None:
     """One reconcile pass of one suite, serialized per suite."""
     meta = body["metadata"]
-    ref = _ref(meta)
-    rt = _runtime(memo, ref.uid)
-    if not rt.lock.acquire(blocking=False):
+    ref = run_ref(meta)
+    runtime = _runtime(memo, ref.uid)
+    if not runtime.lock.acquire(blocking=False):
         return None  # Another pass of this suite is under way; the next tick catches up.
     started = time.monotonic()
     try:
@@ -93,7 +83,7 @@ def suite_pass(*, body: kopf.Body, memo: Any, **indexes: Any) -> SuitePassResult
             api=memo.suite_api,
             clients=memo.clients,
             view=view,
-            rt=rt,
+            rt=runtime,
             emit=emit,
         )
     except Exception:
@@ -101,7 +91,14 @@ def suite_pass(*, body: kopf.Body, memo: Any, **indexes: Any) -> SuitePassResult
         raise
     finally:
         memo.metrics.reconcile_seconds.observe(time.monotonic() - started)
-        rt.lock.release()
+        runtime.lock.release()
+
+
+BENCH_PODS: dict[str, Any] = {
+    LABEL_COMPONENT: COMPONENT,
+    LABEL_RUN: kopf.PRESENT,
+}
+"""The labels of a suite's benchmark pods."""
 
 
 def register_suite_handlers(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
@@ -115,32 +112,31 @@ def register_suite_handlers(registry: kopf.OperatorRegistry, config: OperatorCon
 
     @kopf.on.cleanup(registry=registry)
     def suite_cleanup(memo: kopf.Memo, **_: Any) -> None:
-        for rt in memo.suites.values():
-            rt.close()
+        for runtime in memo.suites.values():
+            runtime.close()
 
-    @kopf.index(
-        "pods",
-        id="proctor_bench_pods",
-        labels={LABEL_COMPONENT: COMPONENT, LABEL_RUN: kopf.PRESENT},
-        registry=registry,
-    )
+    register_suite_indexes(registry)
+    register_suite_passes(registry, config)
+
+
+def register_suite_indexes(registry: kopf.OperatorRegistry) -> None:
+    """Each suite's benchmark pods, deleted ones kept for the next pass, and the nodes that
+    hold one."""
+
+    @kopf.index("pods", id="proctor_bench_pods", labels=BENCH_PODS, registry=registry)
     async def proctor_bench_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], BenchPod]:
         pod = bench_pod(body)
         return {(pod.obs.namespace, pod.obs.run): pod}
 
-    @kopf.on.event(
-        "pods",
-        labels={LABEL_COMPONENT: COMPONENT, LABEL_RUN: kopf.PRESENT},
-        registry=registry,
-    )
+    @kopf.on.event("pods", labels=BENCH_PODS, registry=registry)
     async def bench_pod_deleted(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         # As for EvalRun workers: a pod bound and deleted between two passes is never in the
         # index; its last state waits here for the suite's next pass.
         if type != "DELETED":
             return
-        obs = bench_pod(body).obs
-        gone = Departed(obs, memo.spot_nodes.was_spot(obs.node))
-        memo.departures.add(departure_key(obs.namespace, obs.run), gone)
+        pod = bench_pod(body).obs
+        gone = Departed(pod, memo.spot_nodes.was_spot(pod.node))
+        memo.departures.add(departure_key(pod.namespace, pod.run), gone)
 
     @kopf.index(
         "pods", id="proctor_bench_nodes", labels={LABEL_COMPONENT: COMPONENT}, registry=registry
@@ -149,6 +145,10 @@ def register_suite_handlers(registry: kopf.OperatorRegistry, config: OperatorCon
         # Nodes holding a benchmark pod of any suite: exclusive suites plan around them.
         node = occupied_node(body)
         return {None: node} if node else None
+
+
+def register_suite_passes(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
+    """A pass on create, spec change and resume, one every interval, and the finalizer."""
 
     @kopf.on.resume(*RESOURCE, registry=registry)
     @kopf.on.create(*RESOURCE, registry=registry)
@@ -164,17 +164,22 @@ def register_suite_handlers(registry: kopf.OperatorRegistry, config: OperatorCon
 
     @kopf.on.delete(*RESOURCE, registry=registry)
     def suite_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        ref = _ref(body["metadata"])
-        finalize_suite(
-            spec_body=body["spec"],
-            status_body=body.get("status"),
-            ref=ref,
-            config=memo.config,
-            api=memo.suite_api,
-            clients=memo.clients,
-        )
-        memo.departures.forget(departure_key(ref.namespace, ref.name))
-        rt = memo.suites.pop(ref.uid, None)
-        if rt is not None:
-            rt.close()
-        log.info("suite deleted", suite=ref.name, namespace=ref.namespace)
+        finalize(memo, body)
+
+
+def finalize(memo: Any, body: Mapping[str, Any]) -> None:
+    """The finalizer: :func:`finalize_suite`, then what the operator kept of the suite goes."""
+    ref = run_ref(body["metadata"])
+    finalize_suite(
+        spec_body=body["spec"],
+        status_body=body.get("status"),
+        ref=ref,
+        config=memo.config,
+        api=memo.suite_api,
+        clients=memo.clients,
+    )
+    memo.departures.forget(departure_key(ref.namespace, ref.name))
+    runtime = memo.suites.pop(ref.uid, None)
+    if runtime is not None:
+        runtime.close()
+    log.info("suite deleted", suite=ref.name, namespace=ref.namespace)

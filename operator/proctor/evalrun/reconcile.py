@@ -13,7 +13,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
@@ -32,19 +32,12 @@ from proctor.api.v1alpha1.evalrun import (
     ResultSummary,
     WorkerCounts,
 )
+from proctor.cluster.api import ClusterApi, QuotaExceeded
 from proctor.cluster.losses import Departed, LossLedger, count_losses, ledger_status, loss_events
-from proctor.cluster.observe import (
-    ClusterApi,
-    PodUsage,
-    QuotaExceeded,
-    WorkerObs,
-    nodes_with_usage,
-    quota_headroom,
-    status_patch,
-)
+from proctor.cluster.reads import PodState, PodUsage, nodes_with_usage, quota_headroom
+from proctor.cluster.writes import EventSink, status_patch
 from proctor.config import OperatorConfig
 from proctor.evalrun.status import (
-    Event,
     Observation,
     Problem,
     drift_hold,
@@ -263,7 +256,7 @@ class ClusterView:
 
     nodes: Sequence[NodeInfo]
     usage: Mapping[str, Sequence[PodUsage]]
-    workers: Sequence[WorkerObs]
+    workers: Sequence[PodState]
     departed: Sequence[Departed] = ()
 
 
@@ -284,9 +277,6 @@ class PassResult:
     cases_per_second: float = 0.0
     stalled: bool = False
     expired: bool = False  # ttlSecondsAfterFinished has passed: the caller deletes the run
-
-
-EventSink = Callable[[Event], None]
 
 
 def _queue_connection(
@@ -475,7 +465,7 @@ def open_run(
     return rt.queue, rt.storage, rt.progress
 
 
-def _unseen_pods(rt: RunRuntime, workers: Sequence[WorkerObs]) -> list[str]:
+def _unseen_pods(rt: RunRuntime, workers: Sequence[PodState]) -> list[str]:
     """Pods this operator created that the pod index does not show yet (forgotten once seen,
     or after :data:`EXPECTATION_SECONDS`)."""
     seen = {w.name for w in workers}
@@ -496,9 +486,7 @@ def _delete_unseen(api: ClusterApi, ref: RunRef, rt: RunRuntime, names: Sequence
     return len(names)
 
 
-def _pool_counts(
-    rt: RunRuntime, live: Sequence[WorkerObs], unseen: Sequence[str]
-) -> dict[str, int]:
+def _pool_counts(rt: RunRuntime, live: Sequence[PodState], unseen: Sequence[str]) -> dict[str, int]:
     """The run's workers per node pool: live ones and those created but not seen yet."""
     counts: dict[str, int] = {}
     for pool in [w.pool for w in live] + [rt.expected_pool.get(n, "") for n in unseen]:
@@ -541,7 +529,7 @@ def reconcile_run(
     workers = list(view.workers)
     live = [w for w in workers if not w.terminating and not w.finished]
     for gone in view.departed:
-        rt.expected.pop(gone.obs.name, None)  # came and went between passes: replace it now
+        rt.expected.pop(gone.pod.name, None)  # came and went between passes: replace it now
     unseen = _unseen_pods(rt, workers)
 
     if prev.phase in {"Succeeded", "Failed"}:

@@ -23,6 +23,7 @@ from proctor.api.v1alpha1.evalrun import (
     ResultSummary,
     WorkerCounts,
 )
+from proctor.cluster.writes import Event
 from proctor.planning.plan import PlanResult
 
 TERMINAL: frozenset[str] = frozenset({"Succeeded", "Failed"})
@@ -32,15 +33,6 @@ TERMINAL: frozenset[str] = frozenset({"Succeeded", "Failed"})
 class Problem:
     """Why a run cannot proceed now (a missing Secret, a profile no node holds)."""
 
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Event:
-    """A Kubernetes Event to post about the run."""
-
-    type: str
     reason: str
     message: str
 

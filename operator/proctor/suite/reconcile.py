@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -43,6 +43,7 @@ from proctor.bench.report import render_html, render_markdown
 from proctor.bench.store import SuiteStore, load_records
 from proctor.bench.summary import SuiteSummary, summarize
 from proctor.bench.worker import BenchWorkerConfig
+from proctor.cluster.api import GROUP, VERSION, ClusterApi
 from proctor.cluster.client import custom_path
 from proctor.cluster.losses import (
     Departed,
@@ -52,17 +53,8 @@ from proctor.cluster.losses import (
     ledger_status,
     loss_events,
 )
-from proctor.cluster.observe import (
-    GROUP,
-    VERSION,
-    ClusterApi,
-    PodUsage,
-    WorkerObs,
-    nodes_with_usage,
-    quota_headroom,
-    status_patch,
-    worker_obs,
-)
+from proctor.cluster.reads import PodState, PodUsage, nodes_with_usage, pod_state, quota_headroom
+from proctor.cluster.writes import Event, EventSink, status_patch
 from proctor.config import OperatorConfig
 from proctor.evalrun.reconcile import (
     CONNECTION_TTL_SECONDS,
@@ -72,7 +64,7 @@ from proctor.evalrun.reconcile import (
     SharedClients,
     connection,
 )
-from proctor.evalrun.status import Event, Problem, loss_degradations
+from proctor.evalrun.status import Problem, loss_degradations
 from proctor.planning.plan import Demand, NodeInfo, compute_plan
 from proctor.pods import merge_env
 from proctor.policy import admit, baseline_problem, spec_size_problem
@@ -110,7 +102,7 @@ class SuiteApi(ClusterApi):
 class BenchPod:
     """A benchmark pod: the EvalRun classification plus its cell and suite run."""
 
-    obs: WorkerObs
+    obs: PodState
     cell: str
     run_id: str
     deleting_since: datetime | None = None
@@ -125,7 +117,7 @@ def bench_pod(body: Mapping[str, Any]) -> BenchPod:
     meta = body.get("metadata") or {}
     deleting = meta.get("deletionTimestamp")
     return BenchPod(
-        obs=worker_obs(body),
+        obs=pod_state(body),
         cell=str((meta.get("annotations") or {}).get(ANNOTATION_CELL, "")),
         run_id=str((meta.get("labels") or {}).get(LABEL_SUITE_RUN, "")),
         deleting_since=datetime.fromisoformat(deleting.replace("Z", "+00:00"))
@@ -533,9 +525,6 @@ class SuitePassResult:
     new_disruptions: int
 
 
-EventSink = Callable[[Event], None]
-
-
 # -- the pass ----------------------------------------------------------------------------------
 
 
@@ -934,8 +923,8 @@ def _count_losses(
     # Deleted pods of this run: ones the ledger knows or this operator created and the index
     # has not shown (an earlier run's pods, deleted as it ended, are in neither).
     mine = set(rt.ledger.known) | set(rt.unseen().values())
-    departed = [g for g in view.departed if g.obs.uid in mine]
-    gone = {g.obs.uid for g in departed}
+    departed = [g for g in view.departed if g.pod.uid in mine]
+    gone = {g.pod.uid for g in departed}
     # A pod that came and went between passes: its cell gets a replacement now.
     rt.expected = {c: e for c, e in rt.expected.items() if e[0] not in gone}
     spot = {n.name for n in view.nodes if n.is_spot}
