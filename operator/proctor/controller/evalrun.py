@@ -258,6 +258,11 @@ def register_lifecycle(
         memo.api.close()
 
 
+FINALIZER_HANDLER_ID = "build_registry.<locals>.delete"
+"""The finalizer's kopf id, kept from when it was defined in build_registry: kopf keys the
+progress it writes to a run's annotations by handler id, so a new id would orphan a retried
+finalizer's progress across an upgrade."""
+
 WORKER_PODS: dict[str, Any] = {
     LABEL_COMPONENT: "worker",
     LABEL_RUN: kopf.PRESENT,
@@ -300,7 +305,7 @@ def register_run_handlers(registry: kopf.OperatorRegistry) -> None:
     async def run_event(type: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         observe_run_event(memo, type, body, kwargs)
 
-    @kopf.on.delete(*RESOURCE, registry=registry)
+    @kopf.on.delete(*RESOURCE, id=FINALIZER_HANDLER_ID, registry=registry)
     def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         finalize(memo, body)
 

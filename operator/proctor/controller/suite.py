@@ -94,6 +94,13 @@ def suite_pass(*, body: kopf.Body, memo: Any, **indexes: Any) -> SuitePassResult
         runtime.lock.release()
 
 
+# kopf ids of the handlers whose progress kopf writes to a suite's annotations, kept from when
+# they were defined in register_suite_handlers: a new id would orphan that progress across an
+# upgrade.
+APPLY_ID = "register_suite_handlers.<locals>.suite_apply"
+TIMER_ID = "register_suite_handlers.<locals>.suite_reconcile"
+FINALIZER_ID = "register_suite_handlers.<locals>.suite_delete"
+
 BENCH_PODS: dict[str, Any] = {
     LABEL_COMPONENT: COMPONENT,
     LABEL_RUN: kopf.PRESENT,
@@ -150,19 +157,19 @@ def register_suite_indexes(registry: kopf.OperatorRegistry) -> None:
 def register_suite_passes(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     """A pass on create, spec change and resume, one every interval, and the finalizer."""
 
-    @kopf.on.resume(*RESOURCE, registry=registry)
-    @kopf.on.create(*RESOURCE, registry=registry)
-    @kopf.on.update(*RESOURCE, field="spec", registry=registry)
+    @kopf.on.resume(*RESOURCE, id=APPLY_ID, registry=registry)
+    @kopf.on.create(*RESOURCE, id=APPLY_ID, registry=registry)
+    @kopf.on.update(*RESOURCE, field="spec", id=APPLY_ID, registry=registry)
     def suite_apply(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         if suite_pass(body=body, memo=memo, **kwargs) is None:
             # A timer pass holds the suite; retry soon so a spec change is never dropped.
             raise kopf.TemporaryError("another pass of this suite is under way", delay=0.5)
 
-    @kopf.timer(*RESOURCE, interval=config.scaling_interval_seconds, registry=registry)
+    @kopf.timer(*RESOURCE, interval=config.scaling_interval_seconds, id=TIMER_ID, registry=registry)
     def suite_reconcile(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         suite_pass(body=body, memo=memo, **kwargs)
 
-    @kopf.on.delete(*RESOURCE, registry=registry)
+    @kopf.on.delete(*RESOURCE, id=FINALIZER_ID, registry=registry)
     def suite_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         finalize(memo, body)
 
