@@ -10,7 +10,7 @@ from typing import Any
 import kopf
 import pytest
 
-from proctor.controller.evalrun import (
+from proctor.controller.settings import (
     GROUP,
     KOPF_REQUEST_CONNECTIONS,
     DiffBaseStorage,

@@ -18,11 +18,11 @@ from proctor.cluster.losses import (
     ledger_status,
     loss_events,
 )
-from proctor.cluster.observe import WorkerObs
+from proctor.cluster.reads import PodState
 
 
-def obs(uid: str, *, lost: str = "", node: str = "n1") -> WorkerObs:
-    return WorkerObs(
+def obs(uid: str, *, lost: str = "", node: str = "n1") -> PodState:
+    return PodState(
         name=f"w-{uid}",
         uid=uid,
         run="r",
@@ -41,7 +41,7 @@ def obs(uid: str, *, lost: str = "", node: str = "n1") -> WorkerObs:
 SPOT = {"spot"}
 
 
-def losses(pods: list[WorkerObs], ledger: LossLedger, spot: set[str] = SPOT) -> tuple[int, int]:
+def losses(pods: list[PodState], ledger: LossLedger, spot: set[str] = SPOT) -> tuple[int, int]:
     got = count_losses(pods, ledger, spot)
     return got.failures, got.disruptions
 
@@ -84,7 +84,7 @@ SPOT_LOSSES = [
     ("name", "passes", "expected"), SPOT_LOSSES, ids=[c[0] for c in SPOT_LOSSES]
 )
 def test_spot_disruptions_remember_the_node(
-    name: str, passes: list[tuple[list[WorkerObs], set[str]]], expected: int
+    name: str, passes: list[tuple[list[PodState], set[str]]], expected: int
 ) -> None:
     ledger = LossLedger()
     for pods, spot in passes:
@@ -112,7 +112,7 @@ def gone(uid: str, *, lost: str = "", phase: str = "Running", spot: bool = False
     pod = obs(uid, lost=lost, node="spot" if spot else "n1")
     finished = phase in {"Succeeded", "Failed"}
     return Departed(
-        WorkerObs(
+        PodState(
             pod.name, uid, "r", "ns", pod.created, pod.node, phase, False, True, finished, lost
         ),
         on_spot=spot,
@@ -134,7 +134,7 @@ DEPARTED = [
     ("name", "departed", "seen", "expected"), DEPARTED, ids=[c[0] for c in DEPARTED]
 )
 def test_departed_pods_are_classified_by_their_last_state(
-    name: str, departed: list[Departed], seen: list[WorkerObs], expected: tuple[int, int, int]
+    name: str, departed: list[Departed], seen: list[PodState], expected: tuple[int, int, int]
 ) -> None:
     ledger = LossLedger()
     total = [0, 0]
@@ -156,7 +156,7 @@ def test_departures_are_taken_once_per_run() -> None:
     d.add(("ns", "a"), gone("1"))
     d.add(("ns", "a"), gone("2"))
     d.add(("ns", "b"), gone("3"))
-    assert [g.obs.uid for g in d.take(("ns", "a"))] == ["1", "2"]
+    assert [g.pod.uid for g in d.take(("ns", "a"))] == ["1", "2"]
     assert d.take(("ns", "a")) == []
     d.forget(("ns", "b"))
     assert d.take(("ns", "b")) == []
@@ -196,7 +196,7 @@ def test_spot_nodes_prune_old_sightings() -> None:
 # Finding 12: the ledger survives an operator restart through the run's status.
 
 
-def restart(ledger: LossLedger, pods: list[WorkerObs], expected: dict[str, str]) -> LossLedger:
+def restart(ledger: LossLedger, pods: list[PodState], expected: dict[str, str]) -> LossLedger:
     """What a successor rebuilds from the status the last pass wrote (through its JSON)."""
     saved = ledger_status(ledger, pods, expected)
     wire = LossLedgerStatus.model_validate(saved.model_dump(by_alias=True, mode="json"))
@@ -253,9 +253,7 @@ RESTARTS = [
 ]
 
 
-Restart = tuple[
-    str, list[WorkerObs], dict[str, str], list[WorkerObs], set[str], tuple[int, int, int]
-]
+Restart = tuple[str, list[PodState], dict[str, str], list[PodState], set[str], tuple[int, int, int]]
 
 
 @pytest.mark.parametrize("case", RESTARTS, ids=[c[0] for c in RESTARTS])

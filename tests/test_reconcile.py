@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from proctor.api.v1alpha1.evalrun import EvalRunStatus
-from proctor.cluster.observe import WorkerObs
+from proctor.cluster.reads import PodState
 from proctor.evalrun.reconcile import (
     PROGRESS_REFRESH_MAX_SECONDS,
     PROGRESS_REFRESH_SECONDS,
@@ -151,7 +151,7 @@ def test_also_new_workers_count_the_pools_of_workers_not_seen_yet() -> None:
     rt = RunRuntime()
     rt.expected_pool = {"w-new": "spot"}
     live = [
-        WorkerObs("w-1", "1", "r", "ns", datetime(2026, 1, 1, tzinfo=UTC), "n", "Running",
+        PodState("w-1", "1", "r", "ns", datetime(2026, 1, 1, tzinfo=UTC), "n", "Running",
                   True, False, False, pool="on-demand"),
     ]  # fmt: skip
     assert _pool_counts(rt, live, ["w-new", "w-unknown"]) == {"on-demand": 1, "spot": 1, "": 1}

@@ -15,7 +15,7 @@ import structlog
 
 from proctor import redact
 from proctor.api.conditions import Event
-from proctor.cluster.observe import event_object
+from proctor.cluster.writes import event_object
 from proctor.logging import configure_logging
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from proctor.api.conditions import Event
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteSpec, BenchmarkSuiteStatus
 from proctor.api.v1alpha1.evalrun import LossLedgerStatus as EvalRunLedger
 from proctor.cluster.losses import Departed
-from proctor.cluster.observe import WorkerObs
+from proctor.cluster.reads import PodState
 from proctor.config import OperatorConfig
 from proctor.connection import RunRef, SharedClients
 from proctor.planning.plan import Capacity, NodeInfo
@@ -119,7 +119,7 @@ def operator(redis_url: str, tmp_path: Path) -> Iterator[Operator]:
 
 def pod(name: str, run_id: str, *, lost: str = "", why: str = "") -> BenchPod:
     finished = bool(lost)
-    obs = WorkerObs(
+    obs = PodState(
         name, f"uid-{name}", "suite", "ns", T0, SPOT_NODE.name,
         "Failed" if finished else "Running", not finished, False, finished, lost, why,
     )  # fmt: skip

@@ -17,7 +17,7 @@ from proctor.api.v1alpha1.benchmarksuite import (
 )
 from proctor.bench.summary import summarize
 from proctor.cluster.losses import LossLedger, count_losses
-from proctor.cluster.observe import WorkerObs
+from proctor.cluster.reads import PodState
 from proctor.config import OperatorConfig
 from proctor.planning.plan import Capacity, NodeInfo
 from proctor.suite.decide import (
@@ -128,8 +128,8 @@ def test_run_ids_sort_by_time_and_name_the_suite() -> None:
     assert run_id_for(T0 + timedelta(days=1), UID) > first
 
 
-def obs(uid: str, *, node: str = "n1", lost: str = "", why: str = "") -> WorkerObs:
-    return WorkerObs(
+def obs(uid: str, *, node: str = "n1", lost: str = "", why: str = "") -> PodState:
+    return PodState(
         uid, uid, "suite", "ns", T0, node, "Running", True, False, bool(lost), lost, why
     )
 
@@ -150,7 +150,7 @@ LOSSES = [
     ("name", "passes", "deleted", "expected"), LOSSES, ids=[x[0] for x in LOSSES]
 )
 def test_count_losses(
-    name: str, passes: list[list[WorkerObs]], deleted: set[str], expected: tuple[int, int]
+    name: str, passes: list[list[PodState]], deleted: set[str], expected: tuple[int, int]
 ) -> None:
     ledger = LossLedger(deleted=set(deleted))
     failures = disruptions = 0

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
@@ -92,7 +93,7 @@ def in_cluster_login(
     environ: Mapping[str, str] | None = None,
 ) -> ConnectionInfo | None:
     """Credentials of the pod's ServiceAccount; None outside a pod."""
-    import kopf
+    import kopf  # noqa: PLC0415, RUF100 - late: keep_kubernetes_client_out runs first
 
     env = os.environ if environ is None else environ
     host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT", "443")
@@ -121,15 +122,18 @@ def kubeconfig_paths(environ: Mapping[str, str] | None = None) -> list[Path]:
     return [default] if default.exists() else []
 
 
-def kubeconfig_login(
-    *, trust_env: bool = False, environ: Mapping[str, str] | None = None
-) -> ConnectionInfo | None:
-    """Credentials of the kubeconfig's current context; None when there is no kubeconfig."""
-    import kopf
+@dataclass(frozen=True)
+class Kubeconfig:
+    """The kubeconfig files merged as kubectl merges them: per section (contexts, clusters,
+    users), each name's entry from the first file that has it, and the folder of that file."""
 
-    paths = kubeconfig_paths(environ)
-    if not paths:
-        return None
+    paths: list[Path]
+    current: str | None
+    sections: dict[str, dict[str, Any]]
+    bases: dict[tuple[str, str], Path]
+
+
+def merge_kubeconfigs(paths: list[Path]) -> Kubeconfig:
     merged: dict[str, dict[str, Any]] = {"contexts": {}, "clusters": {}, "users": {}}
     current: str | None = None
     bases: dict[tuple[str, str], Path] = {}
@@ -143,6 +147,20 @@ def kubeconfig_login(
                 if item.get("name") not in merged[section]:  # the first file wins
                     merged[section][item["name"]] = item.get(key) or {}
                     bases[(section, item["name"])] = path.parent
+    return Kubeconfig(paths, current, merged, bases)
+
+
+def kubeconfig_login(
+    *, trust_env: bool = False, environ: Mapping[str, str] | None = None
+) -> ConnectionInfo | None:
+    """Credentials of the kubeconfig's current context; None when there is no kubeconfig."""
+    import kopf  # noqa: PLC0415, RUF100 - late: keep_kubernetes_client_out runs first
+
+    paths = kubeconfig_paths(environ)
+    if not paths:
+        return None
+    config = merge_kubeconfigs(paths)
+    merged, current, bases = config.sections, config.current, config.bases
     if not current or current not in merged["contexts"]:
         raise LoginError(
             f"kubeconfig {os.pathsep.join(map(str, paths))} has no usable current-context; "

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from proctor.api.conditions import Event
 from proctor.api.v1alpha1.base import LossLedgerStatus, TrackedPod
-from proctor.cluster.observe import WorkerObs
+from proctor.cluster.reads import PodState
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class LossLedger:
 
 
 def ledger_status(
-    ledger: LossLedger, pods: Iterable[WorkerObs], expected: Mapping[str, str]
+    ledger: LossLedger, pods: Iterable[PodState], expected: Mapping[str, str]
 ) -> LossLedgerStatus:
     """The ledger as the status keeps it (pure): one entry per pod that still exists (in the
     index, or created and not yet shown there: ``expected`` maps name to uid), so the list
@@ -89,7 +89,7 @@ class Departed:
     then. A pod can come and go between two passes (a node reclaimed a second after the pod was
     bound): the pod index never shows it, but its DELETED event does."""
 
-    obs: WorkerObs
+    pod: PodState
     on_spot: bool
 
 
@@ -207,7 +207,7 @@ def loss_events(
 
 
 def count_losses(
-    pods: Sequence[WorkerObs],
+    pods: Sequence[PodState],
     ledger: LossLedger,
     spot_nodes: Collection[str] = (),
     departed: Sequence[Departed] = (),
@@ -234,7 +234,7 @@ def count_losses(
         lost.append(loss)
 
     for gone in departed:
-        p = gone.obs
+        p = gone.pod
         if p.uid in present or p.uid in ledger.counted or p.uid in ledger.deleted:
             continue
         seen = ledger.known.pop(p.uid, None)

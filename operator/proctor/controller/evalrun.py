@@ -1,36 +1,42 @@
 """kopf handlers of the EvalRun operator. Thin: they say *when* (with the pass loop,
 :mod:`proctor.controller.pass_loop`); :mod:`proctor.evalrun.reconcile` says *what*, and
-:mod:`proctor.cluster.observe` is the only code that talks to the API.
+:mod:`proctor.cluster.api` is the only code that talks to the API.
 
-Handlers are registered on a registry built by :func:`build_registry`, because the loop's
+Handlers are registered on a registry built by :func:`build_registry` (one registering function
+per concern: start-up and shutdown, the indexes, the EvalRun events), because the loop's
 interval, the suites' timer and the peering identity come from the operator's configuration
 and arguments, which are read at start-up.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import logging
-import os
 import time
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
 import structlog
 
 from proctor.api.conditions import Event
+from proctor.cluster.api import ClusterApi
 from proctor.cluster.client import KubeApi
-from proctor.cluster.client import login as kube_login
 from proctor.cluster.losses import Departed, Departures, SpotNodes
-from proctor.cluster.observe import ClusterApi, WorkerObs, node_info, pod_usage, worker_obs
+from proctor.cluster.reads import PodState, node_info, pod_state, pod_usage
 from proctor.config import OperatorConfig
 from proctor.connection import RunRef, SharedClients
 from proctor.controller.metrics import OperatorMetrics
 from proctor.controller.pass_loop import PassLoop
 from proctor.controller.pass_timing import PassSchedule
-from proctor.controller.peering import PeeringGate, is_pattern, own_identity
+from proctor.controller.peering import PeeringGate, own_identity
+from proctor.controller.refs import run_ref
+from proctor.controller.settings import (
+    GROUP,
+    KOPF_THREADS,
+    configure,
+    kopf_session,
+    limit_malloc_arenas,
+)
 from proctor.controller.suite import register_suite_handlers
 from proctor.evalrun.reconcile import (
     ClusterView,
@@ -43,8 +49,6 @@ from proctor.pods import LABEL_COMPONENT, LABEL_RUN
 
 log = structlog.get_logger("proctor.operator")
 
-GROUP = "proctor.dev"
-FINALIZER = "proctor.dev/finalizer"
 RESOURCE = (GROUP, "v1alpha1", "evalruns")
 
 
@@ -55,78 +59,15 @@ moving; the API client pools as many connections. More is not faster: on two cor
 runs were all planned in 72.8 s with 16, 78.3 s with 8 and 140.7 s with 32, whose extra repeat
 passes wrote more status and slowed the API server (e2e/bench/many_runs.py, docs/performance.md)."""
 
-KOPF_THREADS = 4
-"""Threads for kopf's sync handlers: BenchmarkSuite passes and EvalRun finalizers."""
-
 FINALIZER_WAIT_SECONDS = 30.0
 """How long a deleted run's finalizer waits for a pass of the run that is under way."""
-
-
-class DiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
-    """kopf's diff-base annotation (the spec last handled), kept only for the kinds whose
-    handlers diff it: BenchmarkSuites (create, update and resume handlers). An EvalRun has none
-    (its passes are scheduled from watch events and ``metadata.generation``) and pods and
-    nodes are only indexed, so for them kopf neither writes the annotation (an API write and a
-    watch event fewer per run) nor builds the essence it would diff, a deep copy of the whole
-    body with its managedFields on every watch event: a tenth of the operator's CPU with a
-    thousand new runs."""
-
-    def __init__(self, *, only_for: Set[str], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.only_for = frozenset(only_for)
-
-    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
-        if body.get("kind") not in self.only_for:
-            return kopf.BodyEssence()
-        return super().build(body=body, extra_fields=extra_fields)
-
-    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
-        if body.get("kind") not in self.only_for:
-            return None
-        return super().fetch(body=body)
-
-    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
-        if body.get("kind") in self.only_for:
-            super().store(body=body, patch=patch, essence=essence)
-
-
-def configure(settings: kopf.OperatorSettings, *, peering: bool) -> None:
-    """Operator settings: quiet Events, our finalizer, progress in annotations (the status
-    schema is strict, so kopf must not write ``status.kopf``), peering only when asked."""
-    settings.posting.level = logging.WARNING
-    settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = DiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration", only_for={"BenchmarkSuite"}
-    )
-    settings.peering.standalone = not peering
-    settings.peering.mandatory = peering
-    settings.peering.name = "proctor"
-    settings.watching.server_timeout = 300
-    settings.execution.max_workers = KOPF_THREADS
-    # A suite being deleted waits for its timer to stop. A pass under way when the deletion
-    # arrives is let finish for up to 2 s, then polled every second; kopf's defaults (a few
-    # event-loop cycles, then a poll every 60 s) would hold the suite, finalizer and all, for
-    # up to a minute.
-    settings.background.instant_exit_timeout = 2.0
-    settings.background.cancellation_polling = 1.0
-
-
-def _ref(meta: Mapping[str, Any]) -> RunRef:
-    return RunRef(
-        namespace=str(meta["namespace"]),
-        name=str(meta["name"]),
-        uid=str(meta["uid"]),
-        generation=int(meta.get("generation") or 1),
-        annotations=dict(meta.get("annotations") or {}),
-    )
 
 
 def run_pass(
     *,
     body: Mapping[str, Any],
     memo: Any,
-    rt: RunRuntime,
+    runtime: RunRuntime,
     nodes: Any,
     usage: Any,
     workers: Any,
@@ -134,15 +75,13 @@ def run_pass(
 ) -> PassResult | None:
     """One reconcile pass of one run, serialized per run, with metrics; None when the run
     was held (a pass or its finalizer under way) and nothing was done."""
-    meta = body["metadata"]
-    ref = _ref(meta)
-    metrics: OperatorMetrics = memo.metrics
-    if not rt.lock.acquire(blocking=False):
+    ref = run_ref(body["metadata"])
+    if not runtime.lock.acquire(blocking=False):
         return None
-    if rt.finalized:
-        rt.lock.release()
+    if runtime.finalized:
+        runtime.lock.release()
         return None
-    rt.pass_generation = ref.generation
+    runtime.pass_generation = ref.generation
     started = time.monotonic()
     try:
         view = ClusterView(
@@ -162,17 +101,27 @@ def run_pass(
             config=memo.config,
             api=memo.api,
             view=view,
-            rt=rt,
+            rt=runtime,
             emit=emit,
             clients=memo.clients,
         )
     except Exception:
-        metrics.reconcile_errors.inc()
+        memo.metrics.reconcile_errors.inc()
         raise
     finally:
         elapsed = time.monotonic() - started
-        metrics.reconcile_seconds.observe(elapsed)
-        rt.lock.release()
+        memo.metrics.reconcile_seconds.observe(elapsed)
+        runtime.lock.release()
+    record_pass(memo.metrics, ref, result, trigger=trigger, seconds=elapsed)
+    if result.expired and not runtime.deleting:
+        delete_expired_run(memo.api, ref, runtime)
+    return result
+
+
+def record_pass(
+    metrics: OperatorMetrics, ref: RunRef, result: PassResult, *, trigger: str, seconds: float
+) -> None:
+    """A pass that changed workers in the log; the run's gauges and counters."""
     if result.created or result.deleted:
         log.info(
             "workers changed",
@@ -183,7 +132,7 @@ def run_pass(
             deleted=result.deleted,
             planned=result.planned,
             backlog=result.backlog,
-            pass_ms=round(elapsed * 1000, 1),
+            pass_ms=round(seconds * 1000, 1),
         )
     metrics.observe_run(ref.namespace, ref.name, result.phase)
     metrics.planned.labels(ref.namespace, ref.name).set(result.planned)
@@ -200,32 +149,17 @@ def run_pass(
     )
     if result.new_disruptions:
         metrics.disruptions.labels(ref.namespace, ref.name).inc(result.new_disruptions)
-    if result.expired and not rt.deleting:
-        rt.deleting = True
-        try:
-            memo.api.delete_run(ref.namespace, ref.name)
-        except Exception as exc:
-            rt.deleting = False  # the next pass asks again
-            log.warning("run not deleted", run=ref.name, namespace=ref.namespace, error=str(exc))
-    return result
 
 
-KOPF_REQUEST_CONNECTIONS = 32
-"""Connections kopf may hold for requests (finalizer patches, Events of suites), beside one per
-watch stream. kopf's own session has no limit: a thousand new runs made it open a connection
-for each finalizer patch under way, 128 at once, each with its TLS buffers (about 100 MB of the
-operator's RSS)."""
-
-
-def kopf_connection_limit(namespaces: Sequence[str]) -> int:
-    """aiohttp's connection limit for kopf (pure): the watch streams (EvalRuns, suites, pods
-    and the peering object per namespace; nodes, CRDs, namespaces and the cluster's peering
-    object) hold one each for as long as they run, so the limit leaves room for all of them;
-    0 (no limit) when namespaces are patterns, whose matches kopf watches as they appear."""
-    if any(is_pattern(ns) for ns in namespaces):
-        return 0
-    streams = 4 * max(1, len(namespaces)) + 4
-    return streams + KOPF_REQUEST_CONNECTIONS
+def delete_expired_run(api: ClusterApi, ref: RunRef, runtime: RunRuntime) -> None:
+    """Delete a run whose time to live is over, once: a failed delete is asked again by the
+    next pass."""
+    runtime.deleting = True
+    try:
+        api.delete_run(ref.namespace, ref.name)
+    except Exception as exc:
+        runtime.deleting = False  # the next pass asks again
+        log.warning("run not deleted", run=ref.name, namespace=ref.namespace, error=str(exc))
 
 
 def build_registry(
@@ -241,65 +175,102 @@ def build_registry(
     the ones kopf peers under (with ``peering``); ``namespaces`` those it serves (none:
     cluster-wide)."""
     registry = kopf.OperatorRegistry()
+    peers = PeeringArgs(peering, identity, priority, tuple(namespaces))
+    register_lifecycle(registry, config, peers, metrics_port)
+    register_indexes(registry)
+    register_run_handlers(registry)
+    register_suite_handlers(registry, config)
+    return registry
+
+
+@dataclass(frozen=True)
+class PeeringArgs:
+    """Whether the operator peers, and as whom, over which namespaces (none: cluster-wide)."""
+
+    peering: bool
+    identity: str
+    priority: int
+    namespaces: tuple[str, ...]
+
+
+def start_operator(
+    settings: kopf.OperatorSettings,
+    memo: kopf.Memo,
+    config: OperatorConfig,
+    args: PeeringArgs,
+    metrics_port: int | None,
+) -> None:
+    """Settings, the shared clients and indexes' holders in ``memo``, and the pass loop."""
+    configure(settings, peering=args.peering)
+    memo.config = config
+    # As many pooled connections as pass threads: fewer means new TLS connections under load.
+    memo.api = ClusterApi(KubeApi(pool_size=PASS_THREADS + KOPF_THREADS))
+    memo.runs = {}
+    # Filled by the first EvalRun event (kopf hands indexes to resource handlers only); a
+    # dict, since each object's handlers get a shallow copy of this memo.
+    memo.indexes = {}
+    memo.clients = SharedClients()
+    memo.departures = Departures()
+    memo.spot_nodes = SpotNodes()
+    memo.metrics = OperatorMetrics()
+    gate = PeeringGate(
+        memo.api.kube if args.peering else None,
+        name=settings.peering.name,
+        namespaces=args.namespaces,
+        identity=args.identity,
+        priority=args.priority,
+    )
+    memo.passes = PassLoop(
+        PassSchedule(config.scaling_interval_seconds),
+        lambda body, trigger: _scheduled_pass(memo, body, trigger),
+        slots=PASS_THREADS,
+        gate=gate,
+    )
+    memo.passes.start()
+    if metrics_port:
+        memo.metrics.serve(metrics_port)
+    log.info("operator started", peering=args.peering, metrics_port=metrics_port)
+
+
+def register_lifecycle(
+    registry: kopf.OperatorRegistry,
+    config: OperatorConfig,
+    args: PeeringArgs,
+    metrics_port: int | None,
+) -> None:
+    """Start-up, login and cleanup."""
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-        configure(settings, peering=peering)
-        memo.config = config
-        # As many pooled connections as pass threads: fewer means new TLS connections
-        # under load.
-        memo.api = ClusterApi(KubeApi(pool_size=PASS_THREADS + KOPF_THREADS))
-        memo.runs = {}
-        # Filled by the first EvalRun event (kopf hands indexes to resource handlers only);
-        # a dict, since each object's handlers get a shallow copy of this memo.
-        memo.indexes = {}
-        memo.clients = SharedClients()
-        memo.departures = Departures()
-        memo.spot_nodes = SpotNodes()
-        memo.metrics = OperatorMetrics()
-        gate = PeeringGate(
-            memo.api.kube if peering else None,
-            name=settings.peering.name,
-            namespaces=namespaces,
-            identity=identity,
-            priority=priority,
-        )
-        memo.passes = PassLoop(
-            PassSchedule(config.scaling_interval_seconds),
-            lambda body, trigger: _scheduled_pass(memo, body, trigger),
-            slots=PASS_THREADS,
-            gate=gate,
-        )
-        memo.passes.start()
-        if metrics_port:
-            memo.metrics.serve(metrics_port)
-        log.info("operator started", peering=peering, metrics_port=metrics_port)
+        start_operator(settings, memo, config, args, metrics_port)
 
     @kopf.on.login(registry=registry)
     async def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.AiohttpSession:
-        # The same credentials as the operator's own client (ServiceAccount, else kubeconfig),
-        # on a session whose connections are bounded (see kopf_connection_limit).
-        import aiohttp
-
-        info = kube_login(trust_env=settings.networking.trust_env)
-        session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=kopf_connection_limit(namespaces), ssl=info.as_ssl_context()
-            ),
-            headers={**info.as_http_headers(), "User-Agent": "proctor-operator (kopf)"},
-            trust_env=info.trust_env,
-        )
-        return kopf.AiohttpSession(
-            aiohttp_session=session, server=info.server, default_namespace=info.default_namespace
-        )
+        return kopf_session(settings, args.namespaces)
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await memo.passes.stop()
-        for rt in memo.runs.values():
-            rt.close()
+        for runtime in memo.runs.values():
+            runtime.close()
         memo.clients.close()
         memo.api.close()
+
+
+FINALIZER_HANDLER_ID = "build_registry.<locals>.delete"
+"""The finalizer's kopf id, kept from when it was defined in build_registry: kopf keys the
+progress it writes to a run's annotations by handler id, so a new id would orphan a retried
+finalizer's progress across an upgrade."""
+
+WORKER_PODS: dict[str, Any] = {
+    LABEL_COMPONENT: "worker",
+    LABEL_RUN: kopf.PRESENT,
+}
+"""The labels of an EvalRun's worker pods."""
+
+
+def register_indexes(registry: kopf.OperatorRegistry) -> None:
+    """The indexes a pass reads: nodes, pod usage per node, and each run's worker pods."""
 
     @kopf.index("nodes", id="proctor_nodes", registry=registry)
     async def proctor_nodes(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[None, Any]:
@@ -312,70 +283,74 @@ def build_registry(
         found = pod_usage(body)
         return {found[0]: found[1]} if found else None
 
-    @kopf.index(
-        "pods",
-        id="proctor_workers",
-        labels={LABEL_COMPONENT: "worker", LABEL_RUN: kopf.PRESENT},
-        registry=registry,
-    )
-    async def proctor_workers(body: kopf.Body, **_: Any) -> dict[tuple[str, str], WorkerObs]:
-        obs = worker_obs(body)
-        return {(obs.namespace, obs.run): obs}
+    @kopf.index("pods", id="proctor_workers", labels=WORKER_PODS, registry=registry)
+    async def proctor_workers(body: kopf.Body, **_: Any) -> dict[tuple[str, str], PodState]:
+        pod = pod_state(body)
+        return {(pod.namespace, pod.run): pod}
 
-    @kopf.on.event(
-        "pods",
-        labels={LABEL_COMPONENT: "worker", LABEL_RUN: kopf.PRESENT},
-        registry=registry,
-    )
+
+def register_run_handlers(registry: kopf.OperatorRegistry) -> None:
+    """EvalRun events into the pass loop, deleted worker pods kept for the next pass, and the
+    finalizer."""
+
+    @kopf.on.event("pods", labels=WORKER_PODS, registry=registry)
     async def worker_deleted(type: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         # A pod may be bound and deleted between two passes; its last state is kept here for
         # the run's next pass, with its node's spot-ness (the node may be gone by then).
-        if type != "DELETED":
-            return
-        obs = worker_obs(body)
-        memo.departures.add(
-            (obs.namespace, obs.run), Departed(obs, memo.spot_nodes.was_spot(obs.node))
-        )
+        if type == "DELETED":
+            note_departed(memo, body)
 
     @kopf.on.event(*RESOURCE, registry=registry)
     async def run_event(type: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-        # Every run's body goes to the pass loop, trimmed: a new run (or every run, after a
-        # restart) is passed at once, a spec change too, and each run every interval after.
-        if not memo.indexes:  # kopf fills its indexes before any other handler runs
-            memo.indexes.update(
-                nodes=kwargs["proctor_nodes"],
-                usage=kwargs["proctor_usage"],
-                workers=kwargs["proctor_workers"],
-            )
-        uid = str(body["metadata"]["uid"])
-        if type == "DELETED" or body["metadata"].get("deletionTimestamp"):
-            memo.passes.forget(uid)
-            return
-        if uid not in memo.runs:
-            memo.runs[uid] = RunRuntime()
-        memo.passes.observe(body)
+        observe_run_event(memo, type, body, kwargs)
 
-    @kopf.on.delete(*RESOURCE, registry=registry)
+    @kopf.on.delete(*RESOURCE, id=FINALIZER_HANDLER_ID, registry=registry)
     def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        ref = _ref(body["metadata"])
-        rt: RunRuntime | None = memo.runs.get(ref.uid)
-        # The run has left the pass loop; a pass already under way is let finish first.
-        held = rt is not None and rt.lock.acquire(timeout=FINALIZER_WAIT_SECONDS)
-        try:
-            if rt is not None:
-                rt.finalized = True
-            finalize_run(body["spec"], ref, memo.config, memo.api, memo.clients)
-        finally:
-            if rt is not None:
-                if held:
-                    rt.lock.release()
-                memo.runs.pop(ref.uid, None)
-                rt.close()
-        memo.metrics.forget_run(ref.namespace, ref.name)
-        memo.departures.forget((ref.namespace, ref.name))
+        finalize(memo, body)
 
-    register_suite_handlers(registry, config)
-    return registry
+
+def note_departed(memo: Any, body: Mapping[str, Any]) -> None:
+    """Keep a deleted worker pod's last state for its run's next pass."""
+    pod = pod_state(body)
+    memo.departures.add((pod.namespace, pod.run), Departed(pod, memo.spot_nodes.was_spot(pod.node)))
+
+
+def observe_run_event(memo: Any, type_: str, body: Mapping[str, Any], indexes: Any) -> None:
+    """Every run's body goes to the pass loop, trimmed: a new run (or every run, after a
+    restart) is passed at once, a spec change too, and each run every interval after."""
+    if not memo.indexes:  # kopf fills its indexes before any other handler runs
+        memo.indexes.update(
+            nodes=indexes["proctor_nodes"],
+            usage=indexes["proctor_usage"],
+            workers=indexes["proctor_workers"],
+        )
+    uid = str(body["metadata"]["uid"])
+    if type_ == "DELETED" or body["metadata"].get("deletionTimestamp"):
+        memo.passes.forget(uid)
+        return
+    if uid not in memo.runs:
+        memo.runs[uid] = RunRuntime()
+    memo.passes.observe(body)
+
+
+def finalize(memo: Any, body: Mapping[str, Any]) -> None:
+    """The finalizer: the run has left the pass loop; a pass already under way is let finish
+    first (up to :data:`FINALIZER_WAIT_SECONDS`)."""
+    ref = run_ref(body["metadata"])
+    runtime: RunRuntime | None = memo.runs.get(ref.uid)
+    held = runtime is not None and runtime.lock.acquire(timeout=FINALIZER_WAIT_SECONDS)
+    try:
+        if runtime is not None:
+            runtime.finalized = True
+        finalize_run(body["spec"], ref, memo.config, memo.api, memo.clients)
+    finally:
+        if runtime is not None:
+            if held:
+                runtime.lock.release()
+            memo.runs.pop(ref.uid, None)
+            runtime.close()
+    memo.metrics.forget_run(ref.namespace, ref.name)
+    memo.departures.forget((ref.namespace, ref.name))
 
 
 def _scheduled_pass(memo: Any, body: Mapping[str, Any], trigger: str) -> bool:
@@ -383,41 +358,21 @@ def _scheduled_pass(memo: Any, body: Mapping[str, Any], trigger: str) -> bool:
     that fails is tried again every interval; its error is posted once as a Warning Event
     (``ReconcileError``), again only when the error changes."""
     uid = str(body["metadata"]["uid"])
-    rt: RunRuntime | None = memo.runs.get(uid)
-    if rt is None or not memo.passes.schedule.holds(uid):
+    runtime: RunRuntime | None = memo.runs.get(uid)
+    if runtime is None or not memo.passes.schedule.holds(uid):
         return True  # deleted since it was taken
     try:
-        result = run_pass(body=body, memo=memo, rt=rt, trigger=trigger, **memo.indexes)
+        result = run_pass(body=body, memo=memo, runtime=runtime, trigger=trigger, **memo.indexes)
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
-        if rt.last_error != error:
-            rt.last_error = error
+        if runtime.last_error != error:
+            runtime.last_error = error
             message = f"a reconcile pass failed (retried every interval): {error}"
             memo.api.post_event(body, Event("Warning", "ReconcileError", message))
         raise
     if result is not None:
-        rt.last_error = None
+        runtime.last_error = None
     return result is not None
-
-
-MALLOC_ARENAS = 2
-"""glibc gives each thread that allocates its own arena (up to 8 per core); with 32 handler
-threads that is dozens of mostly empty arenas, which made much of the operator's RSS. Two are
-plenty for threads that mostly wait on the network."""
-
-
-def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
-    """``mallopt(M_ARENA_MAX, arenas)`` before any handler thread starts; False where the C
-    library is not glibc (nothing changes there). ``MALLOC_ARENA_MAX`` in the environment wins."""
-    if os.environ.get("MALLOC_ARENA_MAX"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_arena_max = -8  # <malloc.h>
-    return bool(mallopt(m_arena_max, arenas))
 
 
 def run_operator(

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 PHASES = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
+
+_PerRun = TypeVar("_PerRun", Gauge, Counter)
 
 
 class OperatorMetrics:
@@ -27,63 +30,50 @@ class OperatorMetrics:
         self.reconcile_errors = Counter(
             "proctor_operator_reconcile_errors", "Passes that raised.", registry=self.registry
         )
-        self.planned = Gauge(
-            "proctor_operator_planned_workers",
-            "Workers planned per run.",
-            ["namespace", "run"],
-            registry=self.registry,
+        self.planned = self._per_run(
+            Gauge, "proctor_operator_planned_workers", "Workers planned per run."
         )
-        self.ready = Gauge(
-            "proctor_operator_ready_workers",
-            "Ready workers per run.",
-            ["namespace", "run"],
-            registry=self.registry,
+        self.ready = self._per_run(
+            Gauge, "proctor_operator_ready_workers", "Ready workers per run."
         )
-        self.backlog = Gauge(
-            "proctor_operator_backlog_batches",
-            "Queue entries waiting or in flight per run.",
-            ["namespace", "run"],
-            registry=self.registry,
+        self.backlog = self._per_run(
+            Gauge, "proctor_operator_backlog_batches", "Queue entries waiting or in flight per run."
         )
-        self.disruptions = Counter(
-            "proctor_operator_disruptions",
-            "Workers lost to preemption or eviction.",
-            ["namespace", "run"],
-            registry=self.registry,
+        self.disruptions = self._per_run(
+            Counter, "proctor_operator_disruptions", "Workers lost to preemption or eviction."
         )
-        self.desired = Gauge(
+        self.desired = self._per_run(
+            Gauge,
             "proctor_operator_desired_workers",
             "Workers the autoscaler wants now per run (status.workers.desired).",
-            ["namespace", "run"],
-            registry=self.registry,
         )
-        self.completed = Gauge(
+        self.completed = self._per_run(
+            Gauge,
             "proctor_operator_completed_cases",
             "Cases with a recorded result per run (status.counts.completed).",
-            ["namespace", "run"],
-            registry=self.registry,
         )
-        self.progress = Gauge(
+        self.progress = self._per_run(
+            Gauge,
             "proctor_operator_progress_ratio",
             "Completed share of a run's cases, 0-1 (status.progressPercent / 100).",
-            ["namespace", "run"],
-            registry=self.registry,
         )
-        self.throughput = Gauge(
+        self.throughput = self._per_run(
+            Gauge,
             "proctor_operator_cases_per_second",
             "Recent throughput per run (status.casesPerSecond); 0 once finished.",
-            ["namespace", "run"],
-            registry=self.registry,
         )
-        self.stalled = Gauge(
+        self.stalled = self._per_run(
+            Gauge,
             "proctor_operator_run_stalled",
             "1 while a run's Stalled condition is True, else 0.",
-            ["namespace", "run"],
-            registry=self.registry,
         )
         self._phase: dict[tuple[str, str], str] = {}
         self._by_phase: collections.Counter[str] = collections.Counter()
         self._publish_phases()
+
+    def _per_run(self, kind: type[_PerRun], name: str, documentation: str) -> _PerRun:
+        """A metric with one child per run (labels namespace and run)."""
+        return kind(name, documentation, ["namespace", "run"], registry=self.registry)
 
     def observe_run(self, namespace: str, run: str, phase: str) -> None:
         old = self._phase.get((namespace, run))

@@ -2,8 +2,8 @@
 says *what*.
 
 Registered on the EvalRun operator's registry by :func:`register_suite_handlers` (called from
-:func:`proctor.controller.evalrun.build_registry`), so one operator process serves both kinds and
-shares its node and pod-usage indexes, configuration and API client.
+:func:`proctor.controller.evalrun.build_registry`), so one operator process serves both kinds
+and shares its node and pod-usage indexes, configuration and API client.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import structlog
 from proctor.api.conditions import Event
 from proctor.cluster.losses import Departed
 from proctor.config import OperatorConfig
-from proctor.connection import RunRef
+from proctor.controller.refs import run_ref
 from proctor.pods import LABEL_COMPONENT, LABEL_RUN
 from proctor.suite.api import SuiteApi
 from proctor.suite.gather import BenchPod, SuiteView, bench_pod, departure_key, occupied_node
@@ -30,16 +30,6 @@ from proctor.suite.runtime import SuitePassResult, SuiteRuntime
 log = structlog.get_logger("proctor.operator")
 
 RESOURCE = ("proctor.dev", "v1alpha1", "benchmarksuites")
-
-
-def _ref(meta: Mapping[str, Any]) -> RunRef:
-    return RunRef(
-        namespace=str(meta["namespace"]),
-        name=str(meta["name"]),
-        uid=str(meta["uid"]),
-        generation=int(meta.get("generation") or 1),
-        annotations=dict(meta.get("annotations") or {}),
-    )
 
 
 def _created(meta: Mapping[str, Any]) -> datetime:
@@ -59,7 +49,7 @@ def _runtime(memo: Any, uid: str) -> SuiteRuntime:
 def suite_pass(*, body: kopf.Body, memo: Any, **indexes: Any) -> SuitePassResult | None:
     """One reconcile pass of one suite, serialized per suite."""
     meta = body["metadata"]
-    ref = _ref(meta)
+    ref = run_ref(meta)
     runtime = _runtime(memo, ref.uid)
     if not runtime.lock.acquire(blocking=False):
         return None  # Another pass of this suite is under way; the next tick catches up.
@@ -96,6 +86,20 @@ def suite_pass(*, body: kopf.Body, memo: Any, **indexes: Any) -> SuitePassResult
         runtime.lock.release()
 
 
+# kopf ids of the handlers whose progress kopf writes to a suite's annotations, kept from when
+# they were defined in register_suite_handlers: a new id would orphan that progress across an
+# upgrade.
+APPLY_ID = "register_suite_handlers.<locals>.suite_apply"
+TIMER_ID = "register_suite_handlers.<locals>.suite_reconcile"
+FINALIZER_ID = "register_suite_handlers.<locals>.suite_delete"
+
+BENCH_PODS: dict[str, Any] = {
+    LABEL_COMPONENT: COMPONENT,
+    LABEL_RUN: kopf.PRESENT,
+}
+"""The labels of a suite's benchmark pods."""
+
+
 def register_suite_handlers(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     """Add the BenchmarkSuite handlers and indexes to ``registry`` (after the EvalRun ones,
     whose start-up handler sets up the API client and metrics these use)."""
@@ -110,36 +114,28 @@ def register_suite_handlers(registry: kopf.OperatorRegistry, config: OperatorCon
         for runtime in memo.suites.values():
             runtime.close()
 
-    _register_pod_handlers(registry)
-    _register_suite_handlers(registry, config)
+    register_suite_indexes(registry)
+    register_suite_passes(registry, config)
 
 
-def _register_pod_handlers(registry: kopf.OperatorRegistry) -> None:
-    """The indexes of benchmark pods, and their deletions kept for the suite's next pass."""
+def register_suite_indexes(registry: kopf.OperatorRegistry) -> None:
+    """Each suite's benchmark pods, deleted ones kept for the next pass, and the nodes that
+    hold one."""
 
-    @kopf.index(
-        "pods",
-        id="proctor_bench_pods",
-        labels={LABEL_COMPONENT: COMPONENT, LABEL_RUN: kopf.PRESENT},
-        registry=registry,
-    )
+    @kopf.index("pods", id="proctor_bench_pods", labels=BENCH_PODS, registry=registry)
     async def proctor_bench_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], BenchPod]:
         pod = bench_pod(body)
         return {(pod.obs.namespace, pod.obs.run): pod}
 
-    @kopf.on.event(
-        "pods",
-        labels={LABEL_COMPONENT: COMPONENT, LABEL_RUN: kopf.PRESENT},
-        registry=registry,
-    )
+    @kopf.on.event("pods", labels=BENCH_PODS, registry=registry)
     async def bench_pod_deleted(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         # As for EvalRun workers: a pod bound and deleted between two passes is never in the
         # index; its last state waits here for the suite's next pass.
         if type != "DELETED":
             return
-        obs = bench_pod(body).obs
-        gone = Departed(obs, memo.spot_nodes.was_spot(obs.node))
-        memo.departures.add(departure_key(obs.namespace, obs.run), gone)
+        pod = bench_pod(body).obs
+        gone = Departed(pod, memo.spot_nodes.was_spot(pod.node))
+        memo.departures.add(departure_key(pod.namespace, pod.run), gone)
 
     @kopf.index(
         "pods", id="proctor_bench_nodes", labels={LABEL_COMPONENT: COMPONENT}, registry=registry
@@ -150,34 +146,39 @@ def _register_pod_handlers(registry: kopf.OperatorRegistry) -> None:
         return {None: node} if node else None
 
 
-def _register_suite_handlers(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
-    """A pass on create, resume, spec change and every scaling interval; clean-up on delete."""
+def register_suite_passes(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
+    """A pass on create, spec change and resume, one every interval, and the finalizer."""
 
-    @kopf.on.resume(*RESOURCE, registry=registry)
-    @kopf.on.create(*RESOURCE, registry=registry)
-    @kopf.on.update(*RESOURCE, field="spec", registry=registry)
+    @kopf.on.resume(*RESOURCE, id=APPLY_ID, registry=registry)
+    @kopf.on.create(*RESOURCE, id=APPLY_ID, registry=registry)
+    @kopf.on.update(*RESOURCE, field="spec", id=APPLY_ID, registry=registry)
     def suite_apply(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         if suite_pass(body=body, memo=memo, **kwargs) is None:
             # A timer pass holds the suite; retry soon so a spec change is never dropped.
             raise kopf.TemporaryError("another pass of this suite is under way", delay=0.5)
 
-    @kopf.timer(*RESOURCE, interval=config.scaling_interval_seconds, registry=registry)
+    @kopf.timer(*RESOURCE, interval=config.scaling_interval_seconds, id=TIMER_ID, registry=registry)
     def suite_reconcile(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         suite_pass(body=body, memo=memo, **kwargs)
 
-    @kopf.on.delete(*RESOURCE, registry=registry)
+    @kopf.on.delete(*RESOURCE, id=FINALIZER_ID, registry=registry)
     def suite_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        ref = _ref(body["metadata"])
-        finalize_suite(
-            spec_body=body["spec"],
-            status_body=body.get("status"),
-            ref=ref,
-            config=memo.config,
-            api=memo.suite_api,
-            clients=memo.clients,
-        )
-        memo.departures.forget(departure_key(ref.namespace, ref.name))
-        runtime = memo.suites.pop(ref.uid, None)
-        if runtime is not None:
-            runtime.close()
-        log.info("suite deleted", suite=ref.name, namespace=ref.namespace)
+        finalize(memo, body)
+
+
+def finalize(memo: Any, body: Mapping[str, Any]) -> None:
+    """The finalizer: :func:`finalize_suite`, then what the operator kept of the suite goes."""
+    ref = run_ref(body["metadata"])
+    finalize_suite(
+        spec_body=body["spec"],
+        status_body=body.get("status"),
+        ref=ref,
+        config=memo.config,
+        api=memo.suite_api,
+        clients=memo.clients,
+    )
+    memo.departures.forget(departure_key(ref.namespace, ref.name))
+    runtime = memo.suites.pop(ref.uid, None)
+    if runtime is not None:
+        runtime.close()
+    log.info("suite deleted", suite=ref.name, namespace=ref.namespace)

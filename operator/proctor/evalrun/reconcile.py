@@ -32,16 +32,10 @@ from proctor.api.v1alpha1.evalrun import (
     ResultSummary,
     WorkerCounts,
 )
+from proctor.cluster.api import ClusterApi, QuotaExceeded
 from proctor.cluster.losses import Departed, LossLedger, count_losses, ledger_status, loss_events
-from proctor.cluster.observe import (
-    ClusterApi,
-    PodUsage,
-    QuotaExceeded,
-    WorkerObs,
-    nodes_with_usage,
-    quota_headroom,
-    status_patch,
-)
+from proctor.cluster.reads import PodState, PodUsage, nodes_with_usage, quota_headroom
+from proctor.cluster.writes import status_patch
 from proctor.config import OperatorConfig
 from proctor.connection import (
     Connection,
@@ -198,7 +192,7 @@ class ClusterView:
 
     nodes: Sequence[NodeInfo]
     usage: Mapping[str, Sequence[PodUsage]]
-    workers: Sequence[WorkerObs]
+    workers: Sequence[PodState]
     departed: Sequence[Departed] = ()
 
 
@@ -309,7 +303,7 @@ def open_run(
     return rt.queue, rt.storage, rt.progress
 
 
-def _unseen_pods(rt: RunRuntime, workers: Sequence[WorkerObs]) -> list[str]:
+def _unseen_pods(rt: RunRuntime, workers: Sequence[PodState]) -> list[str]:
     """Pods this operator created that the pod index does not show yet (forgotten once seen,
     or after :data:`EXPECTATION_SECONDS`)."""
     seen = {w.name for w in workers}
@@ -330,9 +324,7 @@ def _delete_unseen(api: ClusterApi, ref: RunRef, rt: RunRuntime, names: Sequence
     return len(names)
 
 
-def _pool_counts(
-    rt: RunRuntime, live: Sequence[WorkerObs], unseen: Sequence[str]
-) -> dict[str, int]:
+def _pool_counts(rt: RunRuntime, live: Sequence[PodState], unseen: Sequence[str]) -> dict[str, int]:
     """The run's workers per node pool: live ones and those created but not seen yet."""
     counts: dict[str, int] = {}
     for pool in [w.pool for w in live] + [rt.expected_pool.get(n, "") for n in unseen]:
@@ -375,7 +367,7 @@ def reconcile_run(
     workers = list(view.workers)
     live = [w for w in workers if not w.terminating and not w.finished]
     for gone in view.departed:
-        rt.expected.pop(gone.obs.name, None)  # came and went between passes: replace it now
+        rt.expected.pop(gone.pod.name, None)  # came and went between passes: replace it now
     unseen = _unseen_pods(rt, workers)
 
     if prev.phase in {"Succeeded", "Failed"}:

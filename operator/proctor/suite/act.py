@@ -15,7 +15,7 @@ from proctor.bench.matrix import Cell, cell_queue_id, cells
 from proctor.bench.report import render_html, render_markdown
 from proctor.bench.store import SuiteStore
 from proctor.bench.summary import SuiteSummary
-from proctor.cluster.observe import status_patch
+from proctor.cluster.writes import status_patch
 from proctor.config import OperatorConfig
 from proctor.connection import Connection, RunRef, SharedClients
 from proctor.queue import WorkQueue

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from proctor.api.v1alpha1.benchmarksuite import PLURAL
+from proctor.cluster.api import GROUP, VERSION, ClusterApi
 from proctor.cluster.client import custom_path
-from proctor.cluster.observe import GROUP, VERSION, ClusterApi
 
 
 class SuiteApi(ClusterApi):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from proctor.api.conditions import Problem
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteSpec
 from proctor.bench.store import SuiteStore
-from proctor.cluster.observe import ClusterApi
+from proctor.cluster.api import ClusterApi
 from proctor.config import OperatorConfig
 from proctor.connection import (
     Connection,

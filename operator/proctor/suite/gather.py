@@ -10,7 +10,7 @@ from typing import Any
 
 from proctor.api.v1alpha1.benchmarksuite import KIND
 from proctor.cluster.losses import Departed
-from proctor.cluster.observe import PodUsage, WorkerObs, worker_obs
+from proctor.cluster.reads import PodState, PodUsage, pod_state
 from proctor.planning.plan import NodeInfo
 from proctor.suite.pods import ANNOTATION_CELL, LABEL_SUITE_RUN
 
@@ -23,7 +23,7 @@ EVERY_POD = "<every pod>"
 class BenchPod:
     """A benchmark pod: the EvalRun classification plus its cell and suite run."""
 
-    obs: WorkerObs
+    obs: PodState
     cell: str
     run_id: str
     deleting_since: datetime | None = None
@@ -38,7 +38,7 @@ def bench_pod(body: Mapping[str, Any]) -> BenchPod:
     meta = body.get("metadata") or {}
     deleting = meta.get("deletionTimestamp")
     return BenchPod(
-        obs=worker_obs(body),
+        obs=pod_state(body),
         cell=str((meta.get("annotations") or {}).get(ANNOTATION_CELL, "")),
         run_id=str((meta.get("labels") or {}).get(LABEL_SUITE_RUN, "")),
         deleting_since=datetime.fromisoformat(deleting.replace("Z", "+00:00"))

@@ -35,8 +35,9 @@ from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteSpec, BenchmarkSui
 from proctor.bench.matrix import Cell, cell_queue_id, cells
 from proctor.bench.store import SuiteStore
 from proctor.bench.summary import SuiteSummary, summarize
+from proctor.cluster.api import ClusterApi
 from proctor.cluster.losses import Losses, count_losses, ledger_status, loss_events
-from proctor.cluster.observe import ClusterApi, nodes_with_usage, quota_headroom
+from proctor.cluster.reads import nodes_with_usage, quota_headroom
 from proctor.config import OperatorConfig
 from proctor.connection import Connection, RunRef, SharedClients
 from proctor.suite.act import (
@@ -339,8 +340,8 @@ def _count_losses(ctx: SuitePass, current: Sequence[BenchPod], emit: EventSink) 
     # Deleted pods of this run: ones the ledger knows or this operator created and the index
     # has not shown (an earlier run's pods, deleted as it ended, are in neither).
     mine = set(runtime.ledger.known) | set(runtime.unseen().values())
-    departed = [g for g in ctx.view.departed if g.obs.uid in mine]
-    gone = {g.obs.uid for g in departed}
+    departed = [g for g in ctx.view.departed if g.pod.uid in mine]
+    gone = {g.pod.uid for g in departed}
     # A pod that came and went between passes: its cell gets a replacement now.
     runtime.expected = {c: e for c, e in runtime.expected.items() if e[0] not in gone}
     spot = {n.name for n in ctx.view.nodes if n.is_spot}

@@ -1,5 +1,5 @@
-"""Pure parts of the operator's observation: pod classification, nodes, quota, status diff,
-and the reconcile pass's per-pod accounting (each lost pod counted once)."""
+"""What the operator reads from cluster bodies (pure): pod classification, pod usage, nodes
+and quota headroom."""
 
 from __future__ import annotations
 
@@ -9,14 +9,13 @@ from typing import Any
 
 import pytest
 
-from proctor.cluster.observe import (
+from proctor.cluster.reads import (
     PodUsage,
     node_info,
     nodes_with_usage,
+    pod_state,
     pod_usage,
     quota_headroom,
-    status_patch,
-    worker_obs,
 )
 from proctor.planning.plan import GPU_RESOURCE, Capacity, NodeInfo, QuotaHeadroom, Taint
 
@@ -156,24 +155,30 @@ CLASSIFY = {
 
 
 @pytest.mark.parametrize("case", CLASSIFY.values(), ids=list(CLASSIFY))
-def test_worker_obs_classifies(case: Classify) -> None:
-    obs = worker_obs(case.body)
-    assert obs.lost == case.lost
-    assert case.why in obs.why
+def test_pod_state_classifies(case: Classify) -> None:
+    state = pod_state(case.body)
+    assert state.lost == case.lost
+    assert case.why in state.why
     if not case.lost:
-        assert obs.why == ""
-    assert obs.finished is case.finished
-    assert obs.ready is case.ready
+        assert state.why == ""
+    assert state.finished is case.finished
+    assert state.ready is case.ready
 
 
-def test_worker_obs_fields() -> None:
-    obs = worker_obs(pod(deleting=True, requests={"cpu": "2", "memory": "1Gi"}))
-    assert (obs.name, obs.uid, obs.run, obs.namespace, obs.node) == ("w-1", "u-1", "r", "ns", "n1")
-    assert obs.created == datetime(2026, 1, 1, tzinfo=UTC)
-    assert obs.terminating
+def test_pod_state_fields() -> None:
+    state = pod_state(pod(deleting=True, requests={"cpu": "2", "memory": "1Gi"}))
+    assert (state.name, state.uid, state.run, state.namespace, state.node) == (
+        "w-1",
+        "u-1",
+        "r",
+        "ns",
+        "n1",
+    )
+    assert state.created == datetime(2026, 1, 1, tzinfo=UTC)
+    assert state.terminating
     # Requests are reported even for a finished pod (quota headroom adds them back).
-    assert obs.requests == Capacity(2000, GiB, 0, 1)
-    done = worker_obs(pod(phase="Succeeded", node=None))
+    assert state.requests == Capacity(2000, GiB, 0, 1)
+    done = pod_state(pod(phase="Succeeded", node=None))
     assert done.node == ""
     assert done.requests == Capacity()
 
@@ -361,35 +366,6 @@ def test_quota_headroom(case: Quota) -> None:
     assert quota_headroom(case.quotas, case.own) == case.expected
 
 
-@pytest.mark.parametrize(
-    ("old", "new", "patch"),
-    [
-        (None, {"phase": "Pending"}, {"phase": "Pending"}),
-        ({"phase": "Running"}, {"phase": "Running"}, {}),
-        ({"phase": "Running", "x": 1}, {"phase": "Running", "x": 2}, {"x": 2}),
-        ({"phase": "Running", "plan": {"r": 1}}, {"phase": "Running"}, {"plan": None}),
-        ({"phase": "Running", "kopf": {"p": 1}}, {"phase": "Running"}, {}),
-        ({"w": {"a": 1, "b": 2}}, {"w": {"a": 1, "b": 3}}, {"w": {"a": 1, "b": 3}}),
-        ({}, {}, {}),
-    ],
-    ids=["from nothing", "unchanged", "changed key", "removed key", "kopf kept", "nested", "empty"],
-)
-def test_status_patch(
-    old: dict[str, Any] | None, new: dict[str, Any], patch: dict[str, Any]
-) -> None:
-    assert status_patch(old, new) == patch
-
-
-def test_finding13_retried_written_by_an_older_operator_is_removed() -> None:
-    # A merge patch merges nested objects: counts.retried goes only if the patch nulls it.
-    old = {"counts": {"total": 5, "retried": 0}, "plan": {"pools": [{"name": "a"}], "fit": 1}}
-    new = {"counts": {"total": 5}, "plan": {"fit": 1}}
-    assert status_patch(old, new) == {
-        "counts": {"total": 5, "retried": None},
-        "plan": {"fit": 1, "pools": None},
-    }
-
-
-def test_also_worker_obs_reads_its_pool() -> None:
+def test_also_pod_state_reads_its_pool() -> None:
     body = {"metadata": {"name": "w", "uid": "u", "labels": {"proctor.dev/pool": "spot"}}}
-    assert worker_obs(body).pool == "spot"
+    assert pod_state(body).pool == "spot"
