@@ -32,13 +32,9 @@ from proctor.controller.pass_loop import PassLoop
 from proctor.controller.pass_timing import PassSchedule
 from proctor.controller.peering import PeeringGate, is_pattern, own_identity
 from proctor.controller.suite import register_suite_handlers
-from proctor.evalrun.reconcile import (
-    ClusterView,
-    PassResult,
-    RunRuntime,
-    finalize_run,
-    reconcile_run,
-)
+from proctor.evalrun.gather import ClusterView
+from proctor.evalrun.reconcile import PassResult, finalize_run, reconcile_run
+from proctor.evalrun.runtime import RunRuntime
 from proctor.pods import LABEL_COMPONENT, LABEL_RUN
 
 log = structlog.get_logger("proctor.operator")

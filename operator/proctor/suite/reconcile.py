@@ -72,7 +72,7 @@ from proctor.connection import (
     build_connection,
     cached_connection,
 )
-from proctor.evalrun.reconcile import EXPECTATION_SECONDS
+from proctor.evalrun.gather import EXPECTATION_SECONDS
 from proctor.evalrun.status import loss_degradations
 from proctor.planning.plan import Demand, NodeInfo, compute_plan
 from proctor.pods import merge_env
