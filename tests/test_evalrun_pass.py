@@ -272,6 +272,19 @@ CASES: list[tuple[str, dict[str, Any], list[tuple[Step, Expect]]]] = [
         ],
     ),
     (
+        "a loss counted by a pass that then fails is posted by that pass, and only once",
+        spec(count=40),
+        [
+            (nothing, Expect(created=4, phase="Pending")),
+            (nothing, Expect(phase="Running", events=("Running",))),
+            (
+                lambda world: (preempt_first(world), api_fails("quotas")(world)),
+                Expect(raises="quotas", events=("WorkerDisrupted",), status_written=False),
+            ),
+            (api_recovers, Expect(created=1, deleted=1, disruptions=1, status_written=True)),
+        ],
+    ),
+    (
         "suspend deletes the pods, resume creates them again",
         spec(count=40),
         [

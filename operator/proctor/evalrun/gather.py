@@ -1,6 +1,7 @@
 """Gather: what one pass of an EvalRun sees, as frozen values.
 
-:func:`gather_run` reads the cluster view, the run's connection and the namespace's quota;
+:func:`gather_run` reads the cluster view (the run's pods and losses), :func:`gather_placement`
+the nodes, the namespace's quota and the run's connection;
 :func:`gather_progress` opens the run's queue and storage (enqueueing the cases once, which is
 idempotent) and reads the queue's depth and the progress in storage. Neither decides what to
 do; both update the per-run memory that only says what was already seen (the loss ledger,
@@ -110,12 +111,11 @@ def gather_run(
     body_status: Mapping[str, Any] | None,
     ref: RunRef,
     config: OperatorConfig,
-    api: ClusterApi,
     view: ClusterView,
     rt: RunRuntime,
 ) -> RunObservation:
     """The run's spec, previous status and pods; for a run not finished also its losses since
-    the last pass (counted in the ledger now), nodes, quota and connection."""
+    the last pass (counted in the ledger now: their Events must be posted by this pass)."""
     spec = rt.parsed(EvalRunSpec, body_spec)
     status_body = rt.current_status(body_status)
     prev = rt.parsed(EvalRunStatus, status_body or {})
@@ -143,12 +143,28 @@ def gather_run(
     )
     return replace(
         seen,
-        nodes=tuple(nodes_with_usage(view.nodes, view.usage, ref.uid)),
-        quota=quota_headroom(api.quotas(ref.namespace), [w.requests for w in live]),
-        connection=run_connection(spec, ref, config, api, rt),
         new_disruptions=losses.disruptions,
         loss_events=tuple(loss_events(losses.lost)),
         spot_fallback=spot_fallback,
+    )
+
+
+def gather_placement(
+    seen: RunObservation,
+    *,
+    ref: RunRef,
+    config: OperatorConfig,
+    api: ClusterApi,
+    view: ClusterView,
+    rt: RunRuntime,
+) -> RunObservation:
+    """``seen`` with the nodes (this run's usage taken out), the namespace's quota headroom and
+    the run's connection."""
+    return replace(
+        seen,
+        nodes=tuple(nodes_with_usage(view.nodes, view.usage, ref.uid)),
+        quota=quota_headroom(api.quotas(ref.namespace), [w.requests for w in seen.live]),
+        connection=run_connection(seen.spec, ref, config, api, rt),
     )
 
 

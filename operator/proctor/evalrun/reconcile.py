@@ -47,7 +47,13 @@ from proctor.evalrun.decide import (
     infeasible,
     proctor_summary,
 )
-from proctor.evalrun.gather import ClusterView, RunObservation, gather_progress, gather_run
+from proctor.evalrun.gather import (
+    ClusterView,
+    RunObservation,
+    gather_placement,
+    gather_progress,
+    gather_run,
+)
 from proctor.evalrun.runtime import RunRuntime
 from proctor.planning.plan import Demand, PlanResult, compute_plan
 
@@ -203,18 +209,13 @@ def reconcile_run(
     """One pass; see the module doc. Returns what it did."""
     now = now or datetime.now(UTC)
     seen = gather_run(
-        body_spec=body_spec,
-        body_status=body_status,
-        ref=ref,
-        config=config,
-        api=api,
-        view=view,
-        rt=rt,
+        body_spec=body_spec, body_status=body_status, ref=ref, config=config, view=view, rt=rt
     )
     if seen.previous.phase in {"Succeeded", "Failed"}:
         return _finished_pass(seen, ref, api, rt, now)
     for event in seen.loss_events:
         emit(event)  # now: the ledger has counted them, no later pass would post them
+    seen = gather_placement(seen, ref=ref, config=config, api=api, view=view, rt=rt)
     facts, plan, problem = _queue_step(seen, ref, config, rt, clients, now=now)
     pods = decide_pods(
         seen,
