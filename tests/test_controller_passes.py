@@ -15,7 +15,7 @@ from proctor.connection import SharedClients
 from proctor.controller.evalrun import _scheduled_pass
 from proctor.controller.metrics import OperatorMetrics
 from proctor.controller.pass_timing import PassSchedule
-from proctor.evalrun.reconcile import RunRuntime
+from proctor.evalrun.runtime import RunRuntime
 
 
 class EventsOnly:

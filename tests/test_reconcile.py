@@ -10,13 +10,12 @@ import pytest
 
 from proctor.api.v1alpha1.evalrun import EvalRunStatus
 from proctor.cluster.reads import PodState
-from proctor.evalrun.reconcile import (
+from proctor.evalrun.decide import pool_counts, terminal_tidy
+from proctor.evalrun.runtime import (
     PROGRESS_REFRESH_MAX_SECONDS,
     PROGRESS_REFRESH_SECONDS,
     SUPERSEDED_KEPT,
     RunRuntime,
-    _pool_counts,
-    _terminal_tidy,
     next_refresh_interval,
     refresh_due,
     status_digest,
@@ -144,7 +143,7 @@ def test_finding13_a_finished_run_left_with_ready_workers_is_tidied(
 ) -> None:
     prev = EvalRunStatus.model_validate({"phase": "Succeeded", "workers": workers})
     expected = {"workers": {"desired": 0, "ready": 0, "failures": 1}} if patch else {}
-    assert _terminal_tidy(prev) == expected
+    assert terminal_tidy(prev) == expected
 
 
 def test_also_new_workers_count_the_pools_of_workers_not_seen_yet() -> None:
@@ -154,4 +153,8 @@ def test_also_new_workers_count_the_pools_of_workers_not_seen_yet() -> None:
         PodState("w-1", "1", "r", "ns", datetime(2026, 1, 1, tzinfo=UTC), "n", "Running",
                   True, False, False, pool="on-demand"),
     ]  # fmt: skip
-    assert _pool_counts(rt, live, ["w-new", "w-unknown"]) == {"on-demand": 1, "spot": 1, "": 1}
+    assert pool_counts(live, ["w-new", "w-unknown"], rt.expected_pool) == {
+        "on-demand": 1,
+        "spot": 1,
+        "": 1,
+    }

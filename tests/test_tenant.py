@@ -15,7 +15,9 @@ from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteSpec
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.config import OperatorConfig, TenantPolicy
 from proctor.connection import Connection, RunRef
-from proctor.evalrun.reconcile import RunRuntime, run_connection, worker_env
+from proctor.evalrun.decide import worker_env
+from proctor.evalrun.gather import run_connection
+from proctor.evalrun.runtime import RunRuntime
 from proctor.policy import SPEC_ENV_MAX_BYTES, admit
 from proctor.suite.decide import admit_suite
 from proctor.validation import validate_document

@@ -38,13 +38,9 @@ from proctor.controller.settings import (
     limit_malloc_arenas,
 )
 from proctor.controller.suite import register_suite_handlers
-from proctor.evalrun.reconcile import (
-    ClusterView,
-    PassResult,
-    RunRuntime,
-    finalize_run,
-    reconcile_run,
-)
+from proctor.evalrun.gather import ClusterView
+from proctor.evalrun.reconcile import PassResult, finalize_run, reconcile_run
+from proctor.evalrun.runtime import RunRuntime
 from proctor.pods import LABEL_COMPONENT, LABEL_RUN
 
 log = structlog.get_logger("proctor.operator")

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from proctor.api.conditions import ConditionSetter, Event, Problem, get_condition, rfc3339
-from proctor.api.v1alpha1.base import LossLedgerStatus
+from proctor.api.v1alpha1.base import Condition, LossLedgerStatus
 from proctor.api.v1alpha1.evalrun import (
     CaseCounts,
     CheckpointStatus,
@@ -23,6 +23,7 @@ from proctor.api.v1alpha1.evalrun import (
     ResultSummary,
     WorkerCounts,
 )
+from proctor.cluster.losses import loss_degradations
 from proctor.planning.plan import PlanResult
 
 TERMINAL: frozenset[str] = frozenset({"Succeeded", "Failed"})
@@ -145,48 +146,10 @@ def degradations(obs: Observation) -> list[tuple[str, str]]:
     return found
 
 
-def loss_degradations(
-    failures: int, disruptions: int, *, budget: str, pods: str = "worker"
-) -> list[tuple[str, str]]:
-    """(reason, message) for lost pods (pure), EvalRun workers and benchmark pods alike:
-    ``WorkerFailures`` (charged to the budget ``budget`` describes), ``WorkersDisrupted``."""
-    found = []
-    if failures:
-        found.append(
-            (
-                "WorkerFailures",
-                f"{failures} {pods} failures (crash, OOM or image error; {budget})",
-            )
-        )
-    if disruptions:
-        found.append(
-            (
-                "WorkersDisrupted",
-                f"{disruptions} {pods}s disrupted (preempted, evicted or node lost; "
-                "replaced, not charged)",
-            )
-        )
-    return found
-
-
-def next_status(obs: Observation) -> StatusUpdate:
-    """The status to write and the events to post; the previous status is not modified."""
-    prev = obs.previous
-    decision = decide_phase(obs)
-    now_s = rfc3339(obs.now)
-    gen = obs.generation
-    counts = obs.counts
-    prev_completed = prev.counts.completed if prev.counts else 0
-    last_progress = (
-        now_s if counts.completed > prev_completed else (prev.last_progress_time or None)
-    )
-    start_time = prev.start_time or (now_s if decision.phase == "Running" else None)
-    active_since, _ = deadline_clock(prev, obs.spec.suspend, obs.now)
-    completion = prev.completion_time or (now_s if decision.phase in TERMINAL else None)
-
-    conditions = ConditionSetter(prev.conditions, now=obs.now, generation=gen)
+def _conditions(obs: Observation, decision: PhaseDecision, stalled: bool) -> list[Condition]:
+    """The run's conditions, all following from the phase just decided."""
+    conditions = ConditionSetter(obs.previous.conditions, now=obs.now, generation=obs.generation)
     put = conditions.put
-
     phase = decision.phase
     running = phase == "Running"
     put(
@@ -215,13 +178,33 @@ def next_status(obs: Observation) -> StatusUpdate:
         decision.message if phase == "Failed" else "",
     )
     put("Suspended", phase == "Suspended", "Suspended" if phase == "Suspended" else "NotSuspended")
-    stalled = _stalled(obs, phase, last_progress)
     put(
         "Stalled",
         stalled,
         "NoProgress" if stalled else "Progressing",
         f"no case completed for more than {obs.stalled_after_seconds:.0f}s" if stalled else "",
     )
+    return conditions.conditions
+
+
+def next_status(obs: Observation) -> StatusUpdate:
+    """The status to write and the events to post; the previous status is not modified."""
+    prev = obs.previous
+    decision = decide_phase(obs)
+    now_s = rfc3339(obs.now)
+    gen = obs.generation
+    counts = obs.counts
+    prev_completed = prev.counts.completed if prev.counts else 0
+    last_progress = (
+        now_s if counts.completed > prev_completed else (prev.last_progress_time or None)
+    )
+    start_time = prev.start_time or (now_s if decision.phase == "Running" else None)
+    active_since, _ = deadline_clock(prev, obs.spec.suspend, obs.now)
+    completion = prev.completion_time or (now_s if decision.phase in TERMINAL else None)
+
+    stalled = _stalled(obs, decision.phase, last_progress)
+    conditions = _conditions(obs, decision, stalled)
+    phase = decision.phase
 
     remaining = max(0, counts.total - counts.completed - counts.dead_lettered)
     percent = round(100.0 * counts.completed / counts.total, 1) if counts.total else 0.0
@@ -233,7 +216,7 @@ def next_status(obs: Observation) -> StatusUpdate:
     status = EvalRunStatus(
         phase=phase,
         observed_generation=gen,
-        conditions=conditions.conditions,
+        conditions=conditions,
         counts=counts,
         progress_percent=percent,
         cases_per_second=round(obs.rate, 2) if obs.rate is not None else None,

@@ -38,6 +38,7 @@ from proctor.bench.summary import SuiteSummary, summarize
 from proctor.cluster.api import ClusterApi
 from proctor.cluster.losses import Losses, count_losses, ledger_status, loss_events
 from proctor.cluster.reads import nodes_with_usage, quota_headroom
+from proctor.cluster.writes import EventSink
 from proctor.config import OperatorConfig
 from proctor.connection import Connection, RunRef, SharedClients
 from proctor.suite.act import (
@@ -74,7 +75,7 @@ from proctor.suite.decide import (
 )
 from proctor.suite.gather import EVERY_POD, BenchPod, SuiteView
 from proctor.suite.results import read_baseline, refresh_records
-from proctor.suite.runtime import EventSink, SuitePassResult, SuiteRuntime
+from proctor.suite.runtime import SuitePassResult, SuiteRuntime
 from proctor.suite.status import SuiteObservation, next_suite_status
 
 log = structlog.get_logger("proctor.operator")

@@ -4,11 +4,10 @@ restart."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from proctor.api.conditions import Event
 from proctor.bench.store import SuiteStore
 from proctor.bench.summary import SuiteSummary
 from proctor.cluster.losses import EXPECTATION_SECONDS, LossLedger
@@ -83,6 +82,3 @@ class SuitePassResult:
     created: int
     deleted: int
     new_disruptions: int
-
-
-EventSink = Callable[[Event], None]

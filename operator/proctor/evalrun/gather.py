@@ -1,0 +1,275 @@
+"""Gather: what one pass of an EvalRun sees, as frozen values.
+
+:func:`gather_run` reads the cluster view (the run's pods and losses), :func:`gather_placement`
+the nodes, the namespace's quota and the run's connection;
+:func:`gather_progress` opens the run's queue and storage (enqueueing the cases once, which is
+idempotent) and reads the queue's depth and the progress in storage. Neither decides what to
+do; both update the per-run memory that only says what was already seen (the loss ledger,
+the pods created but not yet in the index, when storage was last listed).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import structlog
+
+from proctor.api.conditions import Event, Problem
+from proctor.api.quantity import parse_duration
+from proctor.api.v1alpha1.base import Placement
+from proctor.api.v1alpha1.evalrun import EvalRunSpec, EvalRunStatus
+from proctor.cluster.api import ClusterApi
+from proctor.cluster.losses import EXPECTATION_SECONDS, Departed, count_losses, loss_events
+from proctor.cluster.reads import PodState, PodUsage, nodes_with_usage, quota_headroom
+from proctor.config import OperatorConfig
+from proctor.connection import Connection, RunRef, SharedClients, build_connection
+from proctor.connection import cached_connection as cached
+from proctor.evalrun.runtime import RunRuntime, next_refresh_interval, refresh_due
+from proctor.planning.plan import NodeInfo, QuotaHeadroom
+from proctor.policy import admit
+from proctor.queue import QueueDepth, WorkQueue, enqueue_run
+from proctor.storage import ProgressSnapshot, RunProgress, RunStorage, open_storage
+from proctor.storage.blobs import S3Blobs
+
+log = structlog.get_logger("proctor.operator")
+
+ENQUEUED_ANNOTATION = "proctor.dev/enqueued"
+"""Written by operators before this one on a run's first enqueue; still read, never written
+(the first status write says the same, one API write fewer per run)."""
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """Indexed facts: nodes, per-node pod usage, and this run's worker pods."""
+
+    nodes: Sequence[NodeInfo]
+    usage: Mapping[str, Sequence[PodUsage]]
+    workers: Sequence[PodState]
+    departed: Sequence[Departed] = ()
+
+
+@dataclass(frozen=True)
+class RunObservation:
+    """The run as one pass sees it before touching its queue."""
+
+    spec: EvalRunSpec
+    status_body: Mapping[str, Any] | None  # the status to diff against (see current_status)
+    previous: EvalRunStatus
+    workers: tuple[PodState, ...]
+    live: tuple[PodState, ...]  # neither terminating nor finished
+    unseen: tuple[str, ...]  # created by this operator, not in the pod index yet
+    nodes: tuple[NodeInfo, ...] = ()  # with this run's usage taken out
+    quota: QuotaHeadroom | None = None
+    connection: Connection | Problem | None = None
+    new_disruptions: int = 0
+    loss_events: tuple[Event, ...] = ()
+    spot_fallback: bool = False
+
+
+def run_connection(
+    spec: EvalRunSpec, ref: RunRef, config: OperatorConfig, api: ClusterApi, rt: RunRuntime
+) -> Connection | Problem:
+    """The run's connection, read again after CONNECTION_TTL_SECONDS or a spec change. The
+    tenant policy first: a refused run has none of its Secrets read."""
+    return cached(
+        rt.connection,
+        (ref.uid, ref.generation),
+        lambda: (
+            admit(spec, config)
+            or build_connection(spec.queue, spec.storage, ref.namespace, config, api)
+        ),
+    )
+
+
+def _unseen_pods(rt: RunRuntime, workers: Sequence[PodState]) -> list[str]:
+    """Pods this operator created that the pod index does not show yet (forgotten once seen,
+    or after :data:`EXPECTATION_SECONDS`)."""
+    seen = {w.name for w in workers}
+    now = time.monotonic()
+    for name, (_, at) in list(rt.expected.items()):
+        if name in seen or now - at > EXPECTATION_SECONDS:
+            del rt.expected[name]
+    for name in set(rt.expected_pool) - set(rt.expected):
+        del rt.expected_pool[name]
+    return list(rt.expected)
+
+
+def gather_run(
+    *,
+    body_spec: Mapping[str, Any],
+    body_status: Mapping[str, Any] | None,
+    ref: RunRef,
+    config: OperatorConfig,
+    view: ClusterView,
+    rt: RunRuntime,
+) -> RunObservation:
+    """The run's spec, previous status and pods; for a run not finished also its losses since
+    the last pass (counted in the ledger now: their Events must be posted by this pass)."""
+    spec = rt.parsed(EvalRunSpec, body_spec)
+    status_body = rt.current_status(body_status)
+    prev = rt.parsed(EvalRunStatus, status_body or {})
+    # A restarted operator takes up its predecessor's ledger (finding 12 of issue 15).
+    rt.ledger.restore(
+        prev.ledger,
+        failures=prev.workers.failures if prev.workers else 0,
+        disruptions=prev.disruptions or 0,
+    )
+    workers = tuple(view.workers)
+    live = tuple(w for w in workers if not w.terminating and not w.finished)
+    for gone in view.departed:
+        rt.expected.pop(gone.pod.name, None)  # came and went between passes: replace it now
+    seen = RunObservation(spec, status_body, prev, workers, live, tuple(_unseen_pods(rt, workers)))
+    if prev.phase in {"Succeeded", "Failed"}:
+        return seen
+    spot = {n.name for n in view.nodes if n.is_spot}
+    losses = count_losses(workers, rt.ledger, spot, view.departed)
+    for note in losses.notes:
+        log.info("worker lost", run=ref.name, detail=note)
+    placement = spec.placement or Placement()
+    after = placement.spot.fallback_to_on_demand_after if placement.spot else None
+    spot_fallback = bool(prev.spot_fallback) or (
+        config.spot_fallback_enabled and after is not None and rt.ledger.spot_disruptions >= after
+    )
+    return replace(
+        seen,
+        new_disruptions=losses.disruptions,
+        loss_events=tuple(loss_events(losses.lost)),
+        spot_fallback=spot_fallback,
+    )
+
+
+def gather_placement(
+    seen: RunObservation,
+    *,
+    ref: RunRef,
+    config: OperatorConfig,
+    api: ClusterApi,
+    view: ClusterView,
+    rt: RunRuntime,
+) -> RunObservation:
+    """``seen`` with the nodes (this run's usage taken out), the namespace's quota headroom and
+    the run's connection."""
+    return replace(
+        seen,
+        nodes=tuple(nodes_with_usage(view.nodes, view.usage, ref.uid)),
+        quota=quota_headroom(api.quotas(ref.namespace), [w.requests for w in seen.live]),
+        connection=run_connection(seen.spec, ref, config, api, rt),
+    )
+
+
+@dataclass(frozen=True)
+class ProgressObservation:
+    """The run's queue and stored progress as one pass sees them."""
+
+    queue: WorkQueue
+    storage: RunStorage
+    progress: RunProgress
+    depth: QueueDepth
+    snapshot: ProgressSnapshot
+
+
+def _open_storage(
+    spec: EvalRunSpec, ref: RunRef, conn: Connection, clients: SharedClients
+) -> RunStorage:
+    compression = spec.storage.compression if spec.storage else None
+    algorithm = compression.algorithm if compression else "zstd"
+    level = compression.level if compression else 3
+    if conn.storage_uri.startswith("s3://"):
+        bucket, _, prefix = conn.storage_uri.removeprefix("s3://").partition("/")
+        s3 = clients.s3(conn.storage_endpoint, conn.storage_region, conn.storage_credentials)
+        blobs = S3Blobs(bucket, prefix, client=s3, retry_deadline=30.0)
+        return RunStorage(blobs, ref.uid, compression=algorithm, level=level)
+    return open_storage(
+        conn.storage_uri,
+        ref.uid,
+        compression=algorithm,
+        level=level,
+        endpoint=conn.storage_endpoint,
+        region=conn.storage_region,
+    )
+
+
+def open_run(
+    spec: EvalRunSpec,
+    ref: RunRef,
+    conn: Connection,
+    rt: RunRuntime,
+    clients: SharedClients,
+    *,
+    fresh: bool = False,
+) -> tuple[WorkQueue, RunStorage, RunProgress]:
+    """The run's queue, storage and progress, opened once per operator process on the shared
+    clients. A ``fresh`` run (never enqueued) has no checkpoint to resume from."""
+    if rt.storage is None:
+        rt.storage = _open_storage(spec, ref, conn, clients)
+    if rt.queue is None:
+        lease = parse_duration(spec.queue.lease) if spec.queue else 60.0
+        rt.queue = clients.queues.open(
+            conn.queue_url, ref.uid, lease_seconds=lease, credentials=conn.queue_credentials
+        )
+        rt.queue_owned = not clients.queues.shared(rt.queue)
+    if rt.progress is None:
+        # Resume from the run checkpoint: refresh then reads only objects written since.
+        rt.progress = (
+            RunProgress(rt.storage, spec.cases.count)
+            if fresh
+            else RunProgress.resume(rt.storage, spec.cases.count)
+        )
+        # What is in storage already needs no checkpoint (a fresh run: nothing at all).
+        start = rt.progress.snapshot()
+        rt.checkpointed = (start.completed, start.dead_lettered, rt.progress.looks)
+    return rt.queue, rt.storage, rt.progress
+
+
+def _refresh_progress(
+    progress: RunProgress, depth: QueueDepth, rt: RunRuntime, *, fresh: bool
+) -> None:
+    """List the run's new result objects when the queue moved or a while passed."""
+    signature = (depth.waiting, depth.in_flight, depth.cases, depth.stopped)
+    moved = signature != rt.depth_seen
+    if fresh:
+        rt.depth_seen, rt.refreshed_at = signature, time.monotonic()
+        rt.untouched = signature
+    elif refresh_due(
+        signature=signature,
+        untouched=rt.untouched,
+        moved=moved,
+        waited=time.monotonic() - rt.refreshed_at,
+        every=rt.refresh_every,
+    ):
+        # Results are written before their entry is acked, so a refresh after the queue
+        # changed sees them.
+        found = progress.refresh() > 0
+        rt.refresh_every = next_refresh_interval(rt.refresh_every, moved or found)
+        rt.depth_seen, rt.refreshed_at = signature, time.monotonic()
+    if signature != rt.untouched:
+        rt.untouched = None  # a worker has been at the queue: listings may find results
+
+
+def gather_progress(
+    seen: RunObservation, ref: RunRef, conn: Connection, rt: RunRuntime, clients: SharedClients
+) -> ProgressObservation:
+    """The queue's depth and the stored progress; the cases are enqueued on the first pass."""
+    # A run no pass has written a status for (nor an operator before 0.1 annotated) has had
+    # no worker, so there is neither a checkpoint nor a result in storage, and the reads that
+    # rebuild a lost queue from storage are skipped. Should an operator die after creating the
+    # first pods but before writing that status, its successor takes the run for fresh too:
+    # enqueueing is idempotent on the queue, results are created once, and the first refresh
+    # lists whatever the pods wrote, so nothing is lost or repeated (only a queue lost in the
+    # same instant would be refilled from the start).
+    fresh = (
+        not rt.enqueued
+        and seen.previous.phase is None
+        and ENQUEUED_ANNOTATION not in ref.annotations
+    )
+    queue, storage, progress = open_run(seen.spec, ref, conn, rt, clients, fresh=fresh)
+    if not rt.enqueued:
+        added = enqueue_run(queue, None if fresh else storage, seen.spec)
+        rt.enqueued = True
+        log.info("enqueued", run=ref.name, entries=added)
+    depth = queue.depth()
+    _refresh_progress(progress, depth, rt, fresh=fresh)
+    return ProgressObservation(queue, storage, progress, depth, progress.snapshot())
