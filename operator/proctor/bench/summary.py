@@ -174,7 +174,7 @@ def summarize_cell(
     )
 
 
-def summarize(
+def summarize_suite(
     spec: BenchmarkSuiteSpec,
     records: Records,
     baseline: Records | None = None,

@@ -41,7 +41,7 @@ from proctor.bench.enqueue import enqueue_cell
 from proctor.bench.matrix import Cell, cell_queue_id, cells
 from proctor.bench.report import render_html, render_markdown
 from proctor.bench.store import SuiteStore, load_records
-from proctor.bench.summary import SuiteSummary, summarize
+from proctor.bench.summary import SuiteSummary, summarize_suite
 from proctor.bench.worker import BenchWorkerConfig
 from proctor.cluster.client import custom_path
 from proctor.cluster.losses import (
@@ -839,7 +839,7 @@ def reconcile_suite(
         finished = all(recorded[c.id] >= c.repetitions for c in matrix)
         if counts != rt.summarized or (finished and rt.summary is None):
             records = {cid: list(recs.values()) for cid, recs in rt.records.items()}
-            rt.summary = summarize(spec, records, rt.baseline if finished else None)
+            rt.summary = summarize_suite(spec, records, rt.baseline if finished else None)
             rt.summarized = counts
         summary = rt.summary
         if finished and summary is not None:
