@@ -389,7 +389,9 @@ def compute_plan(
         pools=_pool_plans(spec, placement, eligible, per_node, replicas),
         message=message,
         feasible=feasible,
-        infeasible_reason=_infeasible_reason(spec, nodes, eligible, feasible, size, spot_fallback),
+        infeasible_reason=_infeasible_reason(
+            spec, nodes, eligible, feasible=feasible, size=size, spot_fallback=spot_fallback
+        ),
     )
 
 
@@ -397,6 +399,7 @@ def _infeasible_reason(
     spec: EvalRunSpec,
     nodes: Sequence[NodeInfo],
     eligible: Sequence[NodeInfo],
+    *,
     feasible: bool,
     size: WorkerSize,
     spot_fallback: bool,
