@@ -14,7 +14,7 @@ from scipy import stats
 
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteSpec
 from proctor.bench.report import box_stats, render_html, render_markdown
-from proctor.bench.summary import summarize, wall_times
+from proctor.bench.summary import summarize_suite, wall_times
 
 SPEC: dict[str, Any] = {
     "image": "img",
@@ -70,7 +70,7 @@ def test_cell_statistics_match_numpy_and_failures_are_counted_not_measured() -> 
     }
     del recs["log.jj"][5:]
     before = copy.deepcopy(recs)
-    summary = summarize(spec(), recs)
+    summary = summarize_suite(spec(), recs)
     assert recs == before  # inputs untouched
     by = {(c.benchmark, c.variant): c for c in summary.cells}
     sg = by[("status", "git")]
@@ -93,7 +93,7 @@ def test_cell_statistics_match_numpy_and_failures_are_counted_not_measured() -> 
 
 
 def test_variants_are_compared_to_the_first_with_an_interval() -> None:
-    summary = summarize(spec(), records(2))
+    summary = summarize_suite(spec(), records(2))
     assert [(c.benchmark, c.variant, c.reference) for c in summary.comparisons] == [
         ("status", "jj", "git"),
         ("log", "jj", "git"),
@@ -105,23 +105,23 @@ def test_variants_are_compared_to_the_first_with_an_interval() -> None:
 
 def test_a_planted_slowdown_is_flagged_exactly_and_a_rerun_flags_nothing() -> None:
     baseline = records(3)
-    slowed = summarize(spec(True), records(4, slow={"log.jj": 1.3}), baseline)
+    slowed = summarize_suite(spec(True), records(4, slow={"log.jj": 1.3}), baseline)
     assert [(r.benchmark, r.variant) for r in slowed.regressions] == [("log", "jj")]
     assert slowed.regressions[0].ratio == pytest.approx(1.3, rel=0.05)
     assert [c.regression for c in slowed.cells] == [False, False, False, True]
-    rerun = summarize(spec(True), records(5), baseline)
+    rerun = summarize_suite(spec(True), records(5), baseline)
     assert rerun.regressions == []
     assert len(rerun.baseline) == 4
     # A baseline without the cell: nothing to compare, nothing flagged.
-    partial = summarize(
+    partial = summarize_suite(
         spec(True), records(4, slow={"log.jj": 1.3}), {"status.git": baseline["status.git"]}
     )
     assert [(b.benchmark, b.variant) for b in partial.baseline] == [("status", "git")]
 
 
 def test_the_same_records_always_give_the_same_summary() -> None:
-    a = summarize(spec(True), records(6), records(7)).to_json()
-    b = summarize(spec(True), records(6), records(7)).to_json()
+    a = summarize_suite(spec(True), records(6), records(7)).to_json()
+    b = summarize_suite(spec(True), records(6), records(7)).to_json()
     assert a == b
 
 
@@ -153,7 +153,7 @@ class _Collect(HTMLParser):
 
 def test_html_report_is_self_contained_with_a_plot_per_benchmark() -> None:
     now, base = records(8, slow={"status.git": 1.5}), records(9)
-    summary = summarize(spec(True), now, base)
+    summary = summarize_suite(spec(True), now, base)
     page = render_html(summary, now, base, title="vcs <suite>", details={"run": "r1"})
     parser = _Collect()
     parser.feed(page)
@@ -180,14 +180,14 @@ def test_html_report_is_self_contained_with_a_plot_per_benchmark() -> None:
 
 def test_report_says_when_the_median_interval_falls_short_of_the_level() -> None:
     recs = records(10, n=5)
-    markdown = render_markdown(summarize(spec(), recs), recs)
+    markdown = render_markdown(summarize_suite(spec(), recs), recs)
     assert "covers the median with probability 1 - 2^(1-n) only (0.938 at n = 5)" in markdown
 
 
 def test_a_cell_without_successful_repetitions_still_renders() -> None:
     recs = records(11)
     recs["log.git"] = [{**r, "ok": False} for r in recs["log.git"]]
-    summary = summarize(spec(), recs)
+    summary = summarize_suite(spec(), recs)
     page = render_html(summary, recs)
     assert "log" in page
     cell = next(c for c in summary.cells if c.variant == "git" and c.benchmark == "log")

@@ -15,7 +15,7 @@ from proctor.api.v1alpha1.benchmarksuite import (
     BenchmarkSuiteStatus,
     SuiteRunSummary,
 )
-from proctor.bench.summary import summarize
+from proctor.bench.summary import summarize_suite
 from proctor.cluster.losses import LossLedger, count_losses
 from proctor.cluster.reads import PodState
 from proctor.config import OperatorConfig
@@ -284,7 +284,7 @@ RUN = RunDecision("r1", False)
 
 def test_a_new_run_is_pending_until_its_pods_are_ready() -> None:
     update = next_suite_status(
-        observe({}, RunDecision("r1", True), summary=summarize(spec_of(), {}))
+        observe({}, RunDecision("r1", True), summary=summarize_suite(spec_of(), {}))
     )
     s = update.status
     assert (s.phase, s.run_id, s.progress_percent, s.observed_generation) == (
@@ -301,7 +301,7 @@ def test_a_new_run_is_pending_until_its_pods_are_ready() -> None:
 
 
 def test_progress_disruptions_and_failures_are_kept_apart() -> None:
-    partial = summarize(spec_of(), records({"b.v1": [1.0, 1.1]}))
+    partial = summarize_suite(spec_of(), records({"b.v1": [1.0, 1.1]}))
     prev = {"phase": "Running", "runId": "r1", "disruptions": 2, "failures": 1}
     # The totals come from the pass's loss ledger (restored from the status after a restart).
     s = next_suite_status(observe(prev, RUN, summary=partial, disruptions=3, failures=2)).status
@@ -327,7 +327,7 @@ def test_finish_with_a_regression_sets_status_event_and_history() -> None:
     spec = spec_of(baseline={"suiteRun": "base", "threshold": 0.1})
     now_ = records({"b.v1": [1.0, 1.01, 0.99], "b.v2": [1.3, 1.31, 1.29]})
     base = records({"b.v1": [1.0, 1.01, 0.99], "b.v2": [1.0, 1.01, 0.99]})
-    summary = summarize(spec, now_, base)
+    summary = summarize_suite(spec, now_, base)
     prev = {"phase": "Running", "runId": "r1", "startTime": "2026-03-01T02:00:00Z"}
     update = next_suite_status(
         observe(prev, RUN, spec=spec, summary=summary, finished=True, report_uri="s3://b/r.html",
@@ -357,7 +357,7 @@ def test_finish_without_a_regression_says_so() -> None:
     same = records({"b.v1": [1.0, 1.01, 0.99], "b.v2": [1.0, 1.01, 0.99]})
     update = next_suite_status(
         observe({"phase": "Running", "runId": "r1"}, RUN, spec=spec,
-                summary=summarize(spec, same, same), finished=True, baseline_uri="s3://b/base/")
+                summary=summarize_suite(spec, same, same), finished=True, baseline_uri="s3://b/base/")
     )  # fmt: skip
     assert update.status.regression_count == 0
     assert update.status.regressions == []
@@ -388,7 +388,7 @@ def test_history_is_bounded_and_dropped_runs_are_named() -> None:
     spec = spec_of(schedule=DAILY)
     history = [{"runId": "r1", "phase": "Succeeded"}, {"runId": "r2", "phase": "Succeeded"}]
     prev = {"phase": "Running", "runId": "r3", "history": history}
-    even = summarize(spec, records({"b.v1": [1.0] * 3, "b.v2": [1.0] * 3}))
+    even = summarize_suite(spec, records({"b.v1": [1.0] * 3, "b.v2": [1.0] * 3}))
     update = next_suite_status(
         observe(prev, RunDecision("r3", False), spec=spec, summary=even, finished=True)
     )
@@ -410,7 +410,7 @@ def test_problem_is_pending_with_a_warning_once() -> None:
 
 
 def test_without_a_baseline_nothing_is_compared() -> None:
-    even = summarize(spec_of(), records({"b.v1": [1.0] * 3, "b.v2": [2.0] * 3}))
+    even = summarize_suite(spec_of(), records({"b.v1": [1.0] * 3, "b.v2": [2.0] * 3}))
     s = next_suite_status(
         observe({"phase": "Running", "runId": "r1"}, RUN, summary=even, finished=True)
     ).status
@@ -435,7 +435,7 @@ def test_the_previous_status_is_not_modified() -> None:
         phase="Running", runId="r1", disruptions=1, history=[{"runId": "r0", "phase": "Succeeded"}]
     )
     before = prev.model_dump()
-    even = summarize(spec_of(), records({"b.v1": [1.0] * 3, "b.v2": [1.0] * 3}))
+    even = summarize_suite(spec_of(), records({"b.v1": [1.0] * 3, "b.v2": [1.0] * 3}))
     next_suite_status(
         SuiteObservation(
             spec=spec_of(),

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from proctor import __version__
+from proctor.api.crdgen import KINDS, render, render_all
+from proctor.bench.local import LocalSuiteOptions, holds_benchmark_suite, run_suite_local
+from proctor.bench.worker import main as bench_worker_main
+from proctor.cluster.client import keep_kubernetes_client_out
+from proctor.config import load_config
+from proctor.local.run import LocalRunOptions, run_local
+from proctor.logging import configure_logging
+from proctor.queue import QueueError
+from proctor.storage import StorageError
+from proctor.validation import ManifestError, dns_label_error, validate_file
+from proctor.worker.runtime import main as worker_main
 
 
 def _cmd_crds(args: argparse.Namespace) -> int:
-    from proctor.api.crdgen import KINDS, render, render_all
-
     if args.out_dir is None:
         sys.stdout.write(render_all())
         return 0
@@ -25,8 +36,6 @@ def _cmd_crds(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from proctor.validation import ManifestError, validate_file
-
     failed = False
     for name in args.files:
         try:
@@ -56,13 +65,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_manifest(args: argparse.Namespace) -> int:
-    from proctor.bench.local import LocalSuiteOptions, holds_benchmark_suite, run_suite_local
-    from proctor.local.run import LocalRunOptions, run_local
-    from proctor.logging import configure_logging
-
     configure_logging(level=args.log_level)
-    from proctor.validation import dns_label_error
-
     problem = None if args.run_id is None else dns_label_error(args.run_id)
     if problem is not None:
         # The run id names folders and keys: never a path (also for a BenchmarkSuite).
@@ -95,10 +98,6 @@ def _run_manifest(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    import os
-
-    from proctor.worker.runtime import main as worker_main
-
     overrides = {
         "PROCTOR_QUEUE_URL": args.queue,
         "PROCTOR_STORAGE_URI": args.storage,
@@ -107,9 +106,6 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         "PROCTOR_METRICS_PORT": None if args.metrics_port is None else str(args.metrics_port),
     }
     os.environ.update({k: v for k, v in overrides.items() if v is not None})
-    from proctor.queue import QueueError
-    from proctor.storage import StorageError
-
     try:
         return worker_main()
     except (QueueError, StorageError) as exc:
@@ -119,8 +115,6 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_worker(args: argparse.Namespace) -> int:
-    from proctor.bench.worker import main as bench_worker_main
-
     return bench_worker_main()
 
 
@@ -131,18 +125,13 @@ def _peering_priority(peering: bool, given: int | None) -> int:
         return given
     if not peering:
         return 0
-    import secrets
-
     return 1 + secrets.randbelow(2**31 - 1)
 
 
 def _cmd_operator(args: argparse.Namespace) -> int:
-    from proctor.cluster.client import keep_kubernetes_client_out
-
     keep_kubernetes_client_out()  # before kopf is imported
-    from proctor.config import load_config
-    from proctor.controller.evalrun import run_operator
-    from proctor.logging import configure_logging
+    # kopf (imported by the controller) must not load before keep_kubernetes_client_out().
+    from proctor.controller.evalrun import run_operator  # noqa: PLC0415 - see above
 
     configure_logging(level=args.log_level)
     try:
@@ -176,7 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="validate manifests against the API")
     validate.add_argument("files", nargs="+", metavar="FILE", help="YAML manifests")
     validate.set_defaults(func=_cmd_validate)
+    _add_run(sub)
+    _add_workers(sub)
+    _add_operator(sub)
+    return parser
 
+
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = sub.add_parser(
         "run",
         help="run an EvalRun or BenchmarkSuite manifest on this machine",
@@ -223,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="warning", help="log level (default: warning)")
     run.set_defaults(func=_cmd_run)
 
+
+def _add_workers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     worker = sub.add_parser(
         "worker",
         help="run a worker (configured by PROCTOR_* variables; see docs/engine.md)",
@@ -248,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_worker.set_defaults(func=_cmd_bench_worker)
 
+
+def _add_operator(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     op = sub.add_parser(
         "operator",
         help="run the Kubernetes operator (EvalRun controller)",
@@ -272,7 +271,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     op.add_argument("--log-level", default="info", help="log level (default: info)")
     op.set_defaults(func=_cmd_operator)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

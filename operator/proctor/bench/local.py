@@ -33,24 +33,43 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from proctor.api.v1alpha1 import SUITE_KIND
-from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuite
+from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuite, BenchmarkSuiteSpec
 from proctor.bench.enqueue import enqueue_cell
 from proctor.bench.matrix import Cell, cells
 from proctor.bench.report import format_seconds, render_html, render_markdown
 from proctor.bench.store import RECORDS_KEY, SuiteStore, load_records
-from proctor.bench.summary import SuiteSummary, summarize
+from proctor.bench.summary import SuiteSummary, summarize_suite
 from proctor.bench.worker import BenchWorkerConfig, open_suite_store
 from proctor.queue import open_queue
 from proctor.redact import redact_text
 from proctor.storage import LocalBlobs
+from proctor.validation import ManifestError, validate_file
+from proctor.worker.pool import (
+    EXIT_INCOMPLETE,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    LocalOptions,
+    Process,
+    WorkerPool,
+)
+
+__all__ = [
+    "EXIT_INCOMPLETE",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_REGRESSION",
+    "EXIT_USAGE",
+    "LocalSuiteOptions",
+    "SuiteRunError",
+    "holds_benchmark_suite",
+    "load_suite",
+    "run_suite_local",
+]
 
 log = structlog.get_logger("proctor.bench.local")
 
 EXIT_OK = 0
 EXIT_REGRESSION = 1
-EXIT_USAGE = 2
-EXIT_INCOMPLETE = 3
-EXIT_INTERRUPTED = 130
 
 LOCAL_LEASE_SECONDS = 10.0
 """Lease for local runs: a crashed local worker's repetition is taken over within seconds."""
@@ -61,15 +80,7 @@ class SuiteRunError(Exception):
 
 
 @dataclass
-class LocalSuiteOptions:
-    manifest: Path
-    workers: int | None = None
-    queue_url: str | None = None
-    storage_uri: str | None = None
-    results_dir: Path = Path("proctor-results")
-    run_id: str | None = None
-    resume: bool = False
-    json_output: bool = False
+class LocalSuiteOptions(LocalOptions):
     refresh_seconds: float = 0.2
 
 
@@ -84,8 +95,6 @@ def holds_benchmark_suite(path: Path) -> bool:
 
 def load_suite(path: Path) -> BenchmarkSuite:
     """The one BenchmarkSuite in ``path``, validated."""
-    from proctor.validation import ManifestError, validate_file
-
     try:
         results = validate_file(path)
     except ManifestError as exc:
@@ -130,61 +139,26 @@ def latest_run_uri(storage_uri: str, namespace: str, suite: str, before: str) ->
     return SuiteStore(storage_uri, namespace, suite, runs[-1]).results_uri
 
 
-class _CellWorkers:
-    """The local worker processes of one cell, restarted when they crash."""
+class _CellWorkers(WorkerPool):
+    """The local ``proctor bench-worker`` processes of one cell, logging to ``log_file``."""
 
     def __init__(self, config: BenchWorkerConfig, count: int, log_file: IO[bytes]) -> None:
+        super().__init__(count, self._spawn, what="bench worker", logger=log)
         self.config = config
-        self.count = count
         self.log_file = log_file
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
-        self.crashes = 0
-        self.setup_failed = False
 
-    def _start(self, slot: int) -> None:
+    def _spawn(self, slot: int, crashes: int) -> Process:
         env = dict(os.environ)
         env.update(self.config.env())
-        env["PROCTOR_WORKER_ID"] = f"local-{self.config.cell}-{slot}-{self.crashes}"
+        env["PROCTOR_WORKER_ID"] = f"local-{self.config.cell}-{slot}-{crashes}"
         env.setdefault("PROCTOR_LOG_FORMAT", "json")
-        self.procs[slot] = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", "proctor", "bench-worker"],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
         )
-
-    def start(self) -> None:
-        for slot in range(self.count):
-            self._start(slot)
-
-    def poll(self, budget: int) -> bool:
-        """Reap exits, restart crashed workers; False when none is running any more."""
-        for slot, proc in list(self.procs.items()):
-            code = proc.poll()
-            if code is None:
-                continue
-            del self.procs[slot]
-            if code == 2:
-                self.setup_failed = True
-            elif code != 0:
-                self.crashes += 1
-                log.warning("bench worker crashed", slot=slot, exit_code=code)
-                if self.crashes <= budget:
-                    self._start(slot)
-        return bool(self.procs)
-
-    def terminate(self, timeout: float = 10.0) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + timeout
-        for proc in self.procs.values():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def summary_table(name: str, summary: SuiteSummary) -> Table:
@@ -233,14 +207,70 @@ def run_suite_local(options: LocalSuiteOptions, console: Console | None = None) 
     """Run the manifest's BenchmarkSuite here; returns the exit code (see the module doc)."""
     out = console or Console(stderr=True)
     try:
-        suite = load_suite(options.manifest)
-        if options.resume and not options.run_id:
-            raise SuiteRunError("--resume needs --run-id: the run to continue")
-        if options.workers is not None and options.workers < 1:
-            raise SuiteRunError(f"--workers must be at least 1, got {options.workers}")
+        run = _setup(options)
     except SuiteRunError as exc:
         out.print(f"[red]error:[/red] {redact_text(str(exc))}")
         return EXIT_USAGE
+    started = time.monotonic()
+    total = sum(c.repetitions for c in run.matrix)
+    out.print(
+        f"BenchmarkSuite {run.namespace}/{run.name}, run {run.run_id}: {len(run.matrix)} cells, "
+        f"{total} repetitions, {run.workers} worker(s) per cell; images are not used locally"
+    )
+    interrupted = False
+    try:
+        crashed = _measure_cells(run, options, out, total)
+    except KeyboardInterrupt:
+        interrupted, crashed = True, False
+    except _WorkerSetupError as exc:
+        out.print(f"[red]error:[/red] {redact_text(str(exc))}; see {run.log_dir}")
+        return EXIT_USAGE
+    records = run.store.all_records([c.id for c in run.matrix])
+    summary = summarize_suite(run.spec, records, run.baseline)
+    report_uri = _write_report(run, summary, records)
+    code = EXIT_INTERRUPTED if interrupted else _exit_code(summary, crashed)
+    data: dict[str, Any] = {
+        "suite": run.name,
+        "namespace": run.namespace,
+        "runId": run.run_id,
+        "resultsUri": run.store.results_uri,
+        "reportUri": report_uri,
+        "baselineUri": run.baseline_uri,
+        "seconds": round(time.monotonic() - started, 3),
+        "exitCode": code,
+        **summary.to_json(),
+    }
+    if options.json_output:
+        sys.stdout.write(json.dumps(data) + "\n")
+        sys.stdout.flush()
+    else:
+        _print_summary(run, summary, report_uri)
+    return code
+
+
+@dataclass(frozen=True)
+class _SuiteRun:
+    """One local run of a suite, set up: where it goes and what it is compared with."""
+
+    spec: BenchmarkSuiteSpec
+    name: str
+    namespace: str
+    run_id: str
+    matrix: list[Cell]
+    configs: dict[str, BenchWorkerConfig]
+    store: SuiteStore
+    baseline: dict[str, list[dict[str, Any]]] | None
+    baseline_uri: str | None
+    log_dir: Path
+    workers: int
+
+
+def _setup(options: LocalSuiteOptions) -> _SuiteRun:
+    suite = load_suite(options.manifest)
+    if options.resume and not options.run_id:
+        raise SuiteRunError("--resume needs --run-id: the run to continue")
+    if options.workers is not None and options.workers < 1:
+        raise SuiteRunError(f"--workers must be at least 1, got {options.workers}")
     spec = suite.spec
     name = str(suite.metadata.get("name") or options.manifest.stem)
     namespace = str(suite.metadata.get("namespace") or "default")
@@ -276,20 +306,27 @@ def run_suite_local(options: LocalSuiteOptions, console: Console | None = None) 
             )
             baseline = load_records(baseline_uri)
     except Exception as exc:
-        out.print(f"[red]error:[/red] cannot set up the suite run: {redact_text(str(exc))}")
-        return EXIT_USAGE
+        raise SuiteRunError(f"cannot set up the suite run: {exc}") from exc
     log_dir = results_dir / ".logs" / f"{namespace}-{name}-{run_id}"
     log_dir.mkdir(parents=True, exist_ok=True)
-    workers = options.workers or 1
-    budget = spec.failure_budget
-    interrupted = False
-    crashed = False
-    started = time.monotonic()
-    total = sum(c.repetitions for c in matrix)
-    out.print(
-        f"BenchmarkSuite {namespace}/{name}, run {run_id}: {len(matrix)} cells, {total} "
-        f"repetitions, {workers} worker(s) per cell; images are not used locally"
+    return _SuiteRun(
+        spec,
+        name,
+        namespace,
+        run_id,
+        matrix,
+        configs,
+        store,
+        baseline,
+        baseline_uri,
+        log_dir,
+        workers=options.workers or 1,
     )
+
+
+def _measure_cells(run: _SuiteRun, options: LocalSuiteOptions, out: Console, total: int) -> bool:
+    """Measure the cells one after another; True when some cell's workers crashed beyond the
+    failure budget or left repetitions unrecorded."""
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -299,76 +336,60 @@ def run_suite_local(options: LocalSuiteOptions, console: Console | None = None) 
         transient=options.json_output,
         disable=options.json_output and not out.is_terminal,
     )
+    crashed = False
     done_before = 0
-    try:
-        with bar:
-            task = bar.add_task(name, total=total)
-            for cell in matrix:
-                bar.update(task, description=f"{name} {cell.id}")
-                base = done_before
+    with bar:
+        task = bar.add_task(run.name, total=total)
+        for cell in run.matrix:
+            bar.update(task, description=f"{run.name} {cell.id}")
 
-                def progress(n: int, base: int = base) -> None:
-                    bar.update(task, completed=base + n)
+            def progress(n: int, base: int = done_before) -> None:
+                bar.update(task, completed=base + n)
 
-                ok = _run_cell(
-                    cell,
-                    configs[cell.id],
-                    store=store,
-                    workers=workers,
-                    budget=budget,
-                    log_dir=log_dir,
-                    on_progress=progress,
-                    refresh=options.refresh_seconds,
-                )
-                crashed = crashed or not ok
-                done_before += len(store.recorded(cell.id))
-                bar.update(task, completed=done_before)
-    except KeyboardInterrupt:
-        interrupted = True
-    except _WorkerSetupError as exc:
-        out.print(f"[red]error:[/red] {redact_text(str(exc))}; see {log_dir}")
-        return EXIT_USAGE
-    records = store.all_records([c.id for c in matrix])
-    summary = summarize(spec, records, baseline)
+            ok = _run_cell(
+                cell,
+                run.configs[cell.id],
+                store=run.store,
+                workers=run.workers,
+                budget=run.spec.failure_budget,
+                log_dir=run.log_dir,
+                on_progress=progress,
+                refresh=options.refresh_seconds,
+            )
+            crashed = crashed or not ok
+            done_before += len(run.store.recorded(cell.id))
+            bar.update(task, completed=done_before)
+    return crashed
+
+
+def _write_report(
+    run: _SuiteRun, summary: SuiteSummary, records: dict[str, list[dict[str, Any]]]
+) -> str:
     details = {
-        "suite": f"{namespace}/{name}",
-        "run": run_id,
-        "machine": f"local ({os.uname().nodename}), {workers} worker(s) per cell",
+        "suite": f"{run.namespace}/{run.name}",
+        "run": run.run_id,
+        "machine": f"local ({os.uname().nodename}), {run.workers} worker(s) per cell",
     }
-    if baseline_uri:
-        details["baseline"] = baseline_uri
-    title = f"BenchmarkSuite {name}"
-    report_uri = store.write_report(
+    if run.baseline_uri:
+        details["baseline"] = run.baseline_uri
+    title = f"BenchmarkSuite {run.name}"
+    return run.store.write_report(
         render_markdown(summary, records, title=title, details=details),
-        render_html(summary, records, baseline, title=title, details=details),
+        render_html(summary, records, run.baseline, title=title, details=details),
         records,
         summary.to_json(),
     )
-    code = EXIT_INTERRUPTED if interrupted else _exit_code(summary, crashed)
-    data: dict[str, Any] = {
-        "suite": name,
-        "namespace": namespace,
-        "runId": run_id,
-        "resultsUri": store.results_uri,
-        "reportUri": report_uri,
-        "baselineUri": baseline_uri,
-        "seconds": round(time.monotonic() - started, 3),
-        "exitCode": code,
-        **summary.to_json(),
-    }
-    if options.json_output:
-        sys.stdout.write(json.dumps(data) + "\n")
-        sys.stdout.flush()
-    else:
-        console_out = Console()
-        console_out.print(summary_table(name, summary))
-        # Whole lines, never wrapped: people copy these into a browser or a later baseline.
-        console_out.print(f"report: {report_uri}", soft_wrap=True, highlight=False)
-        console_out.print(f"records: {store.records_uri}", soft_wrap=True, highlight=False)
-        if summary.regressions:
-            cells_flagged = ", ".join(f"{r.benchmark}.{r.variant}" for r in summary.regressions)
-            console_out.print(f"[bold red]regressions:[/bold red] {cells_flagged}")
-    return code
+
+
+def _print_summary(run: _SuiteRun, summary: SuiteSummary, report_uri: str) -> None:
+    console_out = Console()
+    console_out.print(summary_table(run.name, summary))
+    # Whole lines, never wrapped: people copy these into a browser or a later baseline.
+    console_out.print(f"report: {report_uri}", soft_wrap=True, highlight=False)
+    console_out.print(f"records: {run.store.records_uri}", soft_wrap=True, highlight=False)
+    if summary.regressions:
+        cells_flagged = ", ".join(f"{r.benchmark}.{r.variant}" for r in summary.regressions)
+        console_out.print(f"[bold red]regressions:[/bold red] {cells_flagged}")
 
 
 class _WorkerSetupError(Exception):
@@ -413,6 +434,7 @@ def _run_cell(
                 on_progress(len(store.recorded(cell.id)))
         except KeyboardInterrupt:
             group.terminate()
+            group.wait(10.0)
             raise
     if group.setup_failed:
         raise _WorkerSetupError(f"a bench worker for {cell.id} is misconfigured")

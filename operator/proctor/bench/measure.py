@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import IO
 
 KILL_GRACE_SECONDS = 2.0
 """After SIGTERM, how long the process group has before SIGKILL."""
@@ -125,27 +126,40 @@ def run_measured(
             write_fd = -1
             why = _wait_watched(proc, timeout_seconds, cancel)
             outer_wall = (time.perf_counter_ns() - t0) / 1e9
-            # The launcher has exited: its report, if it wrote one, is in the pipe already.
-            os.set_blocking(read_fd, False)
-            try:
-                report = os.read(read_fd, 4096).decode().split()
-            except BlockingIOError:
-                report = []
-            tail = ""
-            if len(report) != 5 or int(report[1]) != 0:
-                size = errfile.seek(0, os.SEEK_END)
-                errfile.seek(max(0, size - STDERR_TAIL_BYTES))
-                tail = errfile.read().decode(errors="replace")
+            report, tail = _read_report(read_fd, errfile)
     finally:
         os.close(read_fd)
         if write_fd >= 0:
             os.close(write_fd)
+    return _measurement(report, tail, why, proc.returncode, outer_wall)
+
+
+def _read_report(read_fd: int, errfile: IO[bytes]) -> tuple[list[str], str]:
+    """The launcher's report (empty if it wrote none) and, unless the command exited 0, the
+    tail of its stderr."""
+    # The launcher has exited: its report, if it wrote one, is in the pipe already.
+    os.set_blocking(read_fd, False)
+    try:
+        report = os.read(read_fd, 4096).decode().split()
+    except BlockingIOError:
+        report = []
+    tail = ""
+    if len(report) != 5 or int(report[1]) != 0:
+        size = errfile.seek(0, os.SEEK_END)
+        errfile.seek(max(0, size - STDERR_TAIL_BYTES))
+        tail = errfile.read().decode(errors="replace")
+    return report, tail
+
+
+def _measurement(
+    report: list[str], tail: str, why: str | None, returncode: int | None, outer_wall: float
+) -> Measurement:
     timed_out = why == "timeout"
     cancelled = why == "cancel"
     if len(report) != 5:
         # The launcher was killed (timeout, stop) before it could report: only the outer
         # clock and the launcher's status are known.
-        code = proc.returncode if proc.returncode is not None else -signal.SIGKILL
+        code = returncode if returncode is not None else -signal.SIGKILL
         return Measurement(outer_wall, 0.0, 0.0, 0, code, timed_out, cancelled, stderr_tail=tail)
     wall_ns, status, utime, stime, maxrss_kib = report
     code = os.waitstatus_to_exitcode(int(status))

@@ -17,7 +17,7 @@ from proctor.api.v1alpha1.benchmarksuite import (
     CellSummary,
     Regression,
 )
-from proctor.bench.matrix import cells
+from proctor.bench.matrix import Cell, cells
 from proctor.stats.passrates import Interval
 from proctor.stats.timing import (
     Welford,
@@ -178,7 +178,7 @@ def summarize_cell(
     )
 
 
-def summarize(
+def summarize_suite(
     spec: BenchmarkSuiteSpec,
     records: Records,
     baseline: Records | None = None,
@@ -197,50 +197,21 @@ def summarize(
         xs = wall_times(recs)
         if cell.benchmark not in reference:
             reference[cell.benchmark] = xs
-            ref_variant = cell.variant
         elif xs and reference[cell.benchmark]:
-            ref = reference[cell.benchmark]
-            ref_variant = spec.variants[0].name
-            comparisons.append(
-                Comparison(
-                    benchmark=cell.benchmark,
-                    variant=cell.variant,
-                    reference=ref_variant,
-                    ratio=median(xs) / median(ref),
-                    ratio_ci=bootstrap_ratio_of_medians(
-                        xs,
-                        ref,
-                        level,
-                        seed=cell_seed(f"{cell.id}/{ref_variant}"),
-                        resamples=BOOTSTRAP_RESAMPLES,
-                    ),
-                )
-            )
+            first = spec.variants[0].name
+            comparisons.append(_against_variant(cell, xs, first, reference[cell.benchmark], level))
         base = wall_times(baseline.get(cell.id, ())) if baseline is not None else []
         if threshold is not None and xs and base:
-            verdict = detect_regression(
-                xs, base, threshold, level, seed=cell_seed(cell.id), resamples=BOOTSTRAP_RESAMPLES
-            )
-            against.append(
-                BaselineComparison(
-                    benchmark=cell.benchmark,
-                    variant=cell.variant,
-                    baseline_median=median(base),
-                    ratio=verdict.ratio,
-                    ratio_ci=verdict.ratio_interval,
-                    p_value=verdict.p_value,
-                    regression=verdict.regression,
-                    reason=verdict.reason,
-                )
-            )
-            summary.regression = verdict.regression
-            if verdict.regression:
+            comparison = _against_baseline(cell, xs, base, threshold, level)
+            against.append(comparison)
+            summary.regression = comparison.regression
+            if comparison.regression:
                 regressions.append(
                     Regression(
                         benchmark=cell.benchmark,
                         variant=cell.variant,
-                        ratio=verdict.ratio,
-                        ratio_ci=list(verdict.ratio_interval),
+                        ratio=comparison.ratio,
+                        ratio_ci=list(comparison.ratio_ci),
                     )
                 )
         out.append(summary)
@@ -251,4 +222,42 @@ def summarize(
         baseline=against,
         confidence_level=level,
         threshold=threshold,
+    )
+
+
+def _against_variant(
+    cell: Cell, xs: list[float], reference: str, ref: list[float], level: float
+) -> Comparison:
+    """The cell's median against the benchmark's first variant's, with a bootstrap interval."""
+    return Comparison(
+        benchmark=cell.benchmark,
+        variant=cell.variant,
+        reference=reference,
+        ratio=median(xs) / median(ref),
+        ratio_ci=bootstrap_ratio_of_medians(
+            xs,
+            ref,
+            level,
+            seed=cell_seed(f"{cell.id}/{reference}"),
+            resamples=BOOTSTRAP_RESAMPLES,
+        ),
+    )
+
+
+def _against_baseline(
+    cell: Cell, xs: list[float], base: list[float], threshold: float, level: float
+) -> BaselineComparison:
+    """The cell against the same cell of the baseline run: a regression or not, and why."""
+    verdict = detect_regression(
+        xs, base, threshold, level, seed=cell_seed(cell.id), resamples=BOOTSTRAP_RESAMPLES
+    )
+    return BaselineComparison(
+        benchmark=cell.benchmark,
+        variant=cell.variant,
+        baseline_median=median(base),
+        ratio=verdict.ratio,
+        ratio_ci=verdict.ratio_interval,
+        p_value=verdict.p_value,
+        regression=verdict.regression,
+        reason=verdict.reason,
     )

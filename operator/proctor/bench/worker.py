@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,19 +38,35 @@ from proctor.bench.measure import Measurement, run_measured
 from proctor.bench.store import SuiteStore
 from proctor.queue import Lease, QueueError, WorkQueue, open_queue
 from proctor.storage import StorageError
+from proctor.worker.common import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_STORAGE,
+    ConfigError,
+    Env,
+    heartbeat_interval,
+    host_pid,
+    renew_leases,
+    run_main,
+)
+
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_OK",
+    "EXIT_STORAGE",
+    "MAX_ATTEMPTS",
+    "BenchWorker",
+    "BenchWorkerConfig",
+    "ConfigError",
+    "main",
+    "open_suite_store",
+    "parse_suite_spec",
+]
 
 log = structlog.get_logger("proctor.bench.worker")
 
-EXIT_OK = 0
-EXIT_CONFIG = 2
-EXIT_STORAGE = 3
-
 MAX_ATTEMPTS = 3
 """Deliveries of one repetition (workers lost while running it) before it is recorded failed."""
-
-
-class ConfigError(ValueError):
-    """The worker's configuration is missing or wrong; the message says what to set."""
 
 
 def parse_suite_spec(data: Mapping[str, Any]) -> BenchmarkSuiteSpec:
@@ -72,7 +87,7 @@ class BenchWorkerConfig:
     cell: str
     queue_url: str
     storage_uri: str
-    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    worker_id: str = field(default_factory=host_pid)
     node_name: str | None = None
     storage_endpoint: str | None = None
     storage_region: str | None = None
@@ -91,42 +106,31 @@ class BenchWorkerConfig:
         ``PROCTOR_STORAGE_REGION``, ``PROCTOR_LEASE_SECONDS``. S3 credentials come from the
         usual ``AWS_*`` variables, as for ``proctor worker``.
         """
-        e = dict(os.environ if env is None else env)
-
-        def need(name: str) -> str:
-            value = e.get(name, "").strip()
-            if not value:
-                raise ConfigError(
-                    f"{name} is not set; the benchmark worker needs it (see docs/benchmarks.md)"
-                )
-            return value
-
-        raw = need("PROCTOR_SUITE_SPEC")
+        e = Env(env, docs="docs/benchmarks.md")
+        who = "the benchmark worker"
+        raw = e.need("PROCTOR_SUITE_SPEC", who)
         try:
             spec = parse_suite_spec(json.loads(raw))
         except json.JSONDecodeError as exc:
             raise ConfigError(f"PROCTOR_SUITE_SPEC is not JSON: {exc}") from exc
-        cell = need("PROCTOR_CELL")
+        cell = e.need("PROCTOR_CELL", who)
         try:
             find_cell(spec, cell)
         except ValueError as exc:
             raise ConfigError(f"PROCTOR_CELL: {exc}") from exc
-        lease = e.get("PROCTOR_LEASE_SECONDS", "").strip()
         return cls(
             spec=spec,
-            namespace=need("PROCTOR_SUITE_NAMESPACE"),
-            suite=need("PROCTOR_SUITE_NAME"),
-            run_id=need("PROCTOR_SUITE_RUN_ID"),
+            namespace=e.need("PROCTOR_SUITE_NAMESPACE", who),
+            suite=e.need("PROCTOR_SUITE_NAME", who),
+            run_id=e.need("PROCTOR_SUITE_RUN_ID", who),
             cell=cell,
-            queue_url=need("PROCTOR_QUEUE_URL"),
-            storage_uri=need("PROCTOR_STORAGE_URI"),
-            worker_id=e.get("PROCTOR_WORKER_ID")
-            or e.get("POD_NAME")
-            or f"{socket.gethostname()}-{os.getpid()}",
-            node_name=e.get("PROCTOR_NODE_NAME") or None,
-            storage_endpoint=e.get("PROCTOR_STORAGE_ENDPOINT") or None,
-            storage_region=e.get("PROCTOR_STORAGE_REGION") or None,
-            lease_seconds=float(lease) if lease else None,
+            queue_url=e.need("PROCTOR_QUEUE_URL", who),
+            storage_uri=e.need("PROCTOR_STORAGE_URI", who),
+            worker_id=e.worker_id(),
+            node_name=e.optional("PROCTOR_NODE_NAME"),
+            storage_endpoint=e.optional("PROCTOR_STORAGE_ENDPOINT"),
+            storage_region=e.optional("PROCTOR_STORAGE_REGION"),
+            lease_seconds=e.seconds("PROCTOR_LEASE_SECONDS"),
         )
 
     def env(self) -> dict[str, str]:
@@ -263,20 +267,15 @@ class BenchWorker:
         signal.signal(signal.SIGINT, self._on_signal)
 
     def _heartbeat(self) -> None:
-        interval = max(0.05, min(self.lease / 3.0, 10.0))
-        while not self._done.wait(interval):
+        while not self._done.wait(heartbeat_interval(self.lease)):
             with self._lock:
-                held = self._held
-            if held is None:
-                continue
-            try:
-                ok = self.queue.renew(held, self.config.worker_id)
-            except Exception as exc:
-                self.log.warning("lease renewal failed", error=str(exc))
-                continue
-            if not ok:
+                held = [] if self._held is None else [self._held]
+            if renew_leases(self.queue, self.config.worker_id, held, self._renewal_failed):
                 with self._lock:
                     self._lost = True
+
+    def _renewal_failed(self, lease: Lease, exc: Exception) -> None:
+        self.log.warning("lease renewal failed", error=str(exc))
 
     # -- main loop ------------------------------------------------------------------------
 
@@ -399,14 +398,6 @@ class BenchWorker:
 
 def main(config: BenchWorkerConfig | None = None) -> int:
     """``proctor bench-worker``: configure from the environment, measure until drained."""
-    from proctor.logging import configure_logging
-
-    configure_logging()
-    try:
-        config = config or BenchWorkerConfig.from_env()
-        worker = BenchWorker(config)
-    except (ConfigError, ValueError) as exc:
-        log.error("bench worker misconfigured", error=str(exc))
-        return EXIT_CONFIG
-    worker.install_signal_handlers()
-    return worker.run()
+    return run_main(
+        lambda: BenchWorker(config or BenchWorkerConfig.from_env()), log, "bench worker"
+    )

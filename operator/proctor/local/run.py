@@ -56,15 +56,27 @@ from proctor.redact import redact_text
 from proctor.sdk.hooks import summarize_with_task
 from proctor.stats.passrates import should_stop_early, summarize
 from proctor.storage import ProgressSnapshot, RunProgress, RunStorage
+from proctor.storage.attempts import AttemptError, fresh_attempt, resume_attempt
+from proctor.validation import ManifestError, dns_label_error, validate_file
+from proctor.worker.pool import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_USAGE, LocalOptions
 from proctor.worker.runtime import WorkerConfig, open_run_storage
+
+__all__ = [
+    "EXIT_ACCEPT",
+    "EXIT_INCOMPLETE",
+    "EXIT_INTERRUPTED",
+    "EXIT_REJECT",
+    "EXIT_USAGE",
+    "LocalRunOptions",
+    "RunError",
+    "load_evalrun",
+    "run_local",
+]
 
 log = structlog.get_logger("proctor.run")
 
 EXIT_ACCEPT = 0
 EXIT_REJECT = 1
-EXIT_USAGE = 2
-EXIT_INCOMPLETE = 3
-EXIT_INTERRUPTED = 130
 
 LOCAL_LEASE_SECONDS = 5.0
 """Lease for local runs: a crashed local worker's batch is taken over within seconds."""
@@ -75,23 +87,12 @@ class RunError(Exception):
     """A manifest or argument problem; the message says what to change."""
 
 
-@dataclass
-class LocalRunOptions:
-    manifest: Path
-    workers: int | None = None
-    queue_url: str | None = None
-    storage_uri: str | None = None
-    results_dir: Path = Path("proctor-results")
-    run_id: str | None = None
-    resume: bool = False
-    json_output: bool = False
-    refresh_seconds: float = 0.25
+LocalRunOptions = LocalOptions
+"""The options of ``proctor run`` for an EvalRun (the name callers use)."""
 
 
 def load_evalrun(path: Path) -> EvalRun:
     """The one EvalRun in ``path``, validated."""
-    from proctor.validation import ManifestError, validate_file
-
     try:
         results = validate_file(path)
     except ManifestError as exc:
@@ -217,8 +218,6 @@ class _Run:
 
 def _paths(options: LocalRunOptions, evalrun: EvalRun) -> tuple[str, str, Path]:
     """(name, run id, the run's local folder), checked: names are labels, paths stay inside."""
-    from proctor.validation import dns_label_error
-
     name = str(evalrun.metadata.get("name") or options.manifest.stem)
     run_id = options.run_id or name
     for what, value in (("metadata.name", name), ("--run-id", run_id)):
@@ -242,8 +241,6 @@ def _paths(options: LocalRunOptions, evalrun: EvalRun) -> tuple[str, str, Path]:
 
 def _setup(options: LocalRunOptions, evalrun: EvalRun) -> _Run:
     """Open (fresh: reset) the run's storage and queue, fix its attempt, enqueue the cases."""
-    from proctor.storage.attempts import AttemptError, fresh_attempt, resume_attempt
-
     name, run_id, local_dir = _paths(options, evalrun)
     spec = evalrun.spec
     queue_url = options.queue_url or f"sqlite://{local_dir / 'queue.sqlite3'}"
@@ -352,7 +349,7 @@ def _follow(run: _Run, progress: RunProgress, workers: LocalWorkers, bar: Progre
             workers.start_missing(budget)
         if snap.finished:
             return stopped
-        if not workers.poll(work_left, budget):
+        if not workers.poll(budget, work_left):
             queued = not run.enqueuer.finished or not run.queue.depth().empty
             if not work_left or not queued or workers.failed(budget):
                 return stopped
@@ -462,12 +459,11 @@ def _finish(
     # A task with its own rule (Metamorphic Guard's) judges the run by it.
     judged = summarize_with_task(spec, storage, summary, run_user_code=True)
     summary = judged.summary
-    failed = workers.setup_failed or workers.crashes > budget
+    failed = workers.failed(budget)
     code = EXIT_INTERRUPTED if interrupted else _exit_code(summary, complete, failed)
     if workers.setup_failed and not interrupted:
         code = EXIT_USAGE
-        out = Console(stderr=True)
-        out.print(
+        Console(stderr=True).print(
             f"[red]error:[/red] a worker could not load the task; see {run.local_dir}/worker-*.log"
         )
     data = _summary_dict(

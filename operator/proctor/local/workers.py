@@ -9,6 +9,7 @@ that does (another machine's, say; see :mod:`proctor.storage.attempts`).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -20,7 +21,8 @@ from typing import IO
 
 import structlog
 
-from proctor.worker.runtime import WorkerConfig
+from proctor.worker.pool import Process, WorkerPool
+from proctor.worker.runtime import WorkerConfig, main
 
 log = structlog.get_logger("proctor.run")
 
@@ -80,8 +82,6 @@ class _ForkedWorker:
 def _die_with_parent(parent: int) -> None:  # pragma: no cover - in the child
     """Linux: the kernel kills this worker when ``proctor run`` dies, even by SIGKILL."""
     if sys.platform == "linux":
-        import ctypes
-
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the parent died before the request took effect
@@ -103,88 +103,36 @@ def _worker_child(env: dict[str, str], log_fd: int, parent: int) -> int:  # prag
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
     os.environ.clear()
     os.environ.update(env)
-    from proctor.worker.runtime import main
-
     return main()
 
 
-class LocalWorkers:
-    """N worker processes, restarted when they crash while work remains."""
+class LocalWorkers(WorkerPool):
+    """N ``proctor worker`` processes, each logging to ``worker-<slot>.log`` in ``log_dir``."""
 
     def __init__(self, config: WorkerConfig, count: int, log_dir: Path) -> None:
+        super().__init__(count, self._spawn)
         self.config = config
-        self.count = count
         self.log_dir = log_dir
-        self.procs: dict[int, subprocess.Popen[bytes] | _ForkedWorker] = {}
         self.logs: dict[int, IO[bytes]] = {}
-        self.crashes = 0
-        self.setup_failed = False
 
-    def _start(self, slot: int) -> None:
+    def _spawn(self, slot: int, crashes: int) -> Process:
         env = dict(os.environ)
         env.update(self.config.env())
-        env["PROCTOR_WORKER_ID"] = f"local-{slot}-{self.crashes}"
+        env["PROCTOR_WORKER_ID"] = f"local-{slot}-{crashes}"
         env.setdefault("PROCTOR_LOG_FORMAT", "json")
         if slot not in self.logs:
             self.logs[slot] = (self.log_dir / f"worker-{slot}.log").open("ab")
         if hasattr(os, "fork"):
             # A forked copy of this process runs what `proctor worker` runs: a process of its
             # own as before, without a fresh interpreter re-importing everything (~0.5 s each).
-            self.procs[slot] = _ForkedWorker(env, self.logs[slot].fileno())
-            return
-        self.procs[slot] = subprocess.Popen(
+            return _ForkedWorker(env, self.logs[slot].fileno())
+        return subprocess.Popen(
             [sys.executable, "-m", "proctor", "worker"],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=self.logs[slot],
             stderr=subprocess.STDOUT,
         )
-
-    def start(self) -> None:
-        for slot in range(self.count):
-            self._start(slot)
-
-    def failed(self, budget: int) -> bool:
-        """A worker could not load the task, or more crashed than ``budget`` allows."""
-        return self.setup_failed or self.crashes > budget
-
-    def start_missing(self, budget: int) -> None:
-        """Start the slots whose worker has exited (there is work again), within ``budget``."""
-        if self.failed(budget):
-            return
-        for slot in range(self.count):
-            if slot not in self.procs:
-                self._start(slot)
-
-    def poll(self, work_left: bool, budget: int) -> bool:
-        """Reap exits, restart crashed workers; False when none is running any more."""
-        for slot, proc in list(self.procs.items()):
-            code = proc.poll()
-            if code is None:
-                continue
-            del self.procs[slot]
-            if code == 2:
-                self.setup_failed = True
-            elif code != 0:
-                self.crashes += 1
-                log.warning("worker crashed", slot=slot, exit_code=code, crashes=self.crashes)
-                if work_left and self.crashes <= budget:
-                    self._start(slot)
-        return bool(self.procs)
-
-    def terminate(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-
-    def wait(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        for proc in self.procs.values():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
     def close(self) -> None:
         for f in self.logs.values():

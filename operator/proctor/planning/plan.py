@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from proctor.api.quantity import cpu_millis, format_bytes, format_cpu, to_bytes
-from proctor.api.v1alpha1.base import Toleration
+from proctor.api.v1alpha1.base import Placement, Toleration
 from proctor.api.v1alpha1.evalrun import EvalRunSpec, LimitName, Plan, PoolPlan
 from proctor.config import OperatorConfig
 
@@ -345,41 +345,9 @@ def compute_plan(
 
     tolerations = worker_tolerations(spec, spot_fallback)
     eligible = [n for n in nodes if not ineligibility(spec, n, spot_fallback, tolerations)]
-    names = tuple(n.name for n in eligible)
     feasible = any(_holds_one_when_empty(n, size, config) for n in eligible)
-    reason = ""
-    if not eligible:
-        reasons = sorted({ineligibility(spec, n, spot_fallback) for n in nodes})
-        reason = "no eligible node" + (f": {'; '.join(reasons)}" if reasons else " in the cluster")
-    elif not feasible:
-        reason = (
-            f"no eligible node can hold one worker of profile {size.profile} "
-            f"({format_cpu(size.cpu_millis)} CPU, {format_bytes(size.memory)} memory"
-            + (f", {size.gpus} GPU" if size.gpus else "")
-            + ") after reserved margins; choose a smaller profile or add larger nodes"
-        )
-
-    per_node: dict[str, int] = {}
-    totals = {"cpu": 0, "memory": 0, "gpu": 0, "pods": 0}
-    for node in eligible:
-        by_resource = _per_resource(node, size, config)
-        node_fit = min(by_resource.values())
-        per_node[node.name] = min(node_fit, 1) if one_per_node else node_fit
-        for key, value in by_resource.items():
-            totals[key] = min(UNLIMITED, totals[key] + value)
+    per_node, resource_limit = _fit(eligible, size, config, one_per_node)
     fit = sum(per_node.values())
-    if size.gpus == 0:
-        totals.pop("gpu")
-    resource_limit: LimitName = "cpu"
-    smallest = min(totals.values()) if totals else 0
-    for key in ("cpu", "memory", "gpu", "pods"):
-        if key in totals and totals[key] == smallest:
-            resource_limit = key  # type: ignore[assignment]
-            break
-    if one_per_node and len(eligible) <= smallest:
-        resource_limit = "nodes"
-    if not eligible:
-        resource_limit = "nodes"
 
     demand_workers = math.ceil(demand.backlog / target) if demand.backlog > 0 else 0
     quota_workers = _quota_workers(quota or QuotaHeadroom(), size)
@@ -398,21 +366,6 @@ def compute_plan(
     elif replicas < w_min:
         bound_by, replicas = "min", w_min
 
-    pool_plans: list[PoolPlan] = []
-    if placement.pools:
-        pool_fit: dict[str, int] = {p.name: 0 for p in placement.pools}
-        for node in eligible:
-            pool = pool_of(spec, node)
-            if pool:
-                pool_fit[pool] += per_node[node.name]
-        split = _split_by_weight(
-            replicas, [(p.name, p.weight, pool_fit[p.name]) for p in placement.pools]
-        )
-        pool_plans = [
-            PoolPlan(name=p.name, replicas=split[p.name], fit=pool_fit[p.name])
-            for p in placement.pools
-        ]
-
     message = (
         f"{replicas} workers of {size.profile} ({format_cpu(size.cpu_millis)} CPU, "
         f"{format_bytes(size.memory)}"
@@ -426,9 +379,82 @@ def compute_plan(
         fit=fit,
         bound_by=bound_by,
         size=size,
-        eligible_nodes=names,
-        pools=tuple(pool_plans),
+        eligible_nodes=tuple(n.name for n in eligible),
+        pools=_pool_plans(spec, placement, eligible, per_node, replicas),
         message=message,
         feasible=feasible,
-        infeasible_reason=reason,
+        infeasible_reason=_infeasible_reason(
+            spec, nodes, eligible, feasible=feasible, size=size, spot_fallback=spot_fallback
+        ),
+    )
+
+
+def _infeasible_reason(
+    spec: EvalRunSpec,
+    nodes: Sequence[NodeInfo],
+    eligible: Sequence[NodeInfo],
+    *,
+    feasible: bool,
+    size: WorkerSize,
+    spot_fallback: bool,
+) -> str:
+    """Why no worker can run at all ("" when one can)."""
+    if not eligible:
+        reasons = sorted({ineligibility(spec, n, spot_fallback) for n in nodes})
+        return "no eligible node" + (f": {'; '.join(reasons)}" if reasons else " in the cluster")
+    if not feasible:
+        return (
+            f"no eligible node can hold one worker of profile {size.profile} "
+            f"({format_cpu(size.cpu_millis)} CPU, {format_bytes(size.memory)} memory"
+            + (f", {size.gpus} GPU" if size.gpus else "")
+            + ") after reserved margins; choose a smaller profile or add larger nodes"
+        )
+    return ""
+
+
+def _fit(
+    eligible: Sequence[NodeInfo], size: WorkerSize, config: OperatorConfig, one_per_node: bool
+) -> tuple[dict[str, int], LimitName]:
+    """Workers that fit on each eligible node, and the resource that limits them most."""
+    per_node: dict[str, int] = {}
+    totals = {"cpu": 0, "memory": 0, "gpu": 0, "pods": 0}
+    for node in eligible:
+        by_resource = _per_resource(node, size, config)
+        node_fit = min(by_resource.values())
+        per_node[node.name] = min(node_fit, 1) if one_per_node else node_fit
+        for key, value in by_resource.items():
+            totals[key] = min(UNLIMITED, totals[key] + value)
+    if size.gpus == 0:
+        totals.pop("gpu")
+    resource_limit: LimitName = "cpu"
+    smallest = min(totals.values()) if totals else 0
+    for key in ("cpu", "memory", "gpu", "pods"):
+        if key in totals and totals[key] == smallest:
+            resource_limit = key  # type: ignore[assignment]
+            break
+    if (one_per_node and len(eligible) <= smallest) or not eligible:
+        resource_limit = "nodes"
+    return per_node, resource_limit
+
+
+def _pool_plans(
+    spec: EvalRunSpec,
+    placement: Placement,
+    eligible: Sequence[NodeInfo],
+    per_node: dict[str, int],
+    replicas: int,
+) -> tuple[PoolPlan, ...]:
+    """The replicas shared over ``placement.pools`` by weight, each within what fits in it."""
+    if not placement.pools:
+        return ()
+    pool_fit: dict[str, int] = {p.name: 0 for p in placement.pools}
+    for node in eligible:
+        pool = pool_of(spec, node)
+        if pool:
+            pool_fit[pool] += per_node[node.name]
+    split = _split_by_weight(
+        replicas, [(p.name, p.weight, pool_fit[p.name]) for p in placement.pools]
+    )
+    return tuple(
+        PoolPlan(name=p.name, replicas=split[p.name], fit=pool_fit[p.name]) for p in placement.pools
     )

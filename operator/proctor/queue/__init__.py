@@ -22,6 +22,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, parse_qs, urlsplit
 
+import boto3
+from botocore.config import Config
+
+# Not `import redis`: the package attribute `redis` is the submodule proctor.queue.redis.
+from redis import Redis, RedisError
+
 from proctor.queue.base import (
     DeadLetter,
     Lease,
@@ -33,6 +39,9 @@ from proctor.queue.base import (
     subtract,
 )
 from proctor.queue.enqueue import enqueue_run
+from proctor.queue.redis import RedisQueue
+from proctor.queue.sqlite import SqliteQueue
+from proctor.queue.sqs import SqsQueue
 from proctor.redact import redact_text, redact_url
 
 __all__ = [
@@ -86,17 +95,11 @@ def open_queue(
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme in ("redis", "rediss", "unix"):
-        from proctor.queue.redis import RedisQueue
-
         return RedisQueue.from_url(url, run_id, lease_seconds=lease_seconds)
     if scheme in ("sqs", "sqs+http", "sqs+https"):
-        from proctor.queue.sqs import SqsQueue
-
         endpoint, region = _sqs_location(parts)
         return SqsQueue(run_id, lease_seconds=lease_seconds, endpoint_url=endpoint, region=region)
     if scheme == "sqlite":
-        from proctor.queue.sqlite import SqliteQueue
-
         path = "/" + parts.path.lstrip("/") if parts.path.startswith("/") else parts.path
         return SqliteQueue(Path(path), run_id, lease_seconds=lease_seconds)
     raise _unknown(url)
@@ -137,15 +140,12 @@ class QueueConnections:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme in ("redis", "rediss", "unix"):
-            import redis
-
-            from proctor.queue.redis import RedisQueue
 
             def connect() -> Any:
                 try:
-                    client = redis.Redis.from_url(url, socket_timeout=30, health_check_interval=30)
+                    client = Redis.from_url(url, socket_timeout=30, health_check_interval=30)
                     client.ping()
-                except (redis.RedisError, ValueError) as exc:
+                except (RedisError, ValueError) as exc:
                     raise QueueError(
                         f"cannot reach Redis at {redact_url(url)}: {redact_text(str(exc))}; "
                         "check the queue URL and that Redis runs"
@@ -155,11 +155,6 @@ class QueueConnections:
             client = self._client(("redis", url), connect)
             return RedisQueue(client, run_id, lease_seconds=lease_seconds)
         if scheme in ("sqs", "sqs+http", "sqs+https"):
-            import boto3
-            from botocore.config import Config
-
-            from proctor.queue.sqs import SqsQueue
-
             endpoint, region = _sqs_location(parts)
 
             keys = dict(credentials or {})

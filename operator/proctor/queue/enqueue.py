@@ -21,7 +21,12 @@ class Enqueuer:
     """
 
     def __init__(self, queue: WorkQueue, storage: object | None, spec: EvalRunSpec) -> None:
-        from proctor.storage import IntervalSet, RunProgress, RunStorage
+        # Not at the top: proctor.storage imports proctor.queue (Range, WorkQueue).
+        from proctor.storage import (  # noqa: PLC0415 - breaks the storage -> queue cycle
+            IntervalSet,
+            RunProgress,
+            RunStorage,
+        )
 
         self.queue = queue
         self.count = spec.cases.count

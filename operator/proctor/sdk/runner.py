@@ -105,7 +105,8 @@ def load_task(task: TaskSpec, compare: CompareSpec | None, seed: int) -> LoadedT
             else [("baseline", compare.baseline.ref), ("candidate", compare.candidate.ref)]
         )
         _check_command(task.command)
-        from proctor.sdk.command import CommandTask
+        # proctor.sdk.command imports LoadedTask from here.
+        from proctor.sdk.command import CommandTask  # noqa: PLC0415 - breaks that cycle
 
         return CommandTask(task.command, seed, task.params or {}, roles)
     if task.entrypoint is None:

@@ -18,139 +18,38 @@ Pure standard library on purpose: numpy and scipy are only used by the tests.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any, Literal
+from typing import Literal
 
 from proctor.api.v1alpha1.evalrun import CompareSpec, EarlyStoppingSpec, ResultSummary
+from proctor.stats.aggregate import MAX_VIOLATION_KEYS, OTHER_VIOLATIONS, Aggregate
 
-MAX_VIOLATION_KEYS = 256
-"""Distinct violation names an aggregate keeps; the rest are counted under ``(other)``."""
-OTHER_VIOLATIONS = "(other)"
+__all__ = [
+    "MAX_VIOLATION_KEYS",
+    "OTHER_VIOLATIONS",
+    "Aggregate",
+    "Decision",
+    "DecisionName",
+    "Interval",
+    "bernoulli_confidence_sequence",
+    "difference_interval",
+    "fixed_sample_decision",
+    "newcombe_interval",
+    "normal_quantile",
+    "paired_difference_confidence_sequence",
+    "sequential_decision",
+    "should_stop_early",
+    "summarize",
+    "wald_interval",
+    "wilson_interval",
+]
 
 DecisionName = Literal["accept", "reject", "undecided"]
 Interval = tuple[float, float]
 
 _BISECTION_STEPS = 60
-
-
-@dataclass
-class Aggregate:
-    """A mergeable running aggregate over case records (see :func:`proctor.sdk` record schema).
-
-    Errored sides count as not passed: an implementation that raises, times out or kills its
-    process (``errorType`` ``crashed``, see :mod:`proctor.worker.isolation`) on a case has not shown
-    that it handles it; ``baseline_errored`` and ``candidate_errored`` count them per side.
-    ``candidate_only_passed`` and ``baseline_only_passed`` are the discordant pairs, which the
-    paired confidence sequence needs.
-    """
-
-    total: int = 0
-    passed: int = 0
-    failed: int = 0
-    errored: int = 0
-    baseline_passed: int = 0
-    baseline_total: int = 0
-    candidate_passed: int = 0
-    candidate_total: int = 0
-    candidate_only_passed: int = 0
-    baseline_only_passed: int = 0
-    baseline_errored: int = 0
-    candidate_errored: int = 0
-    violations: dict[str, int] = field(default_factory=dict)
-
-    def add(self, record: Mapping[str, Any]) -> None:
-        """Count one case record."""
-        self.total += 1
-        status = record.get("status")
-        if status == "passed":
-            self.passed += 1
-        elif status == "failed":
-            self.failed += 1
-        else:
-            self.errored += 1
-        baseline = record.get("baseline")
-        candidate = record.get("candidate")
-        if isinstance(baseline, Mapping) and isinstance(candidate, Mapping):
-            base_ok = bool(baseline.get("passed")) and not baseline.get("errored")
-            cand_ok = bool(candidate.get("passed")) and not candidate.get("errored")
-            self.baseline_total += 1
-            self.candidate_total += 1
-            self.baseline_passed += base_ok
-            self.candidate_passed += cand_ok
-            self.candidate_only_passed += cand_ok and not base_ok
-            self.baseline_only_passed += base_ok and not cand_ok
-            self.baseline_errored += bool(baseline.get("errored"))
-            self.candidate_errored += bool(candidate.get("errored"))
-            for name in baseline.get("violations") or ():
-                self._count_violation(f"baseline/{name}", 1)
-            for name in candidate.get("violations") or ():
-                self._count_violation(f"candidate/{name}", 1)
-        else:
-            for name in record.get("violations") or ():
-                self._count_violation(str(name), 1)
-
-    def _count_violation(self, name: str, count: int) -> None:
-        if name in self.violations or len(self.violations) < MAX_VIOLATION_KEYS:
-            self.violations[name] = self.violations.get(name, 0) + count
-        else:
-            self.violations[OTHER_VIOLATIONS] = self.violations.get(OTHER_VIOLATIONS, 0) + count
-
-    def merge(self, other: Aggregate) -> Aggregate:
-        """Add ``other``'s counts into this aggregate and return it (``other`` is unchanged).
-
-        In place so that both ``agg.merge(part)`` and ``agg = agg.merge(part)`` accumulate.
-        """
-        for f in fields(self):
-            if f.name != "violations":
-                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-        for name, count in other.violations.items():
-            self._count_violation(name, count)
-        return self
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-serialisable dict (camelCase keys) for checkpoints."""
-        out: dict[str, Any] = {_camel(f.name): getattr(self, f.name) for f in fields(self)}
-        out["violations"] = dict(self.violations)
-        return out
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Aggregate:
-        """Read :meth:`to_json`'s output; missing counts (older checkpoints) read as zero."""
-        agg = cls()
-        for f in fields(agg):
-            if f.name == "violations":
-                continue
-            value = data.get(_camel(f.name), data.get(f.name, 0))
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"aggregate field {f.name!r} must be a count, got {value!r}")
-            setattr(agg, f.name, value)
-        violations = data.get("violations") or {}
-        if not isinstance(violations, Mapping):
-            raise ValueError("aggregate violations must be a mapping of name to count")
-        agg.violations = {str(k): int(v) for k, v in violations.items()}
-        return agg
-
-    @property
-    def pass_rate(self) -> float | None:
-        """Passed over total cases, or None before any case."""
-        return self.passed / self.total if self.total else None
-
-    @property
-    def baseline_pass_rate(self) -> float | None:
-        """The baseline's pass rate, or None without comparison records."""
-        return self.baseline_passed / self.baseline_total if self.baseline_total else None
-
-    @property
-    def candidate_pass_rate(self) -> float | None:
-        """The candidate's pass rate, or None without comparison records."""
-        return self.candidate_passed / self.candidate_total if self.candidate_total else None
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
 
 
 # --- fixed-sample intervals -------------------------------------------------------------------

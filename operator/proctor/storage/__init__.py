@@ -11,6 +11,7 @@ The run's objects go under ``<root>/<run_id>/`` (see :mod:`proctor.storage.run`)
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -82,8 +83,6 @@ class TaskStateStore:
         self.on_put = on_put
 
     def put(self, key: str, data: bytes) -> None:
-        import time
-
         t0 = time.perf_counter()
         self.storage.put_state(key, data)
         if self.on_put is not None:

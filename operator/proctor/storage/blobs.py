@@ -16,7 +16,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+import boto3
 import structlog
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 
 from proctor.redact import redact_text
 
@@ -153,8 +156,6 @@ _RETRYABLE_CODES = {
 
 
 def _retryable(exc: Exception) -> bool:
-    from botocore.exceptions import BotoCoreError, ClientError
-
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
@@ -177,10 +178,6 @@ class S3Blobs:
         region: str | None = None,
         retry_deadline: float = 300.0,
     ) -> None:
-        import boto3
-        from botocore.config import Config
-        from botocore.exceptions import BotoCoreError, ClientError
-
         self._client_error = ClientError
         self._errors: tuple[type[Exception], ...] = (ClientError, BotoCoreError)
         self.bucket = bucket

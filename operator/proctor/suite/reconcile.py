@@ -34,7 +34,7 @@ from proctor.api.quantity import parse_duration
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteSpec, BenchmarkSuiteStatus
 from proctor.bench.matrix import Cell, cell_queue_id, cells
 from proctor.bench.store import SuiteStore
-from proctor.bench.summary import SuiteSummary, summarize
+from proctor.bench.summary import SuiteSummary, summarize_suite
 from proctor.cluster.api import ClusterApi
 from proctor.cluster.losses import Losses, count_losses, ledger_status, loss_events
 from proctor.cluster.reads import nodes_with_usage, quota_headroom
@@ -265,7 +265,7 @@ def _summary(
     finished = all(recorded[c.id] >= c.repetitions for c in matrix)
     if counts != runtime.summarized or (finished and runtime.summary is None):
         records = {cid: list(recs.values()) for cid, recs in runtime.records.items()}
-        runtime.summary = summarize(ctx.spec, records, runtime.baseline if finished else None)
+        runtime.summary = summarize_suite(ctx.spec, records, runtime.baseline if finished else None)
         runtime.summarized = counts
     return runtime.summary, finished
 

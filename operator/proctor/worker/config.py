@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +13,15 @@ import yaml
 from proctor.api.quantity import parse_duration
 from proctor.api.v1alpha1.evalrun import BatchSpec, EvalRun, EvalRunSpec
 from proctor.storage import RunStorage, open_storage
+from proctor.worker.common import ConfigError, Env, host_pid
 
-
-class ConfigError(ValueError):
-    """The worker's configuration is missing or wrong; the message says what to set."""
+__all__ = [
+    "BatchSizer",
+    "ConfigError",
+    "WorkerConfig",
+    "open_run_storage",
+    "parse_spec",
+]
 
 
 @dataclass
@@ -30,7 +33,7 @@ class WorkerConfig:
     queue_url: str
     storage_uri: str
     run_name: str = ""
-    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    worker_id: str = field(default_factory=host_pid)
     storage_endpoint: str | None = None
     storage_region: str | None = None
     metrics_port: int | None = None
@@ -51,41 +54,31 @@ class WorkerConfig:
         ``PROCTOR_METRICS_PORT``, ``PROCTOR_LEASE_SECONDS``, ``PROCTOR_SHUTDOWN_GRACE``,
         ``PROCTOR_ATTEMPT`` (the run attempt whose queue and results are this worker's).
         """
-        e = dict(os.environ if env is None else env)
-
-        def need(name: str) -> str:
-            value = e.get(name, "").strip()
-            if not value:
-                raise ConfigError(f"{name} is not set; the worker needs it (see docs/engine.md)")
-            return value
-
+        e = Env(env, docs="docs/engine.md")
         if e.get("PROCTOR_SPEC"):
-            spec = parse_spec(json.loads(e["PROCTOR_SPEC"]))
+            spec = parse_spec(json.loads(e.get("PROCTOR_SPEC")))
         elif e.get("PROCTOR_SPEC_FILE"):
-            spec = parse_spec(yaml.safe_load(Path(e["PROCTOR_SPEC_FILE"]).read_text()))
+            spec = parse_spec(yaml.safe_load(Path(e.get("PROCTOR_SPEC_FILE")).read_text()))
         else:
             raise ConfigError("set PROCTOR_SPEC (JSON) or PROCTOR_SPEC_FILE to the EvalRun spec")
-        run_name = e.get("PROCTOR_RUN", "")
+        run_name = e.get("PROCTOR_RUN")
         run_id = e.get("PROCTOR_RUN_ID") or run_name.replace("/", "-")
         if not run_id:
             raise ConfigError("set PROCTOR_RUN_ID (the run's uid) or PROCTOR_RUN (ns/name)")
-        port = e.get("PROCTOR_METRICS_PORT", "").strip()
-        lease = e.get("PROCTOR_LEASE_SECONDS", "").strip()
+        port = e.get("PROCTOR_METRICS_PORT").strip()
         return cls(
             run_id=run_id,
             run_name=run_name,
             spec=spec,
-            queue_url=need("PROCTOR_QUEUE_URL"),
-            storage_uri=need("PROCTOR_STORAGE_URI"),
-            worker_id=e.get("PROCTOR_WORKER_ID")
-            or e.get("POD_NAME")
-            or f"{socket.gethostname()}-{os.getpid()}",
-            storage_endpoint=e.get("PROCTOR_STORAGE_ENDPOINT") or None,
-            storage_region=e.get("PROCTOR_STORAGE_REGION") or None,
+            queue_url=e.need("PROCTOR_QUEUE_URL"),
+            storage_uri=e.need("PROCTOR_STORAGE_URI"),
+            worker_id=e.worker_id(),
+            storage_endpoint=e.optional("PROCTOR_STORAGE_ENDPOINT"),
+            storage_region=e.optional("PROCTOR_STORAGE_REGION"),
             metrics_port=int(port) if port and port != "0" else None,
-            lease_seconds=float(lease) if lease else None,
+            lease_seconds=e.seconds("PROCTOR_LEASE_SECONDS"),
             shutdown_grace=float(e.get("PROCTOR_SHUTDOWN_GRACE", "1.0")),
-            attempt=e.get("PROCTOR_ATTEMPT", "").strip(),
+            attempt=e.get("PROCTOR_ATTEMPT").strip(),
         )
 
     def env(self) -> dict[str, str]:

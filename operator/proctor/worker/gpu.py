@@ -30,7 +30,7 @@ class GpuMonitor:
         self._nvml: Any = None
         self._handles: list[Any] = []
         try:
-            import pynvml
+            import pynvml  # noqa: PLC0415 - optional: absent or failing without NVIDIA libraries
 
             pynvml.nvmlInit()
             count = pynvml.nvmlDeviceGetCount()

@@ -63,6 +63,10 @@ class WorkerMetrics:
         self.dead_lettered = Counter(
             "proctor_worker_dead_lettered_cases", "Cases this worker dead-lettered.", registry=r
         )
+        self._add_liveness(r)
+
+    def _add_liveness(self, r: CollectorRegistry) -> None:
+        """The heartbeat and the GPU samples it takes."""
         self.heartbeat = Gauge(
             "proctor_worker_last_heartbeat_timestamp_seconds",
             "When the worker last renewed its leases (Unix time).",

@@ -48,12 +48,22 @@ from proctor.api.quantity import parse_duration
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.queue import Lease, QueueError, Range, WorkQueue, open_queue, subtract
 from proctor.redact import redact_url
+from proctor.sdk import TaskLoadError, clear_stop, load_task, set_state_store
+from proctor.sdk import request_stop as request_task_stop
 from proctor.sdk.deadline import timeout_enabled
 from proctor.sdk.records import encodable
 from proctor.storage import RunStorage, StorageError, TaskStateStore
+from proctor.worker.common import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_STORAGE,
+    ConfigError,
+    heartbeat_interval,
+    renew_leases,
+    run_main,
+)
 from proctor.worker.config import (
     BatchSizer,
-    ConfigError,
     WorkerConfig,
     open_run_storage,
     parse_spec,
@@ -80,9 +90,6 @@ __all__ = [
     "parse_spec",
 ]
 
-EXIT_OK = 0
-EXIT_CONFIG = 2
-EXIT_STORAGE = 3
 EXIT_HUNG = 4
 """A case ignored its timeout; the process exits so it can be replaced (see the module doc)."""
 
@@ -158,9 +165,7 @@ class Worker:
         self.stop_time = time.monotonic()
         self._stop_reason = reason
         self._stop.set()
-        from proctor.sdk import request_stop
-
-        request_stop()
+        request_task_stop()
         if threading.current_thread() is threading.main_thread():
             timer = threading.Timer(self.config.shutdown_grace, self._abandon)
             timer.daemon = True
@@ -186,27 +191,27 @@ class Worker:
     # -- heartbeat ------------------------------------------------------------------------
 
     def _heartbeat(self) -> None:
-        interval = max(0.05, min(self.lease / 3.0, 10.0))
-        while not self._done.wait(interval):
+        while not self._done.wait(heartbeat_interval(self.lease)):
             with self._held_lock:
+                # A hung case's leases lapse, so the entry is redelivered (module doc).
                 held = [] if self._overdue() else list(self._held.values())
-            for lease in held:
-                try:
-                    ok = self.queue.renew(lease, self.config.worker_id)
-                except Exception as exc:
-                    self.metrics.errors.labels("renew").inc()
-                    self.log.warning("lease renewal failed", range=str(lease.range), error=str(exc))
-                    continue
-                if not ok:
-                    with self._held_lock:
-                        self._lost.add(lease.token)
+            lost = renew_leases(self.queue, self.config.worker_id, held, self._renewal_failed)
+            with self._held_lock:
+                self._lost |= lost
             self.metrics.heartbeat.set_to_current_time()
             if self._gpu is not None:
-                for s in self._gpu.sample():
-                    gpu = str(s.index)
-                    self.metrics.gpu_utilization.labels(gpu).set(s.utilization)
-                    self.metrics.gpu_memory_used.labels(gpu).set(s.memory_used)
-                    self.metrics.gpu_memory_total.labels(gpu).set(s.memory_total)
+                self._sample_gpus(self._gpu)
+
+    def _renewal_failed(self, lease: Lease, exc: Exception) -> None:
+        self.metrics.errors.labels("renew").inc()
+        self.log.warning("lease renewal failed", range=str(lease.range), error=str(exc))
+
+    def _sample_gpus(self, gpus: GpuMonitor) -> None:
+        for s in gpus.sample():
+            gpu = str(s.index)
+            self.metrics.gpu_utilization.labels(gpu).set(s.utilization)
+            self.metrics.gpu_memory_used.labels(gpu).set(s.memory_used)
+            self.metrics.gpu_memory_total.labels(gpu).set(s.memory_total)
 
     def _overdue(self) -> bool:
         """Whether the case being evaluated here ran past its timeouts and the grace."""
@@ -238,8 +243,6 @@ class Worker:
     # -- main loop ------------------------------------------------------------------------
 
     def run(self) -> int:
-        from proctor.sdk import TaskLoadError, clear_stop, load_task, set_state_store
-
         if self.config.metrics_port:
             self.metrics.serve(self.config.metrics_port)
         self._gpu = GpuMonitor()
@@ -483,14 +486,4 @@ class Worker:
 
 def main(config: WorkerConfig | None = None) -> int:
     """``proctor worker``: configure from the environment, run until no work remains."""
-    from proctor.logging import configure_logging
-
-    configure_logging()
-    try:
-        config = config or WorkerConfig.from_env()
-        worker = Worker(config)
-    except (ConfigError, ValueError) as exc:
-        log.error("worker misconfigured", error=str(exc))
-        return EXIT_CONFIG
-    worker.install_signal_handlers()
-    return worker.run()
+    return run_main(lambda: Worker(config or WorkerConfig.from_env()), log)
