@@ -189,9 +189,11 @@ class Worker:
 
     def _heartbeat(self) -> None:
         interval = max(0.05, min(self.lease / 3.0, 10.0))
+        self.metrics.beat(progressing=True)  # the task is loaded: proctor run watches from here
         while not self._done.wait(interval):
             with self._held_lock:
-                held = [] if self._overdue() else list(self._held.values())
+                overdue = self._overdue()
+                held = [] if overdue else list(self._held.values())
             for lease in held:
                 try:
                     ok = self.queue.renew(lease, self.config.worker_id)
@@ -202,7 +204,7 @@ class Worker:
                 if not ok:
                     with self._held_lock:
                         self._lost.add(lease.token)
-            self.metrics.heartbeat.set_to_current_time()
+            self.metrics.beat(progressing=not overdue)
             if self._gpu is not None:
                 for s in self._gpu.sample():
                     gpu = str(s.index)
