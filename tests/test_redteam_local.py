@@ -124,3 +124,40 @@ def test_redteam7g_grandchildren_do_not_outlive_the_run(
     while any(alive(p) for p in forked) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [p for p in forked if alive(p)]
+
+
+def test_redteam7a_storage_uri_with_userinfo_is_one_redacted_line(
+    tmp_path: Path, procs: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Credentials in an s3:// URI: refused up front in one line that does not print them."""
+    monkeypatch.setenv("COLUMNS", "400")  # a line is a line, not the terminal's wrapping
+    path = manifest(tmp_path, "userinfo", count=10, baseline="ok", candidate="ok")
+    procs.append(start(path, "--storage", "s3://AKIA:S3CRETpw@bucket/x"))
+    code, _summary, err = finish(procs[-1], timeout=30)
+    assert code == 2, err
+    assert "S3CRETpw" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "s3://***@bucket/x carries credentials" in err
+
+
+@pytest.mark.parametrize(
+    ("error", "retry"),
+    [
+        ("param", False),
+        ("connect", True),
+        ("slowdown", True),
+        ("denied", False),
+    ],
+)
+def test_redteam7a_parameter_validation_is_not_retried(error: str, retry: bool) -> None:
+    from botocore.exceptions import ClientError, EndpointConnectionError, ParamValidationError
+
+    from proctor.storage.blobs import _retryable
+
+    errors: dict[str, Exception] = {
+        "param": ParamValidationError(report="Invalid bucket name"),
+        "connect": EndpointConnectionError(endpoint_url="http://x"),
+        "slowdown": ClientError({"Error": {"Code": "SlowDown"}}, "PutObject"),
+        "denied": ClientError({"Error": {"Code": "AccessDenied"}}, "PutObject"),
+    }
+    assert _retryable(errors[error]) is retry
