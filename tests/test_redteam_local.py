@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -161,3 +162,52 @@ def test_redteam7a_parameter_validation_is_not_retried(error: str, retry: bool) 
         "denied": ClientError({"Error": {"Code": "AccessDenied"}}, "PutObject"),
     }
     assert _retryable(errors[error]) is retry
+
+
+# A command that dies on one side of every case ending in 7; in "chunk" mode it reads all the
+# requests waiting and dies before answering any of them, as a command working on several
+# requests at once would: only re-sending one at a time tells which request killed it.
+DYING_COMMAND = """
+import json, os, sys
+mode, role_to_kill = sys.argv[1], sys.argv[2]
+buf = b""
+while True:
+    chunk = os.read(0, 1 << 16)
+    if not chunk:
+        break
+    buf += chunk
+    *lines, buf = buf.split(b"\\n")
+    reqs = [json.loads(line) for line in lines]
+    if mode == "chunk" and any(r["role"] == role_to_kill and r["index"] % 10 == 7 for r in reqs):
+        os._exit(3)
+    for r in reqs:
+        if r["role"] == role_to_kill and r["index"] % 10 == 7:
+            os._exit(3)
+        print(json.dumps({"index": r["index"], "passed": True, "violations": []}), flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "dies"),
+    [("line", "candidate"), ("line", "baseline"), ("chunk", "candidate"), ("chunk", "baseline")],
+)
+def test_redteam6_command_death_charges_only_the_request_that_killed_it(
+    tmp_path: Path, mode: str, dies: str
+) -> None:
+    from proctor.sdk.command import CommandTask
+
+    script = tmp_path / "cmd.py"
+    script.write_text(DYING_COMMAND)
+    roles: list[tuple[str | None, str | None]] = [("baseline", "a"), ("candidate", "b")]
+    task = CommandTask([sys.executable, str(script), mode, dies], 1, {}, roles)
+    try:
+        got = list(task.evaluate_batch(0, 100, 2.0))
+    finally:
+        task.close()
+    assert [r["index"] for r in got] == list(range(100))
+    errored = {r["index"]: r for r in got if r["baseline"]["errored"] or r["candidate"]["errored"]}
+    assert sorted(errored) == list(range(7, 100, 10))
+    innocent = "candidate" if dies == "baseline" else "baseline"
+    assert all(r[innocent]["passed"] for r in got)
+    assert all(r[dies]["errorType"] == "crashed" for r in errored.values())
+    assert all("exited with code 3" in r[dies]["error"] for r in errored.values())
