@@ -28,6 +28,7 @@ import structlog
 
 from proctor.api.quantity import parse_duration
 from proctor.worker.config import lease_seconds
+from proctor.worker.isolation import hang_grace
 from proctor.worker.runtime import WorkerConfig
 
 log = structlog.get_logger("proctor.run")
@@ -41,8 +42,6 @@ LIVENESS_ENV = "PROCTOR_LIVENESS_FILE"
 def silence_limit(lease: float, case_timeout: float) -> float:
     """How long a worker's heartbeat may go quiet before the worker is deemed stopped: a lease
     (its entries are due to another worker by then) plus the grace a hung case gets."""
-    from proctor.worker.isolation import hang_grace
-
     return lease + hang_grace(case_timeout)
 
 
