@@ -138,7 +138,8 @@ def test_redteam7a_storage_uri_with_userinfo_is_one_redacted_line(
     assert code == 2, err
     assert "S3CRETpw" not in err
     assert len(err.strip().splitlines()) == 1, err
-    assert "s3://***@bucket/x carries credentials" in err
+    assert "s3://***@bucket/x holds a user name and secret" in err
+    assert "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY instead" in err
 
 
 @pytest.mark.parametrize(

@@ -47,8 +47,8 @@ def s3_uri_problem(uri: str) -> str:
     bucket = urlsplit(uri).netloc
     if "@" in bucket:
         return (
-            f"storage URI {redact_url(uri)} carries credentials: give them as "
-            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            f"storage URI {redact_url(uri)} holds a user name and secret, which S3 does not "
+            "read from a URI; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY instead"
         )
     if not bucket:
         return f"storage URI {uri!r} names no bucket"
