@@ -22,3 +22,9 @@ def slow_heap(case: dict[str, Any]) -> list[int]:
 def slow_buggy(case: dict[str, Any]) -> list[int]:
     time.sleep(0.002)
     return top_k_buggy(case)
+
+
+def slow_ok(case: dict[str, Any]) -> int:
+    """``tests.test_worker_tasks:ok`` at a few milliseconds a case, for runs signalled midway."""
+    time.sleep(0.002)
+    return int(case["i"])

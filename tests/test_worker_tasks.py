@@ -143,3 +143,27 @@ def exit_at_27(case: Mapping[str, Any]) -> int:
     if case["i"] == 27:
         os._exit(9)
     return int(case["i"])
+
+
+def sigstop_at_7(case: Mapping[str, Any]) -> int:
+    """Stops its own process (SIGSTOP: no thread runs, nothing can catch it) on indexes ending
+    in 7: red-team item 5."""
+    import signal
+
+    if case["i"] % 10 == 7:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return int(case["i"])
+
+
+def grandchild_at_7(case: Mapping[str, Any]) -> int:
+    """On indexes ending in 7, forks a child that writes its pid under ``$PROCTOR_TEST_PIDS``
+    and sleeps a minute, then kills its own process: red-team item 7g."""
+    if case["i"] % 10 == 7:
+        if os.fork() == 0:
+            from pathlib import Path
+
+            (Path(os.environ["PROCTOR_TEST_PIDS"]) / str(os.getpid())).write_text("")
+            time.sleep(60)
+            os._exit(0)
+        os._exit(9)
+    return int(case["i"])

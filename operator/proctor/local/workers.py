@@ -4,6 +4,12 @@ Each runs what ``proctor worker`` runs (:func:`proctor.worker.runtime.main`). On
 the kernel for SIGKILL when its parent dies (``PR_SET_PDEATHSIG``), so no worker outlives a
 ``proctor run`` that was killed, even by SIGKILL; the run's attempt fences the results of any
 that does (another machine's, say; see :mod:`proctor.storage.attempts`).
+
+Each worker leads a process group of its own; when it exits, and when the run ends, the group is
+killed, so processes a task forked (and its isolation children) do not outlive it. A worker's
+heartbeat thread touches a liveness file (:data:`LIVENESS_ENV`); one whose file goes quiet for
+longer than the lease plus a grace (stopped by SIGSTOP, or stuck where no thread runs) is killed
+with SIGKILL and counted as a crash: its entries are redelivered and evaluated in isolation.
 """
 
 from __future__ import annotations
@@ -21,12 +27,29 @@ from typing import IO
 
 import structlog
 
+from proctor.api.quantity import parse_duration
+from proctor.worker.isolation import hang_grace
 from proctor.worker.pool import Process, WorkerPool
 from proctor.worker.runtime import WorkerConfig, main
 
 log = structlog.get_logger("proctor.run")
 
 PR_SET_PDEATHSIG = 1
+
+LIVENESS_ENV = "PROCTOR_LIVENESS_FILE"
+"""The file a worker's heartbeat thread touches while it runs (set by ``proctor run``)."""
+
+
+def silence_limit(lease: float, case_timeout: float) -> float:
+    """How long a worker's heartbeat may go quiet before the worker is deemed stopped: a lease
+    (its entries are due to another worker by then) plus the grace a hung case gets."""
+    return lease + hang_grace(case_timeout)
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL what is left of the process group worker ``pid`` led: what its task forked."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 class _ForkedWorker:
@@ -53,6 +76,8 @@ class _ForkedWorker:
                     sys.stdout.flush()
                     sys.stderr.flush()
                 os._exit(code)
+        with contextlib.suppress(OSError):  # the child does it too: whichever runs first
+            os.setpgid(pid, pid)
         self.pid = pid
 
     def poll(self) -> int | None:
@@ -90,6 +115,8 @@ def _die_with_parent(parent: int) -> None:  # pragma: no cover - in the child
 
 def _worker_child(env: dict[str, str], log_fd: int, parent: int) -> int:  # pragma: no cover
     _die_with_parent(parent)
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
     # The parent's SIGTERM/SIGHUP handlers interrupt *it*; the worker installs its own.
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -114,12 +141,21 @@ class LocalWorkers(WorkerPool):
         self.config = config
         self.log_dir = log_dir
         self.logs: dict[int, IO[bytes]] = {}
+        self.silence = silence_limit(
+            config.lease_seconds or config.spec.lease_seconds(),
+            parse_duration(config.spec.case_timeout),
+        )
+
+    def _liveness(self, slot: int) -> Path:
+        return self.log_dir / f"worker-{slot}.alive"
 
     def _spawn(self, slot: int, crashes: int) -> Process:
         env = dict(os.environ)
         env.update(self.config.env())
         env["PROCTOR_WORKER_ID"] = f"local-{slot}-{crashes}"
         env.setdefault("PROCTOR_LOG_FORMAT", "json")
+        env[LIVENESS_ENV] = str(self._liveness(slot))
+        self._liveness(slot).unlink(missing_ok=True)  # watched from the new worker's first beat
         if slot not in self.logs:
             self.logs[slot] = (self.log_dir / f"worker-{slot}.log").open("ab")
         if hasattr(os, "fork"):
@@ -132,7 +168,29 @@ class LocalWorkers(WorkerPool):
             stdin=subprocess.DEVNULL,
             stdout=self.logs[slot],
             stderr=subprocess.STDOUT,
+            process_group=0,
         )
+
+    def watch(self, slot: int, proc: Process) -> None:
+        """SIGKILL the worker if its heartbeat has been quiet too long (see the module doc)."""
+        try:
+            quiet = time.time() - self._liveness(slot).stat().st_mtime
+        except FileNotFoundError:
+            return  # still loading the task: no heartbeat yet
+        if quiet > self.silence:
+            log.warning(
+                "worker stopped answering; killing it",
+                slot=slot,
+                pid=getattr(proc, "pid", None),
+                silent_seconds=round(quiet, 1),
+            )
+            proc.kill()
+
+    def reaped(self, proc: Process) -> None:
+        """What the worker's task forked goes with it."""
+        pid = getattr(proc, "pid", None)
+        if pid is not None:
+            kill_group(pid)
 
     def close(self) -> None:
         for f in self.logs.values():

@@ -22,6 +22,13 @@ Request = tuple[int, int]
 """(case index, role)."""
 
 
+class _Resent:
+    """What ``_exchange`` returns when the requests in flight went again to a fresh command."""
+
+
+_RESENT = _Resent()
+
+
 class _Exited(Exception):  # noqa: N818 - internal control flow
     def __init__(self, message: str, error_type: ErrorType = "crashed") -> None:
         super().__init__(message)
@@ -49,9 +56,14 @@ class _Channel:
 
     def send(self, data: bytes) -> None:
         view = memoryview(data)
-        while view:
-            written = self._stdin.write(view)
-            view = view[written or 0 :]
+        try:
+            while view:
+                written = self._stdin.write(view)
+                view = view[written or 0 :]
+        except BrokenPipeError:
+            # The command died: the answers it wrote before are still to be read, and the read
+            # that finds its end tells how it died.
+            pass
 
     def read_line(self, deadline: float | None) -> bytes | None:
         """The next line, or None at the deadline; raises _Exited when the command ended."""
@@ -100,6 +112,8 @@ class CommandTask(LoadedTask):
     errors its case (``badOutput``) and the command goes on; a case that overruns its timeout
     (``timeout``), an exit (``crashed``) or an answer to another case than the one due (the
     stream is out of step) errors the case at the head of the line and restarts the command;
+    an exit with several requests in flight charges none of them: they go again to a fresh
+    command one at a time, so the exit is charged only to the request it happens alone on;
     after ``MAX_FAILED_STARTS`` such restarts with no good answer between them the rest of the
     batch errors at once.
     """
@@ -190,7 +204,9 @@ class CommandTask(LoadedTask):
                 )
                 if step is None:
                     return
-                yield step
+                if step is not _RESENT:
+                    assert isinstance(step, tuple)
+                    yield step
         finally:
             if flow.sent:
                 # Abandoned mid-window (stop, or the consumer went away): answers for cases
@@ -204,7 +220,9 @@ class CommandTask(LoadedTask):
         error = bounded(f"the command keeps failing: {flow.last_error}")
         return req, side_record([], error, flow.last_type)
 
-    def _exchange(self, flow: _Flow, case_timeout: float) -> tuple[Request, Record] | None:
+    def _exchange(
+        self, flow: _Flow, case_timeout: float
+    ) -> tuple[Request, Record] | _Resent | None:
         """Send what the window allows, read the head's answer: (request, its side)."""
         answer: dict[str, Any] | None = None
         error: str | None = None
@@ -223,6 +241,8 @@ class CommandTask(LoadedTask):
             else:
                 answer, error, error_type, resync = _parse_answer(line, flow.sent[0][0])
         except (_Exited, OSError) as exc:
+            if isinstance(exc, _Exited) and exc.error_type == "crashed" and len(flow.sent) > 1:
+                return self._resend_alone(flow)
             error = str(exc) if isinstance(exc, _Exited) else describe_error(exc)
             error_type = exc.error_type if isinstance(exc, _Exited) else "crashed"
             resync = True
@@ -234,6 +254,7 @@ class CommandTask(LoadedTask):
                 flow.sent.append(nxt)
         req = flow.sent.popleft()
         flow.head_since = time.monotonic()
+        flow.alone = max(0, flow.alone - 1)
         if resync:
             # Timeout, exit or a stream out of step: the rest of the window is lost with the
             # process and goes again to a fresh one.
@@ -248,9 +269,18 @@ class CommandTask(LoadedTask):
             return req, _answer_side(answer)
         return req, side_record([], error or "no answer", error_type)
 
+    def _resend_alone(self, flow: _Flow) -> _Resent:
+        """The command died with several requests in flight: which one killed it is unknown
+        (it may have been working on any), so none is charged; they go again, one at a time."""
+        self._restart()
+        flow.alone = len(flow.sent)
+        flow.retry.extendleft(reversed(flow.sent))
+        flow.sent.clear()
+        return _RESENT
+
     def _fill(self, channel: _Channel, flow: _Flow) -> None:
         batch = bytearray()
-        while len(flow.sent) < self.WINDOW:
+        while len(flow.sent) < (1 if flow.alone else self.WINDOW):
             nxt = flow.next_request()
             if nxt is None:
                 break
@@ -277,6 +307,8 @@ class _Flow:
     retry: deque[Request] = field(default_factory=deque)
     sent: deque[Request] = field(default_factory=deque)
     failures: int = 0
+    alone: int = 0
+    """How many of the next requests go one at a time (after an exit with several in flight)."""
     last_error: str = ""
     last_type: ErrorType = "crashed"
     head_since: float = field(default_factory=time.monotonic)

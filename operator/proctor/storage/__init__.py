@@ -11,11 +11,13 @@ The run's objects go under ``<root>/<run_id>/`` (see :mod:`proctor.storage.run`)
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from proctor.redact import redact_url
 from proctor.storage.blobs import Blobs, LocalBlobs, S3Blobs, StorageError
 from proctor.storage.progress import IntervalSet, ProgressSnapshot, RunProgress
 from proctor.storage.run import CorruptObjectError, RunStorage, Written, parse_range
@@ -37,11 +39,31 @@ __all__ = [
 ]
 
 
+_BUCKET = re.compile(r"[A-Za-z0-9._-]{1,255}")
+"""What botocore accepts as a bucket name; anything else fails its parameter validation."""
+
+
+def s3_uri_problem(uri: str) -> str:
+    """What is wrong with an ``s3://`` URI, its credentials masked; "" if nothing."""
+    bucket = urlsplit(uri).netloc
+    if "@" in bucket:
+        return (
+            f"storage URI {redact_url(uri)} holds a user name and secret, which S3 does not "
+            "read from a URI; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY instead"
+        )
+    if not bucket:
+        return f"storage URI {uri!r} names no bucket"
+    if not _BUCKET.fullmatch(bucket):
+        return f"storage URI {uri!r}: the bucket name may hold letters, digits, '.', '-', '_'"
+    return ""
+
+
 def open_blobs(uri: str, *, endpoint: str | None = None, region: str | None = None) -> Blobs:
     parts = urlsplit(uri)
     if parts.scheme == "s3":
-        if not parts.netloc:
-            raise StorageError(f"storage URI {uri!r} names no bucket; write s3://BUCKET/PREFIX")
+        problem = s3_uri_problem(uri)
+        if problem:
+            raise StorageError(f"{problem}; write s3://BUCKET/PREFIX")
         return S3Blobs(parts.netloc, parts.path, endpoint_url=endpoint, region=region)
     if parts.scheme == "file":
         return LocalBlobs(Path(parts.path))

@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 import boto3
 import structlog
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from proctor.redact import redact_text
 
@@ -156,6 +156,8 @@ _RETRYABLE_CODES = {
 
 
 def _retryable(exc: Exception) -> bool:
+    if isinstance(exc, ParamValidationError):
+        return False  # the request itself is wrong (a bucket name, say): no retry can help
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
@@ -206,7 +208,7 @@ class S3Blobs:
                         "the bucket, the endpoint and the credentials"
                     ) from exc
                 self.retries += 1
-                log.warning("s3 retry", op=what, error=str(exc), delay=round(delay, 3))
+                log.warning("s3 retry", op=what, error=redact_text(str(exc)), delay=round(delay, 3))
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 10.0)
 

@@ -6,6 +6,10 @@ Each worker owns a registry, so a test or a process running several workers neve
 
 from __future__ import annotations
 
+import contextlib
+import os
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 _CASE_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300)
@@ -89,3 +93,13 @@ class WorkerMetrics:
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Expose the metrics at http://addr:port/metrics."""
         start_http_server(port, addr=addr, registry=self.registry)
+
+    def beat(self, progressing: bool) -> None:
+        """A heartbeat: the gauge, and while no case is overdue the liveness file ``proctor run``
+        watches (``$PROCTOR_LIVENESS_FILE``), so a stopped or stuck worker goes quiet there."""
+        self.heartbeat.set_to_current_time()
+        path = os.environ.get("PROCTOR_LIVENESS_FILE")
+        if path and progressing:
+            # Touching, not writing: best effort, a full disk must not stop the heartbeat.
+            with contextlib.suppress(OSError), open(path, "a"):
+                os.utime(path, (time.time(), time.time()))

@@ -93,8 +93,10 @@ class WorkerPool:
         for slot, proc in list(self.procs.items()):
             code = proc.poll()
             if code is None:
+                self.watch(slot, proc)
                 continue
             del self.procs[slot]
+            self.reaped(proc)
             if code == EXIT_CONFIG:
                 self.setup_failed = True
             elif code != 0:
@@ -120,3 +122,10 @@ class WorkerPool:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            self.reaped(proc)
+
+    def watch(self, slot: int, proc: Process) -> None:
+        """Called for each running worker on every poll (a subclass may kill a silent one)."""
+
+    def reaped(self, proc: Process) -> None:
+        """Called once a worker has exited (a subclass may clean up after it)."""

@@ -191,14 +191,16 @@ class Worker:
     # -- heartbeat ------------------------------------------------------------------------
 
     def _heartbeat(self) -> None:
+        self.metrics.beat(progressing=True)  # the task is loaded: proctor run watches from here
         while not self._done.wait(heartbeat_interval(self.lease)):
             with self._held_lock:
                 # A hung case's leases lapse, so the entry is redelivered (module doc).
-                held = [] if self._overdue() else list(self._held.values())
+                overdue = self._overdue()
+                held = [] if overdue else list(self._held.values())
             lost = renew_leases(self.queue, self.config.worker_id, held, self._renewal_failed)
             with self._held_lock:
                 self._lost |= lost
-            self.metrics.heartbeat.set_to_current_time()
+            self.metrics.beat(progressing=not overdue)
             if self._gpu is not None:
                 self._sample_gpus(self._gpu)
 
