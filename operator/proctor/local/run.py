@@ -462,7 +462,11 @@ def _finish(
 
     summary, mg_report = with_mg_report(spec, storage, summary)
     failed = workers.setup_failed or workers.crashes > budget
-    code = EXIT_INTERRUPTED if interrupted else _exit_code(summary, complete, failed)
+    if failed and summary.reason is None:
+        # Every case recorded, but exit 0 promises no worker failure beyond the budget.
+        summary = summary.model_copy(update={"reason": _why(snap, workers, budget, interrupted)})
+    evaluated = complete and progress.aggregate.unattributable == 0
+    code = EXIT_INTERRUPTED if interrupted else _exit_code(summary, evaluated, failed)
     if workers.setup_failed and not interrupted:
         code = EXIT_USAGE
         out = Console(stderr=True)

@@ -44,6 +44,10 @@ class Aggregate:
     that it handles it; ``baseline_errored`` and ``candidate_errored`` count them per side.
     ``candidate_only_passed`` and ``baseline_only_passed`` are the discordant pairs, which the
     paired confidence sequence needs.
+
+    ``unattributable`` counts the cases no side can be blamed for: both sides errored, or the
+    task itself failed (``errorType`` ``task``: its generate() raised). They say the task or the
+    harness is broken, so they count as not evaluated and keep the run undecided.
     """
 
     total: int = 0
@@ -58,6 +62,7 @@ class Aggregate:
     baseline_only_passed: int = 0
     baseline_errored: int = 0
     candidate_errored: int = 0
+    unattributable: int = 0
     violations: dict[str, int] = field(default_factory=dict)
 
     def add(self, record: Mapping[str, Any]) -> None:
@@ -72,6 +77,7 @@ class Aggregate:
             self.errored += 1
         baseline = record.get("baseline")
         candidate = record.get("candidate")
+        self.unattributable += _unattributable(record, baseline, candidate)
         if isinstance(baseline, Mapping) and isinstance(candidate, Mapping):
             base_ok = bool(baseline.get("passed")) and not baseline.get("errored")
             cand_ok = bool(candidate.get("passed")) and not candidate.get("errored")
@@ -146,6 +152,15 @@ class Aggregate:
     def candidate_pass_rate(self) -> float | None:
         """The candidate's pass rate, or None without comparison records."""
         return self.candidate_passed / self.candidate_total if self.candidate_total else None
+
+
+def _unattributable(record: Mapping[str, Any], baseline: Any, candidate: Any) -> bool:
+    """Whether neither implementation can be blamed for the case (see :class:`Aggregate`)."""
+    if record.get("errorType") == "task":
+        return True
+    if isinstance(baseline, Mapping) and isinstance(candidate, Mapping):
+        return bool(baseline.get("errored")) and bool(candidate.get("errored"))
+    return False
 
 
 def _camel(name: str) -> str:
@@ -463,11 +478,11 @@ def summarize(
     evaluated never counts for either side, so it can never turn into ``accept``.
     """
     missing = max(0, total - agg.total) if total is not None else None
-    decides = complete or (early_stopped and dead_lettered == 0)
+    decides = (complete or (early_stopped and dead_lettered == 0)) and agg.unattributable == 0
     reason = None
     if not decides:
-        count = f"{missing} of {total}" if missing is not None else "some"
-        reason = f"{count} cases were not evaluated: {why or 'they have no record'}"
+        reason = _not_evaluated_reason(agg, missing, total, why)
+        missing = None if missing is None else missing + agg.unattributable
     early = early_stopped if early_stopped else None
     if compare is None:
         return ResultSummary(
@@ -499,6 +514,24 @@ def summarize(
         early_stopped=early_stopped,
         not_evaluated=missing,
     )
+
+
+def _not_evaluated_reason(
+    agg: Aggregate, missing: int | None, total: int | None, why: str | None
+) -> str:
+    """Why the run is undecided: cases without a record, and cases no side can be blamed for."""
+    of = f" of {total}" if total is not None else ""
+    parts = []
+    if missing is None or missing > 0:
+        count = f"{missing}{of}" if missing is not None else "some"
+        parts.append(f"{count} cases were not evaluated: {why or 'they have no record'}")
+    if agg.unattributable:
+        parts.append(
+            f"{agg.unattributable}{of} cases cannot be attributed to either implementation: "
+            "both sides errored, or the task's generate() failed (the task or the harness is "
+            "at fault; see the records' errors)"
+        )
+    return "; ".join(parts)
 
 
 def should_stop_early(
