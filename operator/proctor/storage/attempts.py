@@ -2,8 +2,8 @@
 
 Each fresh ``proctor run`` starts a new *attempt*: a random id kept in the run's
 ``attempt.json`` together with the run's *fingerprint*, the parts of the spec that change
-results (``task``, ``compare``, ``cases``). Workers get the id (``PROCTOR_ATTEMPT``); the queue
-is the attempt's own and result objects are tagged with it, so a worker left over from an
+results (``task``, ``compare``, ``cases``, ``image``, ``env``, ``caseTimeout``). Workers get the
+id (``PROCTOR_ATTEMPT``); the queue is the attempt's own and result objects are tagged with it, so a worker left over from an
 earlier attempt can neither claim the new attempt's work nor have its results counted.
 ``--resume`` keeps the attempt, and refuses a manifest whose fingerprint differs, naming the
 fields that differ.
@@ -21,8 +21,9 @@ from proctor.queue import WorkQueue
 from proctor.storage import RunStorage
 from proctor.storage.run import ATTEMPT
 
-FINGERPRINT_FIELDS = ("task", "compare", "cases")
-"""The spec fields whose change changes results: a resume must not mix them."""
+FINGERPRINT_FIELDS = ("task", "compare", "cases", "image", "env", "caseTimeout")
+"""The spec fields whose change changes results (the ones the CRD makes immutable, see
+docs/security.md): a resume must not mix them."""
 
 
 class AttemptError(Exception):
