@@ -655,11 +655,12 @@ def reconcile_run(
             and early.enabled
             and spec.compare is not None
             and rt.stopped is None
-            and snap.completed // early.check_every > progress.looks
-            and snap.completed >= early.min_cases
+            and progress.resolved.total // early.check_every > progress.looks
+            and progress.resolved.total >= early.min_cases
         ):
-            progress.looks = snap.completed // early.check_every
-            if should_stop_early(progress.aggregate, spec.compare, early, progress.looks):
+            # Only the resolved prefix: cases recorded beyond it are biased by crashes.
+            progress.looks = progress.resolved.total // early.check_every
+            if should_stop_early(progress.resolved, spec.compare, early, progress.looks):
                 rt.stopped = "early stop: the decision is settled"
                 queue.stop(rt.stopped)
                 depth = queue.depth()
@@ -699,6 +700,7 @@ def reconcile_run(
                 early_stopped=early_stopped,
                 total=snap.total,
                 dead_lettered=snap.dead_lettered,
+                resolved=progress.resolved,
             ).model_copy(update={"results_uri": storage.results_uri()})
             # Metamorphic Guard task specs: its report and rule (docs/metamorphic-guard.md).
             from proctor.integrations.metamorphic_guard.summary import with_mg_report

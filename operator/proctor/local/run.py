@@ -336,10 +336,10 @@ def _follow(run: _Run, progress: RunProgress, workers: LocalWorkers, bar: Progre
             early is not None
             and spec.compare is not None
             and stopped is None
-            and snap.completed // early.check_every > progress.looks
+            and progress.resolved.total // early.check_every > progress.looks
         ):
-            progress.looks = snap.completed // early.check_every
-            if should_stop_early(progress.aggregate, spec.compare, early, progress.looks):
+            progress.looks = progress.resolved.total // early.check_every
+            if should_stop_early(progress.resolved, spec.compare, early, progress.looks):
                 stopped = "early stop: the decision is settled"
                 run.queue.stop(stopped)
         if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
@@ -456,6 +456,7 @@ def _finish(
         total=snap.total,
         dead_lettered=snap.dead_lettered,
         why=_why(snap, workers, budget, interrupted),
+        resolved=progress.resolved,
     )
     # A Metamorphic Guard task spec is judged by Metamorphic Guard's report and rule.
     from proctor.integrations.metamorphic_guard.summary import with_mg_report

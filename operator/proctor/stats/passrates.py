@@ -467,6 +467,7 @@ def summarize(
     total: int | None = None,
     dead_lettered: int = 0,
     why: str | None = None,
+    resolved: Aggregate | None = None,
 ) -> ResultSummary:
     """The result summary for a run's status.
 
@@ -475,7 +476,9 @@ def summarize(
     fixed-sample rule, the second by the confidence sequences. Any other run is ``undecided``
     (a single task's run has no decision) and its reason says how many of ``total`` cases
     were not evaluated and ``why`` (default: they have no record). A case that was not
-    evaluated never counts for either side, so it can never turn into ``accept``.
+    evaluated never counts for either side, so it can never turn into ``accept``. An early
+    stop is decided on ``resolved`` (default ``agg``), the cases ``[0, n)`` all recorded (see
+    :class:`proctor.storage.RunProgress`), never on a sample biased by what is slow to record.
     """
     missing = max(0, total - agg.total) if total is not None else None
     decides = (complete or (early_stopped and dead_lettered == 0)) and agg.unattributable == 0
@@ -490,7 +493,7 @@ def summarize(
         )
     if decides:
         decision = (
-            sequential_decision(agg, compare)
+            sequential_decision(agg if resolved is None else resolved, compare)
             if early_stopped
             else fixed_sample_decision(agg, compare)
         )
@@ -541,10 +544,14 @@ def should_stop_early(
 
     The confidence sequences are valid at every look, so ``looks_so_far`` does not change the
     boundary (it is accepted for engines that count looks; it must not be negative). The engine
-    looks every ``early.check_every`` cases; nothing stops before ``early.min_cases``.
+    looks every ``early.check_every`` cases; nothing stops before ``early.min_cases``. ``agg``
+    must count the resolved prefix (cases ``[0, n)``, every one recorded:
+    :attr:`proctor.storage.RunProgress.resolved`): the confidence sequences hold at every ``n``
+    of the case sequence, not on whichever cases happened to finish first. A case no side can
+    be blamed for keeps the run going (it ends undecided, with every case recorded).
     """
     if looks_so_far < 0:
         raise ValueError(f"looks_so_far must not be negative, got {looks_so_far}")
-    if not early.enabled or agg.total < early.min_cases:
+    if not early.enabled or agg.total < early.min_cases or agg.unattributable:
         return False
     return sequential_decision(agg, compare).decision != "undecided"

@@ -3,10 +3,10 @@
 Each fresh ``proctor run`` starts a new *attempt*: a random id kept in the run's
 ``attempt.json`` together with the run's *fingerprint*, the parts of the spec that change
 results (``task``, ``compare``, ``cases``, ``image``, ``env``, ``caseTimeout``). Workers get the
-id (``PROCTOR_ATTEMPT``); the queue is the attempt's own and result objects are tagged with it, so a worker left over from an
-earlier attempt can neither claim the new attempt's work nor have its results counted.
-``--resume`` keeps the attempt, and refuses a manifest whose fingerprint differs, naming the
-fields that differ.
+id (``PROCTOR_ATTEMPT``); the queue is the attempt's own and result objects are tagged with it,
+so a worker left over from an earlier attempt can neither claim the new attempt's work nor have
+its results counted. ``--resume`` keeps the attempt, and refuses a manifest whose fingerprint
+differs, naming the fields that differ.
 """
 
 from __future__ import annotations
