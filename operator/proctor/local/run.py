@@ -350,7 +350,7 @@ def _follow(run: _Run, progress: RunProgress, workers: LocalWorkers, bar: Progre
             workers.start_missing(budget)
         if snap.finished:
             return stopped
-        if not workers.poll(work_left, budget):
+        if not workers.poll(work_left, budget, run.queue.lease_holders):
             queued = not run.enqueuer.finished or not run.queue.depth().empty
             if not work_left or not queued or workers.failed(budget):
                 return stopped

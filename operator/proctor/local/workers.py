@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -119,11 +120,12 @@ class LocalWorkers:
         self.logs: dict[int, IO[bytes]] = {}
         self.crashes = 0
         self.setup_failed = False
+        self.ids: dict[int, str] = {}
 
     def _start(self, slot: int) -> None:
         env = dict(os.environ)
         env.update(self.config.env())
-        env["PROCTOR_WORKER_ID"] = f"local-{slot}-{self.crashes}"
+        env["PROCTOR_WORKER_ID"] = self.ids[slot] = f"local-{slot}-{self.crashes}"
         env.setdefault("PROCTOR_LOG_FORMAT", "json")
         if slot not in self.logs:
             self.logs[slot] = (self.log_dir / f"worker-{slot}.log").open("ab")
@@ -156,13 +158,25 @@ class LocalWorkers:
             if slot not in self.procs:
                 self._start(slot)
 
-    def poll(self, work_left: bool, budget: int) -> bool:
-        """Reap exits, restart crashed workers; False when none is running any more."""
+    def poll(
+        self,
+        work_left: bool,
+        budget: int,
+        holders: Callable[[], frozenset[str] | None] | None = None,
+    ) -> bool:
+        """Reap exits, restart crashed workers; False when none is running any more.
+
+        A worker ends with status 0 only once it holds no entry, so one that exits 0 while
+        ``holders()`` (the queue's lease holders) still names it died in a case: a crash.
+        """
         for slot, proc in list(self.procs.items()):
             code = proc.poll()
             if code is None:
                 continue
             del self.procs[slot]
+            if code == 0 and holders is not None and self.ids.get(slot) in (holders() or ()):
+                code = -1
+                log.warning("worker exited with status 0 holding an entry", slot=slot)
             if code == 2:
                 self.setup_failed = True
             elif code != 0:
