@@ -380,6 +380,19 @@ def _why(snap: ProgressSnapshot, workers: LocalWorkers, budget: int, interrupted
     return "; ".join(parts) or "the workers exited before every case was recorded"
 
 
+def _load_error(log_dir: Path) -> str:
+    """``: <why>`` from the first worker log saying the task cannot be loaded, else ``""``."""
+    for path in sorted(log_dir.glob("worker-*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and entry.get("event") == "task cannot be loaded":
+                return f": {redact_text(str(entry.get('error')))}"
+    return ""
+
+
 def _run_local(options: LocalRunOptions, out: Console) -> int:
     try:
         evalrun = load_evalrun(options.manifest)
@@ -471,8 +484,11 @@ def _finish(
     if workers.setup_failed and not interrupted:
         code = EXIT_USAGE
         out = Console(stderr=True)
+        why = _load_error(run.local_dir)
         out.print(
-            f"[red]error:[/red] a worker could not load the task; see {run.local_dir}/worker-*.log"
+            f"[red]error:[/red] a worker could not load the task{escape(why)}; see "
+            f"{escape(str(run.local_dir))}/worker-*.log",
+            soft_wrap=True,
         )
     data = _summary_dict(
         name=run.name,
