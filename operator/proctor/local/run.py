@@ -150,7 +150,7 @@ def _exit_code(summary: ResultSummary, complete: bool, failed_workers: bool) -> 
         return EXIT_REJECT
     if summary.decision == "accept":
         return EXIT_ACCEPT
-    if summary.decision is None and complete and not failed_workers:
+    if summary.decision is None and complete and not failed_workers and not summary.not_evaluated:
         return EXIT_ACCEPT
     return EXIT_INCOMPLETE
 
@@ -380,19 +380,6 @@ def _why(snap: ProgressSnapshot, workers: LocalWorkers, budget: int, interrupted
     return "; ".join(parts) or "the workers exited before every case was recorded"
 
 
-def _load_error(log_dir: Path) -> str:
-    """``: <why>`` from the first worker log saying the task cannot be loaded, else ``""``."""
-    for path in sorted(log_dir.glob("worker-*.log")):
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(entry, dict) and entry.get("event") == "task cannot be loaded":
-                return f": {redact_text(str(entry.get('error')))}"
-    return ""
-
-
 def _run_local(options: LocalRunOptions, out: Console) -> int:
     try:
         evalrun = load_evalrun(options.manifest)
@@ -479,17 +466,12 @@ def _finish(
     if failed and summary.reason is None:
         # Every case recorded, but exit 0 promises no worker failure beyond the budget.
         summary = summary.model_copy(update={"reason": _why(snap, workers, budget, interrupted)})
-    evaluated = complete and progress.aggregate.unattributable == 0
-    code = EXIT_INTERRUPTED if interrupted else _exit_code(summary, evaluated, failed)
+    code = EXIT_INTERRUPTED if interrupted else _exit_code(summary, complete, failed)
     if workers.setup_failed and not interrupted:
         code = EXIT_USAGE
         out = Console(stderr=True)
-        why = _load_error(run.local_dir)
-        out.print(
-            f"[red]error:[/red] a worker could not load the task{escape(why)}; see "
-            f"{escape(str(run.local_dir))}/worker-*.log",
-            soft_wrap=True,
-        )
+        why = f"a worker could not load the task{workers.load_error()}; see {run.local_dir}"
+        out.print(f"[red]error:[/red] {escape(why)}/worker-*.log", soft_wrap=True)
     data = _summary_dict(
         name=run.name,
         run_id=run.config.run_id,

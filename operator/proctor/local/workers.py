@@ -9,6 +9,7 @@ that does (another machine's, say; see :mod:`proctor.storage.attempts`).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from typing import IO
 
 import structlog
 
+from proctor.redact import redact_text
 from proctor.worker.runtime import WorkerConfig
 
 log = structlog.get_logger("proctor.run")
@@ -185,6 +187,18 @@ class LocalWorkers:
                 if work_left and self.crashes <= budget:
                     self._start(slot)
         return bool(self.procs)
+
+    def load_error(self) -> str:
+        """``: <why>`` from the first worker log saying the task cannot be loaded, else ``""``."""
+        for path in sorted(self.log_dir.glob("worker-*.log")):
+            for line in path.read_text(errors="replace").splitlines():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(entry, dict) and entry.get("event") == "task cannot be loaded":
+                    return f": {redact_text(str(entry.get('error')))}"
+        return ""
 
     def terminate(self) -> None:
         for proc in self.procs.values():

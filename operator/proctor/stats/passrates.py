@@ -471,14 +471,12 @@ def summarize(
 ) -> ResultSummary:
     """The result summary for a run's status.
 
-    Only a run whose every case is recorded (``complete``), or one the sequential test stopped
-    early (``early_stopped``) with no dead-lettered case, is decided: the first by the
-    fixed-sample rule, the second by the confidence sequences. Any other run is ``undecided``
-    (a single task's run has no decision) and its reason says how many of ``total`` cases
-    were not evaluated and ``why`` (default: they have no record). A case that was not
-    evaluated never counts for either side, so it can never turn into ``accept``. An early
-    stop is decided on ``resolved`` (default ``agg``), the cases ``[0, n)`` all recorded (see
-    :class:`proctor.storage.RunProgress`), never on a sample biased by what is slow to record.
+    Decided only when no case is unattributable (:class:`Aggregate`) and every case is recorded
+    (``complete``: the fixed-sample rule) or the sequential test stopped early with no
+    dead-lettered case (the confidence sequences, and the rates, of ``resolved``, the cases
+    ``[0, n)`` all recorded; default ``agg``). Otherwise ``undecided`` (a single task's run has
+    no decision) and the reason says how many of ``total`` cases were not evaluated and ``why``
+    (default: they have no record). A case not evaluated can never turn into ``accept``.
     """
     missing = max(0, total - agg.total) if total is not None else None
     decides = (complete or (early_stopped and dead_lettered == 0)) and agg.unattributable == 0
@@ -491,9 +489,11 @@ def summarize(
         return ResultSummary(
             pass_rate=agg.pass_rate, early_stopped=early, reason=reason, not_evaluated=missing
         )
+    # An early stop's rates, like its decision, are those of the resolved prefix.
+    basis = resolved if early_stopped and resolved is not None else agg
     if decides:
         decision = (
-            sequential_decision(agg if resolved is None else resolved, compare)
+            sequential_decision(basis, compare)
             if early_stopped
             else fixed_sample_decision(agg, compare)
         )
@@ -501,14 +501,15 @@ def summarize(
         running = sequential_decision(agg, compare)
         decision = Decision("undecided", reason or "", running.delta_lower, running.delta_upper)
     delta = (
-        agg.candidate_passed / agg.candidate_total - agg.baseline_passed / agg.baseline_total
-        if agg.candidate_total and agg.baseline_total
+        basis.candidate_passed / basis.candidate_total
+        - basis.baseline_passed / basis.baseline_total
+        if basis.candidate_total and basis.baseline_total
         else None
     )
     return ResultSummary(
-        pass_rate=agg.pass_rate,
-        baseline_pass_rate=agg.baseline_pass_rate,
-        candidate_pass_rate=agg.candidate_pass_rate,
+        pass_rate=basis.pass_rate,
+        baseline_pass_rate=basis.baseline_pass_rate,
+        candidate_pass_rate=basis.candidate_pass_rate,
         delta=delta,
         delta_lower=decision.delta_lower,
         delta_upper=decision.delta_upper,
