@@ -312,3 +312,16 @@ def test_redteam7d_missing_command_binary_is_named(
     assert main(["run", str(path), "-n", "2", "--json"]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert "/nonexistent/bin/solver" in err
+
+
+def test_redteam7e_working_directory_is_not_a_secret() -> None:
+    from proctor.redact import forget_secrets, redact_text, remember_environment
+
+    try:
+        remember_environment({"PWD": "/work/runs", "OLDPWD": "/tmp/before", "DB_PWD": "hunter22"})
+        text = "differs from the run at file:///work/runs/res/sig; was in /tmp/before; hunter22"
+        assert redact_text(text) == (
+            "differs from the run at file:///work/runs/res/sig; was in /tmp/before; ***"
+        )
+    finally:
+        forget_secrets()
