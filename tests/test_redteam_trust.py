@@ -325,3 +325,40 @@ def test_redteam7e_working_directory_is_not_a_secret() -> None:
         )
     finally:
         forget_secrets()
+
+
+def test_redteam7f_a_replaced_attempt_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import subprocess
+    import sys
+    import time
+
+    first = compare_run(tmp_path, "twice", count=3000, batch=50)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proctor", "run", str(first), "-n", "2", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        results = tmp_path / "proctor-results" / "twice" / "results"
+        deadline = time.monotonic() + 60
+        while not (results.is_dir() and any(results.iterdir())) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        second = compare_run(
+            tmp_path,
+            "twice",
+            count=100,
+            batch=50,
+            extra="",
+        )
+        code, _ = run_here(capsys, second)
+        assert code != EXIT_USAGE
+        out, _err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["decision"] == "undecided", summary
+    assert "another start of this run" in summary["reason"], summary

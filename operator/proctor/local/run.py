@@ -54,6 +54,7 @@ from proctor.queue.enqueue import CHUNK_ENTRIES, Enqueuer
 from proctor.redact import redact_text
 from proctor.stats.passrates import should_stop_early, summarize
 from proctor.storage import ProgressSnapshot, RunProgress, RunStorage
+from proctor.storage.attempts import replaced
 from proctor.worker.runtime import WorkerConfig, lease_seconds, open_run_storage
 
 log = structlog.get_logger("proctor.run")
@@ -146,6 +147,7 @@ def _summary_dict(
 
 
 def _exit_code(summary: ResultSummary, complete: bool, failed_workers: bool) -> int:
+    # Exit 0 promises every case evaluated and no worker failure beyond the budget.
     if summary.decision == "reject":
         return EXIT_REJECT
     if summary.decision == "accept":
@@ -448,6 +450,7 @@ def _finish(
     progress.refresh()
     snap = progress.snapshot()
     complete = snap.completed == snap.total
+    why = replaced(storage, run.config.attempt) or _why(snap, workers, budget, interrupted)
     summary = summarize(
         progress.aggregate,
         spec.compare,
@@ -455,7 +458,7 @@ def _finish(
         early_stopped=stopped is not None,
         total=snap.total,
         dead_lettered=snap.dead_lettered,
-        why=_why(snap, workers, budget, interrupted),
+        why=why,
         resolved=progress.resolved,
     )
     # A Metamorphic Guard task spec is judged by Metamorphic Guard's report and rule.
@@ -463,15 +466,12 @@ def _finish(
 
     summary, mg_report = with_mg_report(spec, storage, summary)
     failed = workers.setup_failed or workers.crashes > budget
-    if failed and summary.reason is None:
-        # Every case recorded, but exit 0 promises no worker failure beyond the budget.
-        summary = summary.model_copy(update={"reason": _why(snap, workers, budget, interrupted)})
+    if failed and not summary.reason:
+        summary = summary.model_copy(update={"reason": why})
     code = EXIT_INTERRUPTED if interrupted else _exit_code(summary, complete, failed)
     if workers.setup_failed and not interrupted:
         code = EXIT_USAGE
-        out = Console(stderr=True)
-        why = f"a worker could not load the task{workers.load_error()}; see {run.local_dir}"
-        out.print(f"[red]error:[/red] {escape(why)}/worker-*.log", soft_wrap=True)
+        workers.print_load_error()
     data = _summary_dict(
         name=run.name,
         run_id=run.config.run_id,
@@ -483,8 +483,7 @@ def _finish(
         stopped=stopped,
     )
     data["attempt"] = run.config.attempt
-    if interrupted:
-        data["decision"] = "interrupted"
+    data["decision"] = "interrupted" if interrupted else data["decision"]
     if mg_report is not None:
         data["metamorphicGuard"] = mg_report
     progress.checkpoint(summary=data)

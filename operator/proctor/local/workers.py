@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import IO
 
 import structlog
+from rich.console import Console
+from rich.markup import escape
 
 from proctor.redact import redact_text
 from proctor.worker.runtime import WorkerConfig
@@ -189,7 +191,9 @@ class LocalWorkers:
         return bool(self.procs)
 
     def load_error(self) -> str:
-        """``: <why>`` from the first worker log saying the task cannot be loaded, else ``""``."""
+        """The one-line error of a run whose task a worker could not load, with the reason
+        from the first worker log that gives one."""
+        see = f"; see {self.log_dir}/worker-*.log"
         for path in sorted(self.log_dir.glob("worker-*.log")):
             for line in path.read_text(errors="replace").splitlines():
                 try:
@@ -197,8 +201,13 @@ class LocalWorkers:
                 except ValueError:
                     continue
                 if isinstance(entry, dict) and entry.get("event") == "task cannot be loaded":
-                    return f": {redact_text(str(entry.get('error')))}"
-        return ""
+                    why = redact_text(str(entry.get("error")))
+                    return f"a worker could not load the task: {why}{see}"
+        return f"a worker could not load the task{see}"
+
+    def print_load_error(self) -> None:
+        """Print :meth:`load_error` to stderr, one line."""
+        Console(stderr=True).print(f"[red]error:[/red] {escape(self.load_error())}", soft_wrap=True)
 
     def terminate(self) -> None:
         for proc in self.procs.values():

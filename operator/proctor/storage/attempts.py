@@ -18,7 +18,7 @@ from typing import Any
 
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.queue import WorkQueue
-from proctor.storage import RunStorage
+from proctor.storage import RunStorage, StorageError
 from proctor.storage.run import ATTEMPT
 
 FINGERPRINT_FIELDS = ("task", "compare", "cases", "image", "env", "caseTimeout")
@@ -88,6 +88,20 @@ def resume_attempt(storage: RunStorage, spec: EvalRunSpec, manifest: str) -> str
         )
     attempt: str = record["attempt"]
     return attempt
+
+
+def replaced(storage: RunStorage, attempt: str) -> str | None:
+    """Why ``attempt`` could not finish when another start of the run replaced it, else None."""
+    try:
+        now = str((storage.read_attempt() or {}).get("attempt") or "")
+    except StorageError:
+        return None
+    if not attempt or now == attempt:
+        return None
+    return (
+        f"another start of this run (attempt {now or 'none'}) replaced this attempt "
+        f"({attempt}) and deleted its queue and results; run one start of a name at a time"
+    )
 
 
 def fresh_attempt(
