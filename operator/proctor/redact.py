@@ -29,6 +29,10 @@ logs unreadable, and a URL's userinfo is masked whatever its length."""
 PUBLIC_SECRET_KEYS = frozenset({"region", "endpoint"})
 """Secret keys whose values are locations, not credentials (kept readable in messages)."""
 
+PUBLIC_VARIABLES = frozenset({"PWD", "OLDPWD"})
+"""Variables whose names look secret (``pwd``) but hold the shell's working directories:
+masking them would mask every path under the directory a run was started in."""
+
 _SECRET_NAME = re.compile(
     r"password|passwd|\bpass\b|pwd|secret|token|signature|credential|authorization"
     r"|api[-_]?key|access[-_]?key|private[-_]?key",
@@ -150,7 +154,8 @@ def environment_secrets(environ: Mapping[str, str]) -> dict[str, str]:
     return {
         k: v
         for k, v in environ.items()
-        if is_secret_name(k) or ("://" in v and "@" in v and _SCHEME.match(v))
+        if (is_secret_name(k) and k not in PUBLIC_VARIABLES)
+        or ("://" in v and "@" in v and _SCHEME.match(v))
     }
 
 

@@ -67,21 +67,19 @@ def decide_finished_run(seen: RunObservation, now: datetime) -> FinishedRunActio
 
 
 def decide_early_stop(
-    spec: EvalRunSpec,
-    snapshot: ProgressSnapshot,
-    aggregate: Aggregate,
-    looks: int,
-    stopped: str | None,
+    spec: EvalRunSpec, resolved: Aggregate, looks: int, stopped: str | None
 ) -> tuple[int, bool]:
     """(looks the early-stopping rule has had, whether it stops the run now). It looks once
-    every ``checkEvery`` completed cases, from ``minCases``, while the run is not stopped."""
+    every ``checkEvery`` cases of the resolved prefix (cases ``[0, n)``, all recorded: cases
+    recorded beyond it are biased by crashes still being isolated), from ``minCases``, while
+    the run is not stopped."""
     early, compare = spec.early_stopping, spec.compare
     if early is None or not early.enabled or compare is None or stopped is not None:
         return looks, False
-    if snapshot.completed // early.check_every <= looks or snapshot.completed < early.min_cases:
+    if resolved.total // early.check_every <= looks or resolved.total < early.min_cases:
         return looks, False
-    looks = snapshot.completed // early.check_every
-    return looks, should_stop_early(aggregate, compare, early, looks)
+    looks = resolved.total // early.check_every
+    return looks, should_stop_early(resolved, compare, early, looks)
 
 
 def proctor_summary(
@@ -91,6 +89,7 @@ def proctor_summary(
     *,
     stopped: str | None,
     results_uri: str,
+    resolved: Aggregate | None = None,
 ) -> ResultSummary:
     """A finished run's summary by Proctor's own rule (a task's hook may replace it)."""
     return summarize(
@@ -100,6 +99,7 @@ def proctor_summary(
         early_stopped=stopped is not None and not snapshot.finished,
         total=snapshot.total,
         dead_lettered=snapshot.dead_lettered,
+        resolved=resolved,
     ).model_copy(update={"results_uri": results_uri})
 
 

@@ -126,9 +126,7 @@ def _advance_queue(
     found = gather_progress(seen, ref, conn, rt, clients)
     progress, storage, snap, depth = found.progress, found.storage, found.snapshot, found.depth
     rt.stopped = depth.stopped or rt.stopped
-    progress.looks, stop = decide_early_stop(
-        spec, snap, progress.aggregate, progress.looks, rt.stopped
-    )
+    progress.looks, stop = decide_early_stop(spec, progress.resolved, progress.looks, rt.stopped)
     if stop:
         rt.stopped = "early stop: the decision is settled"
         found.queue.stop(rt.stopped)
@@ -147,7 +145,12 @@ def _advance_queue(
     result = None
     if finished:
         made = proctor_summary(
-            spec, progress.aggregate, snap, stopped=rt.stopped, results_uri=storage.results_uri()
+            spec,
+            progress.aggregate,
+            snap,
+            stopped=rt.stopped,
+            results_uri=storage.results_uri(),
+            resolved=progress.resolved,
         )
         result = write_summary(spec, storage, ref, snap, made)
     return QueueFacts(

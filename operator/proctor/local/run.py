@@ -56,7 +56,7 @@ from proctor.redact import redact_text
 from proctor.sdk.hooks import summarize_with_task
 from proctor.stats.passrates import should_stop_early, summarize
 from proctor.storage import ProgressSnapshot, RunProgress, RunStorage
-from proctor.storage.attempts import AttemptError, fresh_attempt, resume_attempt
+from proctor.storage.attempts import AttemptError, fresh_attempt, replaced, resume_attempt
 from proctor.validation import ManifestError, dns_label_error, validate_file
 from proctor.worker.pool import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_USAGE, LocalOptions
 from proctor.worker.runtime import WorkerConfig, open_run_storage
@@ -149,11 +149,12 @@ def _summary_dict(
 
 
 def _exit_code(summary: ResultSummary, complete: bool, failed_workers: bool) -> int:
+    # Exit 0 promises every case evaluated and no worker failure beyond the budget.
     if summary.decision == "reject":
         return EXIT_REJECT
     if summary.decision == "accept":
         return EXIT_ACCEPT
-    if summary.decision is None and complete and not failed_workers:
+    if summary.decision is None and complete and not failed_workers and not summary.not_evaluated:
         return EXIT_ACCEPT
     return EXIT_INCOMPLETE
 
@@ -335,10 +336,10 @@ def _follow(run: _Run, progress: RunProgress, workers: LocalWorkers, bar: Progre
             early is not None
             and spec.compare is not None
             and stopped is None
-            and snap.completed // early.check_every > progress.looks
+            and progress.resolved.total // early.check_every > progress.looks
         ):
-            progress.looks = snap.completed // early.check_every
-            if should_stop_early(progress.aggregate, spec.compare, early, progress.looks):
+            progress.looks = progress.resolved.total // early.check_every
+            if should_stop_early(progress.resolved, spec.compare, early, progress.looks):
                 stopped = "early stop: the decision is settled"
                 run.queue.stop(stopped)
         if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
@@ -349,7 +350,7 @@ def _follow(run: _Run, progress: RunProgress, workers: LocalWorkers, bar: Progre
             workers.start_missing(budget)
         if snap.finished:
             return stopped
-        if not workers.poll(budget, work_left):
+        if not workers.poll(budget, work_left, run.queue.lease_holders):
             queued = not run.enqueuer.finished or not run.queue.depth().empty
             if not work_left or not queued or workers.failed(budget):
                 return stopped
@@ -447,6 +448,7 @@ def _finish(
     progress.refresh()
     snap = progress.snapshot()
     complete = snap.completed == snap.total
+    why = replaced(storage, run.config.attempt) or _why(snap, workers, budget, interrupted)
     summary = summarize(
         progress.aggregate,
         spec.compare,
@@ -454,18 +456,19 @@ def _finish(
         early_stopped=stopped is not None,
         total=snap.total,
         dead_lettered=snap.dead_lettered,
-        why=_why(snap, workers, budget, interrupted),
+        why=why,
+        resolved=progress.resolved,
     )
     # A task with its own rule (Metamorphic Guard's) judges the run by it.
     judged = summarize_with_task(spec, storage, summary, run_user_code=True)
     summary = judged.summary
     failed = workers.failed(budget)
+    if failed and not summary.reason:
+        summary = summary.model_copy(update={"reason": why})
     code = EXIT_INTERRUPTED if interrupted else _exit_code(summary, complete, failed)
     if workers.setup_failed and not interrupted:
         code = EXIT_USAGE
-        Console(stderr=True).print(
-            f"[red]error:[/red] a worker could not load the task; see {run.local_dir}/worker-*.log"
-        )
+        workers.print_load_error()
     data = _summary_dict(
         name=run.name,
         run_id=run.config.run_id,

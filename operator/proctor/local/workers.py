@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import subprocess
@@ -26,10 +27,13 @@ from pathlib import Path
 from typing import IO
 
 import structlog
+from rich.console import Console
+from rich.markup import escape
 
 from proctor.api.quantity import parse_duration
+from proctor.redact import redact_text
 from proctor.worker.isolation import hang_grace
-from proctor.worker.pool import Process, WorkerPool
+from proctor.worker.pool import Holders, Process, WorkerPool
 from proctor.worker.runtime import WorkerConfig, main
 
 log = structlog.get_logger("proctor.run")
@@ -133,6 +137,22 @@ def _worker_child(env: dict[str, str], log_fd: int, parent: int) -> int:  # prag
     return main()
 
 
+def _load_error_of(line: str) -> str | None:
+    """The reason a worker log line gives for not loading the task, in JSON or console format
+    (``PROCTOR_LOG_FORMAT`` may be either); None for any other line."""
+    if "task cannot be loaded" not in line:
+        return None
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        # Console format: "... task cannot be loaded   error=... run=..."
+        _, _, rest = line.partition("task cannot be loaded")
+        return rest.strip() or None
+    if isinstance(entry, dict) and entry.get("event") == "task cannot be loaded":
+        return str(entry.get("error"))
+    return None
+
+
 class LocalWorkers(WorkerPool):
     """N ``proctor worker`` processes, each logging to ``worker-<slot>.log`` in ``log_dir``."""
 
@@ -145,6 +165,7 @@ class LocalWorkers(WorkerPool):
             config.lease_seconds or config.spec.lease_seconds(),
             parse_duration(config.spec.case_timeout),
         )
+        self.ids: dict[int, str] = {}
 
     def _liveness(self, slot: int) -> Path:
         return self.log_dir / f"worker-{slot}.alive"
@@ -152,7 +173,7 @@ class LocalWorkers(WorkerPool):
     def _spawn(self, slot: int, crashes: int) -> Process:
         env = dict(os.environ)
         env.update(self.config.env())
-        env["PROCTOR_WORKER_ID"] = f"local-{slot}-{crashes}"
+        env["PROCTOR_WORKER_ID"] = self.ids[slot] = f"local-{slot}-{crashes}"
         env.setdefault("PROCTOR_LOG_FORMAT", "json")
         env[LIVENESS_ENV] = str(self._liveness(slot))
         self._liveness(slot).unlink(missing_ok=True)  # watched from the new worker's first beat
@@ -191,6 +212,29 @@ class LocalWorkers(WorkerPool):
         pid = getattr(proc, "pid", None)
         if pid is not None:
             kill_group(pid)
+
+    def exit_status(self, slot: int, code: int, holders: Holders | None) -> int:
+        """A worker ends with status 0 only once it holds no entry, so one that exits 0 while
+        ``holders()`` (the queue's lease holders) still names it died in a case: a crash."""
+        if code == 0 and holders is not None and self.ids.get(slot) in (holders() or ()):
+            log.warning("worker exited with status 0 holding an entry", slot=slot)
+            return -1
+        return code
+
+    def load_error(self) -> str:
+        """The one-line error of a run whose task a worker could not load, with the reason
+        from the first worker log that gives one."""
+        see = f"; see {self.log_dir}/worker-*.log"
+        for path in sorted(self.log_dir.glob("worker-*.log")):
+            for line in path.read_text(errors="replace").splitlines():
+                why = _load_error_of(line)
+                if why is not None:
+                    return f"a worker could not load the task: {redact_text(why)}{see}"
+        return f"a worker could not load the task{see}"
+
+    def print_load_error(self) -> None:
+        """Print :meth:`load_error` to stderr, one line."""
+        Console(stderr=True).print(f"[red]error:[/red] {escape(self.load_error())}", soft_wrap=True)
 
     def close(self) -> None:
         for f in self.logs.values():

@@ -16,12 +16,20 @@ from typing import Any, Literal
 
 Record = dict[str, Any]
 
-ErrorType = Literal["exception", "timeout", "crashed", "unencodable", "badOutput"]
-ERROR_TYPES: tuple[ErrorType, ...] = ("exception", "timeout", "crashed", "unencodable", "badOutput")
-"""``exception``: the implementation or the task raised; ``timeout``: the case overran
-``caseTimeout``; ``crashed``: the implementation killed its process; ``unencodable``: the task
-returned what cannot be recorded (violations that are not a list of strings); ``badOutput``: a
-command task's answer is not a valid result."""
+ErrorType = Literal["exception", "timeout", "crashed", "unencodable", "badOutput", "task"]
+ERROR_TYPES: tuple[ErrorType, ...] = (
+    "exception",
+    "timeout",
+    "crashed",
+    "unencodable",
+    "badOutput",
+    "task",
+)
+"""``exception``: the implementation or the task's check raised; ``task``: the task's
+generate() raised, so no implementation is to blame (the case counts as not evaluated);
+``timeout``: the case overran ``caseTimeout``; ``crashed``: the implementation killed its
+process; ``unencodable``: the task returned what cannot be recorded (violations that are not a
+list of strings); ``badOutput``: a command task's answer is not a valid result."""
 
 _MAX_ERROR_CHARS = 1000
 

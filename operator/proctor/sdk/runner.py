@@ -256,10 +256,13 @@ class PythonTask(LoadedTask):
         error: str | None = None
         error_type: ErrorType | None = None
         timed_out = False
+        # An error before the implementation ran is the task's, not the implementation's.
+        phase: ErrorType = "task"
         try:
             guard.arm()
             try:
                 case = self._generate(self.seed, index)
+                phase = "exception"
                 output = self._run(impl, case)
                 violations, error = violation_names(self._check(case, output), "check()")
                 if error is not None:
@@ -272,7 +275,7 @@ class PythonTask(LoadedTask):
             guard.disarm()
             timed_out = True
         except (Exception, SystemExit) as exc:
-            error, error_type = describe_error(exc), "exception"
+            error, error_type = describe_error(exc), phase
         if timed_out:
             return side_record([], self._timeout_error, "timeout")
         return side_record(violations, error, error_type)

@@ -21,6 +21,10 @@ class Aggregate:
     that it handles it; ``baseline_errored`` and ``candidate_errored`` count them per side.
     ``candidate_only_passed`` and ``baseline_only_passed`` are the discordant pairs, which the
     paired confidence sequence needs.
+
+    ``unattributable`` counts the cases no side can be blamed for: both sides errored, or the
+    task itself failed (``errorType`` ``task``: its generate() raised). They say the task or the
+    harness is broken, so they count as not evaluated and keep the run undecided.
     """
 
     total: int = 0
@@ -35,6 +39,7 @@ class Aggregate:
     baseline_only_passed: int = 0
     baseline_errored: int = 0
     candidate_errored: int = 0
+    unattributable: int = 0
     violations: dict[str, int] = field(default_factory=dict)
 
     def add(self, record: Mapping[str, Any]) -> None:
@@ -49,6 +54,7 @@ class Aggregate:
             self.errored += 1
         baseline = record.get("baseline")
         candidate = record.get("candidate")
+        self.unattributable += _unattributable(record, baseline, candidate)
         if isinstance(baseline, Mapping) and isinstance(candidate, Mapping):
             base_ok = bool(baseline.get("passed")) and not baseline.get("errored")
             cand_ok = bool(candidate.get("passed")) and not candidate.get("errored")
@@ -123,6 +129,15 @@ class Aggregate:
     def candidate_pass_rate(self) -> float | None:
         """The candidate's pass rate, or None without comparison records."""
         return self.candidate_passed / self.candidate_total if self.candidate_total else None
+
+
+def _unattributable(record: Mapping[str, Any], baseline: Any, candidate: Any) -> bool:
+    """Whether neither implementation can be blamed for the case (see :class:`Aggregate`)."""
+    if record.get("errorType") == "task":
+        return True
+    if isinstance(baseline, Mapping) and isinstance(candidate, Mapping):
+        return bool(baseline.get("errored")) and bool(candidate.get("errored"))
+    return False
 
 
 def _camel(name: str) -> str:

@@ -351,30 +351,33 @@ def summarize(
     total: int | None = None,
     dead_lettered: int = 0,
     why: str | None = None,
+    resolved: Aggregate | None = None,
 ) -> ResultSummary:
     """The result summary for a run's status.
 
-    Only a run whose every case is recorded (``complete``), or one the sequential test stopped
-    early (``early_stopped``) with no dead-lettered case, is decided: the first by the
-    fixed-sample rule, the second by the confidence sequences. Any other run is ``undecided``
-    (a single task's run has no decision) and its reason says how many of ``total`` cases
-    were not evaluated and ``why`` (default: they have no record). A case that was not
-    evaluated never counts for either side, so it can never turn into ``accept``.
+    Decided only when no case is unattributable (:class:`Aggregate`) and every case is recorded
+    (``complete``: the fixed-sample rule) or the sequential test stopped early with no
+    dead-lettered case (the confidence sequences, and the rates, of ``resolved``, the cases
+    ``[0, n)`` all recorded; default ``agg``). Otherwise ``undecided`` (a single task's run has
+    no decision) and the reason says how many of ``total`` cases were not evaluated and ``why``
+    (default: they have no record). A case not evaluated can never turn into ``accept``.
     """
     missing = max(0, total - agg.total) if total is not None else None
-    decides = complete or (early_stopped and dead_lettered == 0)
+    decides = (complete or (early_stopped and dead_lettered == 0)) and agg.unattributable == 0
     reason = None
     if not decides:
-        count = f"{missing} of {total}" if missing is not None else "some"
-        reason = f"{count} cases were not evaluated: {why or 'they have no record'}"
+        reason = _not_evaluated_reason(agg, missing, total, why)
+        missing = None if missing is None else missing + agg.unattributable
     early = early_stopped if early_stopped else None
     if compare is None:
         return ResultSummary(
             pass_rate=agg.pass_rate, early_stopped=early, reason=reason, not_evaluated=missing
         )
+    # An early stop's rates, like its decision, are those of the resolved prefix.
+    basis = resolved if early_stopped and resolved is not None else agg
     if decides:
         decision = (
-            sequential_decision(agg, compare)
+            sequential_decision(basis, compare)
             if early_stopped
             else fixed_sample_decision(agg, compare)
         )
@@ -382,14 +385,15 @@ def summarize(
         running = sequential_decision(agg, compare)
         decision = Decision("undecided", reason or "", running.delta_lower, running.delta_upper)
     delta = (
-        agg.candidate_passed / agg.candidate_total - agg.baseline_passed / agg.baseline_total
-        if agg.candidate_total and agg.baseline_total
+        basis.candidate_passed / basis.candidate_total
+        - basis.baseline_passed / basis.baseline_total
+        if basis.candidate_total and basis.baseline_total
         else None
     )
     return ResultSummary(
-        pass_rate=agg.pass_rate,
-        baseline_pass_rate=agg.baseline_pass_rate,
-        candidate_pass_rate=agg.candidate_pass_rate,
+        pass_rate=basis.pass_rate,
+        baseline_pass_rate=basis.baseline_pass_rate,
+        candidate_pass_rate=basis.candidate_pass_rate,
         delta=delta,
         delta_lower=decision.delta_lower,
         delta_upper=decision.delta_upper,
@@ -400,6 +404,24 @@ def summarize(
     )
 
 
+def _not_evaluated_reason(
+    agg: Aggregate, missing: int | None, total: int | None, why: str | None
+) -> str:
+    """Why the run is undecided: cases without a record, and cases no side can be blamed for."""
+    of = f" of {total}" if total is not None else ""
+    parts = []
+    if missing is None or missing > 0:
+        count = f"{missing}{of}" if missing is not None else "some"
+        parts.append(f"{count} cases were not evaluated: {why or 'they have no record'}")
+    if agg.unattributable:
+        parts.append(
+            f"{agg.unattributable}{of} cases cannot be attributed to either implementation: "
+            "both sides errored, or the task's generate() failed (the task or the harness is "
+            "at fault; see the records' errors)"
+        )
+    return "; ".join(parts)
+
+
 def should_stop_early(
     agg: Aggregate, compare: CompareSpec, early: EarlyStoppingSpec, looks_so_far: int
 ) -> bool:
@@ -407,10 +429,14 @@ def should_stop_early(
 
     The confidence sequences are valid at every look, so ``looks_so_far`` does not change the
     boundary (it is accepted for engines that count looks; it must not be negative). The engine
-    looks every ``early.check_every`` cases; nothing stops before ``early.min_cases``.
+    looks every ``early.check_every`` cases; nothing stops before ``early.min_cases``. ``agg``
+    must count the resolved prefix (cases ``[0, n)``, every one recorded:
+    :attr:`proctor.storage.RunProgress.resolved`): the confidence sequences hold at every ``n``
+    of the case sequence, not on whichever cases happened to finish first. A case no side can
+    be blamed for keeps the run going (it ends undecided, with every case recorded).
     """
     if looks_so_far < 0:
         raise ValueError(f"looks_so_far must not be negative, got {looks_so_far}")
-    if not early.enabled or agg.total < early.min_cases:
+    if not early.enabled or agg.total < early.min_cases or agg.unattributable:
         return False
     return sequential_decision(agg, compare).decision != "undecided"

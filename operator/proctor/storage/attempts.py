@@ -2,11 +2,11 @@
 
 Each fresh ``proctor run`` starts a new *attempt*: a random id kept in the run's
 ``attempt.json`` together with the run's *fingerprint*, the parts of the spec that change
-results (``task``, ``compare``, ``cases``). Workers get the id (``PROCTOR_ATTEMPT``); the queue
-is the attempt's own and result objects are tagged with it, so a worker left over from an
-earlier attempt can neither claim the new attempt's work nor have its results counted.
-``--resume`` keeps the attempt, and refuses a manifest whose fingerprint differs, naming the
-fields that differ.
+results (``task``, ``compare``, ``cases``, ``image``, ``env``, ``caseTimeout``). Workers get the
+id (``PROCTOR_ATTEMPT``); the queue is the attempt's own and result objects are tagged with it,
+so a worker left over from an earlier attempt can neither claim the new attempt's work nor have
+its results counted. ``--resume`` keeps the attempt, and refuses a manifest whose fingerprint
+differs, naming the fields that differ.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from typing import Any
 
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.queue import WorkQueue
-from proctor.storage import RunStorage
+from proctor.storage import RunStorage, StorageError
 from proctor.storage.run import ATTEMPT
 
-FINGERPRINT_FIELDS = ("task", "compare", "cases")
-"""The spec fields whose change changes results: a resume must not mix them."""
+FINGERPRINT_FIELDS = ("task", "compare", "cases", "image", "env", "caseTimeout")
+"""The spec fields whose change changes results (the ones the CRD makes immutable, see
+docs/security.md): a resume must not mix them."""
 
 
 class AttemptError(Exception):
@@ -87,6 +88,20 @@ def resume_attempt(storage: RunStorage, spec: EvalRunSpec, manifest: str) -> str
         )
     attempt: str = record["attempt"]
     return attempt
+
+
+def replaced(storage: RunStorage, attempt: str) -> str | None:
+    """Why ``attempt`` could not finish when another start of the run replaced it, else None."""
+    try:
+        now = str((storage.read_attempt() or {}).get("attempt") or "")
+    except StorageError:
+        return None
+    if not attempt or now == attempt:
+        return None
+    return (
+        f"another start of this run (attempt {now or 'none'}) replaced this attempt "
+        f"({attempt}) and deleted its queue and results; run one start of a name at a time"
+    )
 
 
 def fresh_attempt(

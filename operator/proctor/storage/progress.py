@@ -1,11 +1,14 @@
 """Reading a run's progress from its results, and the run checkpoint.
 
-:class:`RunProgress` folds result objects into one
-:class:`proctor.stats.passrates.Aggregate`, each case index once, and remembers which indexes
-it has counted as a set of intervals. ``refresh()`` reads only objects not yet counted, so a
-coordinator (the operator, or ``proctor run``) can call it every few seconds. ``checkpoint()``
-writes the intervals and the aggregate to the run checkpoint, and :meth:`RunProgress.resume`
-starts from it, so after a restart only newer objects are read. The intervals are what
+:class:`RunProgress` folds result objects into one :class:`proctor.stats.passrates.Aggregate`,
+each case index once, and remembers which indexes it has counted as a set of intervals. It also
+counts the *resolved prefix*, the cases ``[0, n)`` with every one recorded, apart: early
+stopping looks only at it, since the cases recorded so far beyond it are a sample biased by
+whatever is slow to record (a case that crashed its worker waits for its lease and isolation
+while clean cases finish). ``refresh()`` reads only objects not yet counted, so a coordinator
+(the operator, or ``proctor run``) can call it every few seconds. ``checkpoint()`` writes the
+intervals and the aggregate to the run checkpoint, and :meth:`RunProgress.resume` starts from
+it, so after a restart only newer objects are read. The intervals are what
 :func:`proctor.queue.enqueue.enqueue_run` subtracts to rebuild a lost queue.
 
 Only objects of the storage's attempt are read (see :mod:`proctor.storage.run`), and a
@@ -120,6 +123,11 @@ class RunProgress:
         self.looks = 0
         self.corrupt: dict[str, Range] = {}
         self._rate: list[tuple[float, int]] = []
+        # The cases [0, resolved_end), all recorded, counted in ``resolved``; counted pieces
+        # beyond the first gap wait in ``_pending`` (start -> end, counts) until it closes.
+        self.resolved = Aggregate()
+        self.resolved_end = 0
+        self._pending: dict[int, tuple[int, Aggregate]] = {}
 
     @classmethod
     def resume(cls, storage: RunStorage, total: int) -> RunProgress:
@@ -135,10 +143,16 @@ class RunProgress:
             covered = IntervalSet((int(s), int(e)) for s, e in data["covered"])
             aggregate = Aggregate.from_json(data["aggregate"])
             looks = int(data.get("looks", 0))
+            resolved = data["resolved"]  # a checkpoint without it is read again from objects
+            progress.resolved = Aggregate.from_json(resolved["aggregate"])
+            progress.resolved_end = int(resolved["end"])
+            progress._pending = {
+                int(s): (int(e), Aggregate.from_json(agg)) for s, e, agg in resolved["pending"]
+            }
         except (ValueError, KeyError, TypeError) as exc:
             # An accelerator only: without it every result object is read again.
             log.warning("ignoring an unreadable run checkpoint", run=storage.run_id, error=str(exc))
-            return progress
+            return cls(storage, total)
         progress.covered, progress.aggregate, progress.looks = covered, aggregate, looks
         return progress
 
@@ -159,11 +173,16 @@ class RunProgress:
                 self.corrupt[key] = r
                 continue
             self.corrupt.pop(key, None)
+            starts = [g[0] for g in gaps]
+            parts = [Aggregate() for _ in gaps]
             for record in records:
                 index = record["index"]
                 if lo <= index < hi and wanted.contains(index):
                     self.aggregate.add(record)
+                    parts[bisect.bisect_right(starts, index) - 1].add(record)
             self.covered.add(r.start, r.end)
+            for (start, end), part in zip(gaps, parts, strict=True):
+                self._resolve(start, end, part)
         for d in self.storage.dead_letters():
             self.dead.add(d["start"], d["end"])
         done = len(self.covered)
@@ -172,6 +191,22 @@ class RunProgress:
         while len(self._rate) > 2 and self._rate[0][0] < cutoff:
             self._rate.pop(0)
         return done - before
+
+    def _resolve(self, start: int, end: int, part: Aggregate) -> None:
+        """Count the newly recorded cases ``[start, end)`` into the resolved prefix, or keep
+        them until every case before them is recorded."""
+        after = self._pending.pop(end, None)  # the piece just after joins this one
+        if after is not None:
+            end, part = after[0], part.merge(after[1])
+        before = next((s for s, (e, _) in self._pending.items() if e == start), None)
+        if before is not None:
+            start, part = before, self._pending[before][1].merge(part)
+        if start != self.resolved_end:
+            self._pending[start] = (end, part)
+            return
+        self._pending.pop(start, None)
+        self.resolved.merge(part)
+        self.resolved_end = end
 
     def snapshot(self) -> ProgressSnapshot:
         completed = len(self.covered)
@@ -214,6 +249,11 @@ class RunProgress:
             "deadLettered": self.dead.intervals(),
             "aggregate": self.aggregate.to_json(),
             "looks": self.looks,
+            "resolved": {
+                "end": self.resolved_end,
+                "aggregate": self.resolved.to_json(),
+                "pending": [[s, e, agg.to_json()] for s, (e, agg) in self._pending.items()],
+            },
             "time": time.time(),
             **extra,
         }

@@ -56,6 +56,9 @@ class Process(Protocol):
 Spawn = Callable[[int, int], Process]
 """Starts the worker of a slot: ``spawn(slot, crashes so far)``."""
 
+Holders = Callable[[], "frozenset[str] | None"]
+"""The worker ids the queue names as holding a lease now (None when it cannot tell)."""
+
 
 class WorkerPool:
     """``count`` worker processes, restarted when they crash while work remains."""
@@ -88,7 +91,7 @@ class WorkerPool:
             if slot not in self.procs:
                 self._start(slot)
 
-    def poll(self, budget: int, work_left: bool = True) -> bool:
+    def poll(self, budget: int, work_left: bool = True, holders: Holders | None = None) -> bool:
         """Reap exits, restart crashed workers; False when none is running any more."""
         for slot, proc in list(self.procs.items()):
             code = proc.poll()
@@ -97,6 +100,7 @@ class WorkerPool:
                 continue
             del self.procs[slot]
             self.reaped(proc)
+            code = self.exit_status(slot, code, holders)
             if code == EXIT_CONFIG:
                 self.setup_failed = True
             elif code != 0:
@@ -129,3 +133,7 @@ class WorkerPool:
 
     def reaped(self, proc: Process) -> None:
         """Called once a worker has exited (a subclass may clean up after it)."""
+
+    def exit_status(self, slot: int, code: int, holders: Holders | None) -> int:
+        """How the pool reads a worker's exit status (a subclass may call an exit a crash)."""
+        return code
