@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from proctor.suite.cron import CronError, latest_fire, next_fire, parse_cron
+from proctor.api.cron import CronError, latest_fire, next_fire, parse_cron
 
 
 def at(text: str) -> datetime:

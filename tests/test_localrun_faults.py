@@ -512,7 +512,7 @@ def test_also_worker_without_redis_is_one_line(tmp_path: Path) -> None:
 def test_finding5_fingerprint_differences_name_the_fields(
     stored: dict[str, Any], current: dict[str, Any], fields: list[str]
 ) -> None:
-    from proctor.storage.attempts import differences
+    from proctor.local.attempts import differences
 
     assert differences(stored, current) == fields
 

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from proctor.api.quantity import cpu_millis, to_bytes
 from proctor.api.v1alpha1.base import Quantity
 
 
@@ -127,7 +128,6 @@ class OperatorConfig(BaseModel):
 
     def profile_names(self) -> list[str]:
         """Profiles from smallest to largest CPU request."""
-        from proctor.api.quantity import cpu_millis, to_bytes
 
         merged = {**DEFAULT_PROFILES, **self.profiles}
         return sorted(merged, key=lambda n: (cpu_millis(merged[n].cpu), to_bytes(merged[n].memory)))

@@ -93,7 +93,7 @@ def in_cluster_login(
     environ: Mapping[str, str] | None = None,
 ) -> ConnectionInfo | None:
     """Credentials of the pod's ServiceAccount; None outside a pod."""
-    import kopf  # noqa: PLC0415, RUF100 - late: keep_kubernetes_client_out runs first
+    import kopf  # noqa: PLC0415 - late: keep_kubernetes_client_out runs first
 
     env = os.environ if environ is None else environ
     host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT", "443")
@@ -154,7 +154,7 @@ def kubeconfig_login(
     *, trust_env: bool = False, environ: Mapping[str, str] | None = None
 ) -> ConnectionInfo | None:
     """Credentials of the kubeconfig's current context; None when there is no kubeconfig."""
-    import kopf  # noqa: PLC0415, RUF100 - late: keep_kubernetes_client_out runs first
+    import kopf  # noqa: PLC0415 - late: keep_kubernetes_client_out runs first
 
     paths = kubeconfig_paths(environ)
     if not paths:

@@ -7,7 +7,7 @@ applies early stopping, restarts a worker that crashed (as Kubernetes would rest
 within the failure budget, and prints the summary. Defaults: the embedded SQLite queue and a
 results folder ``./proctor-results/<run-name>/``; ``--queue redis://...|sqs://...`` and
 ``--storage s3://...`` use real services instead. Names and run ids are DNS-1123 labels. A
-fresh run is a new attempt (see :mod:`proctor.storage.attempts`); ``--resume`` continues the
+fresh run is a new attempt (see :mod:`proctor.local.attempts`); ``--resume`` continues the
 current one and refuses a manifest that changes results.
 
 Only a run whose every case is recorded, or one the sequential test stopped early, is
@@ -28,7 +28,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -49,6 +49,7 @@ from rich.table import Table
 
 from proctor.api.v1alpha1 import EVALRUN_KIND
 from proctor.api.v1alpha1.evalrun import EvalRun, ResultSummary
+from proctor.local.attempts import AttemptError, fresh_attempt, replaced, resume_attempt
 from proctor.local.workers import LocalWorkers
 from proctor.queue import WorkQueue, open_queue
 from proctor.queue.enqueue import CHUNK_ENTRIES, Enqueuer
@@ -56,7 +57,6 @@ from proctor.redact import redact_text
 from proctor.sdk.hooks import summarize_with_task
 from proctor.stats.passrates import should_stop_early, summarize
 from proctor.storage import ProgressSnapshot, RunProgress, RunStorage
-from proctor.storage.attempts import AttemptError, fresh_attempt, replaced, resume_attempt
 from proctor.validation import ManifestError, dns_label_error, validate_file
 from proctor.worker.pool import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_USAGE, LocalOptions
 from proctor.worker.runtime import WorkerConfig, open_run_storage
@@ -159,7 +159,7 @@ def _exit_code(summary: ResultSummary, complete: bool, failed_workers: bool) -> 
     return EXIT_INCOMPLETE
 
 
-def _table(data: dict[str, Any]) -> Table:
+def _table(data: dict[str, Any], extra: Sequence[tuple[str, str]] = ()) -> Table:
     table = Table(title=f"EvalRun {data['run']}", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
@@ -191,11 +191,8 @@ def _table(data: dict[str, Any]) -> Table:
         table.add_row("decision", f"[bold]{data['decision']}[/bold]")
         if data["reason"]:
             table.add_row("reason", escape(data["reason"]))
-    if data.get("metamorphicGuard"):
-        from proctor.integrations.metamorphic_guard.summary import report_rows
-
-        for label, value in report_rows(data["metamorphicGuard"]):
-            table.add_row(label, value)
+    for label, value in extra:  # what the task's summary hook adds (Metamorphic Guard's)
+        table.add_row(label, value)
     if data["earlyStopped"]:
         table.add_row("early stopped", "yes")
     rate = data["casesPerSecond"]
@@ -491,5 +488,5 @@ def _finish(
         sys.stdout.write(json.dumps(data) + "\n")
         sys.stdout.flush()
     else:
-        Console().print(_table(data))
+        Console().print(_table(data, judged.rows))
     return code

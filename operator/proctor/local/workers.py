@@ -3,7 +3,7 @@
 Each runs what ``proctor worker`` runs (:func:`proctor.worker.runtime.main`). On Linux a worker asks
 the kernel for SIGKILL when its parent dies (``PR_SET_PDEATHSIG``), so no worker outlives a
 ``proctor run`` that was killed, even by SIGKILL; the run's attempt fences the results of any
-that does (another machine's, say; see :mod:`proctor.storage.attempts`).
+that does (another machine's, say; see :mod:`proctor.local.attempts`).
 
 Each worker leads a process group of its own; when it exits, and when the run ends, the group is
 killed, so processes a task forked (and its isolation children) do not outlive it. A worker's

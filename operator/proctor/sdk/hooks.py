@@ -30,6 +30,7 @@ class TaskSummary:
     summary: ResultSummary
     report_key: str | None = None  # the key of ``report`` in the run's summary file
     report: Mapping[str, Any] | None = None
+    rows: tuple[tuple[str, str], ...] = ()  # (label, value) the summary table shows of it
 
 
 class SummaryHook(Protocol):

@@ -28,7 +28,7 @@ from typing import Any
 
 import structlog
 
-from proctor.queue.base import Range
+from proctor.ranges import Range
 from proctor.stats.passrates import Aggregate
 from proctor.storage.run import CorruptObjectError, RunStorage
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import zstandard
 
-from proctor.queue.base import Range
+from proctor.ranges import Range
 from proctor.storage.blobs import Blobs
 
 Algorithm = str  # "zstd" | "gzip" | "none"

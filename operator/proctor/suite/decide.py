@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from proctor.api.conditions import Problem
+from proctor.api.cron import latest_fire, next_fire, parse_cron
 from proctor.api.v1alpha1.benchmarksuite import (
     BenchmarkSuiteSpec,
     BenchmarkSuiteStatus,
@@ -26,7 +27,6 @@ from proctor.planning.plan import (
     compute_plan,
 )
 from proctor.policy import admit, baseline_problem, spec_size_problem
-from proctor.suite.cron import latest_fire, next_fire, parse_cron
 from proctor.suite.gather import BenchPod
 from proctor.suite.pods import cell_run_spec
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from proctor.api.cron import CronError, parse_cron
 from proctor.api.v1alpha1.base import (
     PROFILE_OR_RESOURCES,
     ApiModel,
@@ -25,7 +26,6 @@ from proctor.api.v1alpha1.base import (
     plural_of,
 )
 from proctor.api.v1alpha1.env import EnvVar
-from proctor.suite.cron import CronError, parse_cron
 
 DEFAULT_CONFIDENCE_LEVEL = 0.95
 """The confidence level of a suite's intervals, with or without a baseline to compare to."""

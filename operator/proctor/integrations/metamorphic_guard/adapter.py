@@ -60,7 +60,7 @@ CI_METHODS = (
 def import_mg() -> Any:
     """The ``metamorphic_guard`` package, or a TaskLoadError saying how to install it."""
     try:
-        import metamorphic_guard
+        import metamorphic_guard  # noqa: PLC0415 - optional dependency (the metamorphic-guard extra)
     except ImportError as exc:
         raise TaskLoadError(f"metamorphic-guard is not installed ({exc}); {INSTALL_HINT}") from exc
     return metamorphic_guard
@@ -172,7 +172,7 @@ def load_spec(ref: str) -> Any:
     """A Metamorphic Guard ``Spec``: a registered task name (built-ins, plugins) or a
     ``module:factory`` / ``file.py:factory`` returning one (a Spec object itself also works)."""
     mg = import_mg()
-    from metamorphic_guard.specs import Spec, get_task
+    from metamorphic_guard.specs import Spec, get_task  # noqa: PLC0415 - optional dependency (the metamorphic-guard extra)
 
     if ":" in ref:
         obj = resolve_ref(ref)
@@ -247,7 +247,7 @@ class ChunkedInputs:
         """Inputs generated so far, prefixes regenerated while doubling included."""
 
     def _generate(self, chunk: int, count: int) -> list[tuple[Any, ...]]:
-        from metamorphic_guard.scalability import ChunkedInputGenerator
+        from metamorphic_guard.scalability import ChunkedInputGenerator  # noqa: PLC0415 - optional dependency (the metamorphic-guard extra)
 
         # Metamorphic Guard's own chunking (seed + chunk start), bounded to the prefix needed.
         start = chunk * self.chunk_size
@@ -310,7 +310,7 @@ class MGTask(Task):
         super().__init__(params)
         self.mg = MGParams.from_params(params)
         self.spec = load_spec(self.mg.task)
-        from metamorphic_guard.harness.execution import relation_rng
+        from metamorphic_guard.harness.execution import relation_rng  # noqa: PLC0415 - optional dependency (the metamorphic-guard extra)
 
         self._relation_rng = relation_rng
         self._hard = [p for p in self.spec.properties if p.mode == "hard"]

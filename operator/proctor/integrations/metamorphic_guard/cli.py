@@ -24,6 +24,12 @@ from typing import Any
 import yaml
 from rich.console import Console
 
+from proctor.integrations.metamorphic_guard.adapter import load_spec
+from proctor.integrations.metamorphic_guard.report import report_from_storage
+from proctor.local.run import LocalRunOptions, load_evalrun, run_local
+from proctor.sdk import TaskLoadError
+from proctor.storage import open_storage
+
 EXIT_ADOPT = 0
 EXIT_REJECT = 1
 EXIT_USAGE = 2
@@ -73,13 +79,11 @@ def manifest(
 def _storage(
     manifest_path: Path, results: Path, run_id: str | None, storage_uri: str | None
 ) -> Any:
-    from proctor.local.run import load_evalrun
-    from proctor.storage import open_storage
 
     run = load_evalrun(manifest_path)
     name = str(run.metadata.get("name") or manifest_path.stem)
     uri = storage_uri or results.resolve().as_uri()
-    # The results of the run's current attempt (see proctor.storage.attempts).
+    # The results of the run's current attempt (see proctor.local.attempts).
     return run, open_storage(uri, run_id or name).of_current_attempt()
 
 
@@ -105,7 +109,6 @@ def _code(report: dict[str, Any]) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from proctor.integrations.metamorphic_guard.report import report_from_storage
 
     run, storage = _storage(Path(args.manifest), Path(args.results_dir), args.run_id, args.storage)
     report = report_from_storage(run.spec, storage)
@@ -142,8 +145,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=results, delete=False) as f:
         yaml.safe_dump(doc, f, sort_keys=False)
         path = Path(f.name)
-    from proctor.integrations.metamorphic_guard.adapter import load_spec
-    from proctor.local.run import LocalRunOptions, run_local
 
     # A wrong task fails here, before any worker starts; and local workers, forked from this
     # process, find Metamorphic Guard imported (the report needs it here anyway).
@@ -218,7 +219,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from proctor.sdk import TaskLoadError
 
     try:
         code: int = args.func(args)

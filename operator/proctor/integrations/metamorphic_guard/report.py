@@ -29,8 +29,10 @@ from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.integrations.metamorphic_guard.adapter import (
     ChunkedInputs,
     MGParams,
+    fresh_copy,
     import_mg,
     load_spec,
+    resolve_implementation,
 )
 
 DIRECT_LIMIT = 20_000_000
@@ -126,7 +128,7 @@ def chunked_bootstrap_deltas(
 
     Same generator, same draws, same sums, so the same floats, in ``O(n)`` memory.
     """
-    import numpy as np
+    import numpy as np  # noqa: PLC0415 - optional dependency (the metamorphic-guard extra)
 
     base: Any = np.asarray(baseline, dtype=np.float64)
     cand: Any = np.asarray(candidate, dtype=np.float64)
@@ -168,7 +170,7 @@ def delta_interval(
     seed: int,
 ) -> list[float]:
     """The pass-rate delta interval Metamorphic Guard's ``compute_delta_ci`` gives."""
-    from metamorphic_guard.harness.statistics import (
+    from metamorphic_guard.harness.statistics import (  # noqa: PLC0415 - optional dependency (the metamorphic-guard extra)
         compute_bca_interval,
         compute_delta_ci,
         percentile,
@@ -226,9 +228,7 @@ def _metrics(
     """
     if not spec.metrics or run.compare is None:
         return {}
-    from metamorphic_guard.harness.reporting import collect_metrics, safe_extract_metric
-
-    from proctor.integrations.metamorphic_guard.adapter import fresh_copy, resolve_implementation
+    from metamorphic_guard.harness.reporting import collect_metrics, safe_extract_metric  # noqa: PLC0415 - optional dependency (the metamorphic-guard extra)
 
     impls = [resolve_implementation(s.ref) for s in (run.compare.baseline, run.compare.candidate)]
     values: list[list[list[float | None]]] = [[[] for _ in spec.metrics] for _ in impls]
@@ -265,9 +265,9 @@ def mg_report(
     again, here); ``decide_adopt`` does not read them.
     """
     import_mg()
-    from metamorphic_guard.gate import decide_adopt
-    from metamorphic_guard.harness.reporting import summarize_relations
-    from metamorphic_guard.harness.statistics import (
+    from metamorphic_guard.gate import decide_adopt  # noqa: PLC0415 - optional dependency (the metamorphic-guard extra)
+    from metamorphic_guard.harness.reporting import summarize_relations  # noqa: PLC0415 - optional dependency (the metamorphic-guard extra)
+    from metamorphic_guard.harness.statistics import (  # noqa: PLC0415 - optional dependency (the metamorphic-guard extra)
         compute_paired_stats,
         compute_relative_risk,
         estimate_power,

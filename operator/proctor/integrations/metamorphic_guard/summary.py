@@ -98,7 +98,9 @@ def summarize_run(
 ) -> TaskSummary:
     """The :class:`proctor.sdk.hooks.SummaryHook` of ``proctor.mgadapter``'s tasks."""
     result, report = with_mg_report(spec, storage, summary, metrics=run_user_code)
-    return TaskSummary(result, REPORT_KEY if report is not None else None, report)
+    if report is None:
+        return TaskSummary(result)
+    return TaskSummary(result, REPORT_KEY, report, tuple(report_rows(report)))
 
 
 def report_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
