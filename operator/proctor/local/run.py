@@ -484,9 +484,16 @@ def _finish(
     progress.checkpoint(summary=data)
     storage.write_summary(data)
     run.queue.close()
+    _print_summary(options, data, judged.rows)
+    return code
+
+
+def _print_summary(
+    options: LocalRunOptions, data: dict[str, Any], rows: Sequence[tuple[str, str]]
+) -> None:
+    """The summary as one JSON line on stdout (``--json``), or as a table."""
     if options.json_output:
         sys.stdout.write(json.dumps(data) + "\n")
         sys.stdout.flush()
     else:
-        Console().print(_table(data, judged.rows))
-    return code
+        Console().print(_table(data, rows))

@@ -266,29 +266,14 @@ def mg_report(
     """
     import_mg()
     from metamorphic_guard.gate import decide_adopt  # noqa: PLC0415 - optional dependency (the metamorphic-guard extra)
-    from metamorphic_guard.harness.reporting import summarize_relations  # noqa: PLC0415 - optional dependency (the metamorphic-guard extra)
     from metamorphic_guard.harness.statistics import (  # noqa: PLC0415 - optional dependency (the metamorphic-guard extra)
-        compute_paired_stats,
         compute_relative_risk,
-        estimate_power,
     )
 
     params = MGParams.from_params(spec.task.params)
     mg_spec = load_spec(params.task)
     seed = spec.cases.seed
-    names = [rel.name for rel in mg_spec.relations]
-    base = SideTally(names, params.violation_cap)
-    cand = SideTally(names, params.violation_cap)
-    indexes: list[int] = []
-    for record in records:
-        b, c = record.get("baseline"), record.get("candidate")
-        if not isinstance(b, Mapping) or not isinstance(c, Mapping):
-            raise ValueError("a Metamorphic Guard run needs compare records (baseline, candidate)")
-        index = int(record["index"])
-        indexes.append(index)
-        base.add(index, b)
-        cand.add(index, c)
-
+    base, cand, indexes = _tally(mg_spec, params, records)
     inputs = ChunkedInputs(mg_spec, seed, params.chunk_size)
     needs_clusters = "cluster" in params.ci_method or mg_spec.cluster_key is not None
     clusters = _cluster_labels(mg_spec, inputs, indexes) if needs_clusters else None
@@ -305,17 +290,7 @@ def mg_report(
         "task": params.task,
         "n": n,
         "seed": seed,
-        "config": {
-            "alpha": params.alpha,
-            "min_delta": params.min_delta,
-            "min_pass_rate": params.min_pass_rate,
-            "violation_cap": params.violation_cap,
-            "bootstrap_samples": params.bootstrap_samples,
-            "ci_method": params.ci_method,
-            "rr_ci_method": params.rr_ci_method,
-            "relation_correction": params.correction(),
-            "chunk_size": params.chunk_size,
-        },
+        "config": _config(params),
         "baseline": _side_report(bm, base),
         "candidate": _side_report(cm, cand),
         "delta_pass_rate": cm["pass_rate"] - bm["pass_rate"],
@@ -323,8 +298,36 @@ def mg_report(
         "relative_risk": rr,
         "relative_risk_ci": rr_ci,
     }
+    _add_statistics(result, mg_spec, params, bm, cm)
+    extracted = _metrics(mg_spec, spec, inputs, indexes, seed) if metrics else {}
+    if extracted:
+        result["metrics"] = extracted
+    decision = dict(
+        decide_adopt(result, min_delta=params.min_delta, min_pass_rate=params.min_pass_rate)
+    )
+    result["decision"] = decision
+    result["proctor"] = _proctor_view(spec, result, base, cand)
+    return result
+
+
+def _add_statistics(
+    result: dict[str, Any],
+    mg_spec: Any,
+    params: MGParams,
+    bm: Mapping[str, Any],
+    cm: Mapping[str, Any],
+) -> None:
+    """The report's ``statistics`` (power, paired counts, relation categories) and, when the
+    spec has relations, its ``relation_coverage``, as ``metamorphic-guard evaluate`` writes
+    them."""
+    from metamorphic_guard.harness.reporting import summarize_relations  # noqa: PLC0415 - optional dependency (the metamorphic-guard extra)
+    from metamorphic_guard.harness.statistics import (  # noqa: PLC0415 - optional dependency (the metamorphic-guard extra)
+        compute_paired_stats,
+        estimate_power,
+    )
+
     power, recommended = estimate_power(
-        bm["pass_rate"], cm["pass_rate"], n, params.alpha, params.min_delta, 0.8
+        bm["pass_rate"], cm["pass_rate"], result["n"], params.alpha, params.min_delta, 0.8
     )
     statistics: dict[str, Any] = {
         "power_estimate": power,
@@ -347,25 +350,61 @@ def mg_report(
         result["relation_coverage"] = coverage
         statistics["relation_categories"] = categories
     result["statistics"] = statistics
-    extracted = _metrics(mg_spec, spec, inputs, indexes, seed) if metrics else {}
-    if extracted:
-        result["metrics"] = extracted
-    decision = dict(
-        decide_adopt(result, min_delta=params.min_delta, min_pass_rate=params.min_pass_rate)
-    )
-    result["decision"] = decision
+
+
+def _tally(
+    mg_spec: Any, params: MGParams, records: Iterable[Mapping[str, Any]]
+) -> tuple[SideTally, SideTally, list[int]]:
+    """Each side's tally of the run's compare records, and the case indexes in record order."""
+    names = [rel.name for rel in mg_spec.relations]
+    base = SideTally(names, params.violation_cap)
+    cand = SideTally(names, params.violation_cap)
+    indexes: list[int] = []
+    for record in records:
+        b, c = record.get("baseline"), record.get("candidate")
+        if not isinstance(b, Mapping) or not isinstance(c, Mapping):
+            raise ValueError("a Metamorphic Guard run needs compare records (baseline, candidate)")
+        index = int(record["index"])
+        indexes.append(index)
+        base.add(index, b)
+        cand.add(index, c)
+    return base, cand, indexes
+
+
+def _config(params: MGParams) -> dict[str, Any]:
+    """The report's ``config``, as ``metamorphic-guard evaluate`` writes it."""
+    return {
+        "alpha": params.alpha,
+        "min_delta": params.min_delta,
+        "min_pass_rate": params.min_pass_rate,
+        "violation_cap": params.violation_cap,
+        "bootstrap_samples": params.bootstrap_samples,
+        "ci_method": params.ci_method,
+        "rr_ci_method": params.rr_ci_method,
+        "relation_correction": params.correction(),
+        "chunk_size": params.chunk_size,
+    }
+
+
+def _proctor_view(
+    spec: EvalRunSpec, result: Mapping[str, Any], base: SideTally, cand: SideTally
+) -> dict[str, Any]:
+    """Metamorphic Guard's decision as Proctor reports it: accept/reject with counts, and
+    ``undecided`` until every case is recorded."""
+    n, decision = result["n"], result["decision"]
     complete = n == spec.cases.count
-    result["proctor"] = {
+    rr_ci = result["relative_risk_ci"]
+    return {
         "decision": ("accept" if decision.get("adopt") else "reject") if complete else "undecided",
         "reason": str(decision.get("reason", ""))
         if complete
         else f"{n} of {spec.cases.count} cases recorded",
         "complete": complete,
-        "baselinePassRate": bm["pass_rate"],
-        "candidatePassRate": cm["pass_rate"],
+        "baselinePassRate": result["baseline"]["pass_rate"],
+        "candidatePassRate": result["candidate"]["pass_rate"],
         "delta": result["delta_pass_rate"],
-        "deltaInterval": delta_ci,
-        "relativeRisk": _finite(rr),
+        "deltaInterval": result["delta_ci"],
+        "relativeRisk": _finite(result["relative_risk"]),
         "relativeRiskInterval": [_finite(x) for x in rr_ci],
         "propertyViolations": {
             "baseline": base.prop_violation_count,
@@ -376,7 +415,6 @@ def mg_report(
             "candidate": cand.mr_violation_count,
         },
     }
-    return result
 
 
 def _finite(x: float) -> float | None:
