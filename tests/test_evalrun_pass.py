@@ -399,3 +399,29 @@ def test_a_failed_pass_posts_reconcile_error_and_writes_nothing(tmp_path: Path) 
     assert [(e.type, e.reason) for e in cluster.posted] == [("Warning", "ReconcileError")]
     assert "create_pod: the API server is unavailable" in cluster.posted[0].message
     assert (cluster.created, cluster.deleted, cluster.patches) == ([], [], [])
+
+
+def test_the_pass_that_finishes_a_run_reports_no_throughput(tmp_path: Path) -> None:
+    """CI finding (e2e test_per_run_series_follow_the_run): the pass on which a run finished
+    reported its last measured rate, so proctor_operator_cases_per_second stayed above 0 for a
+    finished run whose workers were already gone. The gauge is 0 once finished."""
+    config = OperatorConfig.model_validate(
+        {
+            "defaultQueueUrl": f"sqlite:///{tmp_path}/queue.db",
+            "defaultStorageUri": str(tmp_path / "results"),
+        }
+    )
+    world = World(FakeCluster(), spec(count=40), config)
+    world.reconcile()
+    world.reconcile()
+    world.work(2)
+    world.reconcile()
+    world.work(1)
+    running = world.reconcile()
+    assert running.phase == "Running"
+    assert running.cases_per_second > 0  # two samples of progress: a rate is measured
+    world.work(1)
+    finishing = world.reconcile()
+    assert finishing.phase == "Succeeded"
+    assert (finishing.completed, finishing.cases_per_second) == (40, 0.0)
+    assert world.reconcile().cases_per_second == 0.0

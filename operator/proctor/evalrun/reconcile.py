@@ -291,7 +291,8 @@ def _act_and_report(
         desired=pods.desired,
         completed=facts.counts.completed,
         total=facts.counts.total,
-        cases_per_second=facts.rate or 0.0,
+        # The gauge reads 0 once a run is finished, from the pass that finished it on.
+        cases_per_second=0.0 if facts.finished else facts.rate or 0.0,
         stalled=is_true(update.status.conditions, "Stalled"),
     )
 
