@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from proctor.cli import _peering_priority, build_parser
+from proctor.cli.main import _peering_priority, build_parser
 
 
 @pytest.mark.parametrize(

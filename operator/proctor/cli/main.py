@@ -1,4 +1,4 @@
-"""The ``proctor`` command line."""
+"""The ``proctor`` command line: the parser, one sub-parser per command, and dispatch."""
 
 from __future__ import annotations
 
