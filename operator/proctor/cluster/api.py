@@ -17,15 +17,14 @@ from typing import Any
 import structlog
 
 from proctor.api.conditions import Event
+from proctor.api.names import GROUP, VERSION
+from proctor.api.v1alpha1 import EVALRUN_PLURAL
 from proctor.cluster.client import KubeApi, KubeApiError, core_path, custom_path
 from proctor.cluster.writes import event_object
 from proctor.redact import redact_value, remember_secret_data
 
 log = structlog.get_logger("proctor.operator")
 
-GROUP = "proctor.dev"
-VERSION = "v1alpha1"
-PLURAL = "evalruns"
 
 QUOTA_MAX_AGE_SECONDS = 1.0
 """ResourceQuotas are listed at most this often per namespace; every run of the namespace shares
@@ -44,7 +43,7 @@ class QuotaExceeded(Exception):  # noqa: N818 - a refusal, not a failure of the 
 class ClusterApi:
     """The operator's writes and the reads that are not served by an index."""
 
-    plural = PLURAL
+    plural = EVALRUN_PLURAL
 
     def __init__(self, kube: KubeApi) -> None:
         self.kube = kube

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from proctor.api.quantity import cpu_millis, to_bytes
+from proctor.api.times import parse_time
 from proctor.planning.plan import GPU_RESOURCE, Capacity, NodeInfo, QuotaHeadroom, Taint
 from proctor.pods import LABEL_POOL, LABEL_RUN
 
@@ -38,9 +39,7 @@ def _get(obj: Mapping[str, Any] | None, *path: str) -> Any:
 
 
 def _parse_time(value: str | None) -> datetime:
-    if not value:
-        return datetime.now(UTC)
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parse_time(value) or datetime.now(UTC)
 
 
 def _capacity(resources: Mapping[str, Any] | None, pods: int = 0) -> Capacity:

@@ -19,6 +19,8 @@ import kopf
 import structlog
 
 from proctor.api.conditions import Event
+from proctor.api.names import GROUP, VERSION
+from proctor.api.v1alpha1 import EVALRUN_PLURAL
 from proctor.cluster.api import ClusterApi
 from proctor.cluster.client import KubeApi
 from proctor.cluster.losses import Departed, Departures, SpotNodes
@@ -31,7 +33,6 @@ from proctor.controller.pass_timing import PassSchedule
 from proctor.controller.peering import PeeringGate, own_identity
 from proctor.controller.refs import run_ref
 from proctor.controller.settings import (
-    GROUP,
     KOPF_THREADS,
     configure,
     kopf_session,
@@ -45,7 +46,7 @@ from proctor.pods import LABEL_COMPONENT, LABEL_RUN
 
 log = structlog.get_logger("proctor.operator")
 
-RESOURCE = (GROUP, "v1alpha1", "evalruns")
+RESOURCE = (GROUP, VERSION, EVALRUN_PLURAL)
 
 
 PASS_THREADS = 16

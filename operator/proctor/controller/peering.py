@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from proctor.api.times import parse_time
 from proctor.cluster.client import KubeApi
 
 log = structlog.get_logger("proctor.operator")
@@ -58,10 +59,9 @@ def own_identity() -> str:
 
 
 def _live(info: Mapping[str, Any], now: datetime) -> bool:
-    seen = info.get("lastseen")
-    if not seen:
+    last = parse_time(info.get("lastseen"))
+    if last is None:
         return True  # kopf takes a peer without lastseen as seen now
-    last = datetime.fromisoformat(str(seen).replace("Z", "+00:00"))
     if last.tzinfo is None:
         last = last.replace(tzinfo=UTC)
     return last + timedelta(seconds=int(info.get("lifetime") or 60)) > now

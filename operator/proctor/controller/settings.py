@@ -16,11 +16,9 @@ from typing import Any
 import aiohttp
 import kopf
 
+from proctor.api.names import FINALIZER, GROUP
 from proctor.cluster.client import login as kube_login
 from proctor.controller.peering import is_pattern
-
-GROUP = "proctor.dev"
-FINALIZER = "proctor.dev/finalizer"
 
 KOPF_THREADS = 4
 """Threads for kopf's sync handlers: BenchmarkSuite passes and EvalRun finalizers."""

@@ -17,6 +17,9 @@ import kopf
 import structlog
 
 from proctor.api.conditions import Event
+from proctor.api.names import GROUP, VERSION
+from proctor.api.times import parse_time
+from proctor.api.v1alpha1 import SUITE_PLURAL
 from proctor.cluster.losses import Departed
 from proctor.config import OperatorConfig
 from proctor.controller.refs import run_ref
@@ -29,14 +32,11 @@ from proctor.suite.runtime import SuitePassResult, SuiteRuntime
 
 log = structlog.get_logger("proctor.operator")
 
-RESOURCE = ("proctor.dev", "v1alpha1", "benchmarksuites")
+RESOURCE = (GROUP, VERSION, SUITE_PLURAL)
 
 
 def _created(meta: Mapping[str, Any]) -> datetime:
-    stamp = meta.get("creationTimestamp")
-    if not stamp:
-        return datetime.now(UTC)
-    return datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    return parse_time(meta.get("creationTimestamp")) or datetime.now(UTC)
 
 
 def _runtime(memo: Any, uid: str) -> SuiteRuntime:

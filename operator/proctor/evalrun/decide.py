@@ -15,6 +15,7 @@ from typing import Any
 
 from proctor.api.conditions import Event, Problem
 from proctor.api.quantity import parse_duration
+from proctor.api.times import parse_time
 from proctor.api.v1alpha1.base import LossLedgerStatus
 from proctor.api.v1alpha1.evalrun import (
     CaseCounts,
@@ -59,10 +60,8 @@ def terminal_tidy(prev: EvalRunStatus) -> dict[str, Any]:
 def decide_finished_run(seen: RunObservation, now: datetime) -> FinishedRunActions:
     ttl = seen.spec.ttl_seconds_after_finished
     done_at = seen.previous.completion_time
-    expired = False
-    if ttl is not None and done_at:
-        ended = datetime.fromisoformat(done_at.replace("Z", "+00:00"))
-        expired = now >= ended + timedelta(seconds=ttl)
+    ended = parse_time(done_at)
+    expired = ttl is not None and ended is not None and now >= ended + timedelta(seconds=ttl)
     return FinishedRunActions(seen.live, seen.unseen, expired, terminal_tidy(seen.previous))
 
 
@@ -171,7 +170,7 @@ def infeasible(plan: PlanResult) -> Problem | None:
 
 def worker_env(spec: EvalRunSpec, ref: RunRef, conn: Connection) -> list[dict[str, Any]]:
     """Variables that :meth:`proctor.worker.runtime.WorkerConfig.from_env` reads."""
-    lease = parse_duration(spec.queue.lease) if spec.queue else 60.0
+    lease = spec.lease_seconds()
     env: list[dict[str, Any]] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "PROCTOR_WORKER_ID", "value": "$(POD_NAME)"},
@@ -237,8 +236,7 @@ def _scale(
         waiting=facts.waiting,
         in_flight=facts.leases_out,
     ) | frozenset(seen.unseen)
-    workers = seen.spec.workers
-    stabilization = parse_duration(workers.scale_down_stabilization if workers else "30s")
+    stabilization = parse_duration(seen.spec.workers.scale_down_stabilization)
     step = decide(plan.replicas, pods, busy, scale, now=now, stabilization_seconds=stabilization)
     by_name = {w.name: w for w in live}
     idle = tuple(by_name[name] for name in step.delete)

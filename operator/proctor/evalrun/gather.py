@@ -18,7 +18,6 @@ from typing import Any
 import structlog
 
 from proctor.api.conditions import Event, Problem
-from proctor.api.quantity import parse_duration
 from proctor.api.v1alpha1.base import Placement
 from proctor.api.v1alpha1.evalrun import EvalRunSpec, EvalRunStatus
 from proctor.cluster.api import ClusterApi
@@ -206,7 +205,7 @@ def open_run(
     if rt.storage is None:
         rt.storage = _open_storage(spec, ref, conn, clients)
     if rt.queue is None:
-        lease = parse_duration(spec.queue.lease) if spec.queue else 60.0
+        lease = spec.lease_seconds()
         rt.queue = clients.queues.open(
             conn.queue_url, ref.uid, lease_seconds=lease, credentials=conn.queue_credentials
         )

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from proctor.api.conditions import ConditionSetter, Event, Problem, get_condition, rfc3339
+from proctor.api.times import parse_time
 from proctor.api.v1alpha1.base import Condition, LossLedgerStatus
 from proctor.api.v1alpha1.evalrun import (
     CaseCounts,
@@ -65,10 +66,6 @@ class StatusUpdate:
     events: list[Event] = field(default_factory=list)
 
 
-def _parse(ts: str | None) -> datetime | None:
-    return datetime.fromisoformat(ts.replace("Z", "+00:00")) if ts else None
-
-
 def deadline_clock(prev: EvalRunStatus, suspend: bool, now: datetime) -> tuple[datetime, float]:
     """(``activeSince`` to record, seconds counted toward ``activeDeadlineSeconds``), as a
     Kubernetes Job counts (pure): from the run's first pass (its admission; Pending time
@@ -76,9 +73,9 @@ def deadline_clock(prev: EvalRunStatus, suspend: bool, now: datetime) -> tuple[d
     of a suspension when the run resumes, read from the ``Suspended`` condition's
     ``lastTransitionTime``, so a pass repeated after a failed status write moves it once.
     A run an older operator started, with no ``activeSince``, counts from its ``startTime``."""
-    since = _parse(prev.active_since) or _parse(prev.start_time) or now
+    since = parse_time(prev.active_since) or parse_time(prev.start_time) or now
     cond = get_condition(prev.conditions, "Suspended")
-    paused = _parse(cond.last_transition_time) if cond and cond.status == "True" else None
+    paused = parse_time(cond.last_transition_time) if cond and cond.status == "True" else None
     if paused is not None and not suspend:
         since += max(now - paused, timedelta(0))  # resumed: the suspension does not count
         paused = None
@@ -127,7 +124,7 @@ def decide_phase(obs: Observation) -> PhaseDecision:
 def _stalled(obs: Observation, phase: str, last_progress: str | None) -> bool:
     if phase != "Running":
         return False
-    since = _parse(last_progress) or _parse(obs.previous.start_time)
+    since = parse_time(last_progress) or parse_time(obs.previous.start_time)
     return since is not None and (obs.now - since).total_seconds() > obs.stalled_after_seconds
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from proctor.api.names import GROUP, VERSION
 from proctor.api.v1alpha1.benchmarksuite import PLURAL
-from proctor.cluster.api import GROUP, VERSION, ClusterApi
+from proctor.cluster.api import ClusterApi
 from proctor.cluster.client import custom_path
 
 

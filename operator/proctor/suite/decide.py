@@ -10,6 +10,7 @@ from typing import Any
 
 from proctor.api.conditions import Problem
 from proctor.api.cron import latest_fire, next_fire, parse_cron
+from proctor.api.times import parse_time
 from proctor.api.v1alpha1.benchmarksuite import (
     BenchmarkSuiteSpec,
     BenchmarkSuiteStatus,
@@ -49,10 +50,6 @@ class RunDecision:
     next_schedule: datetime | None = None
 
 
-def _parse_time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
-
-
 def decide_run(
     spec: BenchmarkSuiteSpec,
     prev: BenchmarkSuiteStatus,
@@ -69,7 +66,7 @@ def decide_run(
             return RunDecision(prev.run_id, False)
         return RunDecision(run_id_for(created, uid), True)
     schedule = parse_cron(spec.schedule.cron)
-    since = _parse_time(prev.last_schedule_time) or created
+    since = parse_time(prev.last_schedule_time) or created
     upcoming = next_fire(schedule, max(since, now))
     busy = prev.run_id is not None and prev.phase not in TERMINAL
     if busy or spec.suspend:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from proctor.api.times import parse_time
 from proctor.api.v1alpha1.benchmarksuite import KIND
 from proctor.cluster.losses import Departed
 from proctor.cluster.reads import PodState, PodUsage, pod_state
@@ -41,9 +42,7 @@ def bench_pod(body: Mapping[str, Any]) -> BenchPod:
         obs=pod_state(body),
         cell=str((meta.get("annotations") or {}).get(ANNOTATION_CELL, "")),
         run_id=str((meta.get("labels") or {}).get(LABEL_SUITE_RUN, "")),
-        deleting_since=datetime.fromisoformat(deleting.replace("Z", "+00:00"))
-        if deleting
-        else None,
+        deleting_since=parse_time(deleting),
     )
 
 

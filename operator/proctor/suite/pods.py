@@ -14,7 +14,6 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from proctor.api.quantity import parse_duration
 from proctor.api.v1alpha1.base import Placement
 from proctor.api.v1alpha1.benchmarksuite import KIND, BenchmarkSuiteSpec
 from proctor.api.v1alpha1.evalrun import CasesSpec, EvalRunSpec, TaskSpec, WorkersSpec
@@ -160,7 +159,7 @@ def benchmark_env(
     """The pod's environment: what :meth:`BenchWorkerConfig.from_env` reads, with the queue
     URL and S3 credentials taken from their Secrets (never written into the pod spec), and
     the cell's ``valueFrom`` variables (literal ones travel in the spec)."""
-    lease = parse_duration(spec.queue.lease) if spec.queue else 60.0
+    lease = spec.lease_seconds()
     worker = BenchWorkerConfig(
         spec=spec,
         namespace=ref.namespace,

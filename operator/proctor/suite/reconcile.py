@@ -30,7 +30,6 @@ from typing import Any
 import structlog
 
 from proctor.api.conditions import Problem
-from proctor.api.quantity import parse_duration
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteSpec, BenchmarkSuiteStatus
 from proctor.bench.matrix import Cell, cell_queue_id, cells
 from proctor.bench.store import SuiteStore
@@ -240,7 +239,7 @@ def _queue_cells(
     """Each cell's queue, filled once (and again when lost); returns what each holds."""
     spec, ref, runtime = ctx.spec, ctx.ref, ctx.runtime
     run_id = ctx.run.run_id or ""
-    lease = parse_duration(spec.queue.lease) if spec.queue else 60.0
+    lease = spec.lease_seconds()
     queues = {}
     for cell in matrix:
         queue_id = cell_queue_id(ref.namespace, ref.name, run_id, cell.id)
