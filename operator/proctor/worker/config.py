@@ -12,6 +12,7 @@ import yaml
 
 from proctor.api.quantity import parse_duration
 from proctor.api.v1alpha1.evalrun import BatchSpec, EvalRun, EvalRunSpec
+from proctor.dataset.run import ENV_PREFIX, credentials_from_env
 from proctor.storage import RunStorage, open_storage
 from proctor.worker.common import ConfigError, Env, host_pid
 
@@ -41,6 +42,8 @@ class WorkerConfig:
     shutdown_grace: float = 1.0
     poll_interval: float = 0.5
     attempt: str = ""
+    dataset_credentials: dict[str, str] = field(default_factory=dict)
+    """The dataset's own keys (``PROCTOR_DATASET_AWS_*``); empty: the storage's."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerConfig:
@@ -52,7 +55,9 @@ class WorkerConfig:
         (``namespace/name``). Optional: ``PROCTOR_WORKER_ID`` (default ``POD_NAME``, else
         host-pid), ``PROCTOR_STORAGE_ENDPOINT``, ``PROCTOR_STORAGE_REGION``,
         ``PROCTOR_METRICS_PORT``, ``PROCTOR_LEASE_SECONDS``, ``PROCTOR_SHUTDOWN_GRACE``,
-        ``PROCTOR_ATTEMPT`` (the run attempt whose queue and results are this worker's).
+        ``PROCTOR_ATTEMPT`` (the run attempt whose queue and results are this worker's),
+        ``PROCTOR_DATASET_AWS_ACCESS_KEY_ID``/``..._SECRET_ACCESS_KEY``/``..._SESSION_TOKEN``
+        (the dataset's own credentials, from ``cases.dataset.secretRef``).
         """
         e = Env(env, docs="docs/engine.md")
         if e.get("PROCTOR_SPEC"):
@@ -79,6 +84,7 @@ class WorkerConfig:
             lease_seconds=e.seconds("PROCTOR_LEASE_SECONDS"),
             shutdown_grace=float(e.get("PROCTOR_SHUTDOWN_GRACE", "1.0")),
             attempt=e.get("PROCTOR_ATTEMPT").strip(),
+            dataset_credentials=credentials_from_env(e.values),
         )
 
     def env(self) -> dict[str, str]:
@@ -103,6 +109,7 @@ class WorkerConfig:
             out["PROCTOR_LEASE_SECONDS"] = str(self.lease_seconds)
         if self.attempt:
             out["PROCTOR_ATTEMPT"] = self.attempt
+        out.update({ENV_PREFIX + k: v for k, v in self.dataset_credentials.items()})
         return out
 
 

@@ -46,6 +46,7 @@ import structlog
 
 from proctor.api.quantity import parse_duration
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
+from proctor.dataset.run import dataset_location, open_reader
 from proctor.queue import Lease, QueueError, Range, WorkQueue, open_queue, subtract
 from proctor.redact import redact_url
 from proctor.sdk import TaskLoadError, clear_stop, load_task, set_state_store
@@ -251,13 +252,13 @@ class Worker:
         clear_stop()
         set_state_store(TaskStateStore(self.storage, self.metrics.observe_checkpoint))
         try:
-            loader = self._loader or (
-                lambda spec: load_task(spec.task, spec.compare, spec.cases.seed)
-            )
-            self._task = loader(self.spec)
+            self._task = (self._loader or self._load)(self.spec)
         except TaskLoadError as exc:
             self.log.error("task cannot be loaded", error=str(exc))
             return EXIT_CONFIG
+        except StorageError as exc:  # the dataset (DatasetError) or its manifest
+            self.log.error("the dataset cannot be read", error=str(exc))
+            return EXIT_STORAGE
         beat = threading.Thread(target=self._heartbeat, name="proctor-heartbeat", daemon=True)
         beat.start()
         watch = threading.Thread(target=self._watch_cases, name="proctor-hang-watch", daemon=True)
@@ -288,6 +289,20 @@ class Worker:
             dead_lettered=self.stats.dead_lettered,
         )
         return code
+
+    def _load(self, spec: EvalRunSpec) -> Any:
+        """The task, reading its cases from the run's dataset when it has one."""
+        rows = None
+        if spec.cases.dataset is not None:
+            location = dataset_location(
+                spec,
+                endpoint=self.config.storage_endpoint,
+                region=self.config.storage_region,
+                creds=self.config.dataset_credentials,
+            )
+            rows = open_reader(spec, self.storage, location)
+        max_output = spec.results.max_output_bytes if spec.results.outputs else None
+        return load_task(spec.task, spec.compare, spec.cases.seed, rows=rows, max_output=max_output)
 
     def _loop(self) -> None:
         entry_size = self.spec.batch.initial_size
