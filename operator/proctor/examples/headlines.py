@@ -20,12 +20,14 @@ from typing import Any, TextIO
 from proctor.sdk import Property, Task
 
 POSITIVE = frozenset(
-    "gain gains rise rises record surge surges wins win beat beats boost boosts growth rally "
-    "hope recovers recovery soar soars best strong up".split()
+    {"gain", "gains", "rise", "rises", "record", "surge", "surges", "wins", "win", "beat"}
+    | {"beats", "boost", "boosts", "growth", "rally", "hope", "recovers", "recovery", "soar"}
+    | {"soars", "best", "strong", "up"}
 )
 NEGATIVE = frozenset(
-    "loss losses fall falls drop drops crash slump cut cuts fears fear warns warning worst "
-    "weak down strike layoffs recall".split()
+    {"loss", "losses", "fall", "falls", "drop", "drops", "crash", "slump", "cut", "cuts"}
+    | {"fears", "fear", "warns", "warning", "worst", "weak", "down", "strike", "layoffs"}
+    | {"recall"}
 )
 
 
