@@ -7,7 +7,8 @@ from pathlib import Path
 
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.dataset import DatasetError, Location, Manifest, changed, load_manifest
-from proctor.dataset.run import admit, dataset_location
+from proctor.dataset.manifest import build_manifest
+from proctor.dataset.run import admit, dataset_location, total_cases
 from proctor.storage import RunStorage, StorageError
 from proctor.worker.config import WorkerConfig
 
@@ -53,3 +54,22 @@ def dataset_changed(storage: RunStorage, location: Location | None) -> str | Non
         return None if manifest is None else changed(manifest, location)
     except StorageError as exc:
         return str(exc)
+
+
+def local_dataset_problem(spec: EvalRunSpec, manifest: Path) -> str | None:
+    """What makes a local dataset unable to serve ``spec`` (``proctor validate``), or None:
+    its files cannot be read, or ``cases.count`` asks for more rows than they hold. An S3
+    dataset is checked at admission, where its credentials are."""
+    dataset = spec.cases.dataset
+    if dataset is None or dataset.uri.startswith("s3://"):
+        return None
+    spec = with_dataset_path(spec, manifest)
+    try:
+        location = dataset_location(spec)
+        bounds = [x for x in (spec.cases.count, dataset.limit) if x is not None]
+        need = min(bounds, default=None)
+        found = build_manifest(spec.cases.dataset or dataset, location, None, need)
+        total_cases(spec, found)
+    except DatasetError as exc:
+        return str(exc)
+    return None
