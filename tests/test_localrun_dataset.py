@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from proctor.cli import main
-from proctor.local.run import EXIT_ACCEPT, EXIT_INCOMPLETE, EXIT_USAGE
+from proctor.local.run import EXIT_ACCEPT, EXIT_INCOMPLETE, EXIT_REJECT, EXIT_USAGE
 from proctor.storage import open_storage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -207,3 +207,38 @@ def test_dataset_samples_run(tmp_path: Path, sample: str) -> None:
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert (summary["total"], summary["completed"], summary["errored"]) == (30, 30, 0)
+
+
+def test_metamorphic_guard_takes_dataset_rows_as_its_inputs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from proctor.integrations.metamorphic_guard.adapter import load_spec
+
+    spec = load_spec("top_k")
+    inputs = [list(args) for args in spec.gen_inputs(60, 7)]
+    lines = [json.dumps({"input": args}) for args in inputs] + ['{"no": "input"}']
+    (tmp_path / "inputs.jsonl").write_text("\n".join(lines) + "\n")
+    task = {"entrypoint": "proctor.mgadapter:task", "params": {"task": "top_k"}}
+    path = tmp_path / "mg.yaml"
+    path.write_text(
+        MANIFEST.format(name="mg", task=json.dumps(task), count="",
+                        dataset=json.dumps({"uri": "inputs.jsonl"}))
+        + "  compare:\n"
+        + "    baseline: {ref: proctor.mgadapter.impls:top_k_sorted}\n"
+        + "    candidate: {ref: proctor.mgadapter.impls:top_k_heap}\n"
+    )  # fmt: skip
+    capsys.readouterr()
+    code = main(["run", str(path), "-n", "1", "--json"])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["total"] == 61
+    assert summary["completed"] == 61
+    got = records("mg")
+    assert got[60]["baseline"]["errorType"] == "badInput"
+    assert "needs an 'input' column" in got[60]["baseline"]["error"]
+    report = summary["metamorphicGuard"]
+    assert report["n"] == 61
+    assert report["proctor"]["complete"] is True
+    assert all(r["status"] == "passed" for r in got[:60])
+    # Decided by Metamorphic Guard's own rule (minDelta 0.02 by default: equal sides reject).
+    assert report["proctor"]["decision"] == "reject"
+    assert code == EXIT_REJECT

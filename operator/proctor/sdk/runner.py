@@ -204,6 +204,7 @@ class PythonTask(LoadedTask):
         )
         # Bound once: the per-case path only calls.
         self._generate = task.generate
+        self._case_of_row = task.case_of_row
         self._run = task.run
         self._check = task.check
         self._equivalent = task.equivalent
@@ -284,8 +285,11 @@ class PythonTask(LoadedTask):
     ) -> Record:
         """Generate case ``index`` (or take its row), run ``impl`` on it and its follow-ups:
         the side record."""
-        if row is not None and row.error is not None:
-            return self._kept(side_record([], row.error, "badInput"), None)
+        case: Any = None
+        if row is not None:
+            case, bad = self._row_case(row, index)
+            if bad is not None:
+                return self._kept(side_record([], bad, "badInput"), None)
         violations: list[str] = []
         error: str | None = None
         error_type: ErrorType | None = None
@@ -296,7 +300,8 @@ class PythonTask(LoadedTask):
         try:
             guard.arm()
             try:
-                case = row.case if row is not None else self._generate(self.seed, index)
+                if row is None:
+                    case = self._generate(self.seed, index)
                 phase = "exception"
                 output = self._run(impl, case)
                 violations, error = violation_names(self._check(case, output), "check()")
@@ -316,6 +321,15 @@ class PythonTask(LoadedTask):
         if error is not None:
             return self._kept(side_record(violations, error, error_type), None)
         return self._kept(side_record(violations, None), output)
+
+    def _row_case(self, row: DatasetRow, index: int) -> tuple[Any, str | None]:
+        """(the case of a dataset row, None), or (None, why it cannot be one)."""
+        if row.error is not None:
+            return None, row.error
+        try:
+            return self._case_of_row(row.case, self.seed, index), None
+        except Exception as exc:
+            return None, f"the task cannot take row {row.id} as a case: {describe_error(exc)}"
 
     def _kept(self, side: Record, output: Any) -> Record:
         return with_output(side, output, self.max_output)

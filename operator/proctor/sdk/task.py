@@ -79,6 +79,12 @@ class Task:
             "EvalRun a cases.dataset whose rows are the cases"
         )
 
+    def case_of_row(self, row: dict[str, Any], seed: int, index: int) -> Any:
+        """Case ``index`` of a run over a dataset, from its row (a dict of its columns): the
+        row itself unless a task takes its inputs apart (Metamorphic Guard's arguments). An
+        exception here errors the case as bad input (``badInput``)."""
+        return row
+
     def check(self, case: Any, output: Any) -> list[str]:
         """Names of the violated properties (empty: the output is acceptable)."""
         return [p.name for p in self.properties if not p.check(case, output)]
