@@ -19,7 +19,7 @@ from botocore.config import Config
 
 from proctor.api.conditions import Problem
 from proctor.api.v1alpha1.base import QueueSpec, StorageSpec
-from proctor.api.v1alpha1.evalrun import DatasetSpec
+from proctor.api.v1alpha1.dataset import DatasetSpec
 from proctor.cluster.api import ClusterApi
 from proctor.config import OperatorConfig
 from proctor.queue import QueueConnections

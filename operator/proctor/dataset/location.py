@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from proctor.api.v1alpha1.evalrun import DATASET_FORMATS, DatasetFormat, DatasetSpec
+from proctor.api.v1alpha1.dataset import DATASET_FORMATS, DatasetFormat, DatasetSpec
 from proctor.storage import BlobInfo, Blobs, LocalBlobs, S3Blobs, StorageError, s3_uri_problem
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from proctor.api.v1alpha1.evalrun import DatasetFormat, DatasetSpec
+from proctor.api.v1alpha1.dataset import DatasetFormat, DatasetSpec
 from proctor.dataset.location import DatasetError, Location, format_of, partition_of
 from proctor.dataset.parquet import ParquetError, footer_rows, open_parquet, schema_of
 from proctor.dataset.rangefile import RangeFile

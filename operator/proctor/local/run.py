@@ -410,10 +410,9 @@ def _finish(
     progress.refresh()
     snap = progress.snapshot()
     complete = snap.completed == snap.total
+    changed = None if complete else dataset_changed(storage, run.dataset)
     why = (
-        replaced(storage, run.config.attempt)
-        or (None if complete else dataset_changed(run.storage, run.dataset))
-        or _why(snap, workers, budget, interrupted)
+        replaced(storage, run.config.attempt) or changed or _why(snap, workers, budget, interrupted)
     )
     summary = summarize(
         progress.aggregate,

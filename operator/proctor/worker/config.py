@@ -12,7 +12,8 @@ import yaml
 
 from proctor.api.quantity import parse_duration
 from proctor.api.v1alpha1.evalrun import BatchSpec, EvalRun, EvalRunSpec
-from proctor.dataset.run import ENV_PREFIX, credentials_from_env
+from proctor.dataset.run import ENV_PREFIX, credentials_from_env, dataset_location, open_reader
+from proctor.sdk import LoadedTask, load_task
 from proctor.storage import RunStorage, open_storage
 from proctor.worker.common import ConfigError, Env, host_pid
 
@@ -20,6 +21,7 @@ __all__ = [
     "BatchSizer",
     "ConfigError",
     "WorkerConfig",
+    "load_run_task",
     "open_run_storage",
     "parse_spec",
 ]
@@ -131,6 +133,22 @@ def open_run_storage(config: WorkerConfig) -> RunStorage:
         region=config.storage_region,
         attempt=config.attempt,
     )
+
+
+def load_run_task(spec: EvalRunSpec, config: WorkerConfig, storage: RunStorage) -> LoadedTask:
+    """The run's task, reading its cases from the run's dataset when it has one (the manifest
+    admission stored, the dataset's credentials or the storage's), keeping outputs when asked."""
+    rows = None
+    if spec.cases.dataset is not None:
+        location = dataset_location(
+            spec,
+            endpoint=config.storage_endpoint,
+            region=config.storage_region,
+            creds=config.dataset_credentials,
+        )
+        rows = open_reader(spec, storage, location)
+    max_output = spec.results.max_output_bytes if spec.results.outputs else None
+    return load_task(spec.task, spec.compare, spec.cases.seed, rows=rows, max_output=max_output)
 
 
 class BatchSizer:

@@ -46,10 +46,9 @@ import structlog
 
 from proctor.api.quantity import parse_duration
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
-from proctor.dataset.run import dataset_location, open_reader
 from proctor.queue import Lease, QueueError, Range, WorkQueue, open_queue, subtract
 from proctor.redact import redact_url
-from proctor.sdk import TaskLoadError, clear_stop, load_task, set_state_store
+from proctor.sdk import TaskLoadError, clear_stop, set_state_store
 from proctor.sdk import request_stop as request_task_stop
 from proctor.sdk.deadline import timeout_enabled
 from proctor.sdk.records import encodable
@@ -66,6 +65,7 @@ from proctor.worker.common import (
 from proctor.worker.config import (
     BatchSizer,
     WorkerConfig,
+    load_run_task,
     open_run_storage,
     parse_spec,
 )
@@ -291,18 +291,7 @@ class Worker:
         return code
 
     def _load(self, spec: EvalRunSpec) -> Any:
-        """The task, reading its cases from the run's dataset when it has one."""
-        rows = None
-        if spec.cases.dataset is not None:
-            location = dataset_location(
-                spec,
-                endpoint=self.config.storage_endpoint,
-                region=self.config.storage_region,
-                creds=self.config.dataset_credentials,
-            )
-            rows = open_reader(spec, self.storage, location)
-        max_output = spec.results.max_output_bytes if spec.results.outputs else None
-        return load_task(spec.task, spec.compare, spec.cases.seed, rows=rows, max_output=max_output)
+        return load_run_task(spec, self.config, self.storage)
 
     def _loop(self) -> None:
         entry_size = self.spec.batch.initial_size

@@ -272,9 +272,8 @@ def mg_report(
     Keys follow ``metamorphic-guard evaluate``'s JSON report; ``decision`` is its
     ``decide_adopt`` output and ``proctor`` holds the same as accept/reject with counts.
     ``metrics=False`` leaves out ``Spec.metrics`` (extracting them calls the implementations
-    again, here); ``decide_adopt`` does not read them. ``inputs`` (``.get(i)``: the arguments
-    of case ``i``) defaults to the spec's generator; a run over a dataset passes its rows
-    (:class:`RowInputs`) and its ``total``.
+    again, here); ``decide_adopt`` does not read them. ``inputs`` (``.get(i)``: case ``i``'s
+    arguments) defaults to the spec's generator; over a dataset its rows and ``total``.
     """
     import_mg()
     from metamorphic_guard.gate import decide_adopt  # noqa: PLC0415 - optional dependency (the metamorphic-guard extra)
@@ -318,8 +317,7 @@ def mg_report(
         decide_adopt(result, min_delta=params.min_delta, min_pass_rate=params.min_pass_rate)
     )
     result["decision"] = decision
-    expected = spec.cases.count if total is None else total
-    result["proctor"] = _proctor_view(result, base, cand, expected)
+    result["proctor"] = _proctor_view(result, base, cand, total or spec.cases.count)
     return result
 
 
