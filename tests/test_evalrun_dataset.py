@@ -26,11 +26,17 @@ def put_parquet(s3: Any, bucket: str, key: str, rows: int, column: str = "x") ->
     s3.put_object(Bucket=bucket, Key=key, Body=buf.getvalue())
 
 
-def world(tmp_path: Path, moto_url: str, uri: str, **dataset: Any) -> World:
+def world(
+    tmp_path: Path, moto_url: str, uri: str, ambient: str = "proctor-*", **dataset: Any
+) -> World:
+    """A run over ``uri`` with the operator's default storage: the dataset is read with the
+    operator's (ambient) credentials, which its policy lends to the buckets ``ambient`` names."""
     config = OperatorConfig.model_validate(
         {
             "defaultQueueUrl": f"sqlite:///{tmp_path}/queue.db",
             "defaultStorageUri": str(tmp_path / "results"),
+            "defaultStorageEndpoint": moto_url,
+            "policy": {"ambientCredentialBuckets": [ambient]},
         }
     )
     run = spec()
@@ -122,3 +128,18 @@ def test_a_dataset_changed_while_the_run_runs_fails_it_naming_the_file(
     w.reconcile()
     assert w.cluster.pods == {}  # the failed run's workers are gone
     assert w.cluster.status["counts"]["completed"] == 10  # what was recorded is kept
+
+
+def test_a_dataset_bucket_the_policy_does_not_lend_credentials_to_is_refused(
+    tmp_path: Path, moto_url: str, s3: Any, s3_bucket: str
+) -> None:
+    put_parquet(s3, s3_bucket, "in/a.parquet", 5)
+    w = world(tmp_path, moto_url, f"s3://{s3_bucket}/in/", ambient="elsewhere-*")
+    w.reconcile()
+    assert w.cluster.created == []
+    assert w.rt.manifest is None  # the operator did not read the bucket
+    assert w.cluster.status is not None
+    assert w.cluster.status["phase"] == "Pending"
+    assert [e.reason for e in w.events] == ["PolicyViolation"]
+    assert "spec.cases.dataset names bucket" in w.events[0].message
+    assert "add spec.cases.dataset.secretRef" in w.events[0].message
