@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 __all__ = ["env"]
 from e2e.test_operator import env  # noqa: E402  (the fixture)
 
-ROWS_PER_FILE = 40_000
+ROWS_PER_FILE = 20_000
 FILES = 2
 
 
@@ -44,7 +44,11 @@ def _headlines(start: int, n: int) -> pa.Table:
 
 def _dataset_run(env: Env, name: str, uri: str) -> dict[str, Any]:
     doc = env.evalrun(name)
-    doc["spec"]["task"] = {"entrypoint": "proctor.examples.headlines:task"}
+    # 1 ms a row (a model call's latency): long enough for the reclaim to land mid-run.
+    doc["spec"]["task"] = {
+        "entrypoint": "proctor.examples.headlines:task",
+        "params": {"delayMs": 1},
+    }
     doc["spec"].pop("compare", None)
     doc["spec"]["cases"] = {"dataset": {"uri": uri, "idField": "id", "endpoint": env.moto}}
     doc["spec"]["results"] = {"outputs": True}

@@ -5,7 +5,7 @@ The rows (``manifests/samples/data/headlines.{jsonl,parquet}``) are ``{"id", "he
 ``positive``, ``negative`` or ``neutral``, and the ``matches-label`` property checks the output
 against the row's label. With ``spec.results.outputs`` the labels are kept in the records.
 
-- :data:`task` (``proctor.examples.headlines:task``): the Python task of the Parquet sample;
+- :func:`task` (``proctor.examples.headlines:task``): the Python task of the Parquet sample;
   ``lexicon`` is its own implementation, ``keywords`` a cruder candidate to compare with it.
 - ``python -m proctor.examples.headlines``: the same labeller as a command task (the JSONL
   sample), speaking Proctor's JSON lines: each request carries the row as ``"case"``.
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 from proctor.sdk import Property, Task
@@ -49,17 +51,29 @@ def keywords(case: dict[str, Any]) -> str:
 
 
 class Headlines(Task):
-    """A case is a row; the output is a label; it passes when it is the row's label."""
+    """A case is a row; the output is a label; it passes when it is the row's label.
+
+    ``params.delayMs`` adds that much latency to each label, as a model call would (demos and
+    preemption tests need runs that last)."""
 
     properties = (
         Property("matches-label", lambda case, out: out == case["label"], "the row's label"),
     )
 
+    def __init__(self, params: Mapping[str, Any] | None = None) -> None:
+        super().__init__(params)
+        self.delay = float(self.params.get("delayMs", 0)) / 1000.0
+
     def solve(self, case: Any) -> Any:
+        if self.delay:
+            time.sleep(self.delay)
         return lexicon(case)
 
 
-task = Headlines()
+def task(params: Mapping[str, Any] | None = None) -> Headlines:
+    """The entrypoint ``proctor.examples.headlines:task``."""
+    return Headlines(params)
+
 
 _IMPLEMENTATIONS = {"lexicon": lexicon, "keywords": keywords}
 
