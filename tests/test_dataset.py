@@ -19,7 +19,7 @@ from proctor.dataset import DatasetError, DatasetReader, Manifest, changed, load
 from proctor.dataset.location import glob_regex, partition_of
 from proctor.dataset.run import admit, dataset_location, open_reader, total_cases
 from proctor.dataset.text import STRIDE
-from proctor.storage import LocalBlobs, ObjectChangedError, RunStorage, StorageError
+from proctor.storage import LocalBlobs, ObjectChangedError, RunProgress, RunStorage, StorageError
 
 
 def spec_for(uri: str, count: int | None = None, **dataset: Any) -> EvalRunSpec:
@@ -268,3 +268,12 @@ def test_manifest_fingerprint_follows_the_files(tmp_path: Path) -> None:
     jsonl(path, [{"i": 0}, {"i": 1}])
     third = admit(spec, storage(tmp_path, "three"), dataset_location(spec))
     assert third.fingerprint != first.fingerprint
+
+
+def test_a_checkpoint_of_other_dataset_files_is_not_resumed(tmp_path: Path) -> None:
+    st = storage(tmp_path)
+    progress = RunProgress(st, 10, dataset="first-files")
+    progress.covered.add(0, 5)
+    progress.checkpoint()
+    assert list(RunProgress.resume(st, 10, "first-files").covered.intervals()) == [(0, 5)]
+    assert list(RunProgress.resume(st, 10, "other-files").covered.intervals()) == []

@@ -225,7 +225,12 @@ def open_run(
         rt.queue_owned = not clients.queues.shared(rt.queue)
     if rt.progress is None:
         # Resume from the run checkpoint: refresh then reads only objects written since.
-        rt.progress = RunProgress(storage, total) if fresh else RunProgress.resume(storage, total)
+        dataset = rt.manifest.fingerprint if rt.manifest is not None else None
+        rt.progress = (
+            RunProgress(storage, total, dataset)
+            if fresh
+            else RunProgress.resume(storage, total, dataset)
+        )
         # What is in storage already needs no checkpoint (a fresh run: nothing at all).
         start = rt.progress.snapshot()
         rt.checkpointed = (start.completed, start.dead_lettered, rt.progress.looks)
@@ -275,7 +280,8 @@ def gather_progress(
     )
     queue, storage, progress = open_run(seen.spec, ref, conn, rt, clients, fresh=fresh)
     if not rt.enqueued:
-        added = enqueue_run(queue, None if fresh else storage, seen.spec, rt.total)
+        dataset = rt.manifest.fingerprint if rt.manifest is not None else None
+        added = enqueue_run(queue, None if fresh else storage, seen.spec, rt.total, dataset)
         rt.enqueued = True
         log.info("enqueued", run=ref.name, entries=added)
     depth = queue.depth()

@@ -172,6 +172,7 @@ class _Run:
     enqueuer: Enqueuer
     total: int
     dataset: Location | None = None
+    fingerprint: str | None = None  # the dataset manifest's
     refresh_seconds: float = 0.25
 
 
@@ -230,13 +231,13 @@ def _setup(options: LocalRunOptions, evalrun: EvalRun) -> _Run:
         queue = open_queue(queue_url, run_id, lease_seconds=lease, attempt=config.attempt)
         total = total_cases(spec, manifest)
         # Two chunks now, the rest while the run goes: a billion cases start at once.
-        enqueuer = Enqueuer(queue, storage, spec, total)
+        enqueuer = Enqueuer(queue, storage, spec, total, fp)
         enqueuer.step(2)
     except (AttemptError, DatasetError) as exc:
         raise RunError(str(exc)) from exc
     except Exception as exc:
         raise RunError(f"cannot set up the run: {exc}") from exc
-    return _Run(name, local_dir, config, storage, queue, enqueuer, total, location)
+    return _Run(name, local_dir, config, storage, queue, enqueuer, total, location, fp)
 
 
 @contextlib.contextmanager
@@ -353,9 +354,9 @@ def _run_local(options: LocalRunOptions, out: Console) -> int:
     run.refresh_seconds = options.refresh_seconds
     storage = run.storage
     progress = (
-        RunProgress.resume(storage, run.total)
+        RunProgress.resume(storage, run.total, run.fingerprint)
         if options.resume
-        else RunProgress(storage, run.total)
+        else RunProgress(storage, run.total, run.fingerprint)
     )
     workers = LocalWorkers(run.config, options.workers or os.cpu_count() or 1, run.local_dir)
     stopped: str | None = None

@@ -22,7 +22,12 @@ class Enqueuer:
     """
 
     def __init__(
-        self, queue: WorkQueue, storage: object | None, spec: EvalRunSpec, total: int | None = None
+        self,
+        queue: WorkQueue,
+        storage: object | None,
+        spec: EvalRunSpec,
+        total: int | None = None,
+        dataset: str | None = None,
     ) -> None:
         # Not at the top: proctor.storage imports proctor.queue (Range, WorkQueue).
         from proctor.storage import (  # noqa: PLC0415 - breaks the storage -> queue cycle
@@ -36,7 +41,7 @@ class Enqueuer:
         self.size = spec.batch.initial_size
         self.done = IntervalSet()
         if isinstance(storage, RunStorage):
-            self.done = RunProgress.resume(storage, self.count).covered
+            self.done = RunProgress.resume(storage, self.count, dataset).covered
             for r in storage.result_ranges():
                 self.done.add(r.start, r.end)
             for d in storage.dead_letters():
@@ -65,9 +70,13 @@ class Enqueuer:
 
 
 def enqueue_run(
-    queue: WorkQueue, storage: object | None, spec: EvalRunSpec, total: int | None = None
+    queue: WorkQueue,
+    storage: object | None,
+    spec: EvalRunSpec,
+    total: int | None = None,
+    dataset: str | None = None,
 ) -> int:
     """Put all the run's ``total`` batches on ``queue`` (see :class:`Enqueuer`); returns the
     entries added (0 when already enqueued, so an operator restart adds nothing)."""
-    enqueuer = Enqueuer(queue, storage, spec, total)
+    enqueuer = Enqueuer(queue, storage, spec, total, dataset)
     return enqueuer.step(enqueuer.chunks)
