@@ -33,7 +33,7 @@ class ParquetError(ValueError):
 
 
 def open_parquet(raw: RangeFile) -> pq.ParquetFile:
-    """The file's footer, read with two ranged GETs."""
+    """The file's footer, read with a few ranged GETs at its end."""
     pa, pq = _arrow()
     try:
         return pq.ParquetFile(raw, pre_buffer=False)
