@@ -25,6 +25,7 @@ from proctor.api.v1alpha1 import (
     EvalRunSpec,
 )
 from proctor.api.v1alpha1.base import Compression, Placement, SpotPolicy, kind_of, plural_of
+from proctor.api.v1alpha1.dataset import ResultsSpec
 from proctor.api.v1alpha1.evalrun import BatchSpec, EarlyStoppingSpec, WorkersSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +66,7 @@ def stored_compression(spec: EvalRunSpec) -> Compression:
         (lambda: run(placement={"spread": "none"}).placement.spot, SpotPolicy()),
         (lambda: stored_compression(run(storage=STORAGE)), Compression()),
         (lambda: suite().placement, Placement()),
+        (lambda: run().results, ResultsSpec()),
     ],
     ids=[
         "workers",
@@ -74,13 +76,14 @@ def stored_compression(spec: EvalRunSpec) -> Compression:
         "placement.spot",
         "compression",
         "suite.placement",
+        "results",
     ],
 )
 def test_unset_nested_specs_read_as_their_defaults(read: Any, expected: BaseModel) -> None:
     assert read() == expected
 
 
-@pytest.mark.parametrize("field", ["workers", "batch", "earlyStopping", "placement"])
+@pytest.mark.parametrize("field", ["workers", "batch", "earlyStopping", "placement", "results"])
 def test_an_empty_nested_spec_is_the_same_as_none(field: str) -> None:
     assert run(**{field: {}}) == run()
 
@@ -137,7 +140,7 @@ def test_the_crd_does_not_materialize_nested_defaults() -> None:
     crd = yaml.safe_load((ROOT / "crds" / f"{names.GROUP}_{EVALRUN_PLURAL}.yaml").read_text())
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert spec["required"] == ["image", "task", "cases"]
-    for field in ("workers", "batch", "earlyStopping", "placement"):
+    for field in ("workers", "batch", "earlyStopping", "placement", "results"):
         assert "default" not in spec["properties"][field], field
     assert spec["properties"]["workers"]["properties"]["max"]["default"] == 10
 
@@ -185,3 +188,32 @@ def test_keys_keep_their_values(key: str, value: str) -> None:
     # Live objects carry these keys: a changed value would orphan their pods and finalizers.
     assert key == value
     assert key.startswith(names.KEY_PREFIX)
+
+
+@pytest.mark.parametrize(
+    ("cases", "rows", "total"),
+    [
+        ({"count": 7}, None, 7),
+        ({"dataset": {"uri": "d"}}, 10, 10),
+        ({"dataset": {"uri": "d", "limit": 4}}, 10, 4),
+        ({"dataset": {"uri": "d", "limit": 40}}, 10, 10),
+        ({"count": 3, "dataset": {"uri": "d"}}, 10, 3),
+        ({"count": 3, "dataset": {"uri": "d", "limit": 5}}, 10, 3),
+    ],
+    ids=["generated", "every-row", "limit", "limit-over-rows", "count", "count-and-limit"],
+)
+def test_the_total_of_cases(cases: dict[str, Any], rows: int | None, total: int) -> None:
+    assert run(cases=cases).cases.total(rows) == total
+
+
+@pytest.mark.parametrize(
+    ("cases", "rows", "message"),
+    [
+        ({"count": 11, "dataset": {"uri": "d"}}, 10, "cases.count is 11 but the dataset has 10"),
+        ({"dataset": {"uri": "d"}}, None, "known once it is listed"),
+    ],
+    ids=["count-over-rows", "not-listed"],
+)
+def test_a_total_that_cannot_be(cases: dict[str, Any], rows: int | None, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        run(cases=cases).cases.total(rows)

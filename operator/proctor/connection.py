@@ -19,6 +19,7 @@ from botocore.config import Config
 
 from proctor.api.conditions import Problem
 from proctor.api.v1alpha1.base import QueueSpec, StorageSpec
+from proctor.api.v1alpha1.dataset import DatasetSpec
 from proctor.cluster.api import ClusterApi
 from proctor.config import OperatorConfig
 from proctor.queue import QueueConnections
@@ -89,6 +90,7 @@ class Connection:
     storage_credentials: dict[str, str]
     env: list[dict[str, Any]]
     queue_credentials: dict[str, str] = field(default_factory=dict)  # SQS keys of the Secret
+    dataset_credentials: dict[str, str] = field(default_factory=dict)  # cases.dataset.secretRef
 
 
 def _secret_env(name: str, secret: str, key: str, optional: bool = False) -> dict[str, Any]:
@@ -172,15 +174,41 @@ def _storage_credentials(
     return creds, [_secret_env(k, secret_name, k) for k in AWS_KEYS if k in data]
 
 
+def _dataset_credentials(
+    dataset: DatasetSpec | None, namespace: str, api: ClusterApi
+) -> tuple[dict[str, str], list[dict[str, Any]]] | Problem:
+    """The keys of ``cases.dataset.secretRef`` and the env entries that hand them to workers
+    (``PROCTOR_DATASET_AWS_*``); none without one (the dataset is read as the storage is)."""
+    if dataset is None or dataset.secret_ref is None:
+        return {}, []
+    secret_name = dataset.secret_ref.name
+    data = api.read_secret(namespace, secret_name)
+    if data is None:
+        return Problem(
+            "SecretNotFound",
+            f"spec.cases.dataset.secretRef names Secret {secret_name!r}, which does not exist "
+            f"in namespace {namespace}; create it with AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY",
+        )
+    creds = {k: data[k] for k in AWS_KEYS if k in data}
+    if not _has_keys(creds):
+        return _no_keys("spec.cases.dataset", secret_name)
+    env = [_secret_env(f"PROCTOR_DATASET_{k}", secret_name, k) for k in AWS_KEYS if k in data]
+    return creds, env
+
+
 def build_connection(
     queue: QueueSpec | None,
     storage: StorageSpec | None,
     namespace: str,
     config: OperatorConfig,
     api: ClusterApi,
+    *,
+    dataset: DatasetSpec | None = None,
 ) -> Connection | Problem:
-    """Queue and storage from the specs' Secrets (in ``namespace``) or the operator's
-    defaults; the Problem says what is missing and how to supply it."""
+    """Queue and storage (and a dataset's own credentials) from the specs' Secrets (in
+    ``namespace``) or the operator's defaults; the Problem says what is missing and how to
+    supply it."""
     queued = _queue_connection(queue, namespace, config, api)
     if isinstance(queued, Problem):
         return queued
@@ -209,7 +237,12 @@ def build_connection(
             {"name": "PROCTOR_STORAGE_REGION", "value": region},
             {"name": "AWS_DEFAULT_REGION", "value": region},
         ]
-    return Connection(queue_url, uri, endpoint, region, creds, env, queue_creds)
+    found_dataset = _dataset_credentials(dataset, namespace, api)
+    if isinstance(found_dataset, Problem):
+        return found_dataset
+    dataset_creds, dataset_env = found_dataset
+    env += dataset_env
+    return Connection(queue_url, uri, endpoint, region, creds, env, queue_creds, dataset_creds)
 
 
 @dataclass

@@ -42,14 +42,17 @@ def bucket_of(uri: str) -> str:
     return uri.removeprefix("s3://").partition("/")[0]
 
 
-def storage_problem(storage: StorageSpec, config: OperatorConfig) -> Problem | None:
-    """Whether the operator may use the run's own storage, and with whose credentials."""
+def storage_problem(
+    storage: StorageSpec, config: OperatorConfig, field: str = "spec.storage"
+) -> Problem | None:
+    """Whether the operator may use the run's own storage (or what ``field`` names: a
+    dataset), and with whose credentials."""
     policy = config.policy
     bucket = bucket_of(storage.uri)
     if storage.endpoint and not allowed(storage.endpoint, policy.allowed_storage_endpoints):
-        return _violation(f"spec.storage.endpoint {storage.endpoint!r}", "allowedStorageEndpoints")
+        return _violation(f"{field}.endpoint {storage.endpoint!r}", "allowedStorageEndpoints")
     if not allowed(bucket, policy.allowed_storage_buckets):
-        return _violation(f"bucket {bucket!r} of spec.storage.uri", "allowedStorageBuckets")
+        return _violation(f"bucket {bucket!r} of {field}.uri", "allowedStorageBuckets")
     if storage.secret_ref is not None:
         return None
     at_home = storage.endpoint in (None, config.default_storage_endpoint)
@@ -57,8 +60,8 @@ def storage_problem(storage: StorageSpec, config: OperatorConfig) -> Problem | N
         return None
     return Problem(
         POLICY_VIOLATION,
-        f"spec.storage names bucket {bucket!r} without a secretRef, and the operator reads a "
-        "run's storage only with the run's own credentials; add spec.storage.secretRef (a "
+        f"{field} names bucket {bucket!r} without a secretRef, and the operator reads a "
+        f"run's objects only with the run's own credentials; add {field}.secretRef (a "
         "Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), or ask the operator's "
         "administrator to list the bucket in OperatorConfig policy.ambientCredentialBuckets",
     )
@@ -87,6 +90,24 @@ def baseline_problem(
     return Problem(problem.reason, f"spec.baseline.resultsUri: {problem.message}")
 
 
+def dataset_problem(spec: EvalRunSpec, config: OperatorConfig) -> Problem | None:
+    """Whether the operator may read the run's dataset, and with whose credentials: the
+    dataset's Secret, else the storage's, else (ambient credentials) only a bucket the policy
+    lists, as for storage."""
+    dataset = spec.cases.dataset
+    if dataset is None or not dataset.uri.startswith("s3://"):
+        return None  # a local path fails at admission (DatasetInvalid)
+    storage = spec.storage
+    endpoint = dataset.endpoint or (storage.endpoint if storage else None)
+    secret = dataset.secret_ref or (storage.secret_ref if storage else None)
+    read = StorageSpec.model_construct(
+        uri=dataset.uri,
+        endpoint=endpoint or (None if storage else config.default_storage_endpoint),
+        secret_ref=secret,
+    )
+    return storage_problem(read, config, "spec.cases.dataset")
+
+
 def spec_size_problem(spec_json: str) -> Problem | None:
     """A spec too large to reach workers through their environment."""
     size = len(spec_json.encode())
@@ -113,4 +134,7 @@ def admit(spec: EvalRunSpec, config: OperatorConfig) -> Problem | None:
         problem = storage_problem(spec.storage, config)
         if problem is not None:
             return problem
+    problem = dataset_problem(spec, config)
+    if problem is not None:
+        return problem
     return spec_size_problem(spec.model_dump_json(by_alias=True, exclude_none=True))

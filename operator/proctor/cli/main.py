@@ -11,10 +11,12 @@ from pathlib import Path
 
 from proctor import __version__
 from proctor.api.crdgen import KINDS, render, render_all
+from proctor.api.v1alpha1.evalrun import EvalRun
 from proctor.bench.local import LocalSuiteOptions, holds_benchmark_suite, run_suite_local
 from proctor.bench.worker import main as bench_worker_main
 from proctor.cluster.client import keep_kubernetes_client_out
 from proctor.config import load_config
+from proctor.local.admission import local_dataset_problem
 from proctor.local.run import LocalRunOptions, run_local
 from proctor.logging import configure_logging
 from proctor.queue import QueueError
@@ -45,8 +47,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             failed = True
             continue
         for result in results:
-            if result.ok:
+            problem = None
+            if result.ok and isinstance(result.model, EvalRun):
+                problem = local_dataset_problem(result.model.spec, Path(name))
+            if result.ok and problem is None:
                 print(f"{result.describe()}: valid")
+                continue
+            if problem is not None:
+                failed = True
+                print(f"{result.describe()}: invalid", file=sys.stderr)
+                print(f"  spec.cases.dataset: {problem}", file=sys.stderr)
                 continue
             failed = True
             print(f"{result.describe()}: invalid", file=sys.stderr)

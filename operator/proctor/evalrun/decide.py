@@ -159,6 +159,8 @@ class QueueFacts:
     stopped: str | None = None
     result: ResultSummary | None = None
     checkpoint: CheckpointStatus | None = None
+    fatal: Problem | None = None
+    """What fails the run now (its dataset is invalid or changed)."""
 
 
 def infeasible(plan: PlanResult) -> Problem | None:
@@ -329,6 +331,7 @@ def decide_status(
         and facts.stopped is not None
         and counts.completed < counts.total,
         problem=problem,
+        fatal=facts.fatal,
         plan=plan,
         result=facts.result,
         disruptions=disruptions,

@@ -78,7 +78,9 @@ def run_connection(
         (ref.uid, ref.generation),
         lambda: (
             admit(spec, config)
-            or build_connection(spec.queue, spec.storage, ref.namespace, config, api)
+            or build_connection(
+                spec.queue, spec.storage, ref.namespace, config, api, dataset=spec.cases.dataset
+            )
         ),
     )
 
@@ -191,6 +193,15 @@ def _open_storage(
     )
 
 
+def run_storage(
+    spec: EvalRunSpec, ref: RunRef, conn: Connection, rt: RunRuntime, clients: SharedClients
+) -> RunStorage:
+    """The run's storage, opened once per operator process on the shared clients."""
+    if rt.storage is None:
+        rt.storage = _open_storage(spec, ref, conn, clients)
+    return rt.storage
+
+
 def open_run(
     spec: EvalRunSpec,
     ref: RunRef,
@@ -201,9 +212,10 @@ def open_run(
     fresh: bool = False,
 ) -> tuple[WorkQueue, RunStorage, RunProgress]:
     """The run's queue, storage and progress, opened once per operator process on the shared
-    clients. A ``fresh`` run (never enqueued) has no checkpoint to resume from."""
-    if rt.storage is None:
-        rt.storage = _open_storage(spec, ref, conn, clients)
+    clients. A ``fresh`` run (never enqueued) has no checkpoint to resume from. The run's total
+    is known (``rt.total``, see :mod:`proctor.evalrun.dataset`)."""
+    storage = run_storage(spec, ref, conn, rt, clients)
+    total = spec.cases.total() if rt.total is None else rt.total
     if rt.queue is None:
         lease = spec.lease_seconds()
         rt.queue = clients.queues.open(
@@ -212,15 +224,16 @@ def open_run(
         rt.queue_owned = not clients.queues.shared(rt.queue)
     if rt.progress is None:
         # Resume from the run checkpoint: refresh then reads only objects written since.
+        dataset = rt.manifest.fingerprint if rt.manifest is not None else None
         rt.progress = (
-            RunProgress(rt.storage, spec.cases.count)
+            RunProgress(storage, total, dataset)
             if fresh
-            else RunProgress.resume(rt.storage, spec.cases.count)
+            else RunProgress.resume(storage, total, dataset)
         )
         # What is in storage already needs no checkpoint (a fresh run: nothing at all).
         start = rt.progress.snapshot()
         rt.checkpointed = (start.completed, start.dead_lettered, rt.progress.looks)
-    return rt.queue, rt.storage, rt.progress
+    return rt.queue, storage, rt.progress
 
 
 def _refresh_progress(
@@ -266,7 +279,8 @@ def gather_progress(
     )
     queue, storage, progress = open_run(seen.spec, ref, conn, rt, clients, fresh=fresh)
     if not rt.enqueued:
-        added = enqueue_run(queue, None if fresh else storage, seen.spec)
+        dataset = rt.manifest.fingerprint if rt.manifest is not None else None
+        added = enqueue_run(queue, None if fresh else storage, seen.spec, rt.total, dataset)
         rt.enqueued = True
         log.info("enqueued", run=ref.name, entries=added)
     depth = queue.depth()

@@ -35,6 +35,7 @@ from proctor.evalrun.act import (
     write_checkpoint,
     write_summary,
 )
+from proctor.evalrun.dataset import admit_dataset
 from proctor.evalrun.decide import (
     PodActions,
     QueueFacts,
@@ -53,6 +54,7 @@ from proctor.evalrun.gather import (
     gather_placement,
     gather_progress,
     gather_run,
+    run_storage,
 )
 from proctor.evalrun.runtime import RunRuntime
 from proctor.planning.plan import Demand, PlanResult, compute_plan
@@ -83,7 +85,9 @@ def connection(
     spec: EvalRunSpec, ref: RunRef, config: OperatorConfig, api: ClusterApi
 ) -> Connection | Problem:
     """Queue and storage of the run from its Secrets or the operator's defaults."""
-    return build_connection(spec.queue, spec.storage, ref.namespace, config, api)
+    return build_connection(
+        spec.queue, spec.storage, ref.namespace, config, api, dataset=spec.cases.dataset
+    )
 
 
 def _finished_pass(
@@ -178,12 +182,22 @@ def _queue_step(
 ) -> tuple[QueueFacts, PlanResult, Problem | None]:
     """The queue step when the run can reach its queue, then the plan and what blocks it."""
     conn = seen.connection
+    prev_counts = seen.previous.counts or CaseCounts(total=rt.total or seen.spec.cases.count or 0)
+    fatal = None
     if isinstance(conn, Connection):
+        storage = run_storage(seen.spec, ref, conn, rt, clients)
+        fatal = admit_dataset(
+            seen.spec, ref=ref, conn=conn, rt=rt, storage=storage, clients=clients
+        )
+    if isinstance(conn, Connection) and fatal is None:
         facts = _advance_queue(seen, ref, conn, rt, clients, now=now)
         demand = Demand(backlog=facts.backlog, work_remaining=not facts.finished)
         problem = None
+    elif fatal is not None:
+        # The run fails: no workers, the results recorded so far are kept.
+        facts, demand, problem = QueueFacts(prev_counts, fatal=fatal), Demand(0, False), fatal
     else:
-        prev_counts = seen.previous.counts or CaseCounts(total=seen.spec.cases.count)
+        assert isinstance(conn, Problem)
         facts, demand, problem = QueueFacts(prev_counts), Demand(0, True), conn
     plan = compute_plan(
         seen.spec,

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from proctor.cluster.losses import LossLedger
 from proctor.connection import ConnectionCache
+from proctor.dataset import Location, Manifest
 from proctor.planning.scaling import ScaleState
 from proctor.queue import WorkQueue
 from proctor.storage import RunProgress, RunStorage
@@ -80,6 +81,10 @@ class RunRuntime:
     storage: RunStorage | None = None
     progress: RunProgress | None = None
     enqueued: bool = False
+    total: int | None = None  # the run's cases, once known (a dataset's: at admission)
+    dataset: Location | None = None
+    manifest: Manifest | None = None
+    dataset_checked: float = 0.0  # when the dataset's listing was last compared
     scale: ScaleState = field(default_factory=ScaleState)
     ledger: LossLedger = field(default_factory=LossLedger)
     # Pods created but not yet in the pod index: name -> (uid, monotonic time of creation).

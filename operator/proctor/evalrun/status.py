@@ -43,6 +43,7 @@ class Observation:
     finished: bool = False
     early_stopped: bool = False
     problem: Problem | None = None
+    fatal: Problem | None = None
     plan: PlanResult | None = None
     result: ResultSummary | None = None
     disruptions: int = 0
@@ -90,6 +91,8 @@ def decide_phase(obs: Observation) -> PhaseDecision:
         return PhaseDecision(
             prev.phase or "Failed", cond.reason if cond else "", cond.message if cond else ""
         )
+    if obs.fatal is not None:
+        return PhaseDecision("Failed", obs.fatal.reason, obs.fatal.message)
     budget = obs.spec.workers.failure_budget if obs.spec.workers else 5
     if obs.workers.failures > budget:
         return PhaseDecision(

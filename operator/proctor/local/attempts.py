@@ -2,7 +2,9 @@
 
 Each fresh ``proctor run`` starts a new *attempt*: a random id kept in the run's
 ``attempt.json`` together with the run's *fingerprint*, the parts of the spec that change
-results (``task``, ``compare``, ``cases``, ``image``, ``env``, ``caseTimeout``). Workers get the
+results (``task``, ``compare``, ``cases``, ``image``, ``env``, ``caseTimeout``, ``results``) and,
+for a run over a dataset, the fingerprint of its manifest (so a resume over a dataset whose
+files changed is refused, naming them). Workers get the
 id (``PROCTOR_ATTEMPT``); the queue is the attempt's own and result objects are tagged with it,
 so a worker left over from an earlier attempt can neither claim the new attempt's work nor have
 its results counted. ``--resume`` keeps the attempt, and refuses a manifest whose fingerprint
@@ -21,7 +23,7 @@ from proctor.queue import WorkQueue
 from proctor.storage import RunStorage, StorageError
 from proctor.storage.run import ATTEMPT
 
-FINGERPRINT_FIELDS = ("task", "compare", "cases", "image", "env", "caseTimeout")
+FINGERPRINT_FIELDS = ("task", "compare", "cases", "image", "env", "caseTimeout", "results")
 """The spec fields whose change changes results (the ones the CRD makes immutable, see
 docs/security.md): a resume must not mix them."""
 
@@ -34,10 +36,14 @@ def new_attempt_id() -> str:
     return secrets.token_hex(6)
 
 
-def fingerprint(spec: EvalRunSpec) -> dict[str, Any]:
-    """What of ``spec`` changes results, as JSON (camelCase, unset fields left out)."""
+def fingerprint(spec: EvalRunSpec, dataset: str | None = None) -> dict[str, Any]:
+    """What of ``spec`` changes results, as JSON (camelCase, unset fields left out), with the
+    fingerprint of the dataset's manifest (its files, sizes, ETags and rows) when it has one."""
     wire = spec.to_wire()
-    return {name: wire.get(name) for name in FINGERPRINT_FIELDS}
+    out = {name: wire.get(name) for name in FINGERPRINT_FIELDS}
+    if dataset is not None:
+        out["dataset"] = dataset
+    return out
 
 
 def _flatten(value: Any, path: str, out: dict[str, Any]) -> dict[str, Any]:
@@ -67,7 +73,9 @@ def _describe(field: str, stored: Mapping[str, Any], current: Mapping[str, Any])
     return f"{field} ({short(get(stored))} then, {short(get(current))} now)"
 
 
-def resume_attempt(storage: RunStorage, spec: EvalRunSpec, manifest: str) -> str:
+def resume_attempt(
+    storage: RunStorage, spec: EvalRunSpec, manifest: str, dataset: str | None = None
+) -> str:
     """The attempt to continue; raises :class:`AttemptError` if there is none or the manifest
     is not the one it was started with."""
     record = storage.read_attempt()
@@ -77,7 +85,7 @@ def resume_attempt(storage: RunStorage, spec: EvalRunSpec, manifest: str) -> str
             "proctor run; run without --resume to start afresh"
         )
     stored = record.get("fingerprint") or {}
-    now = fingerprint(spec)
+    now = fingerprint(spec, dataset)
     fields = differences(stored, now)
     if fields:
         listed = ", ".join(_describe(f, stored, now) for f in fields)
@@ -105,7 +113,10 @@ def replaced(storage: RunStorage, attempt: str) -> str | None:
 
 
 def fresh_attempt(
-    storage: RunStorage, spec: EvalRunSpec, open_queue: Callable[[str], WorkQueue]
+    storage: RunStorage,
+    spec: EvalRunSpec,
+    open_queue: Callable[[str], WorkQueue],
+    dataset: str | None = None,
 ) -> str:
     """Start a new attempt: remove the earlier attempt's queue and objects, record the new one.
 
@@ -124,6 +135,6 @@ def fresh_attempt(
     attempt = new_attempt_id()
     storage.write_checkpoint({"version": 0, "attempt": attempt})
     storage.write_attempt(
-        {"attempt": attempt, "fingerprint": fingerprint(spec), "started": time.time()}
+        {"attempt": attempt, "fingerprint": fingerprint(spec, dataset), "started": time.time()}
     )
     return attempt

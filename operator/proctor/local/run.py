@@ -22,13 +22,11 @@ be loaded; 3 not every case was evaluated and the run is not decided; 130 interr
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
-import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -45,11 +43,14 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 
 from proctor.api.v1alpha1 import EVALRUN_KIND
 from proctor.api.v1alpha1.evalrun import EvalRun, ResultSummary
+from proctor.dataset import DatasetError, Location
+from proctor.dataset.run import total_cases
+from proctor.local.admission import admit_dataset, dataset_changed, with_dataset_path
 from proctor.local.attempts import AttemptError, fresh_attempt, replaced, resume_attempt
+from proctor.local.summary import print_summary
 from proctor.local.workers import LocalWorkers
 from proctor.queue import WorkQueue, open_queue
 from proctor.queue.enqueue import CHUNK_ENTRIES, Enqueuer
@@ -159,48 +160,6 @@ def _exit_code(summary: ResultSummary, complete: bool, failed_workers: bool) -> 
     return EXIT_INCOMPLETE
 
 
-def _table(data: dict[str, Any], extra: Sequence[tuple[str, str]] = ()) -> Table:
-    table = Table(title=f"EvalRun {data['run']}", show_header=False)
-    table.add_column("what", style="bold")
-    table.add_column("value")
-
-    def pct(x: float | None) -> str:
-        return "-" if x is None else f"{100 * x:.2f}%"
-
-    table.add_row("cases", f"{data['completed']:,} of {data['total']:,} recorded")
-    table.add_row(
-        "outcomes",
-        f"{data['passed']:,} passed, {data['failed']:,} failed, {data['errored']:,} errored",
-    )
-    if data["deadLettered"]:
-        table.add_row("dead-lettered", f"{data['deadLettered']:,} cases (see dead/)")
-    if data["notEvaluated"]:
-        table.add_row("not evaluated", f"{data['notEvaluated']:,} cases")
-    if data["decision"] in (None, "interrupted") and data["baselinePassRate"] is None:
-        table.add_row("pass rate", pct(data["passRate"]))
-        if data["decision"]:
-            table.add_row("decision", f"[bold]{data['decision']}[/bold]")
-        if data["reason"]:
-            table.add_row("reason", escape(data["reason"]))
-    else:
-        table.add_row("baseline pass rate", pct(data["baselinePassRate"]))
-        table.add_row("candidate pass rate", pct(data["candidatePassRate"]))
-        lo_hi = data["interval"]
-        interval = f"[{pct(lo_hi[0])}, {pct(lo_hi[1])}]" if lo_hi else "-"
-        table.add_row("delta (candidate - baseline)", f"{pct(data['delta'])}  {interval}")
-        table.add_row("decision", f"[bold]{data['decision']}[/bold]")
-        if data["reason"]:
-            table.add_row("reason", escape(data["reason"]))
-    for label, value in extra:  # what the task's summary hook adds (Metamorphic Guard's)
-        table.add_row(label, value)
-    if data["earlyStopped"]:
-        table.add_row("early stopped", "yes")
-    rate = data["casesPerSecond"]
-    table.add_row("time", f"{data['seconds']:.1f}s" + (f" ({rate:,.0f} cases/s)" if rate else ""))
-    table.add_row("results", data["resultsUri"])
-    return table
-
-
 @dataclass
 class _Run:
     """A run set up and ready for its workers."""
@@ -211,6 +170,9 @@ class _Run:
     storage: RunStorage
     queue: WorkQueue
     enqueuer: Enqueuer
+    total: int
+    dataset: Location | None = None
+    fingerprint: str | None = None  # the dataset manifest's
     refresh_seconds: float = 0.25
 
 
@@ -238,9 +200,10 @@ def _paths(options: LocalRunOptions, evalrun: EvalRun) -> tuple[str, str, Path]:
 
 
 def _setup(options: LocalRunOptions, evalrun: EvalRun) -> _Run:
-    """Open (fresh: reset) the run's storage and queue, fix its attempt, enqueue the cases."""
+    """Open (fresh: reset) the run's storage and queue, fix its attempt, admit its dataset,
+    enqueue the cases."""
     name, run_id, local_dir = _paths(options, evalrun)
-    spec = evalrun.spec
+    spec = with_dataset_path(evalrun.spec, options.manifest)
     queue_url = options.queue_url or f"sqlite://{local_dir / 'queue.sqlite3'}"
     lease = min(spec.lease_seconds(), LOCAL_LEASE_SECONDS)
     config = WorkerConfig(
@@ -253,24 +216,28 @@ def _setup(options: LocalRunOptions, evalrun: EvalRun) -> _Run:
     )
     try:
         base = open_run_storage(config)
+        location, manifest = admit_dataset(spec, base, config, fresh=not options.resume)
+        fp = manifest.fingerprint if manifest is not None else None
         if options.resume:
-            config.attempt = resume_attempt(base, spec, str(options.manifest))
+            config.attempt = resume_attempt(base, spec, str(options.manifest), fp)
         else:
             config.attempt = fresh_attempt(
                 base,
                 spec,
                 lambda old: open_queue(queue_url, run_id, lease_seconds=lease, attempt=old),
+                fp,
             )
         storage = open_run_storage(config)
         queue = open_queue(queue_url, run_id, lease_seconds=lease, attempt=config.attempt)
+        total = total_cases(spec, manifest)
         # Two chunks now, the rest while the run goes: a billion cases start at once.
-        enqueuer = Enqueuer(queue, storage, spec)
+        enqueuer = Enqueuer(queue, storage, spec, total, fp)
         enqueuer.step(2)
-    except AttemptError as exc:
+    except (AttemptError, DatasetError) as exc:
         raise RunError(str(exc)) from exc
     except Exception as exc:
         raise RunError(f"cannot set up the run: {exc}") from exc
-    return _Run(name, local_dir, config, storage, queue, enqueuer)
+    return _Run(name, local_dir, config, storage, queue, enqueuer, total, location, fp)
 
 
 @contextlib.contextmanager
@@ -319,7 +286,7 @@ def _follow(run: _Run, progress: RunProgress, workers: LocalWorkers, bar: Progre
     early = spec.early_stopping
     stopped: str | None = None
     last_checkpoint = time.monotonic()
-    task_id = bar.add_task(run.name, total=spec.cases.count, rate="")
+    task_id = bar.add_task(run.name, total=run.total, rate="")
     while True:
         time.sleep(run.refresh_seconds)
         progress.refresh()
@@ -385,12 +352,11 @@ def _run_local(options: LocalRunOptions, out: Console) -> int:
         out.print(f"[red]error:[/red] {escape(redact_text(str(exc)))}")
         return EXIT_USAGE
     run.refresh_seconds = options.refresh_seconds
-    spec = evalrun.spec
     storage = run.storage
     progress = (
-        RunProgress.resume(storage, spec.cases.count)
+        RunProgress.resume(storage, run.total, run.fingerprint)
         if options.resume
-        else RunProgress(storage, spec.cases.count)
+        else RunProgress(storage, run.total, run.fingerprint)
     )
     workers = LocalWorkers(run.config, options.workers or os.cpu_count() or 1, run.local_dir)
     stopped: str | None = None
@@ -445,7 +411,10 @@ def _finish(
     progress.refresh()
     snap = progress.snapshot()
     complete = snap.completed == snap.total
-    why = replaced(storage, run.config.attempt) or _why(snap, workers, budget, interrupted)
+    changed = None if complete else dataset_changed(storage, run.dataset)
+    why = (
+        replaced(storage, run.config.attempt) or changed or _why(snap, workers, budget, interrupted)
+    )
     summary = summarize(
         progress.aggregate,
         spec.compare,
@@ -484,16 +453,5 @@ def _finish(
     progress.checkpoint(summary=data)
     storage.write_summary(data)
     run.queue.close()
-    _print_summary(options, data, judged.rows)
+    print_summary(options.json_output, data, judged.rows)
     return code
-
-
-def _print_summary(
-    options: LocalRunOptions, data: dict[str, Any], rows: Sequence[tuple[str, str]]
-) -> None:
-    """The summary as one JSON line on stdout (``--json``), or as a table."""
-    if options.json_output:
-        sys.stdout.write(json.dumps(data) + "\n")
-        sys.stdout.flush()
-    else:
-        Console().print(_table(data, rows))

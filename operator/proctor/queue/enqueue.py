@@ -13,14 +13,22 @@ class Enqueuer:
     """Puts a run's batches on ``queue`` one chunk at a time, so a run of a billion cases can
     start at once and be topped up while it runs (``proctor run`` does).
 
-    The batches are ``[0, cases.count)`` cut into ``batch.initialSize`` ranges, numbered into
-    chunks of :data:`CHUNK_ENTRIES`; each chunk is enqueued atomically once (a chunk name the
-    queue has seen is skipped). With ``storage`` (a :class:`proctor.storage.RunStorage`),
-    ranges that already have results or were dead-lettered are left out, so a queue lost with
-    its Redis is rebuilt with only the work that remains.
+    The batches are ``[0, total)`` (``cases.count``, or a dataset's rows) cut into
+    ``batch.initialSize`` ranges, numbered into chunks of :data:`CHUNK_ENTRIES`; each chunk is
+    enqueued atomically once (a chunk name the queue has seen is skipped). With ``storage`` (a
+    :class:`proctor.storage.RunStorage`), ranges that already have results or were
+    dead-lettered are left out, so a queue lost with its Redis is rebuilt with only the work
+    that remains.
     """
 
-    def __init__(self, queue: WorkQueue, storage: object | None, spec: EvalRunSpec) -> None:
+    def __init__(
+        self,
+        queue: WorkQueue,
+        storage: object | None,
+        spec: EvalRunSpec,
+        total: int | None = None,
+        dataset: str | None = None,
+    ) -> None:
         # Not at the top: proctor.storage imports proctor.queue (Range, WorkQueue).
         from proctor.storage import (  # noqa: PLC0415 - breaks the storage -> queue cycle
             IntervalSet,
@@ -29,11 +37,11 @@ class Enqueuer:
         )
 
         self.queue = queue
-        self.count = spec.cases.count
+        self.count = spec.cases.total() if total is None else total
         self.size = spec.batch.initial_size
         self.done = IntervalSet()
         if isinstance(storage, RunStorage):
-            self.done = RunProgress.resume(storage, self.count).covered
+            self.done = RunProgress.resume(storage, self.count, dataset).covered
             for r in storage.result_ranges():
                 self.done.add(r.start, r.end)
             for d in storage.dead_letters():
@@ -61,8 +69,14 @@ class Enqueuer:
         return added
 
 
-def enqueue_run(queue: WorkQueue, storage: object | None, spec: EvalRunSpec) -> int:
-    """Put all the run's batches on ``queue`` (see :class:`Enqueuer`); returns the entries
-    added (0 when already enqueued, so an operator restart adds nothing)."""
-    enqueuer = Enqueuer(queue, storage, spec)
+def enqueue_run(
+    queue: WorkQueue,
+    storage: object | None,
+    spec: EvalRunSpec,
+    total: int | None = None,
+    dataset: str | None = None,
+) -> int:
+    """Put all the run's ``total`` batches on ``queue`` (see :class:`Enqueuer`); returns the
+    entries added (0 when already enqueued, so an operator restart adds nothing)."""
+    enqueuer = Enqueuer(queue, storage, spec, total, dataset)
     return enqueuer.step(enqueuer.chunks)

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import select
 import subprocess
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from proctor.sdk.cases import DatasetRow, RowSource
 from proctor.sdk.deadline import timeout_enabled
-from proctor.sdk.records import ErrorType, Record, bounded, case_record, describe_error, side_record
+from proctor.sdk.records import (
+    ErrorType,
+    Record,
+    bounded,
+    case_record,
+    describe_error,
+    side_record,
+    with_output,
+)
 from proctor.sdk.runner import LoadedTask
 from proctor.sdk.state import stop_requested
 
@@ -106,9 +116,11 @@ class CommandTask(LoadedTask):
     """A task in any language: one long-lived process speaking JSON lines.
 
     Each case goes to the command as ``{"index", "seed", "role", "implementation"}`` (once per
-    side when comparing) and comes back as ``{"index", "passed", "violations", "output"}``, or
-    with ``"error"`` when the case errored. Up to ``WINDOW`` requests are in flight, so the pipe
-    round trip is paid once per window, not per case. An answer that is not a valid result
+    side when comparing), with ``"case"`` (the row) and ``"id"`` in a run over a dataset, and
+    comes back as ``{"index", "passed", "violations", "output"}``, or with ``"error"`` when the
+    case errored. A row that cannot be read is not sent: its case errors (``badInput``). Up to
+    ``WINDOW`` requests are in flight, so the pipe round trip is paid once per window, not per
+    case. An answer that is not a valid result
     errors its case (``badOutput``) and the command goes on; a case that overruns its timeout
     (``timeout``), an exit (``crashed``) or an answer to another case than the one due (the
     stream is out of step) errors the case at the head of the line and restarts the command;
@@ -127,10 +139,16 @@ class CommandTask(LoadedTask):
         seed: int,
         params: Mapping[str, Any],
         roles: Sequence[tuple[str | None, str | None]],
+        *,
+        rows: RowSource | None = None,
+        max_output: int | None = None,
     ) -> None:
         self.command = list(command)
         self.seed = seed
         self.roles = list(roles)
+        self.rows = rows
+        self.max_output = max_output
+        self._batch_rows: dict[int, DatasetRow] = {}
         self._env = {
             **os.environ,
             "PROCTOR_SEED": str(seed),
@@ -146,6 +164,9 @@ class CommandTask(LoadedTask):
     def _request(self, index: int, role: int) -> bytes:
         name, ref = self.roles[role]
         body = {"index": index, "seed": self.seed, "role": name, "implementation": ref}
+        row = self._batch_rows.get(index)
+        if row is not None:
+            body["case"], body["id"] = row.case, row.id
         return json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
     def _open(self) -> _Channel:
@@ -161,38 +182,93 @@ class CommandTask(LoadedTask):
 
     def evaluate_batch(self, start: int, end: int, case_timeout: float) -> Iterator[Record]:
         """See :meth:`LoadedTask.evaluate_batch`."""
-        sides: list[Record] = []
+        if start < 0 or end < start:
+            raise ValueError(f"bad batch range [{start}, {end})")
+        rows = self._load_rows(start, end)
+        answers = self._answers([i for i in range(start, end) if i not in rows], case_timeout)
         case_t0 = time.perf_counter()
-        for (index, role), side in self._answers(start, end, case_timeout):
-            sides.append(side)
-            if role == len(self.roles) - 1:
-                yield case_record(index, sides, (time.perf_counter() - case_t0) * 1000.0)
-                sides = []
+        try:
+            for index in range(start, end):
+                bad = rows.get(index)
+                if bad is not None:
+                    sides = [self._kept(side_record([], bad.error, "badInput"), None)] * len(
+                        self.roles
+                    )
+                else:
+                    sides = [side for _, side in itertools.islice(answers, len(self.roles))]
+                    if len(sides) < len(self.roles):
+                        return
+                row = self._batch_rows.get(index) or bad
+                identity = row.identity() if row is not None else None
+                yield case_record(index, sides, (time.perf_counter() - case_t0) * 1000.0, identity)
                 case_t0 = time.perf_counter()
                 if stop_requested():
                     return
+        finally:
+            answers.close()
+            self._batch_rows = {}
+
+    def _load_rows(self, start: int, end: int) -> dict[int, DatasetRow]:
+        """Read the batch's rows (kept for the requests); the unreadable ones by index."""
+        self._batch_rows = {}
+        if self.rows is None:
+            return {}
+        bad = {}
+        for row in self.rows.rows(start, end):
+            if row.error is not None:
+                bad[row.index] = row
+            else:
+                self._batch_rows[row.index] = row
+        return bad
+
+    def identity(self, index: int) -> dict[str, Any]:
+        """See :meth:`LoadedTask.identity`."""
+        if self.rows is None:
+            return {}
+        return next(iter(self.rows.rows(index, index + 1))).identity()
 
     def evaluate_side(
         self, start: int, end: int, role: int, case_timeout: float
     ) -> Iterator[Record]:
         """See :meth:`LoadedTask.evaluate_side`: a command of its own for that side alone."""
-        alone = CommandTask(self.command, self.seed, {}, [self.roles[role]])
+        alone = CommandTask(
+            self.command,
+            self.seed,
+            {},
+            [self.roles[role]],
+            rows=self.rows,
+            max_output=self.max_output,
+        )
         alone._env = self._env
         try:
-            for (index, _), side in alone._answers(start, end, case_timeout):
-                yield {"index": index, **side}
-                if stop_requested():
-                    return
+            bad = alone._load_rows(start, end)
+            answers = alone._answers([i for i in range(start, end) if i not in bad], case_timeout)
+            try:
+                for index in range(start, end):
+                    got = bad.get(index)
+                    if got is not None:
+                        side = alone._kept(side_record([], got.error, "badInput"), None)
+                    else:
+                        answer = next(answers, None)
+                        if answer is None:
+                            return
+                        side = answer[1]
+                    yield {"index": index, **side}
+                    if stop_requested():
+                        return
+            finally:
+                answers.close()
         finally:
             alone.close()
 
+    def _kept(self, side: Record, output: Any) -> Record:
+        return with_output(side, output, self.max_output)
+
     def _answers(
-        self, start: int, end: int, case_timeout: float
-    ) -> Iterator[tuple[Request, Record]]:
-        if start < 0 or end < start:
-            raise ValueError(f"bad batch range [{start}, {end})")
+        self, indices: Sequence[int], case_timeout: float
+    ) -> Generator[tuple[Request, Record], None, None]:
         flow = _Flow(
-            ((i, r) for i in range(start, end) for r in range(len(self.roles))),
+            ((i, r) for i in indices for r in range(len(self.roles))),
             case_timeout if timeout_enabled(case_timeout) else None,
         )
         try:
@@ -218,7 +294,7 @@ class CommandTask(LoadedTask):
         if req is None:
             return None
         error = bounded(f"the command keeps failing: {flow.last_error}")
-        return req, side_record([], error, flow.last_type)
+        return req, self._kept(side_record([], error, flow.last_type), None)
 
     def _exchange(
         self, flow: _Flow, case_timeout: float
@@ -266,8 +342,8 @@ class CommandTask(LoadedTask):
         elif error is None:
             flow.failures = 0
         if answer is not None and error is None:
-            return req, _answer_side(answer)
-        return req, side_record([], error or "no answer", error_type)
+            return req, self._kept(_answer_side(answer), answer.get("output"))
+        return req, self._kept(side_record([], error or "no answer", error_type), None)
 
     def _resend_alone(self, flow: _Flow) -> _Resent:
         """The command died with several requests in flight: which one killed it is unknown

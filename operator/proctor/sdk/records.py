@@ -5,18 +5,24 @@ A side (the only one of a plain run; baseline or candidate of a comparison) is
 "status", "durationMs", "error", "errorType"}`` plus ``"violations"`` (one side) or
 ``"baseline"`` and ``"candidate"`` (a comparison, whose top level describes the candidate).
 ``errorType`` is None unless the side errored, then one of :data:`ERROR_TYPES`.
+
+A case of a dataset run also has ``"id"`` (the row's identity) and ``"partition"`` (the Hive
+partition of its file, or None); with ``spec.results.outputs`` each side keeps its
+``"output"`` (one side: at the record's top level).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 Record = dict[str, Any]
 
-ErrorType = Literal["exception", "timeout", "crashed", "unencodable", "badOutput", "task"]
+ErrorType = Literal[
+    "exception", "timeout", "crashed", "unencodable", "badOutput", "task", "badInput"
+]
 ERROR_TYPES: tuple[ErrorType, ...] = (
     "exception",
     "timeout",
@@ -24,12 +30,16 @@ ERROR_TYPES: tuple[ErrorType, ...] = (
     "unencodable",
     "badOutput",
     "task",
+    "badInput",
 )
 """``exception``: the implementation or the task's check raised; ``task``: the task's
 generate() raised, so no implementation is to blame (the case counts as not evaluated);
 ``timeout``: the case overran ``caseTimeout``; ``crashed``: the implementation killed its
 process; ``unencodable``: the task returned what cannot be recorded (violations that are not a
-list of strings); ``badOutput``: a command task's answer is not a valid result."""
+list of strings, an output over ``spec.results.maxOutputBytes``); ``badOutput``: a command
+task's answer is not a valid result; ``badInput``: the case's dataset row cannot be read (not
+JSON, a missing column), so, as with ``task``, no implementation ran and the case counts as not
+evaluated."""
 
 _MAX_ERROR_CHARS = 1000
 
@@ -58,23 +68,39 @@ def status_of(violations: Sequence[str], error: str | None) -> str:
     return "failed" if violations else "passed"
 
 
+_NO_OUTPUT = object()
+
+
 def side_record(
-    violations: list[str], error: str | None, error_type: ErrorType | None = None
+    violations: list[str],
+    error: str | None,
+    error_type: ErrorType | None = None,
+    output: Any = _NO_OUTPUT,
 ) -> Record:
-    """One side's result; an error without a type is an ``exception``."""
+    """One side's result; an error without a type is an ``exception``. ``output`` is kept
+    (under ``"output"``) only when given: a run that keeps outputs."""
     if error is not None and error_type is None:
         error_type = "exception"
-    return {
+    side: Record = {
         "passed": error is None and not violations,
         "errored": error is not None,
         "violations": violations if error is None else [],
         "error": error,
         "errorType": error_type if error is not None else None,
     }
+    if output is not _NO_OUTPUT:
+        side["output"] = output
+    return side
 
 
-def case_record(index: int, sides: Sequence[Record], duration_ms: float) -> Record:
-    """The record of case ``index`` from its one side, or its baseline and candidate."""
+def case_record(
+    index: int,
+    sides: Sequence[Record],
+    duration_ms: float,
+    identity: Mapping[str, Any] | None = None,
+) -> Record:
+    """The record of case ``index`` from its one side, or its baseline and candidate;
+    ``identity`` (``id``, ``partition``) says which dataset row the case is."""
     last = sides[-1]
     record: Record = {
         "index": index,
@@ -83,11 +109,43 @@ def case_record(index: int, sides: Sequence[Record], duration_ms: float) -> Reco
         "error": last["error"],
         "errorType": last["errorType"],
     }
+    if identity:
+        record.update(identity)
     if len(sides) == 1:
         record["violations"] = last["violations"]
+        if "output" in last:
+            record["output"] = last["output"]
     else:
         record["baseline"], record["candidate"] = sides
     return record
+
+
+def with_output(side: Record, output: Any, max_bytes: int | None) -> Record:
+    """``side`` with its output when the run keeps outputs (``max_bytes`` set): None for an
+    errored side; an output over ``max_bytes`` or not JSON errors the side (``unencodable``)."""
+    if max_bytes is None:
+        return side
+    if side["errored"]:
+        return {**side, "output": None}
+    kept, why = kept_output(output, max_bytes)
+    if why is not None:
+        return side_record([], why, "unencodable", output=None)
+    return {**side, "output": kept}
+
+
+def kept_output(output: Any, max_bytes: int) -> tuple[Any, str | None]:
+    """(output, None) when it can be kept: JSON-encodable and at most ``max_bytes`` encoded;
+    else (None, why), which errors the side (``unencodable``)."""
+    try:
+        size = len(json.dumps(output, separators=(",", ":")).encode())
+    except (TypeError, ValueError) as exc:
+        return None, bounded(f"the output cannot be kept as JSON: {type(exc).__name__}: {exc}")
+    if size > max_bytes:
+        return None, (
+            f"the output is {size} bytes of JSON, over spec.results.maxOutputBytes "
+            f"({max_bytes}); return less, or raise the cap"
+        )
+    return output, None
 
 
 def violation_names(value: Any, source: str) -> tuple[list[str], str | None]:
@@ -114,7 +172,9 @@ def encodable(record: Record) -> Record:
             sides = [_encodable_side(record.get(k), why) for k in ("baseline", "candidate")]
             if all(not s["errored"] for s in sides):
                 sides[1] = side_record([], why, "unencodable")
-        return case_record(int(record["index"]), sides, float(record.get("durationMs") or 0.0))
+        identity: dict[str, Any] = {k: record[k] for k in ("id", "partition") if k in record}
+        duration = float(record.get("durationMs") or 0.0)
+        return case_record(int(record["index"]), sides, duration, identity)
     return record
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import shutil
 import sys
@@ -15,6 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from proctor.api.v1alpha1.evalrun import CompareSpec, TaskSpec
+from proctor.sdk.cases import DatasetRow, RowSource
 from proctor.sdk.deadline import (
     CaseTimeout,
     Guard,
@@ -31,6 +33,7 @@ from proctor.sdk.records import (
     describe_error,
     side_record,
     violation_names,
+    with_output,
 )
 from proctor.sdk.state import CaseInterrupted, set_current_case, stop_requested
 from proctor.sdk.task import Task, TaskLoadError, case_rng, resolve_ref
@@ -76,6 +79,10 @@ class LoadedTask(ABC):
         (see :mod:`proctor.worker.isolation`); it ends early once a stop was requested.
         """
 
+    def identity(self, index: int) -> dict[str, Any]:
+        """The ``id`` and ``partition`` of case ``index`` when it is a dataset row, else {}."""
+        return {}
+
     @abstractmethod
     def close(self) -> None:
         """Release processes, threads and the task's own resources."""
@@ -92,11 +99,20 @@ class LoadedTask(ABC):
         self.close()
 
 
-def load_task(task: TaskSpec, compare: CompareSpec | None, seed: int) -> LoadedTask:
+def load_task(
+    task: TaskSpec,
+    compare: CompareSpec | None,
+    seed: int,
+    *,
+    rows: RowSource | None = None,
+    max_output: int | None = None,
+) -> LoadedTask:
     """Import a Python task or prepare a command task, resolving the compared implementations.
 
-    Raises :class:`TaskLoadError` when the entrypoint or an implementation cannot be loaded:
-    that is a broken run, not a failing case.
+    With ``rows`` the cases are a dataset's rows instead of generated ones; with
+    ``max_output`` (``spec.results.maxOutputBytes`` when the run keeps outputs) each side's
+    output is kept in its record. Raises :class:`TaskLoadError` when the entrypoint or an
+    implementation cannot be loaded: that is a broken run, not a failing case.
     """
     if task.command is not None:
         roles: list[tuple[str | None, str | None]] = (
@@ -108,7 +124,9 @@ def load_task(task: TaskSpec, compare: CompareSpec | None, seed: int) -> LoadedT
         # proctor.sdk.command imports LoadedTask from here.
         from proctor.sdk.command import CommandTask  # noqa: PLC0415 - breaks that cycle
 
-        return CommandTask(task.command, seed, task.params or {}, roles)
+        return CommandTask(
+            task.command, seed, task.params or {}, roles, rows=rows, max_output=max_output
+        )
     if task.entrypoint is None:
         raise TaskLoadError("the task needs an entrypoint or a command")
     instance = make_task(resolve_ref(task.entrypoint), task.params or {}, task.entrypoint)
@@ -118,7 +136,7 @@ def load_task(task: TaskSpec, compare: CompareSpec | None, seed: int) -> LoadedT
             _implementation(instance, side.ref, side.params)
             for side in (compare.baseline, compare.candidate)
         ]
-    return PythonTask(instance, seed, impls)
+    return PythonTask(instance, seed, impls, rows=rows, max_output=max_output)
 
 
 def _check_command(command: Sequence[str]) -> None:
@@ -169,15 +187,24 @@ class PythonTask(LoadedTask):
     """An SDK task evaluated in this process."""
 
     def __init__(
-        self, task: Task, seed: int, implementations: Sequence[Callable[..., Any]] | None
+        self,
+        task: Task,
+        seed: int,
+        implementations: Sequence[Callable[..., Any]] | None,
+        *,
+        rows: RowSource | None = None,
+        max_output: int | None = None,
     ) -> None:
         self.task = task
         self.seed = seed
+        self.rows = rows
+        self.max_output = max_output
         self._impls: tuple[Callable[..., Any], ...] = (
             tuple(implementations) if implementations is not None else (task.solve,)
         )
         # Bound once: the per-case path only calls.
         self._generate = task.generate
+        self._case_of_row = task.case_of_row
         self._run = task.run
         self._check = task.check
         self._equivalent = task.equivalent
@@ -219,16 +246,19 @@ class PythonTask(LoadedTask):
             raise ValueError(f"bad batch range [{start}, {end})")
         guard = self._guard(case_timeout)
         self._timeout_error = f"case timed out after {case_timeout:g}s"
+        rows = self.rows.rows(start, end) if self.rows is not None else None
         try:
             for index in range(start, end):
                 if stop_requested():
                     return
+                row = next(rows) if rows is not None else None
                 try:
                     set_current_case(index)
                     if role is None:
-                        record = self._evaluate(index, guard)
+                        record = self._evaluate(index, guard, row)
                     else:
-                        record = {"index": index, **self._side(guard, self._impls[role], index)}
+                        side = self._side(guard, self._impls[role], index, row)
+                        record = {"index": index, **side}
                 except CaseInterrupted:
                     return
                 yield record
@@ -250,18 +280,28 @@ class PythonTask(LoadedTask):
             wd = self._watchdog = ThreadGuard(timeout, ident)
         return wd
 
-    def _side(self, guard: Guard, impl: Callable[..., Any], index: int) -> Record:
-        """Generate case ``index``, run ``impl`` on it and its follow-ups: the side record."""
+    def _side(
+        self, guard: Guard, impl: Callable[..., Any], index: int, row: DatasetRow | None
+    ) -> Record:
+        """Generate case ``index`` (or take its row), run ``impl`` on it and its follow-ups:
+        the side record."""
+        case: Any = None
+        if row is not None:
+            case, bad = self._row_case(row, index)
+            if bad is not None:
+                return self._kept(side_record([], bad, "badInput"), None)
         violations: list[str] = []
         error: str | None = None
         error_type: ErrorType | None = None
         timed_out = False
+        output: Any = None
         # An error before the implementation ran is the task's, not the implementation's.
         phase: ErrorType = "task"
         try:
             guard.arm()
             try:
-                case = self._generate(self.seed, index)
+                if row is None:
+                    case = self._generate(self.seed, index)
                 phase = "exception"
                 output = self._run(impl, case)
                 violations, error = violation_names(self._check(case, output), "check()")
@@ -277,8 +317,22 @@ class PythonTask(LoadedTask):
         except (Exception, SystemExit) as exc:
             error, error_type = describe_error(exc), phase
         if timed_out:
-            return side_record([], self._timeout_error, "timeout")
-        return side_record(violations, error, error_type)
+            return self._kept(side_record([], self._timeout_error, "timeout"), None)
+        if error is not None:
+            return self._kept(side_record(violations, error, error_type), None)
+        return self._kept(side_record(violations, None), output)
+
+    def _row_case(self, row: DatasetRow, index: int) -> tuple[Any, str | None]:
+        """(the case of a dataset row, None), or (None, why it cannot be one)."""
+        if row.error is not None:
+            return None, row.error
+        try:
+            return self._case_of_row(row.case, self.seed, index), None
+        except Exception as exc:
+            return None, f"the task cannot take row {row.id} as a case: {describe_error(exc)}"
+
+    def _kept(self, side: Record, output: Any) -> Record:
+        return with_output(side, output, self.max_output)
 
     def _broken_relations(
         self, impl: Callable[..., Any], index: int, case: Any, output: Any
@@ -301,12 +355,23 @@ class PythonTask(LoadedTask):
                 broken.append(f"relation:{rel.name}")
         return broken
 
-    def _evaluate(self, index: int, guard: Guard) -> Record:
+    def _evaluate(self, index: int, guard: Guard, row: DatasetRow | None) -> Record:
         # Each side generates its own copy of the case and gets its own deadline, so neither
-        # can spoil the other's input or time.
+        # can spoil the other's input or time. A dataset row is read once: a side that changes
+        # it in place would spoil the other's.
         t0 = time.perf_counter()
-        sides = [self._side(guard, impl, index) for impl in self._impls]
-        return case_record(index, sides, (time.perf_counter() - t0) * 1000.0)
+        sides = []
+        for impl in self._impls:
+            mine = row if row is None or len(self._impls) == 1 else _copy_row(row)
+            sides.append(self._side(guard, impl, index, mine))
+        identity = row.identity() if row is not None else None
+        return case_record(index, sides, (time.perf_counter() - t0) * 1000.0, identity)
+
+    def identity(self, index: int) -> dict[str, Any]:
+        """See :meth:`LoadedTask.identity`."""
+        if self.rows is None:
+            return {}
+        return next(iter(self.rows.rows(index, index + 1))).identity()
 
     def close(self) -> None:
         """Stop the watchdog and close the task."""
@@ -314,3 +379,8 @@ class PythonTask(LoadedTask):
             self._watchdog.close()
             self._watchdog = None
         self.task.close()
+
+
+def _copy_row(row: DatasetRow) -> DatasetRow:
+    """The row with a deep copy of its case."""
+    return DatasetRow(row.index, copy.deepcopy(row.case), row.id, row.partition, row.error)

@@ -6,7 +6,6 @@ import importlib
 import importlib.util
 import random
 import sys
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,12 +47,14 @@ class Relation:
     description: str = ""
 
 
-class Task(ABC):
+class Task:
     """A task: generates case ``index`` from a seed, runs an implementation, checks the output.
 
     A case passes for an implementation when every property holds on its output and every
     metamorphic relation holds. Subclass it, give :meth:`generate`, ``properties`` (or override
-    :meth:`check`) and ``relations``; give :meth:`solve` for runs without a comparison. An
+    :meth:`check`) and ``relations``; give :meth:`solve` for runs without a comparison. In a run
+    over a dataset (``cases.dataset``) case ``index`` is row ``index`` (a dict) and
+    :meth:`generate` is not called, so a task made only for datasets may leave it out. An
     ``EvalRun``'s ``task.entrypoint`` names either a Task instance or a factory called with
     ``task.params`` (the subclass itself is such a factory).
     """
@@ -69,9 +70,20 @@ class Task(ABC):
     def __init__(self, params: Mapping[str, Any] | None = None) -> None:
         self.params: dict[str, Any] = dict(params or {})
 
-    @abstractmethod
     def generate(self, seed: int, index: int) -> Any:
-        """The input of case ``index``: JSON-serialisable and deterministic in (seed, index)."""
+        """The input of case ``index``: JSON-serialisable and deterministic in (seed, index).
+
+        Not called in a run over a dataset, whose rows are the cases."""
+        raise NotImplementedError(
+            f"{type(self).__name__} generates no cases: override generate(), or give the "
+            "EvalRun a cases.dataset whose rows are the cases"
+        )
+
+    def case_of_row(self, row: dict[str, Any], seed: int, index: int) -> Any:
+        """Case ``index`` of a run over a dataset, from its row (a dict of its columns): the
+        row itself unless a task takes its inputs apart (Metamorphic Guard's arguments). An
+        exception here errors the case as bad input (``badInput``)."""
+        return row
 
     def check(self, case: Any, output: Any) -> list[str]:
         """Names of the violated properties (empty: the output is acceptable)."""
@@ -97,7 +109,7 @@ class Task(ABC):
         impl: Callable[..., Any] = resolve_ref(ref, default_module=type(self).__module__)
         return impl
 
-    def close(self) -> None:  # noqa: B027 - optional hook, a no-op unless a task holds resources
+    def close(self) -> None:
         """Release what the task holds; called once when the worker is done with it."""
 
 

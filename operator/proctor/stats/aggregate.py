@@ -23,8 +23,9 @@ class Aggregate:
     paired confidence sequence needs.
 
     ``unattributable`` counts the cases no side can be blamed for: both sides errored, or the
-    task itself failed (``errorType`` ``task``: its generate() raised). They say the task or the
-    harness is broken, so they count as not evaluated and keep the run undecided.
+    task itself failed (``errorType`` ``task``: its generate() raised), or the case's dataset row
+    cannot be read (``badInput``). They say the task, the input or the harness is broken, so
+    they count as not evaluated and keep the run undecided.
     """
 
     total: int = 0
@@ -133,7 +134,7 @@ class Aggregate:
 
 def _unattributable(record: Mapping[str, Any], baseline: Any, candidate: Any) -> bool:
     """Whether neither implementation can be blamed for the case (see :class:`Aggregate`)."""
-    if record.get("errorType") == "task":
+    if record.get("errorType") in ("task", "badInput"):
         return True
     if isinstance(baseline, Mapping) and isinstance(candidate, Mapping):
         return bool(baseline.get("errored")) and bool(candidate.get("errored"))

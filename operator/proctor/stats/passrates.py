@@ -416,8 +416,8 @@ def _not_evaluated_reason(
     if agg.unattributable:
         parts.append(
             f"{agg.unattributable}{of} cases cannot be attributed to either implementation: "
-            "both sides errored, or the task's generate() failed (the task or the harness is "
-            "at fault; see the records' errors)"
+            "both sides errored, the task's generate() failed, or the case's dataset row cannot "
+            "be read (the task, the input or the harness is at fault; see the records' errors)"
         )
     return "; ".join(parts)
 

@@ -18,15 +18,24 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from proctor.redact import redact_url
-from proctor.storage.blobs import Blobs, LocalBlobs, S3Blobs, StorageError
+from proctor.storage.blobs import (
+    BlobInfo,
+    Blobs,
+    LocalBlobs,
+    ObjectChangedError,
+    S3Blobs,
+    StorageError,
+)
 from proctor.storage.progress import IntervalSet, ProgressSnapshot, RunProgress
 from proctor.storage.run import CorruptObjectError, RunStorage, Written, parse_range
 
 __all__ = [
+    "BlobInfo",
     "Blobs",
     "CorruptObjectError",
     "IntervalSet",
     "LocalBlobs",
+    "ObjectChangedError",
     "ProgressSnapshot",
     "RunProgress",
     "RunStorage",
@@ -34,6 +43,7 @@ __all__ = [
     "StorageError",
     "TaskStateStore",
     "Written",
+    "open_blobs",
     "open_storage",
     "parse_range",
 ]

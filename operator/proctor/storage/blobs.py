@@ -11,8 +11,10 @@ from __future__ import annotations
 import functools
 import os
 import random
+import stat as statmod
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -33,6 +35,19 @@ T = TypeVar("T")
 
 class StorageError(RuntimeError):
     """The store failed for longer than the retry deadline, or is misconfigured."""
+
+
+class ObjectChangedError(StorageError):
+    """A ranged read found the object changed since its ETag was taken (it was replaced)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    """One object of a listing: its key, size in bytes and ETag (local: mtime and size)."""
+
+    key: str
+    size: int
+    etag: str
 
 
 class Blobs(Protocol):
@@ -58,6 +73,20 @@ class Blobs(Protocol):
         """Remove every key under ``prefix``."""
         ...
 
+    def walk(self, prefix: str) -> Iterator[BlobInfo]:
+        """Every object under ``prefix``, sub-folders included, in lexicographic key order."""
+        ...
+
+    def stat(self, key: str) -> BlobInfo | None:
+        """Size and ETag of ``key``, or None when there is none."""
+        ...
+
+    def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
+        """Bytes ``[start, end)`` of ``key`` (fewer at its end); with ``etag``, raises
+        :class:`ObjectChangedError` when the object is no longer that version, and
+        :class:`StorageError` when it is gone."""
+        ...
+
     def delete(self, key: str) -> None:
         """Remove ``key`` if it exists."""
         ...
@@ -70,9 +99,10 @@ class Blobs(Protocol):
 class LocalBlobs:
     """A folder. Writes go to a temporary file first, so a reader never sees half an object."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, create: bool = True) -> None:
         self.root = root.resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        if create:  # not for a folder only read (a dataset's)
+            self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -140,6 +170,46 @@ class LocalBlobs:
 
     def uri(self, key: str = "") -> str:
         return (self.root / key).as_uri() if key else self.root.as_uri()
+
+    def walk(self, prefix: str) -> Iterator[BlobInfo]:
+        found = []
+        for folder, dirs, files in os.walk(self.root):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            for name in files:
+                if name.startswith("."):
+                    continue
+                key = Path(folder, name).relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    found.append(key)
+        for key in sorted(found):
+            info = self.stat(key)
+            if info is not None:
+                yield info
+
+    def stat(self, key: str) -> BlobInfo | None:
+        try:
+            st = self._path(key).stat()
+        except FileNotFoundError:
+            return None
+        if not statmod.S_ISREG(st.st_mode):
+            return None
+        return BlobInfo(key, st.st_size, _local_etag(st))
+
+    def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
+        path = self._path(key)
+        try:
+            with path.open("rb") as f:
+                if etag is not None and _local_etag(os.fstat(f.fileno())) != etag:
+                    raise ObjectChangedError(f"{self.uri(key)} changed since it was listed")
+                f.seek(start)
+                return f.read(max(0, end - start))
+        except FileNotFoundError:
+            raise StorageError(f"{self.uri(key)} does not exist") from None
+
+
+def _local_etag(st: os.stat_result) -> str:
+    """A local file's version: its modification time and size (what an S3 ETag is to S3)."""
+    return f"{st.st_mtime_ns:x}-{st.st_size:x}"
 
 
 _RETRYABLE_CODES = {
@@ -296,6 +366,64 @@ class S3Blobs:
 
     def uri(self, key: str = "") -> str:
         return f"s3://{self.bucket}/{self.prefix}{key}"
+
+    def walk(self, prefix: str) -> Iterator[BlobInfo]:
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix}
+            if token:
+                kwargs["ContinuationToken"] = token
+            reply: dict[str, Any] = self._retry(
+                f"list {prefix}", functools.partial(self.client.list_objects_v2, **kwargs)
+            )
+            for item in reply.get("Contents", []):
+                key = str(item["Key"])[len(self.prefix) :]
+                yield BlobInfo(key, int(item["Size"]), str(item.get("ETag", "")))
+            if not reply.get("IsTruncated"):
+                return
+            token = reply["NextContinuationToken"]
+
+    def stat(self, key: str) -> BlobInfo | None:
+        def head() -> BlobInfo | None:
+            try:
+                reply = self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)
+            except self._client_error as exc:
+                if str(exc.response.get("Error", {}).get("Code", "")) in ("NoSuchKey", "404"):
+                    return None
+                raise
+            return BlobInfo(key, int(reply["ContentLength"]), str(reply.get("ETag", "")))
+
+        return self._retry(f"head {key}", head)
+
+    def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
+        if end <= start:
+            return b""
+        kwargs: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": self.prefix + key,
+            "Range": f"bytes={start}-{end - 1}",
+        }
+        if etag:
+            kwargs["IfMatch"] = etag
+
+        def read() -> bytes:
+            try:
+                reply = self.client.get_object(**kwargs)
+            except self._client_error as exc:
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+                if code in ("PreconditionFailed", "412"):
+                    raise ObjectChangedError(
+                        f"{self.uri(key)} changed since it was listed"
+                    ) from None
+                if code in ("NoSuchKey", "404"):
+                    raise StorageError(f"{self.uri(key)} does not exist") from None
+                if code in ("InvalidRange", "416"):
+                    return b""
+                raise
+            body: bytes = reply["Body"].read()
+            return body
+
+        return self._retry(f"get {key} bytes {start}-{end}", read)
 
 
 class _NoConditionalWrites(Exception):  # noqa: N818 - internal control flow

@@ -114,9 +114,12 @@ class ProgressSnapshot:
 class RunProgress:
     """Exact, incremental progress of one run from its result objects."""
 
-    def __init__(self, storage: RunStorage, total: int) -> None:
+    def __init__(self, storage: RunStorage, total: int, dataset: str | None = None) -> None:
         self.storage = storage
         self.total = total
+        self.dataset = dataset
+        """The fingerprint of the run's dataset manifest, kept in (and checked against) the
+        checkpoint: a checkpoint of other rows is not this run's progress."""
         self.covered = IntervalSet()
         self.aggregate = Aggregate()
         self.dead = IntervalSet()
@@ -130,15 +133,19 @@ class RunProgress:
         self._pending: dict[int, tuple[int, Aggregate]] = {}
 
     @classmethod
-    def resume(cls, storage: RunStorage, total: int) -> RunProgress:
-        """Start from the run checkpoint of this attempt if there is a readable one."""
-        progress = cls(storage, total)
+    def resume(cls, storage: RunStorage, total: int, dataset: str | None = None) -> RunProgress:
+        """Start from the run checkpoint of this attempt (and dataset) if there is a readable
+        one."""
+        progress = cls(storage, total, dataset)
         try:
             data = storage.read_checkpoint()
             if data is None or data.get("version") != CHECKPOINT_VERSION:
                 return progress
             if data.get("attempt", "") != storage.attempt:
                 log.warning("ignoring the checkpoint of another attempt", run=storage.run_id)
+                return progress
+            if data.get("dataset") != dataset:
+                log.warning("ignoring the checkpoint of other dataset files", run=storage.run_id)
                 return progress
             covered = IntervalSet((int(s), int(e)) for s, e in data["covered"])
             aggregate = Aggregate.from_json(data["aggregate"])
@@ -152,7 +159,7 @@ class RunProgress:
         except (ValueError, KeyError, TypeError) as exc:
             # An accelerator only: without it every result object is read again.
             log.warning("ignoring an unreadable run checkpoint", run=storage.run_id, error=str(exc))
-            return cls(storage, total)
+            return cls(storage, total, dataset)
         progress.covered, progress.aggregate, progress.looks = covered, aggregate, looks
         return progress
 
@@ -245,6 +252,7 @@ class RunProgress:
             "runId": self.storage.run_id,
             "attempt": self.storage.attempt,
             "total": self.total,
+            "dataset": self.dataset,
             "covered": self.covered.intervals(),
             "deadLettered": self.dead.intervals(),
             "aggregate": self.aggregate.to_json(),

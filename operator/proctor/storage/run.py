@@ -8,6 +8,7 @@ Layout under the storage root (``<root>/<run_id>/``)::
     checkpoint.json[.zst|.gz]                         the run checkpoint (see RunProgress)
     attempt.json                                      the current attempt and its fingerprint
     summary.json                                      the final summary, when the run is over
+    dataset/manifest.json, dataset/index/<n>.offsets  a dataset run's manifest and row indexes
 
 Zero-padded starts make the lexicographic order of keys the numeric order of ranges, so the
 objects overlapping a range are found by listing from its start.

@@ -12,6 +12,8 @@ import yaml
 
 from proctor.api.quantity import parse_duration
 from proctor.api.v1alpha1.evalrun import BatchSpec, EvalRun, EvalRunSpec
+from proctor.dataset.run import ENV_PREFIX, credentials_from_env, dataset_location, open_reader
+from proctor.sdk import LoadedTask, load_task
 from proctor.storage import RunStorage, open_storage
 from proctor.worker.common import ConfigError, Env, host_pid
 
@@ -19,6 +21,7 @@ __all__ = [
     "BatchSizer",
     "ConfigError",
     "WorkerConfig",
+    "load_run_task",
     "open_run_storage",
     "parse_spec",
 ]
@@ -41,6 +44,8 @@ class WorkerConfig:
     shutdown_grace: float = 1.0
     poll_interval: float = 0.5
     attempt: str = ""
+    dataset_credentials: dict[str, str] = field(default_factory=dict)
+    """The dataset's own keys (``PROCTOR_DATASET_AWS_*``); empty: the storage's."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerConfig:
@@ -52,7 +57,9 @@ class WorkerConfig:
         (``namespace/name``). Optional: ``PROCTOR_WORKER_ID`` (default ``POD_NAME``, else
         host-pid), ``PROCTOR_STORAGE_ENDPOINT``, ``PROCTOR_STORAGE_REGION``,
         ``PROCTOR_METRICS_PORT``, ``PROCTOR_LEASE_SECONDS``, ``PROCTOR_SHUTDOWN_GRACE``,
-        ``PROCTOR_ATTEMPT`` (the run attempt whose queue and results are this worker's).
+        ``PROCTOR_ATTEMPT`` (the run attempt whose queue and results are this worker's),
+        ``PROCTOR_DATASET_AWS_ACCESS_KEY_ID``/``..._SECRET_ACCESS_KEY``/``..._SESSION_TOKEN``
+        (the dataset's own credentials, from ``cases.dataset.secretRef``).
         """
         e = Env(env, docs="docs/engine.md")
         if e.get("PROCTOR_SPEC"):
@@ -79,6 +86,7 @@ class WorkerConfig:
             lease_seconds=e.seconds("PROCTOR_LEASE_SECONDS"),
             shutdown_grace=float(e.get("PROCTOR_SHUTDOWN_GRACE", "1.0")),
             attempt=e.get("PROCTOR_ATTEMPT").strip(),
+            dataset_credentials=credentials_from_env(e.values),
         )
 
     def env(self) -> dict[str, str]:
@@ -103,6 +111,7 @@ class WorkerConfig:
             out["PROCTOR_LEASE_SECONDS"] = str(self.lease_seconds)
         if self.attempt:
             out["PROCTOR_ATTEMPT"] = self.attempt
+        out.update({ENV_PREFIX + k: v for k, v in self.dataset_credentials.items()})
         return out
 
 
@@ -124,6 +133,22 @@ def open_run_storage(config: WorkerConfig) -> RunStorage:
         region=config.storage_region,
         attempt=config.attempt,
     )
+
+
+def load_run_task(spec: EvalRunSpec, config: WorkerConfig, storage: RunStorage) -> LoadedTask:
+    """The run's task, reading its cases from the run's dataset when it has one (the manifest
+    admission stored, the dataset's credentials or the storage's), keeping outputs when asked."""
+    rows = None
+    if spec.cases.dataset is not None:
+        location = dataset_location(
+            spec,
+            endpoint=config.storage_endpoint,
+            region=config.storage_region,
+            creds=config.dataset_credentials,
+        )
+        rows = open_reader(spec, storage, location)
+    max_output = spec.results.max_output_bytes if spec.results.outputs else None
+    return load_task(spec.task, spec.compare, spec.cases.seed, rows=rows, max_output=max_output)
 
 
 class BatchSizer:

@@ -163,7 +163,8 @@ def isolated_records(
                 if side is None:
                     return
                 got.append(side)
-            yield case_record(index, got, (time.perf_counter() - t0) * 1000.0)
+            identity = task.identity(index)
+            yield case_record(index, got, (time.perf_counter() - t0) * 1000.0, identity)
     finally:
         sides.close()
 

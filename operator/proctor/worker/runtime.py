@@ -48,7 +48,7 @@ from proctor.api.quantity import parse_duration
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.queue import Lease, QueueError, Range, WorkQueue, open_queue, subtract
 from proctor.redact import redact_url
-from proctor.sdk import TaskLoadError, clear_stop, load_task, set_state_store
+from proctor.sdk import TaskLoadError, clear_stop, set_state_store
 from proctor.sdk import request_stop as request_task_stop
 from proctor.sdk.deadline import timeout_enabled
 from proctor.sdk.records import encodable
@@ -65,6 +65,7 @@ from proctor.worker.common import (
 from proctor.worker.config import (
     BatchSizer,
     WorkerConfig,
+    load_run_task,
     open_run_storage,
     parse_spec,
 )
@@ -251,13 +252,13 @@ class Worker:
         clear_stop()
         set_state_store(TaskStateStore(self.storage, self.metrics.observe_checkpoint))
         try:
-            loader = self._loader or (
-                lambda spec: load_task(spec.task, spec.compare, spec.cases.seed)
-            )
-            self._task = loader(self.spec)
+            self._task = (self._loader or self._load)(self.spec)
         except TaskLoadError as exc:
             self.log.error("task cannot be loaded", error=str(exc))
             return EXIT_CONFIG
+        except StorageError as exc:  # the dataset (DatasetError) or its manifest
+            self.log.error("the dataset cannot be read", error=str(exc))
+            return EXIT_STORAGE
         beat = threading.Thread(target=self._heartbeat, name="proctor-heartbeat", daemon=True)
         beat.start()
         watch = threading.Thread(target=self._watch_cases, name="proctor-hang-watch", daemon=True)
@@ -288,6 +289,9 @@ class Worker:
             dead_lettered=self.stats.dead_lettered,
         )
         return code
+
+    def _load(self, spec: EvalRunSpec) -> Any:
+        return load_run_task(spec, self.config, self.storage)
 
     def _loop(self) -> None:
         entry_size = self.spec.batch.initial_size

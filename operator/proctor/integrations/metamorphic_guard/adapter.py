@@ -85,6 +85,9 @@ class MGParams:
     bayesian_samples: int = 5000
     bayesian_hierarchical: bool = False
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    input_columns: tuple[str, ...] = ()
+    """Over a dataset: the columns that are the spec's arguments, in order (unset: the row's
+    ``input`` column, a list of them, as Metamorphic Guard's replay files hold them)."""
 
     _KEYS = {
         "task": "task",
@@ -99,6 +102,7 @@ class MGParams:
         "bayesianSamples": "bayesian_samples",
         "bayesianHierarchical": "bayesian_hierarchical",
         "chunkSize": "chunk_size",
+        "inputColumns": "input_columns",
     }
 
     @classmethod
@@ -118,25 +122,10 @@ class MGParams:
         kwargs: dict[str, Any] = {}
         for key, raw in data.items():
             name = cls._KEYS[key]
-            value = raw
-            default = getattr(cls, name, None)
             try:
-                if isinstance(default, bool):
-                    if not isinstance(value, bool):
-                        raise TypeError("a boolean")
-                elif isinstance(default, int):
-                    if isinstance(value, bool) or int(value) != value:
-                        raise TypeError("an integer")
-                    value = int(value)
-                elif isinstance(default, float):
-                    if isinstance(value, bool):
-                        raise TypeError("a number")
-                    value = float(value)
-                elif not isinstance(value, str):
-                    raise TypeError("a string")
+                kwargs[name] = _typed(raw, getattr(cls, name, None))
             except (TypeError, ValueError) as exc:
-                raise TaskLoadError(f"task.params.{key} must be {exc}, got {value!r}") from None
-            kwargs[name] = value
+                raise TaskLoadError(f"task.params.{key} must be {exc}, got {raw!r}") from None
         made = cls(**kwargs)
         made.check()
         return made
@@ -281,6 +270,81 @@ class ChunkedInputs:
             yield index, self.get(index)
 
 
+def _typed(value: Any, default: Any) -> Any:
+    """``value`` as the type of a parameter's ``default``; TypeError says which it must be."""
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise TypeError("a list of column names")
+        return tuple(value)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise TypeError("a boolean")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or int(value) != value:
+            raise TypeError("an integer")
+        return int(value)
+    if isinstance(default, float):
+        if isinstance(value, bool):
+            raise TypeError("a number")
+        return float(value)
+    if not isinstance(value, str):
+        raise TypeError("a string")
+    return value
+
+
+def row_arguments(row: Mapping[str, Any], columns: Sequence[str]) -> tuple[Any, ...]:
+    """The spec's arguments in a dataset row: ``columns`` in order, or the row's ``input``
+    list (Metamorphic Guard's replay format, ``{"input": [...]}``)."""
+    if columns:
+        missing = [c for c in columns if c not in row]
+        if missing:
+            raise ValueError(f"the row has no column {', '.join(map(repr, missing))}")
+        return tuple(row[c] for c in columns)
+    args = row.get("input")
+    if not isinstance(args, list | tuple):
+        raise ValueError(
+            "a Metamorphic Guard row needs an 'input' column holding the spec's arguments as a "
+            "list, or task.params.inputColumns naming the columns that are"
+        )
+    return tuple(args)
+
+
+class RowInputs:
+    """Input ``i`` of a run over a dataset: row ``i`` as the spec's arguments, read a block of
+    rows at a time (the report's view of the inputs, like :class:`ChunkedInputs`)."""
+
+    BLOCK = 1000
+
+    def __init__(self, rows: Any, columns: Sequence[str]) -> None:
+        self.rows = rows
+        self.columns = tuple(columns)
+        self._block = -1
+        self._args: list[tuple[Any, ...] | None] = []
+
+    def get(self, index: int) -> tuple[Any, ...]:
+        block, offset = divmod(index, self.BLOCK)
+        if block != self._block:
+            start = block * self.BLOCK
+            read = self.rows.rows(start, min(start + self.BLOCK, self.rows.manifest.rows))
+            self._args = [
+                None if r.error is not None else _arguments_or_none(r.case, self.columns)
+                for r in read
+            ]
+            self._block = block
+        args = self._args[offset] if offset < len(self._args) else None
+        if args is None:
+            raise ValueError(f"row {index} of the dataset is not an input of the spec")
+        return args
+
+
+def _arguments_or_none(row: Mapping[str, Any], columns: Sequence[str]) -> tuple[Any, ...] | None:
+    try:
+        return row_arguments(row, columns)
+    except ValueError:
+        return None
+
+
 def check_prefix_property(spec: Any, seed: int) -> None:
     """Chunked generation equals one-shot generation only if the first m inputs do not depend
     on n. Cheap to test on small sizes; a generator that fails it is refused, not silently
@@ -334,6 +398,10 @@ class MGTask(Task):
     def generate(self, seed: int, index: int) -> Case:
         """Input ``index`` of the spec's generator for ``seed``, in chunks."""
         return Case(seed, index, self.inputs(seed).get(index))
+
+    def case_of_row(self, row: dict[str, Any], seed: int, index: int) -> Case:
+        """Row ``index`` of a dataset as the spec's arguments (``explicit_inputs``)."""
+        return Case(seed, index, row_arguments(row, self.mg.input_columns))
 
     def resolve(self, ref: str) -> Callable[..., Any]:
         """Implementations as Metamorphic Guard names them (see :func:`resolve_implementation`)."""

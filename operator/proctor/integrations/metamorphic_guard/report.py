@@ -21,19 +21,24 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
+from proctor.dataset import DatasetReader, load_manifest
+from proctor.dataset.run import credentials_from_env, dataset_location, total_cases
 from proctor.integrations.metamorphic_guard.adapter import (
     ChunkedInputs,
     MGParams,
+    RowInputs,
     fresh_copy,
     import_mg,
     load_spec,
     resolve_implementation,
 )
+from proctor.storage import S3Blobs
 
 DIRECT_LIMIT = 20_000_000
 """Largest ``n * bootstrapSamples`` handed to Metamorphic Guard's one-shot bootstrap."""
@@ -255,14 +260,20 @@ def _metrics(
 
 
 def mg_report(
-    spec: EvalRunSpec, records: Iterable[Mapping[str, Any]], *, metrics: bool = True
+    spec: EvalRunSpec,
+    records: Iterable[Mapping[str, Any]],
+    *,
+    metrics: bool = True,
+    inputs: Any = None,
+    total: int | None = None,
 ) -> dict[str, Any]:
     """Metamorphic Guard's report for a finished (or partial) run, with its decision.
 
     Keys follow ``metamorphic-guard evaluate``'s JSON report; ``decision`` is its
     ``decide_adopt`` output and ``proctor`` holds the same as accept/reject with counts.
     ``metrics=False`` leaves out ``Spec.metrics`` (extracting them calls the implementations
-    again, here); ``decide_adopt`` does not read them.
+    again, here); ``decide_adopt`` does not read them. ``inputs`` (``.get(i)``: case ``i``'s
+    arguments) defaults to the spec's generator; over a dataset its rows and ``total``.
     """
     import_mg()
     from metamorphic_guard.gate import decide_adopt  # noqa: PLC0415 - optional dependency (the metamorphic-guard extra)
@@ -274,12 +285,12 @@ def mg_report(
     mg_spec = load_spec(params.task)
     seed = spec.cases.seed
     base, cand, indexes = _tally(mg_spec, params, records)
-    inputs = ChunkedInputs(mg_spec, seed, params.chunk_size)
+    inputs = inputs or ChunkedInputs(mg_spec, seed, params.chunk_size)
     needs_clusters = "cluster" in params.ci_method or mg_spec.cluster_key is not None
     clusters = _cluster_labels(mg_spec, inputs, indexes) if needs_clusters else None
     for tally in (base, cand):
         for entry in tally.prop_violations + tally.mr_violations:
-            entry["input"] = mg_spec.fmt_in(inputs.get(entry["test_case"]))
+            entry["input"] = _shown_input(mg_spec, inputs, entry["test_case"])
     bm = base.metrics(mg_spec, clusters if clusters is not None else list(indexes))
     cm = cand.metrics(mg_spec, clusters if clusters is not None else list(indexes))
 
@@ -306,8 +317,17 @@ def mg_report(
         decide_adopt(result, min_delta=params.min_delta, min_pass_rate=params.min_pass_rate)
     )
     result["decision"] = decision
-    result["proctor"] = _proctor_view(spec, result, base, cand)
+    result["proctor"] = _proctor_view(result, base, cand, total or spec.cases.count)
     return result
+
+
+def _shown_input(mg_spec: Any, inputs: Any, index: int) -> Any:
+    """How a violation's input is shown: Metamorphic Guard's ``fmt_in``, or why it has none
+    (a dataset row that is not an input of the spec)."""
+    try:
+        return mg_spec.fmt_in(inputs.get(index))
+    except ValueError as exc:
+        return str(exc)
 
 
 def _add_statistics(
@@ -387,18 +407,18 @@ def _config(params: MGParams) -> dict[str, Any]:
 
 
 def _proctor_view(
-    spec: EvalRunSpec, result: Mapping[str, Any], base: SideTally, cand: SideTally
+    result: Mapping[str, Any], base: SideTally, cand: SideTally, expected: int | None
 ) -> dict[str, Any]:
     """Metamorphic Guard's decision as Proctor reports it: accept/reject with counts, and
     ``undecided`` until every case is recorded."""
     n, decision = result["n"], result["decision"]
-    complete = n == spec.cases.count
+    complete = n == expected
     rr_ci = result["relative_risk_ci"]
     return {
         "decision": ("accept" if decision.get("adopt") else "reject") if complete else "undecided",
         "reason": str(decision.get("reason", ""))
         if complete
-        else f"{n} of {spec.cases.count} cases recorded",
+        else f"{n} of {expected} cases recorded",
         "complete": complete,
         "baselinePassRate": result["baseline"]["pass_rate"],
         "candidatePassRate": result["candidate"]["pass_rate"],
@@ -434,5 +454,23 @@ def _side_report(metrics: Mapping[str, Any], tally: SideTally) -> dict[str, Any]
 
 
 def report_from_storage(spec: EvalRunSpec, storage: Any, *, metrics: bool = True) -> dict[str, Any]:
-    """:func:`mg_report` over a run's stored records (``RunStorage.iter_records``)."""
-    return mg_report(spec, storage.iter_records(), metrics=metrics)
+    """:func:`mg_report` over a run's stored records (``RunStorage.iter_records``); over a
+    dataset, its inputs are the rows (read with the storage's client when the dataset is in
+    the same store and has no Secret of its own, else with this process's credentials)."""
+    if spec.cases.dataset is None:
+        return mg_report(spec, storage.iter_records(), metrics=metrics)
+    manifest = load_manifest(storage)
+    if manifest is None:
+        raise ValueError("the run's dataset manifest is missing: the run was never admitted")
+    dataset = spec.cases.dataset
+    client = None
+    if isinstance(storage.blobs, S3Blobs) and dataset.secret_ref is None:
+        client = storage.blobs.client
+    elif not metrics and dataset.secret_ref is not None:
+        # The operator reads a dataset only with the run's credentials, which it has not here.
+        raise ValueError("the dataset has a secretRef of its own; its rows are read by workers")
+    location = dataset_location(spec, client=client, creds=credentials_from_env(os.environ))
+    params = MGParams.from_params(spec.task.params)
+    inputs = RowInputs(DatasetReader(manifest, location, storage), params.input_columns)
+    total = total_cases(spec, manifest)
+    return mg_report(spec, storage.iter_records(), metrics=metrics, inputs=inputs, total=total)
