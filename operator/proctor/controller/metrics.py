@@ -162,7 +162,7 @@ class OperatorMetrics:
         self.throughput.labels(namespace, run).set(cases_per_second)
         self.stalled.labels(namespace, run).set(1 if stalled else 0)
         # A counter child exists from the run's first pass, at 0, so increase() in the
-        # HighDisruptionRate alert sees the first disruption too.
+        # ProctorHighDisruptionRate alert sees the first disruption too.
         self.disruptions.labels(namespace, run)
 
     def forget_run(self, namespace: str, run: str) -> None:
