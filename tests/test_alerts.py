@@ -114,6 +114,10 @@ def test_every_metric_in_rules_and_dashboard_is_exported() -> None:
         "proctor_operator_disruptions_total",
         "proctor_worker_case_duration_seconds_bucket",
         "proctor_worker_gpu_utilization_ratio",
+        "proctor_operator_suites",
+        "proctor_operator_suite_progress_ratio",
+        "proctor_operator_suite_cells_done",
+        "proctor_operator_suite_regressions",
     } <= {n for n, where in used.items() if "dashboard" in where}
 
 
