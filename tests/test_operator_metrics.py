@@ -213,5 +213,6 @@ def test_suite_passes_set_gauges_count_disruptions_and_finished_runs() -> None:
 def test_a_suite_found_finished_after_a_restart_is_not_counted_again() -> None:
     m = OperatorMetrics()
     m.suites.observe(*SUITE, _status(phase="Failed"), new_disruptions=0)
-    assert suite_sample(m, "proctor_operator_suite_runs_finished_total", phase="Failed") is None
+    assert suite_sample(m, "proctor_operator_suite_runs_finished_total", phase="Failed") == 0
+    assert suite_sample(m, "proctor_operator_suite_runs_finished_total", phase="Succeeded") == 0
     assert m.registry.get_sample_value("proctor_operator_suites", {"phase": "Failed"}) == 1

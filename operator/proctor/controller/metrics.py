@@ -242,6 +242,8 @@ class SuiteMetrics:
         since the last pass (not one found finished after a restart: it was counted then)."""
         phase = status.phase or "Pending"
         before = self._phases.observe((namespace, suite), phase)
+        for finished in FINISHED:  # present at 0 from the first pass, as disruptions are
+            self.finished.labels(namespace, suite, finished)
         if phase in FINISHED and before is not None and before not in FINISHED:
             self.finished.labels(namespace, suite, phase).inc()
         figures = suite_figures(status)
