@@ -185,48 +185,53 @@ class OperatorMetrics:
         start_http_server(port, addr=host, registry=self.registry)
 
 
+SUITE_GAUGES = {
+    "cells": ("proctor_operator_suite_cells", "Cells (benchmark x variant) of the run."),
+    "cells_done": (
+        "proctor_operator_suite_cells_done",
+        "Cells whose every repetition is recorded.",
+    ),
+    "progress": (
+        "proctor_operator_suite_progress_ratio",
+        "Recorded share of the run's repetitions, 0-1 (status.progressPercent / 100).",
+    ),
+    "regressions": (
+        "proctor_operator_suite_regressions",
+        "Cells slower than the baseline in the run (status.regressionCount).",
+    ),
+    "ready_pods": ("proctor_operator_suite_ready_pods", "Benchmark pods ready."),
+    "failures": (
+        "proctor_operator_suite_pod_failures",
+        "Benchmark pods of the run that failed, against spec.failureBudget.",
+    ),
+}
+"""The per-suite gauges: a :class:`SuiteFigures` field -> (metric name, help)."""
+
+
 class SuiteMetrics:
     """BenchmarkSuite series (``proctor_operator_suite*``), in the operator's registry; per-suite
     ones carry ``namespace`` and ``suite``."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        r = registry
-        self.by_phase = Gauge("proctor_operator_suites", "BenchmarkSuites by phase.", ["phase"],
-                              registry=r)  # fmt: skip
+        self.by_phase = Gauge(
+            "proctor_operator_suites", "BenchmarkSuites by phase.", ["phase"], registry=registry
+        )
         self._phases = PhaseCount(self.by_phase)
         self.finished = Counter(
             "proctor_operator_suite_runs_finished",
             "Suite runs seen to finish, by phase (Succeeded, Failed).",
             ["namespace", "suite", "phase"],
-            registry=r,
+            registry=registry,
         )
         self.disruptions = self._per_suite(
-            Counter, "proctor_operator_suite_disruptions",
-            "Benchmark pods lost to preemption, eviction or their node going away.", r,
-        )  # fmt: skip
-        self.gauges = {
-            "cells": ("proctor_operator_suite_cells", "Cells (benchmark x variant) of the run."),
-            "cells_done": (
-                "proctor_operator_suite_cells_done",
-                "Cells whose every repetition is recorded.",
-            ),
-            "progress": (
-                "proctor_operator_suite_progress_ratio",
-                "Recorded share of the run's repetitions, 0-1 (status.progressPercent / 100).",
-            ),
-            "regressions": (
-                "proctor_operator_suite_regressions",
-                "Cells slower than the baseline in the run (status.regressionCount).",
-            ),
-            "ready_pods": ("proctor_operator_suite_ready_pods", "Benchmark pods ready."),
-            "failures": (
-                "proctor_operator_suite_pod_failures",
-                "Benchmark pods of the run that failed, against spec.failureBudget.",
-            ),
-        }
+            Counter,
+            "proctor_operator_suite_disruptions",
+            "Benchmark pods lost to preemption, eviction or their node going away.",
+            registry,
+        )
         self._gauges = {
-            field: self._per_suite(Gauge, name, doc, r)
-            for field, (name, doc) in self.gauges.items()
+            field: self._per_suite(Gauge, name, doc, registry)
+            for field, (name, doc) in SUITE_GAUGES.items()
         }
 
     @staticmethod
