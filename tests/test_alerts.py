@@ -38,7 +38,7 @@ ALERTS = {
     "ProctorOperatorDown",
     "ProctorReconcileErrors",
 }
-# The project's docs; the chart's metrics.prometheusRule.runbookBaseUrl defaults to it.
+# The project's docs; the chart's metrics.prometheusRule.runbookUrl defaults to its operations.md.
 DOCS_URL = "https://github.com/proctor-dev/proctor/blob/main/docs"
 
 
