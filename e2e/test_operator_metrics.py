@@ -1,5 +1,6 @@
 """The operator's /metrics during and after a real run: the per-run series the dashboard and the
-alert rules read exist in a live scrape and follow the run's status."""
+alert rules read exist in a live scrape and follow the run's status; a (suspended)
+BenchmarkSuite beside it has its per-suite series, and the build is reported."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from e2e.harness.operator import GROUP, VERSION
 from e2e.harness.poll import wait_until
 from e2e.harness.promql import dashboard_exprs, metric_names, rules
 from e2e.test_operator import Env, env  # the same namespace, Secrets, bucket and nodes
+from proctor import __version__
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 __all__ = ["env"]
@@ -32,12 +35,38 @@ def value(samples: dict[Any, float], name: str, **labels: str) -> float | None:
     return samples.get((name, frozenset(labels.items())))
 
 
+def suspended_suite(env: Env, name: str) -> dict[str, Any]:
+    """A BenchmarkSuite that never runs (suspend), on the test's queue and storage."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "BenchmarkSuite",
+        "metadata": {"name": name},
+        "spec": {
+            "image": "proctor/proctor:0.1.0",
+            "benchmarks": [{"name": "true", "command": ["true"], "repetitions": 3}],
+            "variants": [{"name": "a"}, {"name": "b"}],
+            "queue": {"type": "redis", "secretRef": {"name": "queue"}},
+            "storage": {
+                "uri": f"s3://{env.bucket}/suites",
+                "endpoint": env.moto,
+                "region": "us-east-1",
+                "secretRef": {"name": "s3"},
+            },
+            "suspend": True,
+        },
+    }
+
+
 def test_per_run_series_follow_the_run(env: Env) -> None:
     env.node(cpu="4", memory="8Gi")
     run = {"namespace": env.namespace, "run": "metrics"}
+    suite = {"namespace": env.namespace, "suite": "metrics-suite"}
     count = 1500
     with env.operator() as op:
         env.create(env.evalrun("metrics", count=count))
+        env.custom.create_namespaced_custom_object(
+            GROUP, VERSION, env.namespace, "benchmarksuites", suspended_suite(env, suite["suite"])
+        )
 
         def running() -> dict[Any, float] | None:
             try:
@@ -66,6 +95,11 @@ def test_per_run_series_follow_the_run(env: Env) -> None:
         assert value(final, "proctor_operator_desired_workers", **run) == 0.0
         assert value(final, "proctor_operator_backlog_batches", **run) == 0.0
         assert value(final, "proctor_operator_runs", phase="Succeeded") == 1.0
+        assert value(final, "proctor_operator_suites", phase="Suspended") == 1.0
+        assert value(final, "proctor_operator_suite_ready_pods", **suite) == 0.0
+        assert value(final, "proctor_operator_suite_disruptions_total", **suite) == 0.0
+        builds = [labels for name, labels in final if name == "proctor_build_info"]
+        assert [dict(b)["version"] for b in builds] == [__version__]
 
         # Every operator series the rules and the dashboard read is in a real scrape.
         scraped = {name for name, _ in final}

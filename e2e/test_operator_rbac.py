@@ -62,7 +62,11 @@ def test_operator_pod_with_shipped_rbac_runs_a_run_to_success(
     config = env.workdir / "operator.yaml"
     config.write_text(
         yaml.safe_dump(
-            {"workerPodLabels": {"e2e.proctor.dev/run": "local"}, "scalingIntervalSeconds": 1.0}
+            {
+                "workerPodLabels": {"e2e.proctor.dev/run": "local"},
+                "scalingIntervalSeconds": 1.0,
+                "workerMetricsPort": 0,  # workers here share one network: no fixed port
+            }
         )
     )
     pod: dict[str, Any] = {

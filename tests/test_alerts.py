@@ -30,7 +30,16 @@ from proctor.worker.metrics import WorkerMetrics
 ROOT = Path(__file__).resolve().parents[1]
 OPERATIONS = ROOT / "docs" / "operations.md"
 PROMTOOL_TESTS = sorted((ROOT / "tests" / "promtool").glob("*.yaml"))
-ALERTS = {"LowThroughput", "Stalled", "WorkersNotReady", "HighDisruptionRate"}
+ALERTS = {
+    "ProctorLowThroughput",
+    "ProctorRunStalled",
+    "ProctorWorkersNotReady",
+    "ProctorHighDisruptionRate",
+    "ProctorOperatorDown",
+    "ProctorReconcileErrors",
+}
+# The project's docs; the chart's metrics.prometheusRule.runbookUrl defaults to its operations.md.
+DOCS_URL = "https://github.com/proctor-dev/proctor/blob/main/docs"
 
 
 def promtool_path() -> Path:
@@ -105,6 +114,10 @@ def test_every_metric_in_rules_and_dashboard_is_exported() -> None:
         "proctor_operator_disruptions_total",
         "proctor_worker_case_duration_seconds_bucket",
         "proctor_worker_gpu_utilization_ratio",
+        "proctor_operator_suites",
+        "proctor_operator_suite_progress_ratio",
+        "proctor_operator_suite_cells_done",
+        "proctor_operator_suite_regressions",
     } <= {n for n, where in used.items() if "dashboard" in where}
 
 
@@ -118,16 +131,18 @@ def github_anchors(markdown: str) -> set[str]:
     return anchors
 
 
-def test_alerts_carry_a_summary_and_a_runbook_anchor_that_exists() -> None:
+def test_alerts_carry_a_summary_and_an_absolute_runbook_url_whose_anchor_exists() -> None:
     alerts = {r["alert"]: r for r in rules() if "alert" in r}
     assert set(alerts) == ALERTS
     anchors = github_anchors(OPERATIONS.read_text())
     for name, rule in alerts.items():
+        assert name.startswith("Proctor"), name
         notes = rule["annotations"]
         assert notes["summary"], name
         assert notes["description"], name
         doc, _, anchor = notes["runbook_url"].partition("#")
-        assert doc == "docs/operations.md", name
+        assert doc == f"{DOCS_URL}/operations.md", name
+        assert anchor == name.lower(), f"{name}: runbook anchor #{anchor}"
         assert anchor in anchors, f"{name}: docs/operations.md has no heading #{anchor}"
         assert rule["labels"]["severity"] in {"warning", "critical"}, name
 

@@ -489,10 +489,19 @@ def _check_monitoring(docs: list[Obj], values: Obj) -> None:
     for monitor in monitors:
         assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
         assert _matches(metrics["serviceMonitor"]["labels"], monitor["metadata"]["labels"])
+    pod_monitors = [d for d in docs if d["kind"] == "PodMonitor"]
+    assert bool(pod_monitors) == metrics["workerPodMonitor"]["enabled"]
+    for monitor in pod_monitors:
+        assert _matches(metrics["workerPodMonitor"]["labels"], monitor["metadata"]["labels"])
     rules = [d for d in docs if d["kind"] == "PrometheusRule"]
     assert bool(rules) == metrics["prometheusRule"]["enabled"]
     for rule in rules:
         source = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
+        page = metrics["prometheusRule"]["runbookUrl"]
+        for group in source["groups"]:
+            for alert in group["rules"]:
+                if "alert" in alert:  # the runbook at the configured page, same anchor
+                    alert["annotations"]["runbook_url"] = f"{page}#{alert['alert'].lower()}"
         assert rule["spec"]["groups"] == source["groups"]
     dashboards = [d for d in docs if d["kind"] == "ConfigMap" and "proctor.json" in d["data"]]
     assert bool(dashboards) == metrics["grafanaDashboard"]["enabled"]

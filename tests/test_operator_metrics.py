@@ -1,13 +1,19 @@
-"""The operator's per-run gauges: what each pass publishes and what forgetting a run removes."""
+"""The operator's metrics: the per-run gauges each pass publishes and forgetting a run removes,
+the BenchmarkSuite series, and proctor_build_info on the operator and the worker."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+import platform
+from typing import Any, NamedTuple
 
 import pytest
 from prometheus_client import generate_latest
 
-from proctor.controller.metrics import OperatorMetrics
+from proctor import __version__
+from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteStatus
+from proctor.controller.metrics import OperatorMetrics, SuiteFigures, suite_figures
+from proctor.worker.metrics import WorkerMetrics
 
 RUN = ("team-a", "nightly")
 
@@ -102,3 +108,111 @@ def test_runs_by_phase_follow_transitions_and_deletions() -> None:
             for p in ("Pending", "Running", "Succeeded")
         )
         assert got == want, (op, run, phase)
+
+
+# --- proctor_build_info ------------------------------------------------------------------------
+
+
+def test_operator_and_worker_export_build_info() -> None:
+    labels = {"version": __version__, "python": platform.python_version()}
+    for registry in (OperatorMetrics().registry, WorkerMetrics().registry):
+        assert registry.get_sample_value("proctor_build_info", labels) == 1.0
+
+
+# --- BenchmarkSuites ---------------------------------------------------------------------------
+
+SUITE = ("perf", "nightly-bench")
+SUITE_LABELS = {"namespace": SUITE[0], "suite": SUITE[1]}
+
+
+def _cell(name: str, completed: int, total: int) -> dict[str, Any]:
+    return {"benchmark": name, "variant": "v", "completed": completed, "total": total}
+
+
+def _status(**fields: Any) -> BenchmarkSuiteStatus:
+    return BenchmarkSuiteStatus.model_validate(fields)
+
+
+FIGURES = [
+    ("no status yet", {}, SuiteFigures()),
+    (
+        "running, one cell of three done",
+        {
+            "phase": "Running",
+            "cells": [_cell("a", 5, 5), _cell("b", 2, 5), _cell("c", 0, 5)],
+            "progressPercent": 46.7,
+            "readyPods": 2,
+            "failures": 1,
+        },
+        SuiteFigures(cells=3, cells_done=1, progress=0.467, ready_pods=2, failures=1),
+    ),
+    (
+        "finished with regressions",
+        {
+            "phase": "Succeeded",
+            "cells": [_cell("a", 5, 5), _cell("b", 5, 5)],
+            "progressPercent": 100.0,
+            "regressionCount": 2,
+            "readyPods": 0,
+        },
+        SuiteFigures(cells=2, cells_done=2, progress=1.0, regressions=2),
+    ),
+    # A cell planning no repetition yet is not done.
+    ("a cell with nothing planned", {"cells": [_cell("a", 0, 0)]}, SuiteFigures(cells=1)),
+]
+
+
+@pytest.mark.parametrize(("name", "status", "want"), FIGURES, ids=[f[0] for f in FIGURES])
+def test_suite_figures(name: str, status: dict[str, Any], want: SuiteFigures) -> None:
+    parsed = _status(**status)
+    before = parsed.model_dump()
+    got = suite_figures(parsed)
+    assert got.progress == pytest.approx(want.progress)
+    assert dataclasses.replace(got, progress=want.progress) == want
+    assert parsed.model_dump() == before  # not mutated
+
+
+def suite_sample(m: OperatorMetrics, name: str, **extra: str) -> float | None:
+    return m.registry.get_sample_value(name, {**SUITE_LABELS, **extra})
+
+
+def test_suite_passes_set_gauges_count_disruptions_and_finished_runs() -> None:
+    m = OperatorMetrics()
+    running = _status(
+        phase="Running", cells=[_cell("a", 5, 5), _cell("b", 1, 5)], progressPercent=60.0,
+        readyPods=1,
+    )  # fmt: skip
+    m.suites.observe(*SUITE, running, new_disruptions=0)
+    assert suite_sample(m, "proctor_operator_suite_cells") == 2
+    assert suite_sample(m, "proctor_operator_suite_cells_done") == 1
+    assert suite_sample(m, "proctor_operator_suite_progress_ratio") == pytest.approx(0.6)
+    assert suite_sample(m, "proctor_operator_suite_ready_pods") == 1
+    assert suite_sample(m, "proctor_operator_suite_disruptions_total") == 0.0
+    assert m.registry.get_sample_value("proctor_operator_suites", {"phase": "Running"}) == 1
+
+    m.suites.observe(*SUITE, running, new_disruptions=2)
+    done = _status(
+        phase="Succeeded", cells=[_cell("a", 5, 5), _cell("b", 5, 5)], progressPercent=100.0,
+        regressionCount=1,
+    )  # fmt: skip
+    m.suites.observe(*SUITE, done, new_disruptions=0)
+    m.suites.observe(*SUITE, done, new_disruptions=0)  # a later pass counts the finish once
+    assert suite_sample(m, "proctor_operator_suite_disruptions_total") == 2.0
+    assert suite_sample(m, "proctor_operator_suite_regressions") == 1
+    assert suite_sample(m, "proctor_operator_suite_cells_done") == 2
+    assert suite_sample(m, "proctor_operator_suite_runs_finished_total", phase="Succeeded") == 1
+    assert m.registry.get_sample_value("proctor_operator_suites", {"phase": "Running"}) == 0
+    assert m.registry.get_sample_value("proctor_operator_suites", {"phase": "Succeeded"}) == 1
+
+    m.suites.forget(*SUITE)
+    text = generate_latest(m.registry).decode()
+    assert 'suite="nightly-bench"' not in text
+    assert m.registry.get_sample_value("proctor_operator_suites", {"phase": "Succeeded"}) == 0
+
+
+def test_a_suite_found_finished_after_a_restart_is_not_counted_again() -> None:
+    m = OperatorMetrics()
+    m.suites.observe(*SUITE, _status(phase="Failed"), new_disruptions=0)
+    assert suite_sample(m, "proctor_operator_suite_runs_finished_total", phase="Failed") == 0
+    assert suite_sample(m, "proctor_operator_suite_runs_finished_total", phase="Succeeded") == 0
+    assert m.registry.get_sample_value("proctor_operator_suites", {"phase": "Failed"}) == 1

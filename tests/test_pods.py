@@ -11,7 +11,7 @@ from proctor.api.names import LABEL_RUN
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.config import OperatorConfig
 from proctor.planning.plan import resolve_size
-from proctor.pods import selector, worker_pod
+from proctor.pods import selector, served_metrics_port, worker_pod
 
 BASE: dict[str, Any] = {
     "image": "img:1",
@@ -21,7 +21,11 @@ BASE: dict[str, Any] = {
 }
 
 
-def build(config: OperatorConfig | None = None, **changes: Any) -> dict[str, Any]:
+def build(
+    config: OperatorConfig | None = None,
+    env: list[dict[str, Any]] | None = None,
+    **changes: Any,
+) -> dict[str, Any]:
     data = copy.deepcopy(BASE)
     pool = changes.pop("pool", "")
     fallback = changes.pop("spot_fallback", False)
@@ -35,7 +39,7 @@ def build(config: OperatorConfig | None = None, **changes: Any) -> dict[str, Any
         spec=spec,
         size=resolve_size(spec, cfg),
         config=cfg,
-        env=[{"name": "PROCTOR_RUN", "value": "ns/run1"}],
+        env=env if env is not None else [{"name": "PROCTOR_RUN", "value": "ns/run1"}],
         pool=pool,
         spot_fallback=fallback,
     )
@@ -49,7 +53,10 @@ def test_owner_labels_and_env() -> None:
     owner = meta["ownerReferences"][0]
     assert (owner["kind"], owner["uid"], owner["controller"]) == ("EvalRun", "uid-1", True)
     container = pod["spec"]["containers"][0]
-    assert container["env"] == [{"name": "PROCTOR_RUN", "value": "ns/run1"}]
+    assert container["env"] == [
+        {"name": "PROCTOR_RUN", "value": "ns/run1"},
+        {"name": "PROCTOR_METRICS_PORT", "value": "9090"},  # the operator's default port
+    ]
     assert container["command"] == ["proctor", "worker"]
     assert selector("run1") == "app.kubernetes.io/component=worker,proctor.dev/run=run1"
 
@@ -146,3 +153,54 @@ def test_config_overrides_image_labels_and_grace() -> None:
     assert pod["metadata"]["labels"]["e2e.proctor.dev/run"] == "local"
     assert pod["spec"]["terminationGracePeriodSeconds"] == 20
     assert pod["spec"]["nodeSelector"] == {"a": "b"}
+
+
+RUN_ENV = [{"name": "PROCTOR_RUN", "value": "ns/run1"}]
+
+
+def _metrics(port: str) -> dict[str, str]:
+    return {"name": "PROCTOR_METRICS_PORT", "value": port}
+
+
+@pytest.mark.parametrize(
+    ("config_port", "run_env", "want_env", "want_port"),
+    [
+        pytest.param(9090, RUN_ENV, [*RUN_ENV, _metrics("9090")], 9090, id="default"),
+        pytest.param(9400, RUN_ENV, [*RUN_ENV, _metrics("9400")], 9400, id="configured"),
+        # The operator's port wins over the run's, so the port a PodMonitor scrapes is served.
+        pytest.param(9090, [_metrics("8000"), *RUN_ENV], [*RUN_ENV, _metrics("9090")], 9090,
+                     id="run-env-replaced"),
+        pytest.param(0, RUN_ENV, RUN_ENV, None, id="off"),
+        # Off in the operator: a run may still serve metrics; its port is declared.
+        pytest.param(0, [*RUN_ENV, _metrics("8000")], [*RUN_ENV, _metrics("8000")], 8000,
+                     id="off-run-serves"),
+        pytest.param(0, [*RUN_ENV, _metrics("0")], [*RUN_ENV, _metrics("0")], None,
+                     id="off-run-zero"),
+    ],
+)  # fmt: skip
+def test_worker_metrics_port_env_and_named_container_port(
+    config_port: int, run_env: list[dict[str, Any]], want_env: list[Any], want_port: int | None
+) -> None:
+    before = copy.deepcopy(run_env)
+    pod = build(config=OperatorConfig(worker_metrics_port=config_port), env=run_env)
+    container = pod["spec"]["containers"][0]
+    assert container["env"] == want_env
+    ports = container.get("ports")
+    assert ports == ([{"name": "metrics", "containerPort": want_port}] if want_port else None)
+    assert run_env == before  # not mutated
+
+
+@pytest.mark.parametrize(
+    ("env", "port"),
+    [
+        ([], None),
+        ([_metrics("9090")], 9090),
+        ([_metrics(" 8000 ")], 8000),
+        ([_metrics("0")], None),
+        ([_metrics("70000")], None),
+        ([_metrics("http")], None),
+        ([{"name": "PROCTOR_METRICS_PORT", "valueFrom": {"configMapKeyRef": {}}}], None),
+    ],
+)
+def test_served_metrics_port(env: list[dict[str, Any]], port: int | None) -> None:
+    assert served_metrics_port(env) == port

@@ -108,6 +108,14 @@ class OperatorConfig(BaseModel):
     worker_pod_labels: dict[str, str] = Field(
         default_factory=dict, description="Extra labels on every worker pod."
     )
+    worker_metrics_port: int = Field(
+        default=9090,
+        ge=0,
+        le=65535,
+        description="Port worker pods serve Prometheus metrics on: the operator sets "
+        "PROCTOR_METRICS_PORT and a container port named metrics (what a PodMonitor selects); "
+        "0: workers serve none (a run may still set PROCTOR_METRICS_PORT in its env).",
+    )
     worker_grace_seconds: int = Field(
         default=30, ge=5, le=3600, description="terminationGracePeriodSeconds of workers."
     )

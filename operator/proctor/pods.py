@@ -27,7 +27,8 @@ LABEL_RUN = names.LABEL_RUN
 LABEL_POOL = names.LABEL_POOL
 HOSTNAME_KEY = "kubernetes.io/hostname"
 ZONE_KEY = "topology.kubernetes.io/zone"
-METRICS_PORT = 9090
+METRICS_PORT_NAME = "metrics"  # the container port a PodMonitor selects workers by
+METRICS_ENV = "PROCTOR_METRICS_PORT"
 
 
 def worker_labels(run_name: str, run_uid: str, component: str = "worker") -> dict[str, str]:
@@ -50,6 +51,26 @@ def merge_env(
     taken = {str(e["name"]) for e in own}
     kept = [e for e in user if e["name"] not in taken and not is_reserved_env(str(e["name"]))]
     return [dict(e) for e in own] + [dict(e) for e in kept]
+
+
+def with_metrics_port(env: Sequence[Mapping[str, Any]], port: int) -> list[dict[str, Any]]:
+    """``env`` with the operator's ``PROCTOR_METRICS_PORT`` (replacing a run's own, so the
+    container port a PodMonitor scrapes is the one served); unchanged when ``port`` is 0."""
+    if not port:
+        return [dict(e) for e in env]
+    kept = [dict(e) for e in env if e["name"] != METRICS_ENV]
+    return [*kept, {"name": METRICS_ENV, "value": str(port)}]
+
+
+def served_metrics_port(env: Sequence[Mapping[str, Any]]) -> int | None:
+    """The port a worker with ``env`` serves metrics on: a literal ``PROCTOR_METRICS_PORT``
+    in 1..65535 (the worker reads 0 or none as no metrics; a valueFrom is not known here)."""
+    for e in env:
+        if e["name"] == METRICS_ENV:
+            value = str(e.get("value") or "").strip()
+            if value.isdigit() and 0 < int(value) <= 65535:
+                return int(value)
+    return None
 
 
 def selector(run_name: str) -> str:
@@ -124,7 +145,7 @@ class PodKind:
     generate_name: str = ""  # "": ``<run>-worker-``
     labels: Mapping[str, str] = field(default_factory=dict)  # added to the run's labels
     annotations: Mapping[str, str] = field(default_factory=dict)
-    metrics_port: bool = True
+    metrics_port: bool = True  # serves metrics on the operator's workerMetricsPort
     zone_spread: bool = True  # spread the run's pods over zones
     pod_anti_affinity: Mapping[str, Any] | None = None
 
@@ -173,14 +194,16 @@ def _container(
     spec: EvalRunSpec, size: WorkerSize, config: OperatorConfig, *,
     env: Sequence[Mapping[str, Any]], kind: PodKind,
 ) -> dict[str, Any]:  # fmt: skip
+    own_env = with_metrics_port(env, config.worker_metrics_port if kind.metrics_port else 0)
     container: dict[str, Any] = {
         "name": kind.component,
         "image": config.worker_image or spec.image,
         "command": list(config.worker_command if kind.command is None else kind.command),
-        "env": [dict(e) for e in env],
+        "env": own_env,
     }
-    if kind.metrics_port:
-        container["ports"] = [{"name": "metrics", "containerPort": METRICS_PORT}]
+    port = served_metrics_port(own_env) if kind.metrics_port else None
+    if port:
+        container["ports"] = [{"name": METRICS_PORT_NAME, "containerPort": port}]
     container |= {
         "resources": _resources(spec, size),
         "securityContext": {

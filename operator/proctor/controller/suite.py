@@ -66,7 +66,7 @@ def suite_pass(*, body: kopf.Body, memo: Any, **indexes: Any) -> SuitePassResult
         def emit(event: Event) -> None:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
-        return reconcile_suite(
+        result = reconcile_suite(
             body_spec=body["spec"],
             body_status=body.get("status"),
             created=_created(meta),
@@ -84,6 +84,10 @@ def suite_pass(*, body: kopf.Body, memo: Any, **indexes: Any) -> SuitePassResult
     finally:
         memo.metrics.reconcile_seconds.observe(time.monotonic() - started)
         runtime.lock.release()
+    memo.metrics.suites.observe(
+        ref.namespace, ref.name, result.status, new_disruptions=result.new_disruptions
+    )
+    return result
 
 
 # kopf ids of the handlers whose progress kopf writes to a suite's annotations, kept from when
@@ -178,6 +182,7 @@ def finalize(memo: Any, body: Mapping[str, Any]) -> None:
         clients=memo.clients,
     )
     memo.departures.forget(departure_key(ref.namespace, ref.name))
+    memo.metrics.suites.forget(ref.namespace, ref.name)
     runtime = memo.suites.pop(ref.uid, None)
     if runtime is not None:
         runtime.close()

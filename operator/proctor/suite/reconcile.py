@@ -152,6 +152,7 @@ def reconcile_suite(
         outcome.created,
         removed + outcome.removed,
         losses.disruptions,
+        update.status,
     )
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteStatus
 from proctor.bench.store import SuiteStore
 from proctor.bench.summary import SuiteSummary
 from proctor.cluster.losses import EXPECTATION_SECONDS, LossLedger
@@ -82,3 +83,4 @@ class SuitePassResult:
     created: int
     deleted: int
     new_disruptions: int
+    status: BenchmarkSuiteStatus  # as this pass wrote it (the operator's metrics read it)
