@@ -7,10 +7,11 @@ leave (``quota_headroom``). The calls that fetch bodies are in :mod:`proctor.clu
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from proctor.api.names import ANNOTATION_HOURLY_PRICE
 from proctor.api.quantity import cpu_millis, to_bytes
 from proctor.planning.plan import GPU_RESOURCE, Capacity, NodeInfo, QuotaHeadroom, Taint
 from proctor.pods import LABEL_POOL, LABEL_RUN
@@ -69,7 +70,19 @@ def node_info(body: Mapping[str, Any]) -> NodeInfo:
         taints=taints,
         ready=ready,
         unschedulable=bool(_get(body, "spec", "unschedulable")),
+        hourly_price=hourly_price_of(_get(body, "metadata", "annotations") or {}),
     )
+
+
+def hourly_price_of(annotations: Mapping[str, Any]) -> float | None:
+    """A node's own hourly price (annotation ``proctor.dev/hourly-price``); None when it has
+    none or it is not a non-negative decimal (then the price table applies)."""
+    raw = annotations.get(ANNOTATION_HOURLY_PRICE)
+    try:
+        price = float(str(raw).strip()) if raw is not None else None
+    except ValueError:
+        return None
+    return price if price is not None and 0 <= price < float("inf") else None
 
 
 @dataclass(frozen=True)
@@ -113,17 +126,7 @@ def nodes_with_usage(
             mem += u.requests.memory
             gpus += u.requests.gpus
             pods += u.requests.pods
-        out.append(
-            NodeInfo(
-                node.name,
-                node.allocatable,
-                Capacity(cpu, mem, gpus, pods),
-                node.labels,
-                node.taints,
-                node.ready,
-                node.unschedulable,
-            )
-        )
+        out.append(replace(node, requested=Capacity(cpu, mem, gpus, pods)))
     return out
 
 

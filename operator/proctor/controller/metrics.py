@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-PHASES = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
+PHASES = ("Pending", "Running", "Succeeded", "Failed", "Suspended", "Cancelled")
 
 _PerRun = TypeVar("_PerRun", Gauge, Counter)
 

@@ -20,7 +20,7 @@ import structlog
 from proctor.api.conditions import Event, Problem
 from proctor.api.quantity import parse_duration
 from proctor.api.v1alpha1.base import Placement
-from proctor.api.v1alpha1.evalrun import EvalRunSpec, EvalRunStatus
+from proctor.api.v1alpha1.evalrun import TERMINAL_PHASES, EvalRunSpec, EvalRunStatus
 from proctor.cluster.api import ClusterApi
 from proctor.cluster.losses import EXPECTATION_SECONDS, Departed, count_losses, loss_events
 from proctor.cluster.reads import PodState, PodUsage, nodes_with_usage, quota_headroom
@@ -122,7 +122,7 @@ def gather_run(
     for gone in view.departed:
         rt.expected.pop(gone.pod.name, None)  # came and went between passes: replace it now
     seen = RunObservation(spec, status_body, prev, workers, live, tuple(_unseen_pods(rt, workers)))
-    if prev.phase in {"Succeeded", "Failed"}:
+    if prev.phase in TERMINAL_PHASES:
         return seen
     spot = {n.name for n in view.nodes if n.is_spot}
     losses = count_losses(workers, rt.ledger, spot, view.departed)

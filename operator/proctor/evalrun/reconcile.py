@@ -21,7 +21,7 @@ import structlog
 
 from proctor.api.conditions import Problem, is_true
 from proctor.api.quantity import parse_duration
-from proctor.api.v1alpha1.evalrun import CaseCounts, EvalRunSpec, WorkerCounts
+from proctor.api.v1alpha1.evalrun import TERMINAL_PHASES, CaseCounts, EvalRunSpec, WorkerCounts
 from proctor.cluster.api import ClusterApi
 from proctor.cluster.losses import ledger_status
 from proctor.cluster.writes import EventSink
@@ -36,14 +36,17 @@ from proctor.evalrun.act import (
     write_summary,
 )
 from proctor.evalrun.decide import (
+    CANCEL_REASON,
     PodActions,
     QueueFacts,
     case_counts,
     checkpoint_due,
+    decide_cancel,
     decide_early_stop,
     decide_finished_run,
     decide_pods,
     decide_status,
+    drained,
     infeasible,
     proctor_summary,
 )
@@ -127,11 +130,19 @@ def _advance_queue(
     progress, storage, snap, depth = found.progress, found.storage, found.snapshot, found.depth
     rt.stopped = depth.stopped or rt.stopped
     progress.looks, stop = decide_early_stop(spec, progress.resolved, progress.looks, rt.stopped)
-    if stop:
-        rt.stopped = "early stop: the decision is settled"
+    cancel = decide_cancel(
+        spec, stopped=rt.stopped, all_evaluated=snap.finished, drained=drained(seen)
+    )
+    if stop or cancel.stop_queue:
+        rt.stopped = CANCEL_REASON if cancel.stop_queue else "early stop: the decision is settled"
         found.queue.stop(rt.stopped)
         depth = found.queue.depth()
-    finished = snap.finished or (rt.stopped is not None and depth.in_flight == 0)
+    if cancel.finished and not snap.finished:
+        progress.refresh()  # what the drained workers wrote last
+        snap = progress.snapshot()
+    finished = snap.finished or (
+        cancel.finished if spec.cancel else rt.stopped is not None and depth.in_flight == 0
+    )
     mark = (snap.completed, snap.dead_lettered, progress.looks)
     checkpoint = None
     if checkpoint_due(
@@ -164,6 +175,7 @@ def _advance_queue(
         stopped=rt.stopped,
         result=result,
         checkpoint=checkpoint,
+        cancelled=cancel.cancelled and not snap.finished,
     )
 
 
@@ -183,8 +195,12 @@ def _queue_step(
         demand = Demand(backlog=facts.backlog, work_remaining=not facts.finished)
         problem = None
     else:
+        # Without its queue and storage a cancelled run still ends once drained, with the
+        # counts it last had and no summary.
         prev_counts = seen.previous.counts or CaseCounts(total=seen.spec.cases.count)
-        facts, demand, problem = QueueFacts(prev_counts), Demand(0, True), conn
+        gone = seen.spec.cancel and drained(seen)
+        facts = QueueFacts(prev_counts, finished=gone, cancelled=gone)
+        demand, problem = Demand(0, True), conn
     plan = compute_plan(
         seen.spec,
         list(seen.nodes),
@@ -214,7 +230,7 @@ def reconcile_run(
     seen = gather_run(
         body_spec=body_spec, body_status=body_status, ref=ref, config=config, view=view, rt=rt
     )
-    if seen.previous.phase in {"Succeeded", "Failed"}:
+    if seen.previous.phase in TERMINAL_PHASES:
         return _finished_pass(seen, ref, api, rt, now)
     for event in seen.loss_events:
         emit(event)  # now: the ledger has counted them, no later pass would post them

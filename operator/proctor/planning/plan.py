@@ -68,6 +68,7 @@ class NodeInfo:
     taints: tuple[Taint, ...] = ()
     ready: bool = True
     unschedulable: bool = False
+    hourly_price: float | None = None  # the node's own price (annotation), if it has one
 
     @cached_property
     def is_spot(self) -> bool:
@@ -106,6 +107,15 @@ class QuotaHeadroom:
 
 
 @dataclass(frozen=True)
+class NodeFit:
+    """How many workers one eligible node holds now, and the pool it is in ("": no pools)."""
+
+    name: str
+    pool: str
+    fit: int
+
+
+@dataclass(frozen=True)
 class PlanResult:
     """The plan, and whether the run can ever be placed."""
 
@@ -118,6 +128,7 @@ class PlanResult:
     message: str
     feasible: bool
     infeasible_reason: str = ""
+    per_node: tuple[NodeFit, ...] = ()  # the eligible nodes, in the order given
 
     def to_status(self) -> Plan:
         return Plan(
@@ -359,7 +370,9 @@ def compute_plan(
     ]
     bound_by, replicas = min(limits, key=lambda item: item[1])
 
-    if spec.suspend:
+    if spec.cancel:
+        bound_by, replicas = "cancelled", 0
+    elif spec.suspend:
         bound_by, replicas = "suspended", 0
     elif not demand.work_remaining:
         bound_by, replicas = "done", 0
@@ -386,6 +399,7 @@ def compute_plan(
         infeasible_reason=_infeasible_reason(
             spec, nodes, eligible, feasible=feasible, size=size, spot_fallback=spot_fallback
         ),
+        per_node=tuple(NodeFit(n.name, pool_of(spec, n) or "", per_node[n.name]) for n in eligible),
     )
 
 
