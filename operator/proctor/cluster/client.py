@@ -150,24 +150,54 @@ def merge_kubeconfigs(paths: list[Path]) -> Kubeconfig:
     return Kubeconfig(paths, current, merged, bases)
 
 
+def user_login(*, context: str | None = None, kubeconfig: str | None = None) -> ConnectionInfo:
+    """Credentials for a command a user runs (``proctor plan``, ``cancel``), as kubectl finds
+    them: the kubeconfig (``kubeconfig``, else ``$KUBECONFIG``, else ``~/.kube/config``) at
+    ``context`` (else its current context); in a pod with no kubeconfig, its ServiceAccount."""
+    paths = [Path(kubeconfig).expanduser()] if kubeconfig else kubeconfig_paths()
+    if paths and not any(p.exists() for p in paths):
+        raise LoginError(f"kubeconfig {os.pathsep.join(map(str, paths))} does not exist")
+    info = kubeconfig_login(paths=paths, context=context) if paths else None
+    if info is None and context is None:
+        info = in_cluster_login()
+    if info is None:
+        raise LoginError(
+            "no Kubernetes credentials: no kubeconfig ($KUBECONFIG or ~/.kube/config) and not "
+            "in a pod; set KUBECONFIG or pass --kubeconfig"
+        )
+    return info
+
+
 def kubeconfig_login(
-    *, trust_env: bool = False, environ: Mapping[str, str] | None = None
+    *,
+    trust_env: bool = False,
+    environ: Mapping[str, str] | None = None,
+    paths: list[Path] | None = None,
+    context: str | None = None,
 ) -> ConnectionInfo | None:
-    """Credentials of the kubeconfig's current context; None when there is no kubeconfig."""
+    """Credentials of the kubeconfig's ``context`` (default: its current context); None when
+    there is no kubeconfig. ``paths`` default to ``$KUBECONFIG`` or ``~/.kube/config``."""
     import kopf  # noqa: PLC0415 - late: keep_kubernetes_client_out runs first
 
-    paths = kubeconfig_paths(environ)
+    paths = kubeconfig_paths(environ) if paths is None else paths
     if not paths:
         return None
     config = merge_kubeconfigs(paths)
-    merged, current, bases = config.sections, config.current, config.bases
+    merged, bases = config.sections, config.bases
+    current = context or config.current
+    if context and context not in merged["contexts"]:
+        known = ", ".join(sorted(merged["contexts"])) or "none"
+        raise LoginError(
+            f"kubeconfig {os.pathsep.join(map(str, paths))} has no context {context!r} "
+            f"(contexts: {known})"
+        )
     if not current or current not in merged["contexts"]:
         raise LoginError(
             f"kubeconfig {os.pathsep.join(map(str, paths))} has no usable current-context; "
-            "set one with `kubectl config use-context NAME`"
+            "set one with `kubectl config use-context NAME` or pass --context"
         )
-    context = merged["contexts"][current]
-    cluster_name, user_name = context.get("cluster", ""), context.get("user", "")
+    chosen: dict[str, Any] = merged["contexts"][current]
+    cluster_name, user_name = chosen.get("cluster", ""), chosen.get("user", "")
     if cluster_name not in merged["clusters"]:
         raise LoginError(f"kubeconfig context {current!r} names unknown cluster {cluster_name!r}")
     cluster = merged["clusters"][cluster_name]
@@ -202,7 +232,7 @@ def kubeconfig_login(
         username=user.get("username"),
         password=user.get("password"),
         token=token,
-        default_namespace=context.get("namespace"),
+        default_namespace=chosen.get("namespace"),
         trust_env=trust_env,
     )
 
@@ -347,8 +377,8 @@ class KubeApi:
             raise
         return got
 
-    def list(self, path: str) -> list[dict[str, Any]]:
-        listed = self.request("GET", path) or {}
+    def list(self, path: str, query: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+        listed = self.request("GET", path, query=query) or {}
         return list(listed.get("items") or [])
 
     def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:

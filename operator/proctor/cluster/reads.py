@@ -112,6 +112,17 @@ def pod_usage(body: Mapping[str, Any]) -> tuple[str, PodUsage] | None:
     )
 
 
+def usage_by_node(pods: Iterable[Mapping[str, Any]]) -> dict[str, list[PodUsage]]:
+    """The pods that hold resources, by node: what the operator's usage index holds, from a
+    list of pod bodies."""
+    out: dict[str, list[PodUsage]] = {}
+    for body in pods:
+        found = pod_usage(body)
+        if found is not None:
+            out.setdefault(found[0], []).append(found[1])
+    return out
+
+
 def nodes_with_usage(
     nodes: Iterable[NodeInfo], usage: Mapping[str, Iterable[PodUsage]], run_uid: str
 ) -> list[NodeInfo]:
