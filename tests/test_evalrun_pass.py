@@ -18,20 +18,29 @@ import pytest
 from pydantic import ValidationError
 
 from proctor.api.conditions import Event
+from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.cluster.losses import Departures
-from proctor.cluster.reads import pod_state
+from proctor.cluster.reads import node_info, pod_state
 from proctor.config import OperatorConfig
 from proctor.connection import RunRef, SharedClients
 from proctor.controller.evalrun import _scheduled_pass
 from proctor.controller.metrics import OperatorMetrics
 from proctor.controller.pass_timing import PassSchedule
 from proctor.evalrun.gather import ClusterView
+from proctor.evalrun.preview import plan_new_run
 from proctor.evalrun.reconcile import PassResult, reconcile_run
 from proctor.evalrun.runtime import RunRuntime
 from proctor.planning.plan import Capacity, NodeInfo
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 NODE = NodeInfo("node-1", Capacity(cpu_millis=64_000, memory=256 * 2**30, pods=110), labels={})
+NODE_BODY: dict[str, Any] = {
+    "metadata": {"name": "node-1"},
+    "status": {
+        "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "110"},
+        "conditions": [{"type": "Ready", "status": "True"}],
+    },
+}
 
 
 class ApiDownError(Exception):
@@ -107,6 +116,12 @@ class FakeCluster:
 
     def post_event(self, involved: Mapping[str, Any], event: Event) -> None:
         self.posted.append(event)
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return [NODE_BODY]
+
+    def bound_pods(self) -> list[dict[str, Any]]:
+        return list(self.pods.values())
 
     def view(self) -> ClusterView:
         return ClusterView(
@@ -552,3 +567,34 @@ def test_a_cancelled_comparison_keeps_its_results_and_stays_undecided(tmp_path: 
     assert (stored["completed"], stored["decision"]) == (10, "undecided")
     assert (status["workers"]["desired"], status["workers"]["ready"]) == (0, 0)
     assert status["etaSeconds"] == 0
+
+
+@pytest.mark.parametrize(
+    ("run_spec", "bound_by"),
+    [
+        pytest.param(spec(count=40), "max", id="bound by max"),
+        pytest.param(spec(count=25, workers={"max": 10}), "backlog", id="bound by the backlog"),
+        pytest.param(
+            spec(count=200, profile="xlarge", workers={"max": 20}), "cpu", id="bound by cpu"
+        ),
+    ],
+)
+def test_proctor_plan_previews_the_plan_of_the_first_pass(
+    tmp_path: Path, run_spec: dict[str, Any], bound_by: str
+) -> None:
+    """``proctor plan``'s preview (the same reads and planner) equals the plan the run's
+    first pass writes, on the same cluster."""
+    assert node_info(NODE_BODY) == NODE
+    config = OperatorConfig.model_validate(
+        {
+            "defaultQueueUrl": f"sqlite:///{tmp_path}/queue.db",
+            "defaultStorageUri": str(tmp_path / "results"),
+        }
+    )
+    cluster = FakeCluster()
+    preview = plan_new_run(EvalRunSpec.model_validate(run_spec), cluster, "ns", config)  # type: ignore[arg-type]
+    world = World(cluster, run_spec, config)
+    world.reconcile()
+    assert world.cluster.status is not None
+    assert preview.plan.to_status().to_wire() == world.cluster.status["plan"]
+    assert preview.plan.bound_by == bound_by
