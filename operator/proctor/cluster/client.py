@@ -184,18 +184,7 @@ def kubeconfig_login(
         return None
     config = merge_kubeconfigs(paths)
     merged, bases = config.sections, config.bases
-    current = context or config.current
-    if context and context not in merged["contexts"]:
-        known = ", ".join(sorted(merged["contexts"])) or "none"
-        raise LoginError(
-            f"kubeconfig {os.pathsep.join(map(str, paths))} has no context {context!r} "
-            f"(contexts: {known})"
-        )
-    if not current or current not in merged["contexts"]:
-        raise LoginError(
-            f"kubeconfig {os.pathsep.join(map(str, paths))} has no usable current-context; "
-            "set one with `kubectl config use-context NAME` or pass --context"
-        )
+    current = _context_name(config, context)
     chosen: dict[str, Any] = merged["contexts"][current]
     cluster_name, user_name = chosen.get("cluster", ""), chosen.get("user", "")
     if cluster_name not in merged["clusters"]:
@@ -235,6 +224,22 @@ def kubeconfig_login(
         default_namespace=chosen.get("namespace"),
         trust_env=trust_env,
     )
+
+
+def _context_name(config: Kubeconfig, context: str | None) -> str:
+    """``context`` if the kubeconfig has it, else its current context; LoginError if none."""
+    where = os.pathsep.join(map(str, config.paths))
+    contexts = config.sections["contexts"]
+    if context and context not in contexts:
+        known = ", ".join(sorted(contexts)) or "none"
+        raise LoginError(f"kubeconfig {where} has no context {context!r} (contexts: {known})")
+    current = context or config.current
+    if not current or current not in contexts:
+        raise LoginError(
+            f"kubeconfig {where} has no usable current-context; "
+            "set one with `kubectl config use-context NAME` or pass --context"
+        )
+    return current
 
 
 def exec_credential(spec: Mapping[str, Any], cluster: Mapping[str, Any]) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from proctor.evalrun.act import (
 )
 from proctor.evalrun.decide import (
     CANCEL_REASON,
+    CancelStep,
     PodActions,
     QueueFacts,
     case_counts,
@@ -52,6 +53,7 @@ from proctor.evalrun.decide import (
 )
 from proctor.evalrun.gather import (
     ClusterView,
+    ProgressObservation,
     RunObservation,
     gather_placement,
     gather_progress,
@@ -59,6 +61,8 @@ from proctor.evalrun.gather import (
 )
 from proctor.evalrun.runtime import RunRuntime
 from proctor.planning.plan import Demand, PlanResult, compute_plan
+from proctor.queue import QueueDepth
+from proctor.storage import ProgressSnapshot
 
 log = structlog.get_logger("proctor.operator")
 
@@ -127,19 +131,9 @@ def _advance_queue(
     """The queue step: progress read, early stop, checkpoint, and a finished run's summary."""
     spec = seen.spec
     found = gather_progress(seen, ref, conn, rt, clients)
-    progress, storage, snap, depth = found.progress, found.storage, found.snapshot, found.depth
-    rt.stopped = depth.stopped or rt.stopped
-    progress.looks, stop = decide_early_stop(spec, progress.resolved, progress.looks, rt.stopped)
-    cancel = decide_cancel(
-        spec, stopped=rt.stopped, all_evaluated=snap.finished, drained=drained(seen)
-    )
-    if stop or cancel.stop_queue:
-        rt.stopped = CANCEL_REASON if cancel.stop_queue else "early stop: the decision is settled"
-        found.queue.stop(rt.stopped)
-        depth = found.queue.depth()
-    if cancel.finished and not snap.finished:
-        progress.refresh()  # what the drained workers wrote last
-        snap = progress.snapshot()
+    progress, storage = found.progress, found.storage
+    rt.stopped = found.depth.stopped or rt.stopped
+    cancel, depth, snap = _stop_step(seen, found, rt)
     finished = snap.finished or (
         cancel.finished if spec.cancel else rt.stopped is not None and depth.in_flight == 0
     )
@@ -177,6 +171,26 @@ def _advance_queue(
         checkpoint=checkpoint,
         cancelled=cancel.cancelled and not snap.finished,
     )
+
+
+def _stop_step(
+    seen: RunObservation, found: ProgressObservation, rt: RunRuntime
+) -> tuple[CancelStep, QueueDepth, ProgressSnapshot]:
+    """Early stopping and cancel: stop the queue when either asks; once a cancelled run has
+    drained, read what its workers wrote last. The queue's depth and the progress after."""
+    spec, progress, depth, snap = seen.spec, found.progress, found.depth, found.snapshot
+    progress.looks, stop = decide_early_stop(spec, progress.resolved, progress.looks, rt.stopped)
+    cancel = decide_cancel(
+        spec, stopped=rt.stopped, all_evaluated=snap.finished, drained=drained(seen)
+    )
+    if stop or cancel.stop_queue:
+        rt.stopped = CANCEL_REASON if cancel.stop_queue else "early stop: the decision is settled"
+        found.queue.stop(rt.stopped)
+        depth = found.queue.depth()
+    if cancel.finished and not snap.finished:
+        progress.refresh()
+        snap = progress.snapshot()
+    return cancel, depth, snap
 
 
 def _queue_step(
