@@ -98,11 +98,11 @@ def layout_config(**extra: Any) -> dict[str, Any]:
 def test_plan_equals_the_operators_on_equal_on_demand_nodes(env: Env) -> None:  # noqa: F811
     for _ in range(3):
         env.node(cpu="4", memory="8Gi")
-    doc = env.evalrun("equal", count=2000)  # 8 batches of 250
+    doc = env.evalrun("equal", count=2000)  # 8 batches of 250: 4 workers at 2 batches each
     report = operator_plan_equals(env, doc, layout_config())
     plan = report["plan"]
-    assert (plan["replicas"], plan["boundBy"], plan["fit"]) == (8, "max", 9)
-    assert [n["workers"] for n in report["nodes"]] == [3, 3, 2]
+    assert (plan["replicas"], plan["boundBy"], plan["fit"]) == (4, "backlog", 9)
+    assert [n["workers"] for n in report["nodes"]] == [2, 1, 1]
     assert report["memoryPerWorker"] == "1Gi"
     assert report["costPerHour"]["pools"][0]["capacityType"] == "on-demand"
     assert report["costPerHour"]["estimatedCost"] > 0
