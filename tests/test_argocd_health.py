@@ -190,6 +190,21 @@ EVALRUN_CASES: dict[str, Case] = {
         "Suspended",
         "^Suspended",
     ),
+    "cancelled": Case(
+        evalrun(
+            status_of(
+                observe(
+                    spec=SPEC.model_copy(update={"cancel": True}),
+                    previous=RUNNING,
+                    finished=True,
+                    cancelled=True,
+                    counts=CaseCounts(total=1000, completed=250),
+                )
+            )
+        ),
+        "Degraded",
+        "^Cancelled: spec.cancel: 250 of 1000 cases evaluated",
+    ),
     "missing Secret: cannot start": Case(
         evalrun(
             status_of(observe(problem=Problem("SecretNotFound", "Secret 'queue' does not exist")))
@@ -317,7 +332,7 @@ def test_benchmarksuite_health(case: Case, tmp_path: Path) -> None:
 
 def test_the_samples_cover_every_phase_and_stalled() -> None:
     phases = {c.obj.get("status", {}).get("phase") for c in EVALRUN_CASES.values()}
-    assert {"Pending", "Running", "Succeeded", "Failed", "Suspended"} <= phases
+    assert {"Pending", "Running", "Succeeded", "Failed", "Suspended", "Cancelled"} <= phases
     assert STALLED["phase"] == "Running"
     assert any(
         c["type"] == "Stalled" and c["status"] == "True" for c in STALLED.get("conditions", [])

@@ -6,6 +6,7 @@ of steps (what happens in the world, then one pass) with the writes the pass mus
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -17,20 +18,29 @@ import pytest
 from pydantic import ValidationError
 
 from proctor.api.conditions import Event
+from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.cluster.losses import Departures
-from proctor.cluster.reads import pod_state
+from proctor.cluster.reads import node_info, pod_state
 from proctor.config import OperatorConfig
 from proctor.connection import RunRef, SharedClients
 from proctor.controller.evalrun import _scheduled_pass
 from proctor.controller.metrics import OperatorMetrics
 from proctor.controller.pass_timing import PassSchedule
 from proctor.evalrun.gather import ClusterView
+from proctor.evalrun.preview import plan_new_run
 from proctor.evalrun.reconcile import PassResult, reconcile_run
 from proctor.evalrun.runtime import RunRuntime
 from proctor.planning.plan import Capacity, NodeInfo
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 NODE = NodeInfo("node-1", Capacity(cpu_millis=64_000, memory=256 * 2**30, pods=110), labels={})
+NODE_BODY: dict[str, Any] = {
+    "metadata": {"name": "node-1"},
+    "status": {
+        "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "110"},
+        "conditions": [{"type": "Ready", "status": "True"}],
+    },
+}
 
 
 class ApiDownError(Exception):
@@ -60,6 +70,7 @@ class FakeCluster:
     deleted: list[str] = field(default_factory=list)
     patches: list[Mapping[str, Any]] = field(default_factory=list)
     failing: frozenset[str] = frozenset()
+    graceful: bool = False  # deleted pods stay, terminating, until released
     posted: list[Event] = field(default_factory=list)  # Events the controller posted
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -92,7 +103,10 @@ class FakeCluster:
 
     def delete_pod(self, namespace: str, name: str) -> None:
         self._maybe_fail("delete_pod")
-        self.pods.pop(name, None)
+        if self.graceful and name in self.pods:
+            self.pods[name]["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+        else:
+            self.pods.pop(name, None)
         self.deleted.append(name)
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
@@ -102,6 +116,12 @@ class FakeCluster:
 
     def post_event(self, involved: Mapping[str, Any], event: Event) -> None:
         self.posted.append(event)
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return [NODE_BODY]
+
+    def bound_pods(self) -> list[dict[str, Any]]:
+        return list(self.pods.values())
 
     def view(self) -> ClusterView:
         return ClusterView(
@@ -151,10 +171,12 @@ class World:
         assert self.rt.queue is not None
         assert self.rt.storage is not None
         consumer = next(iter(self.cluster.pods), "worker")
+        side = {"passed": True, "errored": False, "violations": []}
+        sides = {"baseline": side, "candidate": side} if "compare" in self.spec else {}
         for lease in self.rt.queue.claim(entries, consumer):
-            records = [
+            records: list[dict[str, Any]] = [
                 {"index": i, "status": "passed", "durationMs": 1.0, "error": None,
-                 "violations": []}
+                 "violations": [], **sides}
                 for i in range(lease.range.start, lease.range.end)
             ]  # fmt: skip
             self.rt.storage.write_results(lease.range, records)
@@ -163,6 +185,22 @@ class World:
     def suspend(self, on: bool) -> None:
         self.spec = {**self.spec, "suspend": on}
         self.generation += 1
+
+    def cancel(self) -> None:
+        self.spec = {**self.spec, "cancel": True}
+        self.generation += 1
+
+    def hold_pods(self) -> None:
+        """Deleted pods stay, terminating, until :meth:`release_pods` (as a draining worker
+        flushing its results does)."""
+        self.cluster.graceful = True
+
+    def release_pods(self) -> None:
+        self.cluster.graceful = False
+        for name in [
+            n for n, p in self.cluster.pods.items() if p["metadata"].get("deletionTimestamp")
+        ]:
+            del self.cluster.pods[name]
 
 
 Step = Callable[[World], object]
@@ -181,6 +219,8 @@ class Expect:
     failures: int | None = None
     raises: str | None = None
     status_written: bool | None = None
+    queue_stopped: bool | None = None
+    completed: int | None = None
 
 
 def spec(count: int = 40, **extra: Any) -> dict[str, Any]:
@@ -223,6 +263,28 @@ def api_fails(*methods: str) -> Step:
 
 def api_recovers(world: World) -> None:
     world.cluster.failing = frozenset()
+
+
+def cancel(world: World) -> None:
+    world.cancel()
+
+
+def steps(*each: Step) -> Step:
+    """Several things happening before one pass."""
+
+    def step(world: World) -> None:
+        for one in each:
+            one(world)
+
+    return step
+
+
+def hold_pods(world: World) -> None:
+    world.hold_pods()
+
+
+def release_pods(world: World) -> None:
+    world.release_pods()
 
 
 def raise_max(world: World) -> None:
@@ -278,7 +340,7 @@ CASES: list[tuple[str, dict[str, Any], list[tuple[Step, Expect]]]] = [
             (nothing, Expect(created=4, phase="Pending")),
             (nothing, Expect(phase="Running", events=("Running",))),
             (
-                lambda world: (preempt_first(world), api_fails("quotas")(world)),
+                steps(preempt_first, api_fails("quotas")),
                 Expect(raises="quotas", events=("WorkerDisrupted",), status_written=False),
             ),
             (api_recovers, Expect(created=1, deleted=1, disruptions=1, status_written=True)),
@@ -292,6 +354,42 @@ CASES: list[tuple[str, dict[str, Any], list[tuple[Step, Expect]]]] = [
             (suspend, Expect(deleted=4, phase="Suspended", events=("Suspended",))),
             (resume, Expect(created=4, phase="Pending", events=("WaitingForWorkers",))),
             (nothing, Expect(phase="Running", events=("Running",))),
+        ],
+    ),
+    (
+        "cancel: the queue stops, the workers drain, the run ends Cancelled, results kept",
+        spec(count=40),
+        [
+            (nothing, Expect(created=4, phase="Pending")),
+            (nothing, Expect(phase="Running", events=("Running",))),
+            (work(1), Expect(deleted=1, status_written=True)),  # 3 entries left: 3 workers
+            # Deleted workers drain (terminating) before the run ends: the phase waits.
+            (
+                steps(hold_pods, cancel),
+                Expect(deleted=3, phase="Running", queue_stopped=True),
+            ),
+            (nothing, Expect(status_written=False)),
+            (release_pods, Expect(phase="Cancelled", events=("Cancelled",), completed=10)),
+            (nothing, Expect()),  # final: a later pass changes nothing
+        ],
+    ),
+    (
+        "cancel before any worker ran: Cancelled at once, nothing evaluated",
+        spec(count=40),
+        [
+            (cancel, Expect(phase="Cancelled", events=("Cancelled",), completed=0)),
+            (nothing, Expect()),
+        ],
+    ),
+    (
+        "cancel after every case was evaluated: the run succeeds as it would have",
+        spec(count=20),
+        [
+            (nothing, Expect(created=2, phase="Pending")),
+            (
+                steps(work(2), cancel),
+                Expect(deleted=2, phase="Succeeded", events=("Completed",), completed=20),
+            ),
         ],
     ),
     (
@@ -365,6 +463,11 @@ def test_evalrun_pass(
             assert status.get("disruptions") == expect.disruptions, where
         if expect.failures is not None:
             assert status["workers"]["failures"] == expect.failures, where
+        if expect.queue_stopped is not None:
+            assert world.rt.queue is not None
+            assert (world.rt.queue.stopped() is not None) == expect.queue_stopped, where
+        if expect.completed is not None:
+            assert status["counts"]["completed"] == expect.completed, where
 
 
 def test_a_failed_pass_posts_reconcile_error_and_writes_nothing(tmp_path: Path) -> None:
@@ -425,3 +528,74 @@ def test_the_pass_that_finishes_a_run_reports_no_throughput(tmp_path: Path) -> N
     assert finishing.phase == "Succeeded"
     assert (finishing.completed, finishing.cases_per_second) == (40, 0.0)
     assert world.reconcile().cases_per_second == 0.0
+
+
+def test_a_cancelled_comparison_keeps_its_results_and_stays_undecided(tmp_path: Path) -> None:
+    """Cancel is not an early stop: the 30 cases never run keep the decision undecided, the
+    10 evaluated stay in storage with the run's summary, and the conditions say Cancelled."""
+    config = OperatorConfig.model_validate(
+        {
+            "defaultQueueUrl": f"sqlite:///{tmp_path}/queue.db",
+            "defaultStorageUri": str(tmp_path / "results"),
+        }
+    )
+    compare = {"baseline": {"ref": "top_k_sorted"}, "candidate": {"ref": "top_k_heap"}}
+    world = World(FakeCluster(), spec(count=40, compare=compare), config)
+    world.reconcile()
+    world.reconcile()
+    world.work(1)
+    world.cancel()
+    world.reconcile()  # stops the queue, deletes the workers (gone at once here)
+    world.reconcile()
+    status = world.cluster.status or {}
+    assert status["phase"] == "Cancelled"
+    result = status["result"]
+    assert result["decision"] == "undecided"
+    assert "cancelled" in result["reason"]
+    assert result["notEvaluated"] == 30
+    assert result["resultsUri"]
+    assert (result["baselinePassRate"], result["candidatePassRate"]) == (1.0, 1.0)
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert (conds["Cancelled"]["status"], conds["Cancelled"]["reason"]) == ("True", "Cancelled")
+    assert conds["Succeeded"]["status"] == conds["Failed"]["status"] == "False"
+    assert conds["Ready"]["status"] == "False"
+    assert world.cluster.pods == {}
+    assert world.rt.storage is not None
+    raw = world.rt.storage.blobs.get(f"{world.rt.storage.base}summary.json")
+    assert raw is not None
+    stored = json.loads(raw)
+    assert (stored["completed"], stored["decision"]) == (10, "undecided")
+    assert (status["workers"]["desired"], status["workers"]["ready"]) == (0, 0)
+    assert status["etaSeconds"] == 0
+
+
+@pytest.mark.parametrize(
+    ("run_spec", "bound_by"),
+    [
+        pytest.param(spec(count=40), "max", id="bound by max"),
+        pytest.param(spec(count=25, workers={"max": 10}), "backlog", id="bound by the backlog"),
+        pytest.param(
+            spec(count=200, profile="xlarge", workers={"max": 20}), "cpu", id="bound by cpu"
+        ),
+    ],
+)
+def test_proctor_plan_previews_the_plan_of_the_first_pass(
+    tmp_path: Path, run_spec: dict[str, Any], bound_by: str
+) -> None:
+    """``proctor plan``'s preview (the same reads and planner) equals the plan the run's
+    first pass writes, on the same cluster."""
+    assert node_info(NODE_BODY) == NODE
+    config = OperatorConfig.model_validate(
+        {
+            "defaultQueueUrl": f"sqlite:///{tmp_path}/queue.db",
+            "defaultStorageUri": str(tmp_path / "results"),
+        }
+    )
+    cluster = FakeCluster()
+    parsed = EvalRunSpec.model_validate(run_spec)
+    preview = plan_new_run(parsed, cluster, "ns", config, total=parsed.cases.total())  # type: ignore[arg-type]
+    world = World(cluster, run_spec, config)
+    world.reconcile()
+    assert world.cluster.status is not None
+    assert preview.plan.to_status().to_wire() == world.cluster.status["plan"]
+    assert preview.plan.bound_by == bound_by

@@ -25,6 +25,7 @@ from proctor.cluster.client import (
     custom_path,
     in_cluster_login,
     kubeconfig_login,
+    user_login,
 )
 
 
@@ -298,3 +299,28 @@ def test_a_second_401_is_an_error(fake_api: FakeApiServer) -> None:
     api = _api(fake_api, ["a", "b"])
     with pytest.raises(KubeApiError, match="401 Unauthorized"):
         api.get(path)
+
+
+def test_user_login_picks_the_named_context(tmp_path: Path) -> None:
+    """``--context`` chooses another context of the kubeconfig (its cluster, user and
+    namespace), as kubectl's does; the current one is the default."""
+    path = _kubeconfig(tmp_path / "config", {"token": "t-current"})
+    doc = yaml.safe_load(path.read_text())
+    doc["clusters"].append({"name": "c2", "cluster": {"server": "https://other.example"}})
+    doc["users"].append({"name": "u2", "user": {"token": "t-other"}})
+    doc["contexts"].append({"name": "ctx2", "context": {"cluster": "c2", "user": "u2"}})
+    path.write_text(yaml.safe_dump(doc))
+    current = user_login(kubeconfig=str(path))
+    assert (current.server, current.token, current.default_namespace) == (
+        "https://k.example:6443",
+        "t-current",
+        "ns",
+    )
+    other = user_login(kubeconfig=str(path), context="ctx2")
+    assert (other.server, other.token, other.default_namespace) == (
+        "https://other.example",
+        "t-other",
+        None,
+    )
+    with pytest.raises(LoginError, match=r"has no context 'nope' \(contexts: ctx, ctx2\)"):
+        user_login(kubeconfig=str(path), context="nope")

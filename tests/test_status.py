@@ -74,6 +74,37 @@ PHASES = {
         "",
     ),
     "running stays running with no ready workers": (obs(previous=RUNNING), "Running", "Running"),
+    "cancel asked, workers draining": (
+        obs(spec={"cancel": True}, previous=RUNNING),
+        "Running",
+        "Cancelling",
+    ),
+    "cancel asked before any worker ran": (obs(spec={"cancel": True}), "Pending", "Cancelling"),
+    "cancelled once drained": (
+        obs(spec={"cancel": True}, previous=RUNNING, finished=True, cancelled=True),
+        "Cancelled",
+        "Cancelled",
+    ),
+    "cancel wins over suspend": (
+        obs(spec={"cancel": True, "suspend": True}, finished=True, cancelled=True),
+        "Cancelled",
+        "Cancelled",
+    ),
+    "cancel after the last case: succeeded": (
+        obs(spec={"cancel": True}, finished=True, counts=CaseCounts(total=100, completed=100)),
+        "Succeeded",
+        "Completed",
+    ),
+    "cancelled is sticky": (
+        obs(spec={"cancel": True}, previous=EvalRunStatus(phase="Cancelled")),
+        "Cancelled",
+        "",
+    ),
+    "the failure budget still fails a cancelling run": (
+        obs(spec={"cancel": True}, workers=WorkerCounts(failures=3)),
+        "Failed",
+        "FailureBudgetExhausted",
+    ),
 }
 
 
@@ -306,7 +337,7 @@ def test_finding13_retried_is_not_in_the_schema_and_old_statuses_still_read() ->
 def walk(steps: list[tuple[float, bool, WorkerCounts]]) -> list[str]:
     """Phases of a run passed at (seconds after T0, suspend, workers) with an injected clock."""
     status = EvalRunStatus()
-    phases = []
+    phases: list[str] = []
     for at, suspend, workers in steps:
         o = obs(
             spec={"suspend": suspend, "activeDeadlineSeconds": 100},
@@ -384,3 +415,38 @@ def test_also_active_deadline_clock_is_recorded() -> None:
     first = next_status(obs(now=T0 + timedelta(seconds=7))).status
     assert first.active_since == "2026-01-01T00:00:07Z"
     assert first.start_time is None  # still Pending: startTime is when work started
+
+
+def test_cancelled_conditions_and_event() -> None:
+    """Cancelled is final: its condition is True, Succeeded and Failed False, nothing Ready or
+    Progressing; one Normal Event; completion time set and ETA 0."""
+    update = next_status(
+        obs(
+            spec={"cancel": True},
+            previous=RUNNING,
+            finished=True,
+            cancelled=True,
+            counts=CaseCounts(total=100, completed=40),
+        )
+    )
+    status = update.status
+    assert status.phase == "Cancelled"
+    states = {c.type: (c.status, c.reason) for c in status.conditions or []}
+    assert states["Cancelled"] == ("True", "Cancelled")
+    assert states["Succeeded"] == ("False", "Cancelled")
+    assert states["Failed"][0] == states["Ready"][0] == states["Progressing"][0] == "False"
+    cancelled = get_condition(status.conditions, "Cancelled")
+    assert cancelled is not None
+    assert "40 of 100 cases evaluated" in cancelled.message
+    assert [(e.type, e.reason) for e in update.events] == [("Normal", "Cancelled")]
+    assert status.completion_time == "2026-01-01T00:00:00Z"
+    assert status.eta_seconds == 0
+
+
+def test_a_run_never_cancelled_has_no_cancelled_condition() -> None:
+    status = next_status(obs(workers=WorkerCounts(desired=2, ready=2))).status
+    assert get_condition(status.conditions, "Cancelled") is None
+    draining = next_status(obs(spec={"cancel": True}, previous=RUNNING)).status
+    cond = get_condition(draining.conditions, "Cancelled")
+    assert cond is not None
+    assert (cond.status, cond.reason) == ("False", "Cancelling")

@@ -68,6 +68,31 @@ class TenantPolicy(BaseModel):
     )
 
 
+class HourlyPrice(BaseModel):
+    """A node's price per hour, on-demand and spot."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    on_demand: float | None = Field(default=None, ge=0.0, description="On-demand, per hour.")
+    spot: float | None = Field(default=None, ge=0.0, description="Spot, per hour.")
+
+
+class PriceTable(BaseModel):
+    """Node prices for cost in status and ``proctor plan`` (docs/operator.md, "Cost"). A
+    node's own annotation ``proctor.dev/hourly-price`` wins over this table."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    currency: str = Field(default="USD", description="Currency of every price.")
+    instance_types: dict[str, HourlyPrice] = Field(
+        default_factory=dict,
+        description="Prices by the node label node.kubernetes.io/instance-type.",
+    )
+    default: HourlyPrice | None = Field(
+        default=None, description="Prices of nodes whose instance type is not listed."
+    )
+
+
 class OperatorConfig(BaseModel):
     """Everything an operator installation may tune."""
 
@@ -125,6 +150,10 @@ class OperatorConfig(BaseModel):
     policy: TenantPolicy = Field(
         default_factory=TenantPolicy,
         description="Images, ServiceAccounts and storage runs may use (docs/security.md).",
+    )
+    prices: PriceTable = Field(
+        default_factory=PriceTable,
+        description="Node prices for the cost in status and `proctor plan`.",
     )
 
     def profile(self, name: str) -> ProfileSize:

@@ -28,3 +28,8 @@ LABEL_ISOLATION = f"{GROUP}/isolation"
 ANNOTATION_CELL = f"{GROUP}/cell"
 ANNOTATION_PROFILE = f"{GROUP}/profile"
 ANNOTATION_ENQUEUED = f"{GROUP}/enqueued"
+ANNOTATION_HOURLY_PRICE = f"{GROUP}/hourly-price"
+"""On a node: its price per hour (a decimal, in the price table's currency); wins over the
+operator's price table."""
+ANNOTATION_CASE_SECONDS = f"{GROUP}/case-seconds"
+"""On an EvalRun manifest: the declared cost of one case in seconds, for ``proctor plan``."""

@@ -14,6 +14,8 @@ from proctor.api.crdgen import KINDS, render, render_all
 from proctor.api.v1alpha1.evalrun import EvalRun
 from proctor.bench.local import LocalSuiteOptions, holds_benchmark_suite, run_suite_local
 from proctor.bench.worker import main as bench_worker_main
+from proctor.cli import cancel as cancel_command
+from proctor.cli import plan as plan_command
 from proctor.cluster.client import keep_kubernetes_client_out
 from proctor.config import load_config
 from proctor.local.admission import local_dataset_problem
@@ -176,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("files", nargs="+", metavar="FILE", help="YAML manifests")
     validate.set_defaults(func=_cmd_validate)
     _add_run(sub)
+    plan_command.register(sub)
+    cancel_command.register(sub)
     _add_workers(sub)
     _add_operator(sub)
     return parser

@@ -26,6 +26,9 @@ from proctor.redact import redact_value, remember_secret_data
 log = structlog.get_logger("proctor.operator")
 
 
+NOT_TERMINATED = "status.phase!=Succeeded,status.phase!=Failed"
+"""Field selector of pods that may still hold resources on their node."""
+
 QUOTA_MAX_AGE_SECONDS = 1.0
 """ResourceQuotas are listed at most this often per namespace; every run of the namespace shares
 the list. A plan made from a list this old may ask for a pod the quota no longer allows: the API
@@ -101,6 +104,29 @@ class ClusterApi:
             return out
         finally:
             listing.release()
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every node (what the operator's node index holds; ``proctor plan`` lists it)."""
+        return self.kube.list("/api/v1/nodes")
+
+    def bound_pods(self) -> list[dict[str, Any]]:
+        """Every pod of the cluster that may hold resources on a node (what the operator's
+        usage index holds; ``proctor plan`` lists it)."""
+        return self.kube.list("/api/v1/pods", query={"fieldSelector": NOT_TERMINATED})
+
+    def config_map(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A ConfigMap's data; None when it does not exist."""
+        found = self.kube.get(core_path(namespace, "configmaps", name))
+        return None if found is None else dict(found.get("data") or {})
+
+    def get_run(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A run's body; None when it does not exist."""
+        return self.kube.get(custom_path(GROUP, VERSION, namespace, self.plural, name))
+
+    def patch_spec(self, namespace: str, name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge-patch a run's spec; the run as it is now."""
+        path = custom_path(GROUP, VERSION, namespace, self.plural, name)
+        return self.kube.merge_patch(path, {"spec": dict(spec)})
 
     def create_pod(self, manifest: Mapping[str, Any]) -> tuple[str, str]:
         """Create a pod; returns its name and uid. Raises :class:`QuotaExceeded` when a

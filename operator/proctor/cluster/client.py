@@ -150,24 +150,43 @@ def merge_kubeconfigs(paths: list[Path]) -> Kubeconfig:
     return Kubeconfig(paths, current, merged, bases)
 
 
+def user_login(*, context: str | None = None, kubeconfig: str | None = None) -> ConnectionInfo:
+    """Credentials for a command a user runs (``proctor plan``, ``cancel``), as kubectl finds
+    them: the kubeconfig (``kubeconfig``, else ``$KUBECONFIG``, else ``~/.kube/config``) at
+    ``context`` (else its current context); in a pod with no kubeconfig, its ServiceAccount."""
+    paths = [Path(kubeconfig).expanduser()] if kubeconfig else kubeconfig_paths()
+    if paths and not any(p.exists() for p in paths):
+        raise LoginError(f"kubeconfig {os.pathsep.join(map(str, paths))} does not exist")
+    info = kubeconfig_login(paths=paths, context=context) if paths else None
+    if info is None and context is None:
+        info = in_cluster_login()
+    if info is None:
+        raise LoginError(
+            "no Kubernetes credentials: no kubeconfig ($KUBECONFIG or ~/.kube/config) and not "
+            "in a pod; set KUBECONFIG or pass --kubeconfig"
+        )
+    return info
+
+
 def kubeconfig_login(
-    *, trust_env: bool = False, environ: Mapping[str, str] | None = None
+    *,
+    trust_env: bool = False,
+    environ: Mapping[str, str] | None = None,
+    paths: list[Path] | None = None,
+    context: str | None = None,
 ) -> ConnectionInfo | None:
-    """Credentials of the kubeconfig's current context; None when there is no kubeconfig."""
+    """Credentials of the kubeconfig's ``context`` (default: its current context); None when
+    there is no kubeconfig. ``paths`` default to ``$KUBECONFIG`` or ``~/.kube/config``."""
     import kopf  # noqa: PLC0415 - late: keep_kubernetes_client_out runs first
 
-    paths = kubeconfig_paths(environ)
+    paths = kubeconfig_paths(environ) if paths is None else paths
     if not paths:
         return None
     config = merge_kubeconfigs(paths)
-    merged, current, bases = config.sections, config.current, config.bases
-    if not current or current not in merged["contexts"]:
-        raise LoginError(
-            f"kubeconfig {os.pathsep.join(map(str, paths))} has no usable current-context; "
-            "set one with `kubectl config use-context NAME`"
-        )
-    context = merged["contexts"][current]
-    cluster_name, user_name = context.get("cluster", ""), context.get("user", "")
+    merged, bases = config.sections, config.bases
+    current = _context_name(config, context)
+    chosen: dict[str, Any] = merged["contexts"][current]
+    cluster_name, user_name = chosen.get("cluster", ""), chosen.get("user", "")
     if cluster_name not in merged["clusters"]:
         raise LoginError(f"kubeconfig context {current!r} names unknown cluster {cluster_name!r}")
     cluster = merged["clusters"][cluster_name]
@@ -202,9 +221,25 @@ def kubeconfig_login(
         username=user.get("username"),
         password=user.get("password"),
         token=token,
-        default_namespace=context.get("namespace"),
+        default_namespace=chosen.get("namespace"),
         trust_env=trust_env,
     )
+
+
+def _context_name(config: Kubeconfig, context: str | None) -> str:
+    """``context`` if the kubeconfig has it, else its current context; LoginError if none."""
+    where = os.pathsep.join(map(str, config.paths))
+    contexts = config.sections["contexts"]
+    if context and context not in contexts:
+        known = ", ".join(sorted(contexts)) or "none"
+        raise LoginError(f"kubeconfig {where} has no context {context!r} (contexts: {known})")
+    current = context or config.current
+    if not current or current not in contexts:
+        raise LoginError(
+            f"kubeconfig {where} has no usable current-context; "
+            "set one with `kubectl config use-context NAME` or pass --context"
+        )
+    return current
 
 
 def exec_credential(spec: Mapping[str, Any], cluster: Mapping[str, Any]) -> dict[str, Any]:
@@ -347,8 +382,8 @@ class KubeApi:
             raise
         return got
 
-    def list(self, path: str) -> list[dict[str, Any]]:
-        listed = self.request("GET", path) or {}
+    def list(self, path: str, query: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+        listed = self.request("GET", path, query=query) or {}
         return list(listed.get("items") or [])
 
     def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,10 +7,11 @@ leave (``quota_headroom``). The calls that fetch bodies are in :mod:`proctor.clu
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from proctor.api.names import ANNOTATION_HOURLY_PRICE
 from proctor.api.quantity import cpu_millis, to_bytes
 from proctor.api.times import parse_time
 from proctor.planning.plan import GPU_RESOURCE, Capacity, NodeInfo, QuotaHeadroom, Taint
@@ -68,7 +69,19 @@ def node_info(body: Mapping[str, Any]) -> NodeInfo:
         taints=taints,
         ready=ready,
         unschedulable=bool(_get(body, "spec", "unschedulable")),
+        hourly_price=hourly_price_of(_get(body, "metadata", "annotations") or {}),
     )
+
+
+def hourly_price_of(annotations: Mapping[str, Any]) -> float | None:
+    """A node's own hourly price (annotation ``proctor.dev/hourly-price``); None when it has
+    none or it is not a non-negative decimal (then the price table applies)."""
+    raw = annotations.get(ANNOTATION_HOURLY_PRICE)
+    try:
+        price = float(str(raw).strip()) if raw is not None else None
+    except ValueError:
+        return None
+    return price if price is not None and 0 <= price < float("inf") else None
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,17 @@ def pod_usage(body: Mapping[str, Any]) -> tuple[str, PodUsage] | None:
     )
 
 
+def usage_by_node(pods: Iterable[Mapping[str, Any]]) -> dict[str, list[PodUsage]]:
+    """The pods that hold resources, by node: what the operator's usage index holds, from a
+    list of pod bodies."""
+    out: dict[str, list[PodUsage]] = {}
+    for body in pods:
+        found = pod_usage(body)
+        if found is not None:
+            out.setdefault(found[0], []).append(found[1])
+    return out
+
+
 def nodes_with_usage(
     nodes: Iterable[NodeInfo], usage: Mapping[str, Iterable[PodUsage]], run_uid: str
 ) -> list[NodeInfo]:
@@ -112,17 +136,7 @@ def nodes_with_usage(
             mem += u.requests.memory
             gpus += u.requests.gpus
             pods += u.requests.pods
-        out.append(
-            NodeInfo(
-                node.name,
-                node.allocatable,
-                Capacity(cpu, mem, gpus, pods),
-                node.labels,
-                node.taints,
-                node.ready,
-                node.unschedulable,
-            )
-        )
+        out.append(replace(node, requested=Capacity(cpu, mem, gpus, pods)))
     return out
 
 

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteStatus
 from proctor.buildinfo import register_build_info
 
-PHASES = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
+PHASES = ("Pending", "Running", "Succeeded", "Failed", "Suspended", "Cancelled")
 FINISHED = ("Succeeded", "Failed")
 
 _PerRun = TypeVar("_PerRun", Gauge, Counter)

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from proctor.api.conditions import Event, Problem
+from proctor.api.conditions import Event, Problem, rfc3339
 from proctor.api.quantity import parse_duration
 from proctor.api.times import parse_time
 from proctor.api.v1alpha1.base import LossLedgerStatus
+from proctor.api.v1alpha1.cost import CostStatus
 from proctor.api.v1alpha1.evalrun import (
     CaseCounts,
     CheckpointStatus,
@@ -31,6 +32,7 @@ from proctor.config import OperatorConfig
 from proctor.connection import Connection, RunRef
 from proctor.evalrun.gather import RunObservation
 from proctor.evalrun.status import Observation, drift_hold, next_status
+from proctor.planning.cost import WorkerSpan, accrue
 from proctor.planning.plan import PlanResult, pool_for_new_pod
 from proctor.planning.scaling import ScaleState, WorkerPod, busy_workers, decide
 from proctor.pods import merge_env, worker_pod
@@ -65,6 +67,41 @@ def decide_finished_run(seen: RunObservation, now: datetime) -> FinishedRunActio
     return FinishedRunActions(seen.live, seen.unseen, expired, terminal_tidy(seen.previous))
 
 
+CANCEL_REASON = "cancelled: spec.cancel is true"
+"""The stop reason a cancel leaves on the run's queue (an early stop leaves its own)."""
+
+
+def drained(seen: RunObservation) -> bool:
+    """No worker of the run is left that could still write a result: every pod has exited
+    or is gone, and none created by this operator is still unseen."""
+    return not seen.unseen and all(w.finished for w in seen.workers)
+
+
+@dataclass(frozen=True)
+class CancelStep:
+    """What a cancel asks of this pass."""
+
+    stop_queue: bool = False  # stop the queue now (no more claims)
+    finished: bool = False  # the run ends with this pass
+    cancelled: bool = False  # ... in phase Cancelled (not Succeeded)
+
+
+def decide_cancel(
+    spec: EvalRunSpec, *, stopped: str | None, all_evaluated: bool, drained: bool
+) -> CancelStep:
+    """A cancelled run stops its queue at once and ends when its workers have drained (their
+    results are written by then); it ends ``Cancelled`` unless every case was evaluated or an
+    early stop had already settled the decision, when it succeeds as it would have."""
+    if not spec.cancel:
+        return CancelStep()
+    settled = all_evaluated or (stopped is not None and stopped != CANCEL_REASON)
+    return CancelStep(
+        stop_queue=stopped is None,
+        finished=drained or all_evaluated,
+        cancelled=drained and not settled,
+    )
+
+
 def decide_early_stop(
     spec: EvalRunSpec, resolved: Aggregate, looks: int, stopped: str | None
 ) -> tuple[int, bool]:
@@ -90,14 +127,17 @@ def proctor_summary(
     results_uri: str,
     resolved: Aggregate | None = None,
 ) -> ResultSummary:
-    """A finished run's summary by Proctor's own rule (a task's hook may replace it)."""
+    """A finished run's summary by Proctor's own rule (a task's hook may replace it). A
+    cancelled run is no early stop: what it did not evaluate keeps it undecided."""
+    cancelled = stopped == CANCEL_REASON
     return summarize(
         aggregate,
         spec.compare,
         complete=snapshot.completed == snapshot.total,
-        early_stopped=stopped is not None and not snapshot.finished,
+        early_stopped=stopped is not None and not cancelled and not snapshot.finished,
         total=snapshot.total,
         dead_lettered=snapshot.dead_lettered,
+        why="the run was cancelled" if cancelled else None,
         resolved=resolved,
     ).model_copy(update={"results_uri": results_uri})
 
@@ -161,6 +201,7 @@ class QueueFacts:
     checkpoint: CheckpointStatus | None = None
     fatal: Problem | None = None
     """What fails the run now (its dataset is invalid or changed)."""
+    cancelled: bool = False  # finished by a cancel, before every case was evaluated
 
 
 def infeasible(plan: PlanResult) -> Problem | None:
@@ -258,10 +299,11 @@ def decide_pods(
     deleted: frozenset[str],
     now: datetime,
 ) -> PodActions:
-    """Finished pods go; a finished, suspended or blocked run loses all its pods; otherwise
+    """Finished pods go; a finished, suspended, cancelled or blocked run loses all its pods
+    (deleted, so that each drains: it stops claiming, flushes its results and exits); otherwise
     the scaler says how many to remove (idle ones) and to create (spread over node pools)."""
     done = finished_pods(seen, deleted)
-    if facts.finished or seen.spec.suspend or problem is not None:
+    if facts.finished or seen.spec.suspend or seen.spec.cancel or problem is not None:
         return PodActions(done, seen.live, seen.unseen, stop_all=True)
     assert isinstance(seen.connection, Connection)  # no problem: the connection was read
     state, desired, idle, why, create = _scale(seen, facts, plan, scale, now)
@@ -289,6 +331,18 @@ def decide_pods(
     return PodActions(
         done, (), (), idle, why, tuple(manifests), tuple(pools), state, desired, stop_all=False
     )
+
+
+def run_cost(seen: RunObservation, config: OperatorConfig, now: datetime) -> CostStatus:
+    """The run's cost accrued up to ``now``: every worker bound to a node and not exited
+    counts (a draining one too: it still holds its node)."""
+    spans = [
+        WorkerSpan(w.node, w.pool, w.requests, w.created)
+        for w in seen.workers
+        if w.node and not w.finished
+    ]
+    nodes = {n.name: n for n in seen.nodes}
+    return accrue(seen.previous.cost, spans, nodes, config.prices, now=now, until=rfc3339(now))
 
 
 @dataclass(frozen=True)
@@ -327,8 +381,10 @@ def decide_status(
         counts=counts,
         workers=workers,
         finished=facts.finished,
+        cancelled=facts.cancelled,
         early_stopped=facts.finished
-        and facts.stopped is not None
+        and not facts.cancelled
+        and facts.stopped not in {None, CANCEL_REASON}
         and counts.completed < counts.total,
         problem=problem,
         fatal=facts.fatal,
@@ -340,6 +396,7 @@ def decide_status(
         checkpoint=facts.checkpoint,
         rate=facts.rate,
         stalled_after_seconds=config.stalled_after_seconds,
+        cost=run_cost(seen, config, now),
     )
     update = next_status(observation)
     body = update.status.model_dump(by_alias=True, exclude_none=True, mode="json")

@@ -19,7 +19,7 @@ import structlog
 
 from proctor.api.conditions import Event, Problem
 from proctor.api.v1alpha1.base import Placement
-from proctor.api.v1alpha1.evalrun import EvalRunSpec, EvalRunStatus
+from proctor.api.v1alpha1.evalrun import TERMINAL_PHASES, EvalRunSpec, EvalRunStatus
 from proctor.cluster.api import ClusterApi
 from proctor.cluster.losses import EXPECTATION_SECONDS, Departed, count_losses, loss_events
 from proctor.cluster.reads import PodState, PodUsage, nodes_with_usage, quota_headroom
@@ -27,7 +27,7 @@ from proctor.config import OperatorConfig
 from proctor.connection import Connection, RunRef, SharedClients, build_connection
 from proctor.connection import cached_connection as cached
 from proctor.evalrun.runtime import RunRuntime, next_refresh_interval, refresh_due
-from proctor.planning.plan import NodeInfo, QuotaHeadroom
+from proctor.planning.plan import Capacity, NodeInfo, QuotaHeadroom
 from proctor.policy import admit
 from proctor.queue import QueueDepth, WorkQueue, enqueue_run
 from proctor.storage import ProgressSnapshot, RunProgress, RunStorage, open_storage
@@ -123,7 +123,7 @@ def gather_run(
     for gone in view.departed:
         rt.expected.pop(gone.pod.name, None)  # came and went between passes: replace it now
     seen = RunObservation(spec, status_body, prev, workers, live, tuple(_unseen_pods(rt, workers)))
-    if prev.phase in {"Succeeded", "Failed"}:
+    if prev.phase in TERMINAL_PHASES:
         return seen
     spot = {n.name for n in view.nodes if n.is_spot}
     losses = count_losses(workers, rt.ledger, spot, view.departed)
@@ -153,12 +153,26 @@ def gather_placement(
 ) -> RunObservation:
     """``seen`` with the nodes (this run's usage taken out), the namespace's quota headroom and
     the run's connection."""
-    return replace(
-        seen,
-        nodes=tuple(nodes_with_usage(view.nodes, view.usage, ref.uid)),
-        quota=quota_headroom(api.quotas(ref.namespace), [w.requests for w in seen.live]),
-        connection=run_connection(seen.spec, ref, config, api, rt),
+    nodes, quota = placement_inputs(
+        view, api.quotas(ref.namespace), run_uid=ref.uid, own=[w.requests for w in seen.live]
     )
+    return replace(
+        seen, nodes=nodes, quota=quota, connection=run_connection(seen.spec, ref, config, api, rt)
+    )
+
+
+def placement_inputs(
+    view: ClusterView,
+    quotas: Sequence[Mapping[str, Any]],
+    *,
+    run_uid: str,
+    own: Sequence[Capacity],
+) -> tuple[tuple[NodeInfo, ...], QuotaHeadroom]:
+    """What planning reads of the cluster for a run (the pass's and ``proctor plan``'s): the
+    nodes with what other pods request on them (the run's own workers left out: they are what
+    the plan counts), and the quota headroom with the run's ``own`` workers' requests added
+    back."""
+    return tuple(nodes_with_usage(view.nodes, view.usage, run_uid)), quota_headroom(quotas, own)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import structlog
 
 from proctor.api.conditions import Problem, is_true
 from proctor.api.quantity import parse_duration
-from proctor.api.v1alpha1.evalrun import CaseCounts, EvalRunSpec, WorkerCounts
+from proctor.api.v1alpha1.evalrun import TERMINAL_PHASES, CaseCounts, EvalRunSpec, WorkerCounts
 from proctor.cluster.api import ClusterApi
 from proctor.cluster.losses import ledger_status
 from proctor.cluster.writes import EventSink
@@ -37,19 +37,24 @@ from proctor.evalrun.act import (
 )
 from proctor.evalrun.dataset import admit_dataset
 from proctor.evalrun.decide import (
+    CANCEL_REASON,
+    CancelStep,
     PodActions,
     QueueFacts,
     case_counts,
     checkpoint_due,
+    decide_cancel,
     decide_early_stop,
     decide_finished_run,
     decide_pods,
     decide_status,
+    drained,
     infeasible,
     proctor_summary,
 )
 from proctor.evalrun.gather import (
     ClusterView,
+    ProgressObservation,
     RunObservation,
     gather_placement,
     gather_progress,
@@ -58,6 +63,8 @@ from proctor.evalrun.gather import (
 )
 from proctor.evalrun.runtime import RunRuntime
 from proctor.planning.plan import Demand, PlanResult, compute_plan
+from proctor.queue import QueueDepth
+from proctor.storage import ProgressSnapshot
 
 log = structlog.get_logger("proctor.operator")
 
@@ -128,14 +135,12 @@ def _advance_queue(
     """The queue step: progress read, early stop, checkpoint, and a finished run's summary."""
     spec = seen.spec
     found = gather_progress(seen, ref, conn, rt, clients)
-    progress, storage, snap, depth = found.progress, found.storage, found.snapshot, found.depth
-    rt.stopped = depth.stopped or rt.stopped
-    progress.looks, stop = decide_early_stop(spec, progress.resolved, progress.looks, rt.stopped)
-    if stop:
-        rt.stopped = "early stop: the decision is settled"
-        found.queue.stop(rt.stopped)
-        depth = found.queue.depth()
-    finished = snap.finished or (rt.stopped is not None and depth.in_flight == 0)
+    progress, storage = found.progress, found.storage
+    rt.stopped = found.depth.stopped or rt.stopped
+    cancel, depth, snap = _stop_step(seen, found, rt)
+    finished = snap.finished or (
+        cancel.finished if spec.cancel else rt.stopped is not None and depth.in_flight == 0
+    )
     mark = (snap.completed, snap.dead_lettered, progress.looks)
     checkpoint = None
     if checkpoint_due(
@@ -168,7 +173,28 @@ def _advance_queue(
         stopped=rt.stopped,
         result=result,
         checkpoint=checkpoint,
+        cancelled=cancel.cancelled and not snap.finished,
     )
+
+
+def _stop_step(
+    seen: RunObservation, found: ProgressObservation, rt: RunRuntime
+) -> tuple[CancelStep, QueueDepth, ProgressSnapshot]:
+    """Early stopping and cancel: stop the queue when either asks; once a cancelled run has
+    drained, read what its workers wrote last. The queue's depth and the progress after."""
+    spec, progress, depth, snap = seen.spec, found.progress, found.depth, found.snapshot
+    progress.looks, stop = decide_early_stop(spec, progress.resolved, progress.looks, rt.stopped)
+    cancel = decide_cancel(
+        spec, stopped=rt.stopped, all_evaluated=snap.finished, drained=drained(seen)
+    )
+    if stop or cancel.stop_queue:
+        rt.stopped = CANCEL_REASON if cancel.stop_queue else "early stop: the decision is settled"
+        found.queue.stop(rt.stopped)
+        depth = found.queue.depth()
+    if cancel.finished and not snap.finished:
+        progress.refresh()
+        snap = progress.snapshot()
+    return cancel, depth, snap
 
 
 def _queue_step(
@@ -198,7 +224,11 @@ def _queue_step(
         facts, demand, problem = QueueFacts(prev_counts, fatal=fatal), Demand(0, False), fatal
     else:
         assert isinstance(conn, Problem)
-        facts, demand, problem = QueueFacts(prev_counts), Demand(0, True), conn
+        # Without its queue and storage a cancelled run still ends once drained, with the
+        # counts it last had and no summary.
+        gone = seen.spec.cancel and drained(seen)
+        facts = QueueFacts(prev_counts, finished=gone, cancelled=gone)
+        demand, problem = Demand(0, True), conn
     plan = compute_plan(
         seen.spec,
         list(seen.nodes),
@@ -228,7 +258,7 @@ def reconcile_run(
     seen = gather_run(
         body_spec=body_spec, body_status=body_status, ref=ref, config=config, view=view, rt=rt
     )
-    if seen.previous.phase in {"Succeeded", "Failed"}:
+    if seen.previous.phase in TERMINAL_PHASES:
         return _finished_pass(seen, ref, api, rt, now)
     for event in seen.loss_events:
         emit(event)  # now: the ledger has counted them, no later pass would post them

@@ -15,7 +15,9 @@ from typing import Any
 from proctor.api.conditions import ConditionSetter, Event, Problem, get_condition, rfc3339
 from proctor.api.times import parse_time
 from proctor.api.v1alpha1.base import Condition, LossLedgerStatus
+from proctor.api.v1alpha1.cost import CostStatus
 from proctor.api.v1alpha1.evalrun import (
+    TERMINAL_PHASES,
     CaseCounts,
     CheckpointStatus,
     EvalRunSpec,
@@ -27,7 +29,7 @@ from proctor.api.v1alpha1.evalrun import (
 from proctor.cluster.losses import loss_degradations
 from proctor.planning.plan import PlanResult
 
-TERMINAL: frozenset[str] = frozenset({"Succeeded", "Failed"})
+TERMINAL = TERMINAL_PHASES
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class Observation:
     counts: CaseCounts
     workers: WorkerCounts
     finished: bool = False
+    cancelled: bool = False  # finished by spec.cancel before every case was evaluated
     early_stopped: bool = False
     problem: Problem | None = None
     fatal: Problem | None = None
@@ -52,6 +55,7 @@ class Observation:
     checkpoint: CheckpointStatus | None = None
     rate: float | None = None
     stalled_after_seconds: float = 300.0
+    cost: CostStatus | None = None  # accrued up to now (None: keep the previous one)
 
 
 @dataclass(frozen=True)
@@ -109,12 +113,20 @@ def decide_phase(obs: Observation) -> PhaseDecision:
             f"the run did not finish within activeDeadlineSeconds={deadline} "
             "(counted from its admission, time suspended excluded)",
         )
+    if obs.finished and obs.cancelled:
+        return PhaseDecision("Cancelled", "Cancelled", _cancelled_message(obs.counts))
     if obs.finished:
         if obs.early_stopped:
             return PhaseDecision(
                 "Succeeded", "EarlyStopped", "the decision settled before every case ran"
             )
         return PhaseDecision("Succeeded", "Completed", f"all {obs.counts.total} cases evaluated")
+    if obs.spec.cancel:
+        return PhaseDecision(
+            "Running" if prev.phase == "Running" else "Pending",
+            "Cancelling",
+            "spec.cancel is true: the queue is stopped and the workers are draining",
+        )
     if obs.spec.suspend:
         return PhaseDecision("Suspended", "Suspended", "spec.suspend is true; workers removed")
     if obs.problem is not None:
@@ -122,6 +134,13 @@ def decide_phase(obs: Observation) -> PhaseDecision:
     if obs.workers.ready > 0 or obs.counts.completed > 0 or prev.phase == "Running":
         return PhaseDecision("Running", "Running", f"{obs.workers.ready} workers ready")
     return PhaseDecision("Pending", "WaitingForWorkers", "workers are being scheduled")
+
+
+def _cancelled_message(counts: CaseCounts) -> str:
+    return (
+        f"spec.cancel: {counts.completed} of {counts.total} cases evaluated, their results "
+        "kept; the rest were not run"
+    )
 
 
 def _stalled(obs: Observation, phase: str, last_progress: str | None) -> bool:
@@ -158,7 +177,11 @@ def _conditions(obs: Observation, decision: PhaseDecision, stalled: bool) -> lis
         decision.reason,
         decision.message,
     )
-    put("Progressing", phase in {"Running", "Pending"} and obs.problem is None, decision.reason)
+    put(
+        "Progressing",
+        phase in {"Running", "Pending"} and obs.problem is None and not obs.spec.cancel,
+        decision.reason,
+    )
     degraded = degradations(obs)
     put(
         "Degraded",
@@ -169,7 +192,7 @@ def _conditions(obs: Observation, decision: PhaseDecision, stalled: bool) -> lis
     put(
         "Succeeded",
         phase == "Succeeded",
-        decision.reason if phase == "Succeeded" else "NotFinished",
+        decision.reason if phase in {"Succeeded", "Cancelled"} else "NotFinished",
     )
     put(
         "Failed",
@@ -178,6 +201,13 @@ def _conditions(obs: Observation, decision: PhaseDecision, stalled: bool) -> lis
         decision.message if phase == "Failed" else "",
     )
     put("Suspended", phase == "Suspended", "Suspended" if phase == "Suspended" else "NotSuspended")
+    if obs.spec.cancel or phase == "Cancelled":
+        put(
+            "Cancelled",
+            phase == "Cancelled",
+            decision.reason if phase == "Cancelled" else "Cancelling",
+            decision.message,
+        )
     put(
         "Stalled",
         stalled,
@@ -231,6 +261,7 @@ def next_status(obs: Observation) -> StatusUpdate:
         ledger=obs.ledger or prev.ledger,
         last_checkpoint=obs.checkpoint or prev.last_checkpoint,
         result=obs.result or prev.result,
+        cost=obs.cost or prev.cost,
         last_progress_time=last_progress,
         start_time=start_time,
         active_since=rfc3339(active_since),
@@ -266,9 +297,10 @@ def _events(obs: Observation, decision: PhaseDecision, stalled: bool) -> list[Ev
     return events
 
 
-DRIFT_FIELDS = frozenset({"casesPerSecond", "etaSeconds"})
-"""Status fields that are estimates: a change in them alone is written at most every
-``STATUS_DRIFT_SECONDS`` (see :func:`drift_hold`)."""
+DRIFT_FIELDS = frozenset({"casesPerSecond", "etaSeconds", "cost"})
+"""Status fields that are estimates or running totals: a change in them alone is written at
+most every ``STATUS_DRIFT_SECONDS`` (see :func:`drift_hold`). The cost is accrued from the
+status last written, so a write held back loses nothing."""
 
 DRIFT_PLAN_FIELDS = frozenset({"fit", "message", "eligibleNodes"})
 """Plan fields that follow the rest of the cluster: every pod any run starts changes how many

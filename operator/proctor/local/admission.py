@@ -56,6 +56,20 @@ def dataset_changed(storage: RunStorage, location: Location | None) -> str | Non
         return str(exc)
 
 
+def dataset_cases(spec: EvalRunSpec, manifest: Path) -> int:
+    """The cases of ``spec`` (from the manifest file ``manifest``): ``cases.count``, or its
+    dataset's rows, listed and counted now with this machine's credentials (nothing stored).
+    Raises :class:`DatasetError` when the dataset cannot serve the run."""
+    dataset = spec.cases.dataset
+    if dataset is None:
+        return spec.cases.total()
+    spec = with_dataset_path(spec, manifest)
+    location = dataset_location(spec)
+    bounds = [x for x in (spec.cases.count, dataset.limit) if x is not None]
+    found = build_manifest(spec.cases.dataset or dataset, location, None, min(bounds, default=None))
+    return total_cases(spec, found)
+
+
 def local_dataset_problem(spec: EvalRunSpec, manifest: Path) -> str | None:
     """What makes a local dataset unable to serve ``spec`` (``proctor validate``), or None:
     its files cannot be read, or ``cases.count`` asks for more rows than they hold. An S3
@@ -63,13 +77,8 @@ def local_dataset_problem(spec: EvalRunSpec, manifest: Path) -> str | None:
     dataset = spec.cases.dataset
     if dataset is None or dataset.uri.startswith("s3://"):
         return None
-    spec = with_dataset_path(spec, manifest)
     try:
-        location = dataset_location(spec)
-        bounds = [x for x in (spec.cases.count, dataset.limit) if x is not None]
-        need = min(bounds, default=None)
-        found = build_manifest(spec.cases.dataset or dataset, location, None, need)
-        total_cases(spec, found)
+        dataset_cases(spec, manifest)
     except DatasetError as exc:
         return str(exc)
     return None

@@ -68,6 +68,7 @@ class NodeInfo:
     taints: tuple[Taint, ...] = ()
     ready: bool = True
     unschedulable: bool = False
+    hourly_price: float | None = None  # the node's own price (annotation), if it has one
 
     @cached_property
     def is_spot(self) -> bool:
@@ -106,6 +107,15 @@ class QuotaHeadroom:
 
 
 @dataclass(frozen=True)
+class NodeFit:
+    """How many workers one eligible node holds now, and the pool it is in ("": no pools)."""
+
+    name: str
+    pool: str
+    fit: int
+
+
+@dataclass(frozen=True)
 class PlanResult:
     """The plan, and whether the run can ever be placed."""
 
@@ -118,6 +128,7 @@ class PlanResult:
     message: str
     feasible: bool
     infeasible_reason: str = ""
+    per_node: tuple[NodeFit, ...] = ()  # the eligible nodes, in the order given
 
     def to_status(self) -> Plan:
         return Plan(
@@ -339,7 +350,7 @@ def compute_plan(
     """How many workers to run now, and which limit decided it."""
     placement = spec.placement
     workers = spec.workers
-    w_min, w_max, target = workers.min, workers.max, workers.target_backlog_per_worker
+    w_max, target = workers.max, workers.target_backlog_per_worker
     size = resolve_size(spec, config, nodes)
     one_per_node = placement.spread == "required"
 
@@ -357,14 +368,7 @@ def compute_plan(
         ("max", w_max),
         ("backlog", demand_workers),
     ]
-    bound_by, replicas = min(limits, key=lambda item: item[1])
-
-    if spec.suspend:
-        bound_by, replicas = "suspended", 0
-    elif not demand.work_remaining:
-        bound_by, replicas = "done", 0
-    elif replicas < w_min:
-        bound_by, replicas = "min", w_min
+    bound_by, replicas = _settle(spec, demand, min(limits, key=lambda item: item[1]))
 
     message = (
         f"{replicas} workers of {size.profile} ({format_cpu(size.cpu_millis)} CPU, "
@@ -386,7 +390,24 @@ def compute_plan(
         infeasible_reason=_infeasible_reason(
             spec, nodes, eligible, feasible=feasible, size=size, spot_fallback=spot_fallback
         ),
+        per_node=tuple(NodeFit(n.name, pool_of(spec, n) or "", per_node[n.name]) for n in eligible),
     )
+
+
+def _settle(
+    spec: EvalRunSpec, demand: Demand, limited: tuple[LimitName, int]
+) -> tuple[LimitName, int]:
+    """The binding limit and replicas after what overrides the limits: a cancelled, suspended
+    or finished run has none; otherwise at least ``workers.min``."""
+    if spec.cancel:
+        return "cancelled", 0
+    if spec.suspend:
+        return "suspended", 0
+    if not demand.work_remaining:
+        return "done", 0
+    if limited[1] < spec.workers.min:
+        return "min", spec.workers.min
+    return limited
 
 
 def _infeasible_reason(

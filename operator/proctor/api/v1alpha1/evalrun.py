@@ -28,6 +28,7 @@ from proctor.api.v1alpha1.base import (
     kind_of,
     plural_of,
 )
+from proctor.api.v1alpha1.cost import CostStatus
 from proctor.api.v1alpha1.dataset import DatasetSpec, ResultsSpec
 from proctor.api.v1alpha1.env import EnvVar
 
@@ -62,6 +63,14 @@ CaseTimeoutDuration = Annotated[
     ),
 ]
 """A Go duration of at most :data:`MAX_CASE_TIMEOUT`."""
+
+
+CANCEL_IS_ONE_WAY = (
+    "!(has(oldSelf.cancel) && oldSelf.cancel) || (has(self.cancel) && self.cancel)",
+    "spec.cancel cannot be undone: a cancelled run stays cancelled; create a new EvalRun to "
+    "run it again",
+)
+"""A transition rule: once true, ``spec.cancel`` stays true (removing it counts as unsetting)."""
 
 
 class TaskSpec(ApiModel):
@@ -301,6 +310,13 @@ class EvalRunSpec(ApiModel):
     suspend: bool = Field(
         default=False, description="Remove workers and pause; the queue and results are kept."
     )
+    cancel: bool = Field(
+        default=False,
+        description="Cancel the run, for good: the queue is stopped, workers are drained (they "
+        "flush what they evaluated), and the run ends in phase Cancelled with its results kept "
+        "and the decision undecided unless every case was evaluated. Cannot be set back to "
+        "false; `proctor cancel NAME` sets it.",
+    )
     ttl_seconds_after_finished: int | None = Field(
         default=None, ge=0, description="Delete the run this long after it finished."
     )
@@ -315,8 +331,12 @@ class EvalRunSpec(ApiModel):
     rules = (PROFILE_OR_RESOURCES,)
     # Results are fenced by spec: workers of an earlier spec keep writing what they were
     # given, so what decides results never changes under them (docs/security.md).
-    transition_rules = tuple(
-        immutable(f) for f in ("task", "cases", "compare", "image", "env", "caseTimeout", "results")
+    transition_rules = (
+        *(
+            immutable(f)
+            for f in ("task", "cases", "compare", "image", "env", "caseTimeout", "results")
+        ),
+        CANCEL_IS_ONE_WAY,
     )
 
     def lease_seconds(self) -> float:
@@ -338,9 +358,22 @@ class EvalRunSpec(ApiModel):
         return self.profile or "auto"
 
 
-Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended", "Cancelled"]
+TERMINAL_PHASES: frozenset[str] = frozenset({"Succeeded", "Failed", "Cancelled"})
+"""Phases a run never leaves: its workers are gone and its status is final."""
 LimitName = Literal[
-    "cpu", "memory", "gpu", "backlog", "max", "min", "quota", "nodes", "pods", "done", "suspended"
+    "cpu",
+    "memory",
+    "gpu",
+    "backlog",
+    "max",
+    "min",
+    "quota",
+    "nodes",
+    "pods",
+    "done",
+    "suspended",
+    "cancelled",
 ]
 
 
@@ -435,13 +468,17 @@ class ResultSummary(ApiModel):
 class EvalRunStatus(ApiModel):
     """Observed state of an EvalRun."""
 
-    phase: Phase | None = Field(default=None, description="Pending, Running, Succeeded, ...")
+    phase: Phase | None = Field(
+        default=None,
+        description="Pending, Running, Suspended, or once finished Succeeded, Failed or Cancelled.",
+    )
     observed_generation: int | None = Field(
         default=None, description="The spec generation last acted upon."
     )
     conditions: list[Condition] | None = Field(
         default=None,
-        description="Ready, Progressing, Degraded, Succeeded, Failed, Suspended, Stalled.",
+        description="Ready, Progressing, Degraded, Succeeded, Failed, Suspended, Cancelled, "
+        "Stalled.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     counts: CaseCounts | None = Field(default=None, description="Case counts.")
@@ -463,6 +500,9 @@ class EvalRunStatus(ApiModel):
         default=None, description="The last run checkpoint."
     )
     result: ResultSummary | None = Field(default=None, description="Outcome.")
+    cost: CostStatus | None = Field(
+        default=None, description="Node-seconds and estimated cost so far; final once finished."
+    )
     last_progress_time: str | None = Field(
         default=None, description="When the completed count last grew; drives Stalled."
     )
