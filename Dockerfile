@@ -47,6 +47,7 @@ numpy==2.4.6
 nvidia-ml-py==13.615.71
 prometheus-client==0.26.0
 propcache==0.5.4
+pyarrow==26.0.1
 pydantic==2.13.4
 pydantic-core==2.46.4
 pygments==2.20.0

@@ -13,6 +13,7 @@ from proctor import __version__
 from proctor.api.crdgen import KINDS, render, render_all
 from proctor.bench.local import LocalSuiteOptions, holds_benchmark_suite, run_suite_local
 from proctor.bench.worker import main as bench_worker_main
+from proctor.cli import results
 from proctor.cluster.client import keep_kubernetes_client_out
 from proctor.config import load_config
 from proctor.local.run import LocalRunOptions, run_local
@@ -166,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("files", nargs="+", metavar="FILE", help="YAML manifests")
     validate.set_defaults(func=_cmd_validate)
     _add_run(sub)
+    results.add_parser(sub)
     _add_workers(sub)
     _add_operator(sub)
     return parser

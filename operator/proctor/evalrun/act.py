@@ -24,6 +24,7 @@ from proctor.evalrun.runtime import RunRuntime
 from proctor.planning.scaling import ScaleState
 from proctor.sdk.hooks import summarize_with_task
 from proctor.storage import ProgressSnapshot, RunProgress, RunStorage
+from proctor.storage.export import finish_results
 
 log = structlog.get_logger("proctor.operator")
 
@@ -129,8 +130,13 @@ def write_summary(
     snapshot: ProgressSnapshot,
     result: ResultSummary,
 ) -> ResultSummary:
-    """Write the finished run's summary object, as the task's own rule makes it if it has one
-    (Metamorphic Guard's: docs/metamorphic-guard.md); the summary the status reports."""
+    """Write the finished run's merged results (and a batch-scoring run's outputs) and its
+    summary object, as the task's own rule makes it if it has one (Metamorphic Guard's:
+    docs/metamorphic-guard.md); the summary the status reports."""
     result = summarize_with_task(spec, storage, result, run_user_code=False).summary
+    written = finish_results(storage)
+    result = result.model_copy(
+        update={"results_uri": written.results_uri, "outputs_uri": written.outputs_uri}
+    )
     storage.write_summary(summary_record(ref, snapshot, result))
     return result

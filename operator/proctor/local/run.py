@@ -22,17 +22,14 @@ be loaded; 3 not every case was evaluated and the run is not decided; 130 interr
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
-import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import structlog
 from rich.console import Console
@@ -45,11 +42,11 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 
 from proctor.api.v1alpha1 import EVALRUN_KIND
 from proctor.api.v1alpha1.evalrun import EvalRun, ResultSummary
 from proctor.local.attempts import AttemptError, fresh_attempt, replaced, resume_attempt
+from proctor.local.summary import print_summary, summary_dict
 from proctor.local.workers import LocalWorkers
 from proctor.queue import WorkQueue, open_queue
 from proctor.queue.enqueue import CHUNK_ENTRIES, Enqueuer
@@ -57,6 +54,7 @@ from proctor.redact import redact_text
 from proctor.sdk.hooks import summarize_with_task
 from proctor.stats.passrates import should_stop_early, summarize
 from proctor.storage import ProgressSnapshot, RunProgress, RunStorage
+from proctor.storage.export import Finished, finish_results
 from proctor.validation import ManifestError, dns_label_error, validate_file
 from proctor.worker.pool import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_USAGE, LocalOptions
 from proctor.worker.runtime import WorkerConfig, open_run_storage
@@ -108,46 +106,6 @@ def load_evalrun(path: Path) -> EvalRun:
     return result.model
 
 
-def _summary_dict(
-    *,
-    name: str,
-    run_id: str,
-    snap: ProgressSnapshot,
-    summary: ResultSummary,
-    results_uri: str,
-    seconds: float,
-    exit_code: int,
-    stopped: str | None,
-) -> dict[str, Any]:
-    interval = (
-        [summary.delta_lower, summary.delta_upper] if summary.delta_lower is not None else None
-    )
-    return {
-        "run": name,
-        "runId": run_id,
-        "total": snap.total,
-        "completed": snap.completed,
-        "passed": snap.passed,
-        "failed": snap.failed,
-        "errored": snap.errored,
-        "deadLettered": snap.dead_lettered,
-        "notEvaluated": summary.not_evaluated,
-        "passRate": summary.pass_rate,
-        "baselinePassRate": summary.baseline_pass_rate,
-        "candidatePassRate": summary.candidate_pass_rate,
-        "delta": summary.delta,
-        "interval": interval,
-        "decision": summary.decision,
-        "reason": summary.reason,
-        "earlyStopped": bool(summary.early_stopped),
-        "stopped": stopped,
-        "resultsUri": results_uri,
-        "seconds": round(seconds, 3),
-        "casesPerSecond": round(snap.completed / seconds, 1) if seconds > 0 else None,
-        "exitCode": exit_code,
-    }
-
-
 def _exit_code(summary: ResultSummary, complete: bool, failed_workers: bool) -> int:
     # Exit 0 promises every case evaluated and no worker failure beyond the budget.
     if summary.decision == "reject":
@@ -157,48 +115,6 @@ def _exit_code(summary: ResultSummary, complete: bool, failed_workers: bool) -> 
     if summary.decision is None and complete and not failed_workers and not summary.not_evaluated:
         return EXIT_ACCEPT
     return EXIT_INCOMPLETE
-
-
-def _table(data: dict[str, Any], extra: Sequence[tuple[str, str]] = ()) -> Table:
-    table = Table(title=f"EvalRun {data['run']}", show_header=False)
-    table.add_column("what", style="bold")
-    table.add_column("value")
-
-    def pct(x: float | None) -> str:
-        return "-" if x is None else f"{100 * x:.2f}%"
-
-    table.add_row("cases", f"{data['completed']:,} of {data['total']:,} recorded")
-    table.add_row(
-        "outcomes",
-        f"{data['passed']:,} passed, {data['failed']:,} failed, {data['errored']:,} errored",
-    )
-    if data["deadLettered"]:
-        table.add_row("dead-lettered", f"{data['deadLettered']:,} cases (see dead/)")
-    if data["notEvaluated"]:
-        table.add_row("not evaluated", f"{data['notEvaluated']:,} cases")
-    if data["decision"] in (None, "interrupted") and data["baselinePassRate"] is None:
-        table.add_row("pass rate", pct(data["passRate"]))
-        if data["decision"]:
-            table.add_row("decision", f"[bold]{data['decision']}[/bold]")
-        if data["reason"]:
-            table.add_row("reason", escape(data["reason"]))
-    else:
-        table.add_row("baseline pass rate", pct(data["baselinePassRate"]))
-        table.add_row("candidate pass rate", pct(data["candidatePassRate"]))
-        lo_hi = data["interval"]
-        interval = f"[{pct(lo_hi[0])}, {pct(lo_hi[1])}]" if lo_hi else "-"
-        table.add_row("delta (candidate - baseline)", f"{pct(data['delta'])}  {interval}")
-        table.add_row("decision", f"[bold]{data['decision']}[/bold]")
-        if data["reason"]:
-            table.add_row("reason", escape(data["reason"]))
-    for label, value in extra:  # what the task's summary hook adds (Metamorphic Guard's)
-        table.add_row(label, value)
-    if data["earlyStopped"]:
-        table.add_row("early stopped", "yes")
-    rate = data["casesPerSecond"]
-    table.add_row("time", f"{data['seconds']:.1f}s" + (f" ({rate:,.0f} cases/s)" if rate else ""))
-    table.add_row("results", data["resultsUri"])
-    return table
 
 
 @dataclass
@@ -466,12 +382,17 @@ def _finish(
     if workers.setup_failed and not interrupted:
         code = EXIT_USAGE
         workers.print_load_error()
-    data = _summary_dict(
+    # The merged results of a run that ended (an interrupted one is resumed, not merged).
+    written = (
+        Finished(storage.results_uri()) if interrupted else finish_results(storage, keep=False)
+    )
+    summary = summary.model_copy(update={"outputs_uri": written.outputs_uri})
+    data = summary_dict(
         name=run.name,
         run_id=run.config.run_id,
         snap=snap,
         summary=summary,
-        results_uri=storage.results_uri(),
+        results_uri=written.results_uri,
         seconds=elapsed,
         exit_code=code,
         stopped=stopped,
@@ -484,16 +405,5 @@ def _finish(
     progress.checkpoint(summary=data)
     storage.write_summary(data)
     run.queue.close()
-    _print_summary(options, data, judged.rows)
+    print_summary(data, judged.rows, json_output=options.json_output)
     return code
-
-
-def _print_summary(
-    options: LocalRunOptions, data: dict[str, Any], rows: Sequence[tuple[str, str]]
-) -> None:
-    """The summary as one JSON line on stdout (``--json``), or as a table."""
-    if options.json_output:
-        sys.stdout.write(json.dumps(data) + "\n")
-        sys.stdout.flush()
-    else:
-        Console().print(_table(data, rows))
