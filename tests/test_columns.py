@@ -13,7 +13,13 @@ import zstandard
 
 from proctor.ranges import Range
 from proctor.sdk.records import case_record, side_record
-from proctor.storage import CorruptObjectError, LocalBlobs, RunProgress, RunStorage
+from proctor.storage import (
+    CorruptObjectError,
+    LocalBlobs,
+    RunProgress,
+    RunStorage,
+    UnencodableError,
+)
 from proctor.storage.columns import SCHEMA, conform, to_batch, to_records
 
 
@@ -192,3 +198,29 @@ def test_an_attempt_id_cannot_pass_for_a_kind_of_object(tmp_path: Path) -> None:
     for bad in ("arrow", "arrowx", "jsonl"):
         with pytest.raises(ValueError, match="not start with json or arrow"):
             RunStorage(LocalBlobs(tmp_path), "run", attempt=bad)
+
+
+@pytest.mark.parametrize(
+    ("bad", "words"),
+    [
+        ({"violations": ["\udc80"]}, "surrogates not allowed"),  # JSON can, Arrow cannot
+        ({"output": {1, 2}}, "set is not JSON serializable"),
+        ({"error": 3, "status": "errored"}, "ArrowTypeError"),
+    ],
+)
+def test_a_record_that_cannot_be_written_errors_its_case_only(
+    tmp_path: Path, bad: dict[str, Any], words: str
+) -> None:
+    storage = RunStorage(LocalBlobs(tmp_path), "run")
+    records = [plain(i, id=f"row-{i}") for i in range(4)]
+    records[2] = {**records[2], **bad}
+    with pytest.raises(UnencodableError):
+        storage.write_results(Range(0, 4), records)
+    fixed = [storage.recordable(r) for r in records]
+    assert fixed[:2] == records[:2]
+    assert (fixed[2]["status"], fixed[2]["errorType"], fixed[2]["id"]) == (
+        "errored", "unencodable", "row-2"
+    )  # fmt: skip
+    assert words in fixed[2]["error"]
+    storage.write_results(Range(0, 4), fixed)
+    assert [r["status"] for r in storage.iter_records()][2] == "errored"

@@ -20,7 +20,13 @@ from urllib.parse import urlsplit
 from proctor.redact import redact_url
 from proctor.storage.blobs import Blobs, LocalBlobs, S3Blobs, StorageError
 from proctor.storage.progress import IntervalSet, ProgressSnapshot, RunProgress
-from proctor.storage.run import CorruptObjectError, RunStorage, Written, parse_range
+from proctor.storage.run import (
+    CorruptObjectError,
+    RunStorage,
+    UnencodableError,
+    Written,
+    parse_range,
+)
 
 __all__ = [
     "Blobs",
@@ -33,6 +39,7 @@ __all__ = [
     "S3Blobs",
     "StorageError",
     "TaskStateStore",
+    "UnencodableError",
     "Written",
     "open_storage",
     "parse_range",

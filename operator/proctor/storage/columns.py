@@ -92,7 +92,8 @@ def to_batch(records: Sequence[Mapping[str, Any]]) -> pa.RecordBatch:
         if any(name in r for r in records):
             cols[name] = pa.array([r.get(name) for r in records], pa.string())
     cols["outcome"] = pa.array(status, pa.string())
-    cols["seconds"] = pa.array([r["durationMs"] / 1000.0 for r in records], pa.float64())
+    seconds = [(r.get("durationMs") or 0.0) / 1000.0 for r in records]
+    cols["seconds"] = pa.array(seconds, pa.float64())
     if any("baseline" in r for r in records):
         cols |= _side_columns([r.get("candidate") or {} for r in records], "")
         cols |= _side_columns([r.get("baseline") or {} for r in records], "baseline_")

@@ -39,6 +39,7 @@ import pyarrow as pa
 import zstandard
 
 from proctor.ranges import Range
+from proctor.sdk.records import encodable, unencodable
 from proctor.storage import columns
 from proctor.storage.blobs import Blobs
 
@@ -90,6 +91,10 @@ class Written:
 
 class CorruptObjectError(ValueError):
     """A result object that cannot be read back whole (truncated, or not this format)."""
+
+
+class UnencodableError(ValueError):
+    """Records that cannot be written (:meth:`RunStorage.recordable` says which)."""
 
 
 class RunStorage:
@@ -157,13 +162,29 @@ class RunStorage:
         return any(rest.startswith(self._tag + kind) for kind in kinds)
 
     def encode_results(self, records: Sequence[dict[str, Any]]) -> bytes:
-        if self.records == "arrow":
-            data = columns.write_ipc(columns.to_batch(records), self._ipc)
-            return compress(data, "gzip", self.level) if self.compression == "gzip" else data
-        raw = "".join(json.dumps(rec, separators=(",", ":")) + "\n" for rec in records).encode()
+        """The object of ``records``; raises :class:`UnencodableError` when one of them cannot
+        be written (a value of the wrong type, an output JSON cannot hold)."""
+        try:
+            if self.records == "arrow":
+                data = columns.write_ipc(columns.to_batch(records), self._ipc)
+                return compress(data, "gzip", self.level) if self.compression == "gzip" else data
+            lines = [json.dumps(rec, separators=(",", ":")) + "\n" for rec in records]
+            raw = "".join(lines).encode()
+        except (TypeError, ValueError, KeyError, pa.ArrowException) as exc:
+            raise UnencodableError(f"{type(exc).__name__}: {exc}") from exc
         if self._zstd is not None:
             return self._zstd.compress(raw)
         return compress(raw, self.compression, self.level)
+
+    def recordable(self, record: dict[str, Any]) -> dict[str, Any]:
+        """``record``, or, when it cannot be written, an errored ``unencodable`` record of the
+        same case that says why (so a bad result errors its case instead of the worker)."""
+        record = encodable(record)
+        try:
+            self.encode_results([record])
+        except UnencodableError as exc:
+            return unencodable(record, exc.__cause__ or exc)
+        return record
 
     def write_results(self, r: Range, records: Sequence[dict[str, Any]]) -> Written:
         """Record the results of ``r`` once: a second write of the same range is a no-op.
