@@ -21,6 +21,7 @@ from proctor.storage import (
     UnencodableError,
 )
 from proctor.storage.columns import SCHEMA, conform, to_batch, to_records
+from proctor.storage.run import decompress
 
 
 def plain(i: int, **extra: Any) -> dict[str, Any]:
@@ -122,13 +123,12 @@ def test_objects_are_arrow_files_read_back_whole(storage: RunStorage) -> None:
     records = [plain(i, id=f"r{i}", output={"i": i}) for i in range(20)]
     storage.write_results(Range(0, 20), records)
     ((_, key),) = storage.result_keys()
-    suffix = ".arrow.gz" if storage.compression == "gzip" else ".arrow"
+    suffix = {"zstd": ".arrow.zst", "gzip": ".arrow.gz", "none": ".arrow"}[storage.compression]
     assert key.endswith(f"000000000000-000000000020{suffix}")
     data = storage.blobs.get(key)
     assert data is not None
-    if storage.compression != "gzip":
-        reader = pa.ipc.open_file(pa.py_buffer(data))
-        assert reader.schema.metadata == {b"proctor.records": b"1"}
+    reader = pa.ipc.open_file(pa.py_buffer(decompress(data, key)))
+    assert reader.schema.metadata == {b"proctor.records": b"1"}
     got = list(storage.iter_records())
     assert [g["id"] for g in got] == [f"r{i}" for i in range(20)]
     assert [g["output"] for g in got] == [{"i": i} for i in range(20)]

@@ -61,7 +61,7 @@ def error_types(tmp_path: Path, name: str) -> dict[int, str]:
 
     storage = open_storage((tmp_path / "proctor-results").as_uri(), name)
     out: dict[int, str] = {}
-    for obj in (tmp_path / "proctor-results" / name / "results").glob("*.arrow"):
+    for obj in (tmp_path / "proctor-results" / name / "results").glob("*.arrow*"):
         key = f"{name}/results/{obj.name}"
         for record in storage.read_records(key, obj.read_bytes()):
             if record["candidate"]["errored"]:

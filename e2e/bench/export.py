@@ -50,7 +50,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         storage = RunStorage(LocalBlobs(Path(tmp) / "store"), "run")
         wrote = fill(storage, args.cases, args.batch)
-        size = sum(f.stat().st_size for f in (Path(tmp) / "store").rglob("*.arrow"))
+        size = sum(f.stat().st_size for f in (Path(tmp) / "store").rglob("*.arrow*"))
         print(f"result objects: {args.cases:,} cases, {size / 2**20:.1f} MiB, "
               f"written in {wrote:.1f} s (setup, not timed below)")  # fmt: skip
         print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -58,7 +58,7 @@ def main() -> None:
         for fmt in ("parquet", "jsonl", "csv"):
             out = Path(tmp) / f"out.{fmt}"
             t0 = time.perf_counter()
-            rows = export(storage, fmt, out)  # type: ignore[arg-type]
+            rows = export(storage, fmt, out)
             timed[fmt] = time.perf_counter() - t0
             assert rows == args.cases
             print(f"export {fmt:>7}: {timed[fmt]:6.2f} s  {out.stat().st_size / 2**20:7.1f} MiB")

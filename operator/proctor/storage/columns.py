@@ -79,22 +79,23 @@ def _side_columns(sides: Sequence[Mapping[str, Any]], prefix: str) -> dict[str, 
         f"{prefix}errorType": pa.array([s.get("errorType") for s in sides], pa.string()),
         f"{prefix}violations": pa.array([s.get("violations") or [] for s in sides], _STRINGS),
     }
-    if any("output" in s for s in sides):
+    if "output" in set().union(*sides):
         out[f"{prefix}output"] = pa.array([_json(s.get("output")) for s in sides], pa.string())
     return out
 
 
 def to_batch(records: Sequence[Mapping[str, Any]]) -> pa.RecordBatch:
     """One range's records as a record batch (only the columns they fill, see the module doc)."""
+    keys = set().union(*records)  # every key of any record, in one pass in C
     status = [r["status"] for r in records]
     cols: dict[str, pa.Array] = {"index": pa.array([r["index"] for r in records], pa.int64())}
     for name in ("id", "partition"):
-        if any(name in r for r in records):
+        if name in keys:
             cols[name] = pa.array([r.get(name) for r in records], pa.string())
     cols["outcome"] = pa.array(status, pa.string())
     seconds = [(r.get("durationMs") or 0.0) / 1000.0 for r in records]
     cols["seconds"] = pa.array(seconds, pa.float64())
-    if any("baseline" in r for r in records):
+    if "baseline" in keys:
         cols |= _side_columns([r.get("candidate") or {} for r in records], "")
         cols |= _side_columns([r.get("baseline") or {} for r in records], "baseline_")
     else:
@@ -102,7 +103,7 @@ def to_batch(records: Sequence[Mapping[str, Any]]) -> pa.RecordBatch:
         cols["error"] = pa.array([r.get("error") for r in records], pa.string())
         cols["errorType"] = pa.array([r.get("errorType") for r in records], pa.string())
         cols["violations"] = pa.array([r.get("violations") or [] for r in records], _STRINGS)
-        if any("output" in r for r in records):
+        if "output" in keys:
             cols["output"] = pa.array([_json(r.get("output")) for r in records], pa.string())
     fields = [SCHEMA.field(name) for name in cols]
     return pa.RecordBatch.from_arrays(
@@ -175,10 +176,10 @@ def to_records(table: pa.Table) -> list[dict[str, Any]]:
     return out
 
 
-def write_ipc(batch: pa.RecordBatch, options: pa.ipc.IpcWriteOptions) -> bytes:
+def write_ipc(batch: pa.RecordBatch) -> bytes:
     """``batch`` as one Arrow IPC file (its footer lets a reader tell a torn write)."""
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_file(sink, batch.schema, options=options) as writer:
+    with pa.ipc.new_file(sink, batch.schema, options=IPC_OPTIONS) as writer:
         writer.write_batch(batch)
     return bytes(sink.getvalue())
 
@@ -191,9 +192,6 @@ def read_ipc(data: bytes) -> pa.Table:
     return conform(table)
 
 
-def ipc_options(compression: str, level: int) -> pa.ipc.IpcWriteOptions:
-    """Arrow IPC buffers compressed with zstd at ``level`` for ``compression="zstd"``; else
-    uncompressed (``gzip`` compresses the whole file instead, see :mod:`proctor.storage.run`)."""
-    if compression == "zstd":
-        return pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", level))
-    return pa.ipc.IpcWriteOptions()
+IPC_OPTIONS = pa.ipc.IpcWriteOptions()
+"""Buffers uncompressed: the storage compresses the whole file (``.arrow.zst``), which costs
+less than Arrow's per-buffer compression of a batch's many small buffers and packs smaller."""

@@ -2,7 +2,7 @@
 
 Layout under the storage root (``<root>/<run_id>/``)::
 
-    results/<start:012d>-<end:012d>[.<attempt>].arrow[.gz]  one object per finished range
+    results/<start:012d>-<end:012d>[.<attempt>].arrow[.zst|.gz]  one object per finished range
     results.parquet                                   every case once, when the run is over
     outputs/[<partition>/]part-<n:05d>.parquet         a batch-scoring run's outputs, likewise
     dead/<start:012d>-<end:012d>[.<attempt>].json    a range that exhausted its attempts
@@ -19,8 +19,8 @@ with it and reads only objects with the same tag (without, only untagged ones), 
 left over from an earlier start of the run (``proctor run`` starts a new attempt each time it
 is not resuming) can still write, but nobody counts what it writes.
 
-A results object is one Arrow IPC file of :data:`proctor.storage.columns.SCHEMA` (its buffers
-zstd-compressed, or the whole file gzip'd as ``.arrow.gz``). Objects written by Proctor 0.1,
+A results object is one Arrow IPC file of :data:`proctor.storage.columns.SCHEMA`, compressed
+whole like any other object (``.arrow.zst``). Objects written by Proctor 0.1,
 JSON lines (``.jsonl[.zst|.gz]``), are still read, so a run started before an upgrade resumes
 after it; a storage made with ``records="jsonl"`` (a BenchmarkSuite's cells, whose records are
 not case records) writes them still.
@@ -127,7 +127,6 @@ class RunStorage:
         self._ext = _EXTENSIONS[compression]
         self.records = records
         self._zstd = zstandard.ZstdCompressor(level=level) if compression == "zstd" else None
-        self._ipc = columns.ipc_options(compression, level)
 
     @property
     def uri(self) -> str:
@@ -140,10 +139,8 @@ class RunStorage:
     # -- results ------------------------------------------------------------------------
 
     def result_key(self, r: Range) -> str:
-        if self.records == "arrow":
-            gz = ".gz" if self.compression == "gzip" else ""
-            return f"{self.base}results/{range_key(r)}{self._tag}.arrow{gz}"
-        return f"{self.base}results/{range_key(r)}{self._tag}.jsonl{self._ext}"
+        kind = ".arrow" if self.records == "arrow" else ".jsonl"
+        return f"{self.base}results/{range_key(r)}{self._tag}{kind}{self._ext}"
 
     def merged_key(self) -> str:
         """The run's merged results (every case once), written when the run is over."""
@@ -166,10 +163,10 @@ class RunStorage:
         be written (a value of the wrong type, an output JSON cannot hold)."""
         try:
             if self.records == "arrow":
-                data = columns.write_ipc(columns.to_batch(records), self._ipc)
-                return compress(data, "gzip", self.level) if self.compression == "gzip" else data
-            lines = [json.dumps(rec, separators=(",", ":")) + "\n" for rec in records]
-            raw = "".join(lines).encode()
+                raw = columns.write_ipc(columns.to_batch(records))
+            else:
+                lines = [json.dumps(rec, separators=(",", ":")) + "\n" for rec in records]
+                raw = "".join(lines).encode()
         except (TypeError, ValueError, KeyError, pa.ArrowException) as exc:
             raise UnencodableError(f"{type(exc).__name__}: {exc}") from exc
         if self._zstd is not None:
@@ -254,7 +251,7 @@ class RunStorage:
         try:
             table = columns.read_ipc(decompress(data, key))
             indexes = table.column("index")
-        except (ValueError, EOFError, OSError, pa.ArrowException) as exc:
+        except (ValueError, EOFError, OSError, pa.ArrowException, zstandard.ZstdError) as exc:
             raise CorruptObjectError(f"result object {key} cannot be read: {exc}") from exc
         _check_indexes(key, indexes.to_pylist())
         return table
