@@ -241,3 +241,34 @@ def test_merged_results_of_a_whole_table(storage: RunStorage, tmp_path: Path) ->
     table = pq.read_table(merged)
     assert table.num_rows == 100
     assert pa.compute.sum(table.column("baseline_passed")).as_py() == 100
+
+
+def test_a_torn_object_leaves_the_operator_summary_on_the_objects_folder(
+    storage: RunStorage,
+) -> None:
+    """An early-stopped run can end with a torn object not evaluated again: the run still
+    ends (no pass that raises forever), its resultsUri naming the objects' folder."""
+    from proctor.api.v1alpha1.evalrun import EvalRunSpec, ResultSummary
+    from proctor.connection import RunRef
+    from proctor.evalrun.act import write_summary
+    from proctor.storage import RunProgress
+
+    fill(storage, 50)
+    key = storage.result_key(Range(25, 50))
+    data = storage.blobs.get(key)
+    assert data is not None
+    storage.blobs.put(key, data[:-9])
+    spec = EvalRunSpec.model_validate(
+        {"image": "x", "task": {"entrypoint": "proctor.examples.topk:task"},
+         "cases": {"count": 50}}
+    )  # fmt: skip
+    progress = RunProgress(storage, total=50)
+    progress.refresh()
+    result = write_summary(
+        spec, storage, RunRef("ns", "run", "run", 1, {}), progress.snapshot(), ResultSummary()
+    )
+    assert result.results_uri == storage.results_uri()
+    assert storage.blobs.get(storage.merged_key()) is None
+    summary = storage.blobs.get("run/summary.json")
+    assert summary is not None
+    assert json.loads(summary)["resultsUri"] == storage.results_uri()
