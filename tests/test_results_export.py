@@ -272,3 +272,25 @@ def test_a_torn_object_leaves_the_operator_summary_on_the_objects_folder(
     summary = storage.blobs.get("run/summary.json")
     assert summary is not None
     assert json.loads(summary)["resultsUri"] == storage.results_uri()
+
+
+@pytest.mark.integration
+def test_proctor_results_reads_s3_the_way_proctor_run_writes_it(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    moto_url: str,
+    s3_bucket: str,
+) -> None:
+    from proctor.storage import open_storage
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
+    manifest = tmp_path / "run.yaml"
+    manifest.write_text(MANIFEST)
+    uri = f"s3://{s3_bucket}/runs"
+    fill(open_storage(uri, "scored", region="us-east-1"), 100, outputs=True)
+    out = tmp_path / "cases.parquet"
+    assert main(["results", str(manifest), "--storage", uri, "--out", str(out)]) == 0
+    assert pq.read_table(out).column("index").to_pylist() == list(range(100))
+    assert main(["results", str(manifest), "--storage", f"s3://{s3_bucket}/elsewhere"]) == 3
+    assert f"under s3://{s3_bucket}/elsewhere/scored" in capsys.readouterr().err
