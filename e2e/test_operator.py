@@ -256,6 +256,7 @@ def test_quickstart_succeeds_with_the_local_decision(env: Env) -> None:
     assert result["candidatePassRate"] == pytest.approx(local["candidatePassRate"])
     assert result["deltaLower"] == pytest.approx(local["interval"][0])
     assert result["resultsUri"].startswith(f"s3://{env.bucket}/runs/")
+    assert result["resultsUri"].endswith("/results.parquet")  # the merged results (issue 17)
 
 
 def _condition(status: dict[str, Any], type_: str) -> dict[str, Any]:

@@ -599,3 +599,56 @@ def test_proctor_plan_previews_the_plan_of_the_first_pass(
     assert world.cluster.status is not None
     assert preview.plan.to_status().to_wire() == world.cluster.status["plan"]
     assert preview.plan.bound_by == bound_by
+
+
+def test_the_pass_that_finishes_a_run_writes_the_merged_results(tmp_path: Path) -> None:
+    """resultsUri points at one Parquet file with one row per case once the run is over, and
+    status.result and summary.json say which violations were most frequent and which cases
+    failed first."""
+    import pyarrow.parquet as pq
+
+    from proctor.storage.columns import SCHEMA
+
+    config = OperatorConfig.model_validate(
+        {
+            "defaultQueueUrl": f"sqlite:///{tmp_path}/queue.db",
+            "defaultStorageUri": str(tmp_path / "results"),
+        }
+    )
+    world = World(FakeCluster(), spec(count=40), config)
+    world.reconcile()
+    world.reconcile()
+    assert world.rt.queue is not None
+    assert world.rt.storage is not None
+    for lease in world.rt.queue.claim(4, "worker"):
+        records = [
+            {"index": i, "status": "failed" if i % 4 == 3 else "passed", "durationMs": 2.0,
+             "error": None, "errorType": None,
+             "violations": (["sorted", "length"] if i % 8 == 3 else ["sorted"]) if i % 4 == 3
+             else []}
+            for i in range(lease.range.start, lease.range.end)
+        ]  # fmt: skip
+        world.rt.storage.write_results(lease.range, records)
+        assert world.rt.queue.ack(lease, "worker")
+    assert world.reconcile().phase == "Succeeded"
+    assert world.cluster.status is not None
+    result = world.cluster.status["result"]
+    merged = tmp_path / "results" / "run-uid" / "results.parquet"
+    assert result["resultsUri"] == merged.as_uri()
+    table = pq.read_table(merged)
+    assert table.schema.remove_metadata() == SCHEMA.remove_metadata()
+    assert table.column("index").to_pylist() == list(range(40))
+    assert table.column("outcome").to_pylist().count("failed") == 10
+    assert result["topViolations"] == [
+        {"name": "sorted", "count": 10},
+        {"name": "length", "count": 5},
+    ]
+    assert result["firstFailing"] == [3, 7, 11, 15, 19, 23, 27, 31, 35, 39]
+    assert "outputsUri" not in result  # no outputs: not a batch-scoring run
+    summary = json.loads((tmp_path / "results" / "run-uid" / "summary.json").read_text())
+    assert (summary["resultsUri"], summary["firstFailing"]) == (
+        result["resultsUri"], result["firstFailing"]
+    )  # fmt: skip
+    written = merged.stat().st_mtime_ns
+    assert world.reconcile().phase == "Succeeded"  # a later pass writes nothing again
+    assert merged.stat().st_mtime_ns == written

@@ -82,8 +82,14 @@ def test_accepting_comparison(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert summary["decision"] == "accept"
     assert (summary["total"], summary["completed"], summary["deadLettered"]) == (600, 600, 0)
     assert summary["interval"][0] <= 0 <= summary["interval"][1]
+    # The merged results: one Parquet file, one row per case (docs/datasets.md#results).
     results = Path(summary["resultsUri"].removeprefix("file://"))
-    assert results.is_dir()
+    assert results == tmp_path / "proctor-results" / "same" / "results.parquet"
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(results)
+    assert table.column("index").to_pylist() == list(range(600))
+    assert table.column("baseline_passed").null_count == 0
     assert (tmp_path / "proctor-results" / "same" / "summary.json").is_file()
 
 
@@ -92,6 +98,12 @@ def test_rejecting_comparison(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert code == EXIT_REJECT
     assert summary["decision"] == "reject"
     assert summary["candidatePassRate"] < summary["baselinePassRate"]
+    # What failed, for people: the candidate's violations by count, the first failing cases.
+    assert summary["topViolations"][0]["name"].startswith("candidate/")
+    assert summary["topViolations"][0]["count"] > 0
+    first = summary["firstFailing"]
+    assert first == sorted(first)
+    assert 0 < len(first) <= 10
 
 
 def test_poison_case_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -107,7 +107,7 @@ def test_jsonl_with_a_command_task_records_every_row_once(
     assert got[300]["output"] == 600
     assert got[300]["partition"] == "year=2025"
     bad = got[501]
-    assert (bad["status"], bad["errorType"], bad["output"]) == ("errored", "badInput", None)
+    assert (bad["status"], bad["errorType"], bad.get("output")) == ("errored", "badInput", None)
     assert "day=03.jsonl row 1: not JSON" in bad["error"]
     assert sum(r["status"] == "failed" for r in got) == 101  # x % 5 == 0, x < 503, x != 501
 

@@ -3,7 +3,6 @@ silent workers, dying command tasks, credentials in storage URIs and forked gran
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -56,14 +55,15 @@ def manifest(tmp_path: Path, name: str, **fields: Any) -> Path:
 
 
 def error_types(tmp_path: Path, name: str) -> dict[int, str]:
-    """The candidate's error type of each errored case the run recorded."""
-    import zstandard
+    """The candidate's error type of each errored case the run recorded (every object of
+    every attempt, decoded as the reader decodes them)."""
+    from proctor.storage import open_storage
 
+    storage = open_storage((tmp_path / "proctor-results").as_uri(), name)
     out: dict[int, str] = {}
-    for obj in (tmp_path / "proctor-results" / name / "results").glob("*.jsonl.zst"):
-        text = zstandard.ZstdDecompressor().decompressobj().decompress(obj.read_bytes())
-        for line in text.decode().splitlines():
-            record = json.loads(line)
+    for obj in (tmp_path / "proctor-results" / name / "results").glob("*.arrow*"):
+        key = f"{name}/results/{obj.name}"
+        for record in storage.read_records(key, obj.read_bytes()):
             if record["candidate"]["errored"]:
                 out[record["index"]] = record["candidate"]["errorType"]
     return out

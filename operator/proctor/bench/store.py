@@ -98,6 +98,7 @@ class SuiteStore:
             f"{self.base}cells/{cell_id}",
             compression=self.compression,
             level=self.level,
+            records="jsonl",
         )
 
     def write_record(self, cell_id: str, record: Mapping[str, Any]) -> bool:
@@ -209,7 +210,7 @@ def load_records(
         return out
     cells_prefix = f"{base}cells/"
     for cell in _cell_ids(blobs, cells_prefix):
-        out[cell] = list(RunStorage(blobs, f"{cells_prefix}{cell}").iter_records())
+        out[cell] = list(RunStorage(blobs, f"{cells_prefix}{cell}", records="jsonl").iter_records())
     if not out:
         raise StorageError(
             f"no suite records at {results_uri!r} (neither {RECORDS_KEY} nor cells/); point "

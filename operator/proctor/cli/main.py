@@ -16,6 +16,7 @@ from proctor.bench.local import LocalSuiteOptions, holds_benchmark_suite, run_su
 from proctor.bench.worker import main as bench_worker_main
 from proctor.cli import cancel as cancel_command
 from proctor.cli import plan as plan_command
+from proctor.cli import results
 from proctor.cluster.client import keep_kubernetes_client_out
 from proctor.config import load_config
 from proctor.local.admission import local_dataset_problem
@@ -180,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     plan_command.register(sub)
     cancel_command.register(sub)
+    results.add_parser(sub)
     _add_workers(sub)
     _add_operator(sub)
     return parser

@@ -23,7 +23,14 @@ from proctor.evalrun.decide import PodActions, StatusActions, summary_record
 from proctor.evalrun.runtime import RunRuntime
 from proctor.planning.scaling import ScaleState
 from proctor.sdk.hooks import summarize_with_task
-from proctor.storage import ProgressSnapshot, RunProgress, RunStorage
+from proctor.storage import (
+    CorruptObjectError,
+    ProgressSnapshot,
+    RunProgress,
+    RunStorage,
+    StorageError,
+)
+from proctor.storage.export import Finished, finish_results
 
 log = structlog.get_logger("proctor.operator")
 
@@ -129,8 +136,19 @@ def write_summary(
     snapshot: ProgressSnapshot,
     result: ResultSummary,
 ) -> ResultSummary:
-    """Write the finished run's summary object, as the task's own rule makes it if it has one
-    (Metamorphic Guard's: docs/metamorphic-guard.md); the summary the status reports."""
+    """Write the finished run's merged results (and a batch-scoring run's outputs) and its
+    summary object, as the task's own rule makes it if it has one (Metamorphic Guard's:
+    docs/metamorphic-guard.md); the summary the status reports."""
     result = summarize_with_task(spec, storage, result, run_user_code=False).summary
+    try:
+        written = finish_results(storage)
+    except (CorruptObjectError, StorageError) as exc:
+        # A torn object (an early-stopped run's, not evaluated again) or a failing store: the
+        # run still ends, resultsUri naming the objects' folder.
+        log.warning("merged results not written", run=ref.name, error=str(exc))
+        written = Finished(storage.results_uri())
+    result = result.model_copy(
+        update={"results_uri": written.results_uri, "outputs_uri": written.outputs_uri}
+    )
     storage.write_summary(summary_record(ref, snapshot, result))
     return result

@@ -30,7 +30,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import structlog
 from rich.console import Console
@@ -50,7 +49,7 @@ from proctor.dataset import DatasetError, Location
 from proctor.dataset.run import total_cases
 from proctor.local.admission import admit_dataset, dataset_changed, with_dataset_path
 from proctor.local.attempts import AttemptError, fresh_attempt, replaced, resume_attempt
-from proctor.local.summary import print_summary
+from proctor.local.summary import print_summary, summary_dict
 from proctor.local.workers import LocalWorkers
 from proctor.queue import WorkQueue, open_queue
 from proctor.queue.enqueue import CHUNK_ENTRIES, Enqueuer
@@ -58,6 +57,7 @@ from proctor.redact import redact_text
 from proctor.sdk.hooks import summarize_with_task
 from proctor.stats.passrates import should_stop_early, summarize
 from proctor.storage import ProgressSnapshot, RunProgress, RunStorage
+from proctor.storage.export import Finished, finish_results
 from proctor.validation import ManifestError, dns_label_error, validate_file
 from proctor.worker.pool import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_USAGE, LocalOptions
 from proctor.worker.runtime import WorkerConfig, open_run_storage
@@ -107,46 +107,6 @@ def load_evalrun(path: Path) -> EvalRun:
             f"{result.describe()} is invalid:\n  " + "\n  ".join(map(str, result.errors))
         )
     return result.model
-
-
-def _summary_dict(
-    *,
-    name: str,
-    run_id: str,
-    snap: ProgressSnapshot,
-    summary: ResultSummary,
-    results_uri: str,
-    seconds: float,
-    exit_code: int,
-    stopped: str | None,
-) -> dict[str, Any]:
-    interval = (
-        [summary.delta_lower, summary.delta_upper] if summary.delta_lower is not None else None
-    )
-    return {
-        "run": name,
-        "runId": run_id,
-        "total": snap.total,
-        "completed": snap.completed,
-        "passed": snap.passed,
-        "failed": snap.failed,
-        "errored": snap.errored,
-        "deadLettered": snap.dead_lettered,
-        "notEvaluated": summary.not_evaluated,
-        "passRate": summary.pass_rate,
-        "baselinePassRate": summary.baseline_pass_rate,
-        "candidatePassRate": summary.candidate_pass_rate,
-        "delta": summary.delta,
-        "interval": interval,
-        "decision": summary.decision,
-        "reason": summary.reason,
-        "earlyStopped": bool(summary.early_stopped),
-        "stopped": stopped,
-        "resultsUri": results_uri,
-        "seconds": round(seconds, 3),
-        "casesPerSecond": round(snap.completed / seconds, 1) if seconds > 0 else None,
-        "exitCode": exit_code,
-    }
 
 
 def _exit_code(summary: ResultSummary, complete: bool, failed_workers: bool) -> int:
@@ -435,12 +395,17 @@ def _finish(
     if workers.setup_failed and not interrupted:
         code = EXIT_USAGE
         workers.print_load_error()
-    data = _summary_dict(
+    # The merged results of a run that ended (an interrupted one is resumed, not merged).
+    written = (
+        Finished(storage.results_uri()) if interrupted else finish_results(storage, keep=False)
+    )
+    summary = summary.model_copy(update={"outputs_uri": written.outputs_uri})
+    data = summary_dict(
         name=run.name,
         run_id=run.config.run_id,
         snap=snap,
         summary=summary,
-        results_uri=storage.results_uri(),
+        results_uri=written.results_uri,
         seconds=elapsed,
         exit_code=code,
         stopped=stopped,
@@ -453,5 +418,5 @@ def _finish(
     progress.checkpoint(summary=data)
     storage.write_summary(data)
     run.queue.close()
-    print_summary(options.json_output, data, judged.rows)
+    print_summary(data, judged.rows, json_output=options.json_output)
     return code

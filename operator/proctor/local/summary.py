@@ -1,4 +1,5 @@
-"""What ``proctor run`` prints at the end: the summary as a table, or one JSON line."""
+"""What ``proctor run`` reports when a run ends: the summary object (``summary.json`` and
+``--json``) and the table people read."""
 
 from __future__ import annotations
 
@@ -11,8 +12,54 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from proctor.api.v1alpha1.evalrun import ResultSummary
+from proctor.storage import ProgressSnapshot
 
-def table(data: dict[str, Any], extra: Sequence[tuple[str, str]] = ()) -> Table:
+
+def summary_dict(
+    *,
+    name: str,
+    run_id: str,
+    snap: ProgressSnapshot,
+    summary: ResultSummary,
+    results_uri: str,
+    seconds: float,
+    exit_code: int,
+    stopped: str | None,
+) -> dict[str, Any]:
+    interval = (
+        [summary.delta_lower, summary.delta_upper] if summary.delta_lower is not None else None
+    )
+    return {
+        "run": name,
+        "runId": run_id,
+        "total": snap.total,
+        "completed": snap.completed,
+        "passed": snap.passed,
+        "failed": snap.failed,
+        "errored": snap.errored,
+        "deadLettered": snap.dead_lettered,
+        "notEvaluated": summary.not_evaluated,
+        "passRate": summary.pass_rate,
+        "baselinePassRate": summary.baseline_pass_rate,
+        "candidatePassRate": summary.candidate_pass_rate,
+        "delta": summary.delta,
+        "interval": interval,
+        "decision": summary.decision,
+        "reason": summary.reason,
+        "earlyStopped": bool(summary.early_stopped),
+        "stopped": stopped,
+        "topViolations": [v.model_dump() for v in summary.top_violations or ()],
+        "firstFailing": list(summary.first_failing or ()),
+        "resultsUri": results_uri,
+        "outputsUri": summary.outputs_uri,
+        "seconds": round(seconds, 3),
+        "casesPerSecond": round(snap.completed / seconds, 1) if seconds > 0 else None,
+        "exitCode": exit_code,
+    }
+
+
+def _table(data: dict[str, Any], extra: Sequence[tuple[str, str]] = ()) -> Table:
     table = Table(title=f"EvalRun {data['run']}", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
@@ -44,6 +91,11 @@ def table(data: dict[str, Any], extra: Sequence[tuple[str, str]] = ()) -> Table:
         table.add_row("decision", f"[bold]{data['decision']}[/bold]")
         if data["reason"]:
             table.add_row("reason", escape(data["reason"]))
+    if data["topViolations"]:
+        top = ", ".join(f"{escape(v['name'])} ({v['count']:,})" for v in data["topViolations"])
+        table.add_row("top violations", top)
+    if data["firstFailing"]:
+        table.add_row("first failing cases", ", ".join(map(str, data["firstFailing"])))
     for label, value in extra:  # what the task's summary hook adds (Metamorphic Guard's)
         table.add_row(label, value)
     if data["earlyStopped"]:
@@ -51,13 +103,17 @@ def table(data: dict[str, Any], extra: Sequence[tuple[str, str]] = ()) -> Table:
     rate = data["casesPerSecond"]
     table.add_row("time", f"{data['seconds']:.1f}s" + (f" ({rate:,.0f} cases/s)" if rate else ""))
     table.add_row("results", data["resultsUri"])
+    if data["outputsUri"]:
+        table.add_row("outputs", data["outputsUri"])
     return table
 
 
-def print_summary(json_output: bool, data: dict[str, Any], rows: Sequence[tuple[str, str]]) -> None:
+def print_summary(
+    data: dict[str, Any], rows: Sequence[tuple[str, str]], *, json_output: bool
+) -> None:
     """The summary as one JSON line on stdout (``--json``), or as a table."""
     if json_output:
         sys.stdout.write(json.dumps(data) + "\n")
         sys.stdout.flush()
     else:
-        Console().print(table(data, rows))
+        Console().print(_table(data, rows))

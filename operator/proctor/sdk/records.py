@@ -165,17 +165,25 @@ def encodable(record: Record) -> Record:
     try:
         json.dumps(record, separators=(",", ":")).encode()
     except (TypeError, ValueError) as exc:
-        why = bounded(f"the case's result cannot be recorded: {type(exc).__name__}: {exc}")
-        why = why.encode("utf-8", "backslashreplace").decode()
-        sides = [side_record([], why, "unencodable")]
-        if "baseline" in record:
-            sides = [_encodable_side(record.get(k), why) for k in ("baseline", "candidate")]
-            if all(not s["errored"] for s in sides):
-                sides[1] = side_record([], why, "unencodable")
-        identity: dict[str, Any] = {k: record[k] for k in ("id", "partition") if k in record}
-        duration = float(record.get("durationMs") or 0.0)
-        return case_record(int(record["index"]), sides, duration, identity)
+        return unencodable(record, exc)
     return record
+
+
+def unencodable(record: Record, exc: BaseException) -> Record:
+    """The errored ``unencodable`` record of ``record``'s case, saying why (``exc``): in a
+    comparison the side that cannot be written as JSON errors (the candidate when both can)."""
+    why = bounded(f"the case's result cannot be recorded: {type(exc).__name__}: {exc}")
+    why = why.encode("utf-8", "backslashreplace").decode()
+    sides = [side_record([], why, "unencodable")]
+    if "baseline" in record:
+        sides = [_encodable_side(record.get(k), why) for k in ("baseline", "candidate")]
+        if all(not s["errored"] for s in sides):
+            sides[1] = side_record([], why, "unencodable")
+    out = case_record(int(record["index"]), sides, float(record.get("durationMs") or 0.0))
+    for key in ("id", "partition"):  # a dataset row's identity stays with its case
+        if isinstance(record.get(key), str):
+            out[key] = record[key]
+    return out
 
 
 def _encodable_side(side: Any, why: str) -> Record:

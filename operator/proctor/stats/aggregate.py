@@ -3,13 +3,18 @@ from (:mod:`proctor.stats.passrates`). Counts only, so batches merge in any orde
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from proctor.api.v1alpha1.evalrun import FIRST_FAILING
+
 MAX_VIOLATION_KEYS = 256
 """Distinct violation names an aggregate keeps; the rest are counted under ``(other)``."""
 OTHER_VIOLATIONS = "(other)"
+MAX_FIRST_FAILING = FIRST_FAILING
+"""Indexes of failing (failed or errored) cases an aggregate keeps: the smallest ones."""
 
 
 @dataclass
@@ -26,6 +31,9 @@ class Aggregate:
     task itself failed (``errorType`` ``task``: its generate() raised), or the case's dataset row
     cannot be read (``badInput``). They say the task, the input or the harness is broken, so
     they count as not evaluated and keep the run undecided.
+
+    ``first_failing`` holds the smallest indexes of cases that did not pass (at most
+    :data:`MAX_FIRST_FAILING`), whatever order records arrive in.
     """
 
     total: int = 0
@@ -42,6 +50,7 @@ class Aggregate:
     candidate_errored: int = 0
     unattributable: int = 0
     violations: dict[str, int] = field(default_factory=dict)
+    first_failing: list[int] = field(default_factory=list)
 
     def add(self, record: Mapping[str, Any]) -> None:
         """Count one case record."""
@@ -53,6 +62,9 @@ class Aggregate:
             self.failed += 1
         else:
             self.errored += 1
+        index = record.get("index")
+        if status != "passed" and isinstance(index, int):
+            self._note_failing(index)
         baseline = record.get("baseline")
         candidate = record.get("candidate")
         self.unattributable += _unattributable(record, baseline, candidate)
@@ -81,22 +93,37 @@ class Aggregate:
         else:
             self.violations[OTHER_VIOLATIONS] = self.violations.get(OTHER_VIOLATIONS, 0) + count
 
+    def _note_failing(self, index: int) -> None:
+        kept = self.first_failing
+        if len(kept) < MAX_FIRST_FAILING or index < kept[-1]:
+            i = bisect.bisect_left(kept, index)
+            if i == len(kept) or kept[i] != index:
+                kept.insert(i, index)
+                del kept[MAX_FIRST_FAILING:]
+
+    def top_violations(self, n: int) -> list[tuple[str, int]]:
+        """The ``n`` most counted violation names (ties by name)."""
+        return sorted(self.violations.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
     def merge(self, other: Aggregate) -> Aggregate:
         """Add ``other``'s counts into this aggregate and return it (``other`` is unchanged).
 
         In place so that both ``agg.merge(part)`` and ``agg = agg.merge(part)`` accumulate.
         """
         for f in fields(self):
-            if f.name != "violations":
+            if f.name not in _NOT_COUNTS:
                 setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         for name, count in other.violations.items():
             self._count_violation(name, count)
+        for index in other.first_failing:
+            self._note_failing(index)
         return self
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable dict (camelCase keys) for checkpoints."""
         out: dict[str, Any] = {_camel(f.name): getattr(self, f.name) for f in fields(self)}
         out["violations"] = dict(self.violations)
+        out["firstFailing"] = list(self.first_failing)
         return out
 
     @classmethod
@@ -104,7 +131,7 @@ class Aggregate:
         """Read :meth:`to_json`'s output; missing counts (older checkpoints) read as zero."""
         agg = cls()
         for f in fields(agg):
-            if f.name == "violations":
+            if f.name in _NOT_COUNTS:
                 continue
             value = data.get(_camel(f.name), data.get(f.name, 0))
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -114,6 +141,11 @@ class Aggregate:
         if not isinstance(violations, Mapping):
             raise ValueError("aggregate violations must be a mapping of name to count")
         agg.violations = {str(k): int(v) for k, v in violations.items()}
+        failing = data.get("firstFailing") or []
+        if not isinstance(failing, list):
+            raise ValueError("aggregate firstFailing must be a list of case indexes")
+        for index in failing:
+            agg._note_failing(int(index))
         return agg
 
     @property
@@ -139,6 +171,9 @@ def _unattributable(record: Mapping[str, Any], baseline: Any, candidate: Any) ->
     if isinstance(baseline, Mapping) and isinstance(candidate, Mapping):
         return bool(baseline.get("errored")) and bool(candidate.get("errored"))
     return False
+
+
+_NOT_COUNTS = frozenset({"violations", "first_failing"})
 
 
 def _camel(name: str) -> str:

@@ -21,9 +21,15 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Literal
+from typing import Any, Literal
 
-from proctor.api.v1alpha1.evalrun import CompareSpec, EarlyStoppingSpec, ResultSummary
+from proctor.api.v1alpha1.evalrun import (
+    TOP_VIOLATIONS,
+    CompareSpec,
+    EarlyStoppingSpec,
+    ResultSummary,
+    ViolationCount,
+)
 from proctor.stats.aggregate import MAX_VIOLATION_KEYS, OTHER_VIOLATIONS, Aggregate
 
 __all__ = [
@@ -369,9 +375,14 @@ def summarize(
         reason = _not_evaluated_reason(agg, missing, total, why)
         missing = None if missing is None else missing + agg.unattributable
     early = early_stopped if early_stopped else None
+    digest = _digest(agg)
     if compare is None:
         return ResultSummary(
-            pass_rate=agg.pass_rate, early_stopped=early, reason=reason, not_evaluated=missing
+            pass_rate=agg.pass_rate,
+            early_stopped=early,
+            reason=reason,
+            not_evaluated=missing,
+            **digest,
         )
     # An early stop's rates, like its decision, are those of the resolved prefix.
     basis = resolved if early_stopped and resolved is not None else agg
@@ -401,7 +412,14 @@ def summarize(
         reason=decision.reason,
         early_stopped=early_stopped,
         not_evaluated=missing,
+        **digest,
     )
+
+
+def _digest(agg: Aggregate) -> dict[str, Any]:
+    """What failed, for people: the top violations with counts and the first failing cases."""
+    top = [ViolationCount(name=n, count=c) for n, c in agg.top_violations(TOP_VIOLATIONS)]
+    return {"top_violations": top or None, "first_failing": list(agg.first_failing) or None}
 
 
 def _not_evaluated_reason(

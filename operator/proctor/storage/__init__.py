@@ -27,7 +27,13 @@ from proctor.storage.blobs import (
     StorageError,
 )
 from proctor.storage.progress import IntervalSet, ProgressSnapshot, RunProgress
-from proctor.storage.run import CorruptObjectError, RunStorage, Written, parse_range
+from proctor.storage.run import (
+    CorruptObjectError,
+    RunStorage,
+    UnencodableError,
+    Written,
+    parse_range,
+)
 
 __all__ = [
     "BlobInfo",
@@ -42,6 +48,7 @@ __all__ = [
     "S3Blobs",
     "StorageError",
     "TaskStateStore",
+    "UnencodableError",
     "Written",
     "open_blobs",
     "open_storage",

@@ -2,7 +2,9 @@
 
 Layout under the storage root (``<root>/<run_id>/``)::
 
-    results/<start:012d>-<end:012d>[.<attempt>].jsonl[.zst|.gz]  one object per finished range
+    results/<start:012d>-<end:012d>[.<attempt>].arrow[.zst|.gz]  one object per finished range
+    results.parquet                                   every case once, when the run is over
+    outputs/[<partition>/]part-<n:05d>.parquet         a batch-scoring run's outputs, likewise
     dead/<start:012d>-<end:012d>[.<attempt>].json    a range that exhausted its attempts
     state/[<attempt>/]<key>                           task-level checkpoints (already compressed)
     checkpoint.json[.zst|.gz]                         the run checkpoint (see RunProgress)
@@ -17,6 +19,12 @@ Attempts fence writers: a :class:`RunStorage` with ``attempt`` set writes its ob
 with it and reads only objects with the same tag (without, only untagged ones), so a worker
 left over from an earlier start of the run (``proctor run`` starts a new attempt each time it
 is not resuming) can still write, but nobody counts what it writes.
+
+A results object is one Arrow IPC file of :data:`proctor.storage.columns.SCHEMA`, compressed
+whole like any other object (``.arrow.zst``). Objects written by Proctor 0.1,
+JSON lines (``.jsonl[.zst|.gz]``), are still read, so a run started before an upgrade resumes
+after it; a storage made with ``records="jsonl"`` (a BenchmarkSuite's cells, whose records are
+not case records) writes them still.
 """
 
 from __future__ import annotations
@@ -24,20 +32,25 @@ from __future__ import annotations
 import gzip
 import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+import pyarrow as pa
 import zstandard
 
 from proctor.ranges import Range
+from proctor.sdk.records import encodable, unencodable
+from proctor.storage import columns
 from proctor.storage.blobs import Blobs
 
 Algorithm = str  # "zstd" | "gzip" | "none"
+RecordFormat = Literal["arrow", "jsonl"]
 
 _EXTENSIONS = {"zstd": ".zst", "gzip": ".gz", "none": ""}
 _RANGE_KEY = re.compile(r"^(\d{12})-(\d{12})")
 _RANGE_CHARS = 25  # "<start:012d>-<end:012d>"
+_KINDS = (".arrow", ".jsonl")  # what follows a results key's range and attempt tag
 ATTEMPT = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 """What an attempt id may be: it is part of object keys and queue names."""
 
@@ -81,6 +94,10 @@ class CorruptObjectError(ValueError):
     """A result object that cannot be read back whole (truncated, or not this format)."""
 
 
+class UnencodableError(ValueError):
+    """Records that cannot be written (:meth:`RunStorage.recordable` says which)."""
+
+
 class RunStorage:
     """The objects of one run (of one attempt at it, see the module doc). Thread-safe."""
 
@@ -92,11 +109,15 @@ class RunStorage:
         compression: Algorithm = "zstd",
         level: int = 3,
         attempt: str = "",
+        records: RecordFormat = "arrow",
     ) -> None:
         if compression not in _EXTENSIONS:
             raise ValueError(f"compression must be zstd, gzip or none, got {compression!r}")
-        if attempt and (not ATTEMPT.match(attempt) or attempt.startswith("json")):
-            raise ValueError(f"an attempt id must match {ATTEMPT.pattern}, got {attempt!r}")
+        if attempt and (not ATTEMPT.match(attempt) or attempt.startswith(("json", "arrow"))):
+            raise ValueError(
+                f"an attempt id must match {ATTEMPT.pattern} and not start with json or "
+                f"arrow, got {attempt!r}"
+            )
         self.blobs = blobs
         self.run_id = run_id
         self.attempt = attempt
@@ -105,6 +126,7 @@ class RunStorage:
         self.level = level
         self.base = f"{run_id}/"
         self._ext = _EXTENSIONS[compression]
+        self.records = records
         self._zstd = zstandard.ZstdCompressor(level=level) if compression == "zstd" else None
 
     @property
@@ -118,17 +140,49 @@ class RunStorage:
     # -- results ------------------------------------------------------------------------
 
     def result_key(self, r: Range) -> str:
-        return f"{self.base}results/{range_key(r)}{self._tag}.jsonl{self._ext}"
+        kind = ".arrow" if self.records == "arrow" else ".jsonl"
+        return f"{self.base}results/{range_key(r)}{self._tag}{kind}{self._ext}"
 
-    def _mine(self, key: str, kind: str) -> bool:
+    def merged_key(self) -> str:
+        """The run's merged results (every case once), written when the run is over."""
+        return f"{self.base}results.parquet"
+
+    def merged_uri(self) -> str:
+        return self.blobs.uri(self.merged_key())
+
+    def outputs_prefix(self) -> str:
+        """Where a batch-scoring run's outputs go, partitioned like its input."""
+        return f"{self.base}outputs/"
+
+    def _mine(self, key: str, *kinds: str) -> bool:
         """Whether ``key`` (a results or dead-letter object) belongs to this attempt."""
-        return key.rsplit("/", 1)[-1][_RANGE_CHARS:].startswith(self._tag + kind)
+        rest = key.rsplit("/", 1)[-1][_RANGE_CHARS:]
+        return any(rest.startswith(self._tag + kind) for kind in kinds)
 
-    def encode_results(self, records: Iterable[dict[str, Any]]) -> bytes:
-        raw = "".join(json.dumps(rec, separators=(",", ":")) + "\n" for rec in records).encode()
+    def encode_results(self, records: Sequence[dict[str, Any]]) -> bytes:
+        """The object of ``records``; raises :class:`UnencodableError` when one of them cannot
+        be written (a value of the wrong type, an output JSON cannot hold)."""
+        try:
+            if self.records == "arrow":
+                raw = columns.write_ipc(columns.to_batch(records))
+            else:
+                lines = [json.dumps(rec, separators=(",", ":")) + "\n" for rec in records]
+                raw = "".join(lines).encode()
+        except (TypeError, ValueError, KeyError, pa.ArrowException) as exc:
+            raise UnencodableError(f"{type(exc).__name__}: {exc}") from exc
         if self._zstd is not None:
             return self._zstd.compress(raw)
         return compress(raw, self.compression, self.level)
+
+    def recordable(self, record: dict[str, Any]) -> dict[str, Any]:
+        """``record``, or, when it cannot be written, an errored ``unencodable`` record of the
+        same case that says why (so a bad result errors its case instead of the worker)."""
+        record = encodable(record)
+        try:
+            self.encode_results([record])
+        except UnencodableError as exc:
+            return unencodable(record, exc.__cause__ or exc)
+        return record
 
     def write_results(self, r: Range, records: Sequence[dict[str, Any]]) -> Written:
         """Record the results of ``r`` once: a second write of the same range is a no-op.
@@ -150,7 +204,7 @@ class RunStorage:
         out = []
         for key in self.blobs.list(prefix, start_after):
             r = parse_range(key)
-            if r is None or not self._mine(key, ".jsonl"):
+            if r is None or not self._mine(key, *_KINDS):
                 continue
             if within is not None and r.start >= within.end:
                 break
@@ -161,7 +215,7 @@ class RunStorage:
         prefix = f"{self.base}results/"
         for key in self.blobs.list(prefix):
             r = parse_range(key)
-            if r is not None and self._mine(key, ".jsonl"):
+            if r is not None and self._mine(key, *_KINDS):
                 yield r, key
 
     def read_object(self, key: str) -> Iterator[dict[str, Any]]:
@@ -173,37 +227,69 @@ class RunStorage:
     def read_records(self, key: str, data: bytes) -> list[dict[str, Any]]:
         """The records of result object ``key``, checked whole: one record per index of its
         range, in order; raises :class:`CorruptObjectError` otherwise (a torn or foreign write)."""
-        r = parse_range(key)
+        if not _is_arrow(key):
+            return self._read_jsonl(key, data)
+        return columns.to_records(self.read_table(key, data))
+
+    def _read_jsonl(self, key: str, data: bytes) -> list[dict[str, Any]]:
+        """A JSON-lines object (Proctor 0.1's results, a suite's cells), checked whole."""
         try:
             records = [json.loads(line) for line in decompress(data, key).splitlines() if line]
             indexes = [rec["index"] for rec in records]
         except (ValueError, KeyError, TypeError, EOFError, OSError, zstandard.ZstdError) as exc:
             raise CorruptObjectError(f"result object {key} cannot be read: {exc}") from exc
-        if r is not None and indexes != list(range(r.start, r.end)):
-            raise CorruptObjectError(
-                f"result object {key} does not hold one record per case of {r}"
-            )
+        _check_indexes(key, indexes)
         return records
+
+    def read_table(self, key: str, data: bytes) -> pa.Table:
+        """Result object ``key`` as a table of :data:`proctor.storage.columns.SCHEMA`, checked
+        whole like :meth:`read_records` (a JSON-lines object is converted)."""
+        if not _is_arrow(key):
+            records = self._read_jsonl(key, data)
+            if not records:
+                return _EMPTY
+            return columns.conform(pa.Table.from_batches([columns.to_batch(records)]))
+        try:
+            table = columns.read_ipc(decompress(data, key))
+            indexes = table.column("index")
+        except (ValueError, EOFError, OSError, pa.ArrowException, zstandard.ZstdError) as exc:
+            raise CorruptObjectError(f"result object {key} cannot be read: {exc}") from exc
+        _check_indexes(key, indexes.to_pylist())
+        return table
 
     def read_checked(self, key: str) -> list[dict[str, Any]] | None:
         """:meth:`read_records` of ``key``, or None when the object is gone."""
         data = self.blobs.get(key)
         return None if data is None else self.read_records(key, data)
 
-    def iter_records(self) -> Iterator[dict[str, Any]]:
-        """Every case's record exactly once, in index order, streaming one object at a time.
-
-        Objects can overlap after rare races (a worker that lost its lease finished a range
-        another worker had split); the first object by start wins for every index.
-        """
+    def _in_order(self) -> Iterator[tuple[str, int]]:
+        """Result keys in the order that counts each index once, with the index each must be
+        read from: objects can overlap after rare races (a worker that lost its lease finished
+        a range another worker had split); the first object by start wins for every index."""
         frontier = 0
         for r, key in sorted(self.result_keys(), key=lambda x: (x[0].start, -x[0].end)):
             if r.end <= frontier:
                 continue
+            yield key, frontier
+            frontier = max(frontier, r.end)
+
+    def iter_records(self) -> Iterator[dict[str, Any]]:
+        """Every case's record exactly once, in index order, streaming one object at a time."""
+        for key, frontier in self._in_order():
             for record in self.read_object(key):
                 if record["index"] >= frontier:
                     yield record
-            frontier = max(frontier, r.end)
+
+    def iter_tables(self) -> Iterator[pa.Table]:
+        """:meth:`iter_records` as tables of :data:`proctor.storage.columns.SCHEMA`, one per
+        object (an object gone since the listing is skipped)."""
+        for key, frontier in self._in_order():
+            data = self.blobs.get(key)
+            if data is None:
+                continue
+            table = self.read_table(key, data)
+            first = int(table.column("index")[0].as_py()) if table.num_rows else frontier
+            yield table.slice(max(0, frontier - first))
 
     # -- dead letters ---------------------------------------------------------------------
 
@@ -270,7 +356,12 @@ class RunStorage:
         if not isinstance(attempt, str) or attempt == self.attempt:
             return self
         return RunStorage(
-            self.blobs, self.run_id, compression=self.compression, level=self.level, attempt=attempt
+            self.blobs,
+            self.run_id,
+            compression=self.compression,
+            level=self.level,
+            attempt=attempt,
+            records=self.records,
         )
 
     def read_attempt(self) -> dict[str, Any] | None:
@@ -290,3 +381,16 @@ class RunStorage:
     def delete(self) -> None:
         """Remove every object of the run."""
         self.blobs.delete_prefix(self.base)
+
+
+_EMPTY = columns.SCHEMA.empty_table()
+
+
+def _is_arrow(key: str) -> bool:
+    return ".arrow" in key.rsplit("/", 1)[-1][_RANGE_CHARS:]
+
+
+def _check_indexes(key: str, indexes: list[int]) -> None:
+    r = parse_range(key)
+    if r is not None and indexes != list(range(r.start, r.end)):
+        raise CorruptObjectError(f"result object {key} does not hold one record per case of {r}")

@@ -51,8 +51,7 @@ from proctor.redact import redact_url
 from proctor.sdk import TaskLoadError, clear_stop, set_state_store
 from proctor.sdk import request_stop as request_task_stop
 from proctor.sdk.deadline import timeout_enabled
-from proctor.sdk.records import encodable
-from proctor.storage import RunStorage, StorageError, TaskStateStore
+from proctor.storage import RunStorage, StorageError, TaskStateStore, UnencodableError
 from proctor.worker.common import (
     EXIT_CONFIG,
     EXIT_OK,
@@ -469,9 +468,12 @@ class Worker:
     def _record(self, done: Range, records: list[dict[str, Any]], elapsed: float) -> int:
         """Write ``records`` of ``done`` as one object; ``elapsed`` > 0 feeds the batch sizer."""
         t0 = time.perf_counter()
-        # A result that cannot be written errors its case, never the worker (in a loop).
-        records = [encodable(r) for r in records]
-        written = self.storage.write_results(done, records)
+        try:
+            written = self.storage.write_results(done, records)
+        except UnencodableError:
+            # A result that cannot be written errors its case, never the worker (in a loop).
+            records = [self.storage.recordable(r) for r in records]
+            written = self.storage.write_results(done, records)
         self.metrics.result_bytes.inc(written.bytes)
         statuses = Tally(r["status"] for r in records)
         for status, n in statuses.items():

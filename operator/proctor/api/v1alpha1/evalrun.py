@@ -440,6 +440,21 @@ class CheckpointStatus(ApiModel):
     batches_done: int = Field(description="Batches recorded in it.")
 
 
+TOP_VIOLATIONS = 10
+"""How many violation names ``status.result.topViolations`` lists."""
+FIRST_FAILING = 10
+"""How many case indexes ``status.result.firstFailing`` lists."""
+
+
+class ViolationCount(ApiModel):
+    """A violated property and the number of cases that violated it."""
+
+    name: str = Field(
+        description="The violation's name; a comparison's are baseline/NAME and candidate/NAME."
+    )
+    count: int = Field(ge=0, description="Cases with this violation.")
+
+
 class ResultSummary(ApiModel):
     """The run's outcome. Full results live in storage, never in the object."""
 
@@ -462,7 +477,29 @@ class ResultSummary(ApiModel):
         description="Cases without a record when the run ended (dead-lettered, never run, "
         "or left by an early stop); the reason says why.",
     )
-    results_uri: str | None = Field(default=None, description="Where the merged results are.")
+    top_violations: list[ViolationCount] | None = Field(
+        default=None,
+        max_length=TOP_VIOLATIONS,
+        description=f"The most frequent violations with their counts, most first (at most "
+        f"{TOP_VIOLATIONS}).",
+    )
+    first_failing: list[int] | None = Field(
+        default=None,
+        max_length=FIRST_FAILING,
+        description=f"The smallest indexes of cases that failed or errored (at most "
+        f"{FIRST_FAILING}).",
+    )
+    results_uri: str | None = Field(
+        default=None,
+        description="The merged results, one Parquet file with one row per case "
+        "(docs/datasets.md#results), written when the run ends; before that, the folder of "
+        "per-range objects.",
+    )
+    outputs_uri: str | None = Field(
+        default=None,
+        description="A batch-scoring run's outputs (a dataset, kept outputs, no compare): "
+        "Parquet partitioned like the input.",
+    )
 
 
 class EvalRunStatus(ApiModel):

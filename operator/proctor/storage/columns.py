@@ -1,0 +1,197 @@
+"""Case records as Arrow columns: the schema of result objects and of exported results.
+
+One row per case. The SDK builds each case's record as a dict (:mod:`proctor.sdk.records`);
+:func:`to_batch` turns a range's records into one Arrow record batch, column by column, and
+:func:`to_records` turns rows back into the same dicts (the reader's counters and reports read
+dicts). The columns (``docs/datasets.md#results`` documents them for users):
+
+=====================  ==================  ===================================================
+column                 type                what
+=====================  ==================  ===================================================
+index                  int64               the case index
+id                     string, nullable    the dataset row's identity; null for generated cases
+partition              string, nullable    the row's Hive partition (``year=2025/month=12``)
+outcome                string              ``passed``, ``failed`` or ``errored`` (candidate's)
+seconds                float64             the case's wall time, both sides
+passed                 bool                the side (the candidate of a comparison) passed
+error                  string, nullable    why the side errored
+errorType              string, nullable    ``exception``, ``timeout``, ``crashed``, ...
+violations             list<string>        the side's violated properties
+output                 string, nullable    the side's output, JSON-encoded, when kept
+baseline_passed        bool, nullable      a comparison's baseline side; null in a plain run
+baseline_error         string, nullable
+baseline_errorType     string, nullable
+baseline_violations    list<string>, null
+baseline_output        string, nullable
+=====================  ==================  ===================================================
+
+A stored object may leave out the nullable columns that are null in every row (a run without
+dataset, comparison or outputs writes only the first nine minus ``id``/``partition``);
+:func:`conform` puts them back as nulls, so readers always see :data:`SCHEMA`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+_STRINGS = pa.list_(pa.string())
+
+SCHEMA = pa.schema(
+    [
+        pa.field("index", pa.int64(), nullable=False),
+        pa.field("id", pa.string()),
+        pa.field("partition", pa.string()),
+        pa.field("outcome", pa.string(), nullable=False),
+        pa.field("seconds", pa.float64(), nullable=False),
+        pa.field("passed", pa.bool_(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("errorType", pa.string()),
+        pa.field("violations", _STRINGS, nullable=False),
+        pa.field("output", pa.string()),
+        pa.field("baseline_passed", pa.bool_()),
+        pa.field("baseline_error", pa.string()),
+        pa.field("baseline_errorType", pa.string()),
+        pa.field("baseline_violations", _STRINGS),
+        pa.field("baseline_output", pa.string()),
+    ],
+    metadata={"proctor.records": SCHEMA_VERSION},
+)
+"""Every column a reader sees, in this order."""
+
+_BASELINE = ("baseline_passed", "baseline_error", "baseline_errorType", "baseline_violations")
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def _side_columns(sides: Sequence[Mapping[str, Any]], prefix: str) -> dict[str, pa.Array]:
+    """``passed``, ``error``, ``errorType``, ``violations`` (and ``output`` when any side has
+    one) of one side of each record, named with ``prefix``."""
+    out = {
+        f"{prefix}passed": pa.array([bool(s.get("passed")) for s in sides], pa.bool_()),
+        f"{prefix}error": pa.array([s.get("error") for s in sides], pa.string()),
+        f"{prefix}errorType": pa.array([s.get("errorType") for s in sides], pa.string()),
+        f"{prefix}violations": pa.array([s.get("violations") or [] for s in sides], _STRINGS),
+    }
+    if "output" in set().union(*sides):
+        out[f"{prefix}output"] = pa.array([_json(s.get("output")) for s in sides], pa.string())
+    return out
+
+
+def to_batch(records: Sequence[Mapping[str, Any]]) -> pa.RecordBatch:
+    """One range's records as a record batch (only the columns they fill, see the module doc)."""
+    keys = set().union(*records)  # every key of any record, in one pass in C
+    status = [r["status"] for r in records]
+    cols: dict[str, pa.Array] = {"index": pa.array([r["index"] for r in records], pa.int64())}
+    for name in ("id", "partition"):
+        if name in keys:
+            cols[name] = pa.array([r.get(name) for r in records], pa.string())
+    cols["outcome"] = pa.array(status, pa.string())
+    seconds = [(r.get("durationMs") or 0.0) / 1000.0 for r in records]
+    cols["seconds"] = pa.array(seconds, pa.float64())
+    if "baseline" in keys:
+        cols |= _side_columns([r.get("candidate") or {} for r in records], "")
+        cols |= _side_columns([r.get("baseline") or {} for r in records], "baseline_")
+    else:
+        cols["passed"] = pa.array([s == "passed" for s in status], pa.bool_())
+        cols["error"] = pa.array([r.get("error") for r in records], pa.string())
+        cols["errorType"] = pa.array([r.get("errorType") for r in records], pa.string())
+        cols["violations"] = pa.array([r.get("violations") or [] for r in records], _STRINGS)
+        if "output" in keys:
+            cols["output"] = pa.array([_json(r.get("output")) for r in records], pa.string())
+    fields = [SCHEMA.field(name) for name in cols]
+    return pa.RecordBatch.from_arrays(
+        list(cols.values()), schema=pa.schema(fields, metadata=SCHEMA.metadata)
+    )
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """``table`` with exactly :data:`SCHEMA`'s columns: missing nullable ones as nulls.
+
+    Raises ``ValueError`` for a table that lacks a required column or holds one of another
+    type (not a result object of this format)."""
+    arrays = []
+    for field in SCHEMA:
+        i = table.schema.get_field_index(field.name)
+        if i < 0:
+            if not field.nullable:
+                raise ValueError(f"the column {field.name!r} is missing")
+            arrays.append(pa.nulls(table.num_rows, field.type))
+            continue
+        column = table.column(i)
+        if column.type != field.type:
+            raise ValueError(f"the column {field.name!r} is {column.type}, not {field.type}")
+        arrays.append(column)
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def _side(
+    passed: bool | None, error: str | None, error_type: str | None, violations: list[str] | None
+) -> dict[str, Any]:
+    return {
+        "passed": bool(passed),
+        "errored": error is not None,
+        "violations": violations or [],
+        "error": error,
+        "errorType": error_type,
+    }
+
+
+def to_records(table: pa.Table) -> list[dict[str, Any]]:
+    """The SDK's dicts (:mod:`proctor.sdk.records`) of a conformed table's rows; ``id``,
+    ``partition`` and ``output`` appear only where they are not null."""
+    c = table.to_pydict()
+    out: list[dict[str, Any]] = []
+    for i, index in enumerate(c["index"]):
+        record: dict[str, Any] = {
+            "index": index,
+            "status": c["outcome"][i],
+            "durationMs": c["seconds"][i] * 1000.0,
+            "error": c["error"][i],
+            "errorType": c["errorType"][i],
+        }
+        for name in ("id", "partition"):
+            if c[name][i] is not None:
+                record[name] = c[name][i]
+        output = c["output"][i]
+        if c["baseline_passed"][i] is None:
+            record["violations"] = c["violations"][i] or []
+            if output is not None:
+                record["output"] = json.loads(output)
+        else:
+            base = _side(*(c[name][i] for name in _BASELINE))
+            cand = _side(c["passed"][i], c["error"][i], c["errorType"][i], c["violations"][i])
+            if c["baseline_output"][i] is not None:
+                base["output"] = json.loads(c["baseline_output"][i])
+            if output is not None:
+                cand["output"] = json.loads(output)
+            record["baseline"], record["candidate"] = base, cand
+        out.append(record)
+    return out
+
+
+def write_ipc(batch: pa.RecordBatch) -> bytes:
+    """``batch`` as one Arrow IPC file (its footer lets a reader tell a torn write)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, batch.schema, options=IPC_OPTIONS) as writer:
+        writer.write_batch(batch)
+    return bytes(sink.getvalue())
+
+
+def read_ipc(data: bytes) -> pa.Table:
+    """A result object's table, conformed; raises ``ValueError`` (``pa.ArrowInvalid`` is one)
+    when ``data`` is not a whole Arrow IPC file of this schema."""
+    with pa.ipc.open_file(pa.py_buffer(data)) as reader:
+        table = reader.read_all()
+    return conform(table)
+
+
+IPC_OPTIONS = pa.ipc.IpcWriteOptions()
+"""Buffers uncompressed: the storage compresses the whole file (``.arrow.zst``), which costs
+less than Arrow's per-buffer compression of a batch's many small buffers and packs smaller."""
