@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -49,6 +48,7 @@ from rich.table import Table
 
 from proctor.api.v1alpha1 import EVALRUN_KIND
 from proctor.api.v1alpha1.evalrun import EvalRun, ResultSummary
+from proctor.console import make_console, plain
 from proctor.local.attempts import AttemptError, fresh_attempt, replaced, resume_attempt
 from proctor.local.workers import LocalWorkers
 from proctor.queue import WorkQueue, open_queue
@@ -178,26 +178,25 @@ def _table(data: dict[str, Any], extra: Sequence[tuple[str, str]] = ()) -> Table
         table.add_row("not evaluated", f"{data['notEvaluated']:,} cases")
     if data["decision"] in (None, "interrupted") and data["baselinePassRate"] is None:
         table.add_row("pass rate", pct(data["passRate"]))
-        if data["decision"]:
-            table.add_row("decision", f"[bold]{data['decision']}[/bold]")
-        if data["reason"]:
-            table.add_row("reason", escape(data["reason"]))
     else:
         table.add_row("baseline pass rate", pct(data["baselinePassRate"]))
         table.add_row("candidate pass rate", pct(data["candidatePassRate"]))
         lo_hi = data["interval"]
         interval = f"[{pct(lo_hi[0])}, {pct(lo_hi[1])}]" if lo_hi else "-"
-        table.add_row("delta (candidate - baseline)", f"{pct(data['delta'])}  {interval}")
-        table.add_row("decision", f"[bold]{data['decision']}[/bold]")
-        if data["reason"]:
-            table.add_row("reason", escape(data["reason"]))
+        table.add_row("delta (candidate - baseline)", plain(f"{pct(data['delta'])}  {interval}"))
+    if data["decision"]:
+        table.add_row("decision", f"[bold]{escape(data['decision'])}[/bold]")
+    if data["reason"]:
+        table.add_row("reason", plain(data["reason"]))
     for label, value in extra:  # what the task's summary hook adds (Metamorphic Guard's)
-        table.add_row(label, value)
+        table.add_row(plain(label), plain(value))
     if data["earlyStopped"]:
         table.add_row("early stopped", "yes")
     rate = data["casesPerSecond"]
     table.add_row("time", f"{data['seconds']:.1f}s" + (f" ({rate:,.0f} cases/s)" if rate else ""))
-    table.add_row("results", data["resultsUri"])
+    table.add_row("results", plain(data["resultsUri"]))
+    if data.get("resume"):
+        table.add_row("resume", plain(data["resume"]))
     return table
 
 
@@ -293,7 +292,7 @@ def _signals_interrupt() -> Iterator[None]:
 
 def run_local(options: LocalRunOptions, console: Console | None = None) -> int:
     """Run the manifest's EvalRun here; returns the exit code (see the module doc)."""
-    out = console or Console(stderr=True)
+    out = console or make_console(stderr=True)
     try:
         with _signals_interrupt():
             return _run_local(options, out)
@@ -479,6 +478,7 @@ def _finish(
     data["attempt"] = run.config.attempt
     if interrupted:
         data["decision"] = "interrupted"
+        data["resume"] = options.resume_command(run.config.run_id)
     if judged.report_key is not None and judged.report is not None:
         data[judged.report_key] = dict(judged.report)
     progress.checkpoint(summary=data)
@@ -493,7 +493,6 @@ def _print_summary(
 ) -> None:
     """The summary as one JSON line on stdout (``--json``), or as a table."""
     if options.json_output:
-        sys.stdout.write(json.dumps(data) + "\n")
-        sys.stdout.flush()
+        print(json.dumps(data), flush=True)
     else:
-        Console().print(_table(data, rows))
+        make_console().print(_table(data, rows))
