@@ -12,9 +12,12 @@ from pathlib import Path
 from proctor import __version__
 from proctor.api.crdgen import KINDS, render, render_all
 from proctor.bench.worker import main as bench_worker_main
+from proctor.cli.get import add_get
 from proctor.cli.run import add_run
+from proctor.cli.status import add_status
 from proctor.cli.usage import HelpFormatter, exit_codes
 from proctor.cli.validate import add_validate
+from proctor.cli.watch import add_watch
 from proctor.cluster.client import keep_kubernetes_client_out
 from proctor.config import load_config
 from proctor.logging import configure_logging
@@ -92,9 +95,9 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "proctor") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="proctor",
+        prog=prog,
         description="Run evaluation runs and benchmark suites on Kubernetes, or on this machine.",
         epilog="Each command lists its exit codes in its --help; see docs/cli.md.",
         formatter_class=HelpFormatter,
@@ -116,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     crds.set_defaults(func=_cmd_crds)
     add_validate(sub)
     add_run(sub)
+    add_get(sub)
+    add_status(sub)
+    add_watch(sub)
     _add_workers(sub)
     _add_operator(sub)
     return parser
@@ -194,11 +200,16 @@ def _add_operator(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     op.set_defaults(func=_cmd_operator)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, prog: str = "proctor") -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     code: int = args.func(args)
     return code
+
+
+def kubectl_plugin() -> int:
+    """``kubectl-proctor``: kubectl runs it for ``kubectl proctor ...`` (its plugin mechanism)."""
+    return main(prog="kubectl proctor")
 
 
 if __name__ == "__main__":
