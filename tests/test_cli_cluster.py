@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+import sys
+import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import pytest
 import yaml
 
 from proctor.api.crdgen import KINDS
-from proctor.cli import main
+from proctor.cli import kubectl_plugin, main
 from proctor.cli.context import EXIT_NO_ACCESS, EXIT_NOT_FOUND, EXIT_USAGE, CommandError, Target
 from proctor.cli.lookup import find_run, kind_of, list_runs, split_name
 from proctor.cli.status import run_view
@@ -344,3 +346,20 @@ def test_every_command_documents_its_exit_codes(capsys: pytest.CaptureFixture[st
         out = capsys.readouterr().out
         assert "-n NAMESPACE, --namespace NAMESPACE" in out
         assert "--context CONTEXT" in out
+
+
+def test_kubectl_proctor_is_declared_and_names_itself(capsys: pytest.CaptureFixture[str]) -> None:
+    root = Path(__file__).resolve().parents[1]
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["proctor"] == "proctor.cli:main"
+    assert scripts["kubectl-proctor"] == "proctor.cli:kubectl_plugin"
+    with pytest.raises(SystemExit) as done:
+        kubectl_plugin_help()
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: kubectl proctor [-h]")
+
+
+def kubectl_plugin_help() -> int:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["kubectl-proctor", "--help"])
+        return kubectl_plugin()
