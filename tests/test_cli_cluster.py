@@ -21,6 +21,7 @@ from proctor.cli.context import EXIT_NO_ACCESS, EXIT_NOT_FOUND, EXIT_USAGE, Comm
 from proctor.cli.lookup import find_run, kind_of, list_runs, split_name
 from proctor.cli.status import run_view
 from proctor.cli.views import final_exit_code, get_table, progress_of
+from proctor.cli.watch import follow
 from proctor.cluster.client import KubeApi, KubeApiError, LoginError, kubeconfig_login
 from proctor.console import make_console
 
@@ -363,3 +364,62 @@ def kubectl_plugin_help() -> int:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sys, "argv", ["kubectl-proctor", "--help"])
         return kubectl_plugin()
+
+
+class SequenceApi(FakeApi):
+    """Each GET of the run answers the next status of ``steps`` (the last one stays)."""
+
+    def __init__(self, path: str, steps: list[dict[str, Any] | None]) -> None:
+        super().__init__({})
+        self.path, self.steps = path, steps
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        if path != self.path:
+            return super().request(method, path, **kwargs)
+        body = self.steps.pop(0) if len(self.steps) > 1 else self.steps[0]
+        if body is None:
+            raise KubeApiError(404, json.dumps({"message": 'evalruns "quick" not found'}))
+        return body
+
+
+def running(done: int) -> dict[str, Any]:
+    return evalrun(phase="Running", counts={"total": 100, "completed": done}, eta="5s")
+
+
+def test_watch_follows_until_final_and_prints_a_line_per_step(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    steps: list[dict[str, Any] | None] = [
+        evalrun(phase="Pending", counts={"total": 100}),
+        running(0), running(5), running(25), running(26), running(60),
+        evalrun(phase="Succeeded", counts={"total": 100, "completed": 100},
+                result={"decision": "reject", "resultsUri": "s3://b/r/"}),
+    ]  # fmt: skip
+    target = Target(SequenceApi(f"{BASE}/evalruns/quick", steps), "team")
+    kind, body = find_run(target, "quick")
+    out = make_console(stderr=True)
+    code = follow(target, kind, body, "evalrun/quick", out, interval=0, deadline=None)
+    captured = capsys.readouterr()
+    assert code == 1  # Succeeded, rejected
+    lines = [line for line in captured.err.splitlines() if "evalrun/quick: " in line]
+    assert [line.split(": ", 1)[1] for line in lines] == [
+        "Pending, 0/100",
+        "Running, 0/100, eta 5s",
+        "Running, 25/100, eta 5s",
+        "Running, 60/100, eta 5s",
+        "Succeeded, 100/100",
+    ]
+    assert "s3://b/r/" in captured.out  # then the detailed view
+
+
+def test_watch_says_when_the_run_is_deleted_or_the_timeout_passes() -> None:
+    path = f"{BASE}/evalruns/quick"
+    target = Target(SequenceApi(path, [running(1), running(1), None]), "team")
+    kind, body = find_run(target, "quick")
+    with pytest.raises(CommandError) as err:
+        follow(target, kind, body, "q", make_console(file=io.StringIO()), interval=0, deadline=None)
+    assert err.value.code == EXIT_NOT_FOUND
+    assert "evalrun/quick was deleted while watched" in str(err.value)
+    target = Target(SequenceApi(path, [running(1)]), "team")
+    code = follow(target, kind, body, "q", make_console(file=io.StringIO()), interval=0, deadline=0)
+    assert code == 124

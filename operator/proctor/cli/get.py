@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from datetime import UTC, datetime
 
 import yaml
@@ -43,9 +44,10 @@ def cmd_get(args: argparse.Namespace) -> int:
     if args.output in ("json", "yaml"):
         items = [body for _, body in runs]
         doc = items[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": items}
-        print(json.dumps(doc, indent=2) if args.output == "json" else yaml.safe_dump(doc), end="")
         if args.output == "json":
-            print()
+            sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        else:
+            sys.stdout.write(yaml.safe_dump(doc, sort_keys=False))
         return 0
     if args.output == "name":
         for kind, body in runs:

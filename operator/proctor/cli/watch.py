@@ -107,7 +107,7 @@ def follow(
             if now.phase != phase or (not out.is_terminal and done > tenth):
                 stamp = datetime.now(UTC).strftime("%H:%M:%S")
                 line = f"{stamp} {name}: {now.phase}, {now.completed:,}/{now.total:,}"
-                bar.console.print(" ".join(filter(None, (line, now.rate, now.eta))), markup=False)
+                bar.console.print(", ".join(filter(None, (line, now.rate, now.eta))), markup=False)
                 phase, tenth = now.phase, done
             code = final_exit_code(kind, body)
             if code is not None:
