@@ -204,7 +204,7 @@ def _local_summary(doc: dict[str, Any], tmp: Path) -> dict[str, Any]:
     path = tmp / "local.yaml"
     path.write_text(yaml.safe_dump(local))
     out = subprocess.run(
-        [sys.executable, "-m", "proctor", "run", str(path), "-n", "2", "--json",
+        [sys.executable, "-m", "proctor", "run", str(path), "--workers", "2", "--json",
          "--results-dir", str(tmp / "local-results")],
         capture_output=True, text=True, timeout=240, check=False,
     )  # fmt: skip

@@ -193,8 +193,8 @@ KUBECONFIG = {
 
 
 BAD_CLUSTER_INPUT = {
-    "no kubeconfig": (["--kubeconfig", "{missing}"], 2, "does not exist"),
-    "unknown context": (["--context", "other"], 2, "has no context 'other' (contexts: ctx)"),
+    "no kubeconfig": (["--kubeconfig", "{missing}"], 2, "no such file"),
+    "unknown context": (["--context", "other"], 2, "context 'other' is not in kubeconfig"),
     "no cluster": ([], 3, "cannot reach the API server at https://127.0.0.1:1"),
 }
 

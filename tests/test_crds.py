@@ -86,5 +86,21 @@ def test_names_columns_and_subresources() -> None:
     assert evalrun["names"]["shortNames"] == ["er"]
     version = evalrun["versions"][0]
     assert version["subresources"] == {"status": {}}
-    columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Phase", "Progress", "Workers", "ETA", "Decision", "Age"]
+    columns = version["additionalPrinterColumns"]
+    default = [c["name"] for c in columns if not c.get("priority")]
+    assert default == ["Phase", "Progress", "Workers", "ETA", "Decision", "Age"]
+    # `kubectl get -o wide` shows the priority-1 columns too.
+    wide = [(c["name"], c["jsonPath"]) for c in columns if c.get("priority") == 1]
+    assert wide == [
+        ("Cases", ".status.counts.total"),
+        ("Failed", ".status.counts.failed"),
+        ("Delta", ".status.result.delta"),
+        ("Results", ".status.result.resultsUri"),
+    ]
+    eta = next(c for c in columns if c["name"] == "ETA")
+    assert (eta["type"], eta["jsonPath"]) == ("string", ".status.eta")
+    suite = crd(KINDS[1])["spec"]["versions"][0]["additionalPrinterColumns"]
+    assert [(c["name"], c["jsonPath"]) for c in suite if c.get("priority") == 1] == [
+        ("Run", ".status.runId"),
+        ("Report", ".status.reportUri"),
+    ]

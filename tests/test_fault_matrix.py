@@ -96,7 +96,7 @@ def test_fault_matrix(
     )
     queue = ["--queue", request.getfixturevalue("redis_url")] if row.redis else []
     capsys.readouterr()
-    code = main(["run", str(path), "-n", "2", "--json", *queue])
+    code = main(["run", str(path), "--workers", "2", "--json", *queue])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
     storage = open_storage((tmp_path / "proctor-results").as_uri(), name).of_current_attempt()

@@ -75,7 +75,7 @@ def proctor_run(
     queue: str | None = None,
     entrypoint: str = "tests.test_worker_tasks:Indexed",
 ) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
-    """``proctor run -n 2 --json`` of the manifest: (exit code, summary, every raw record)."""
+    """``proctor run --workers 2 --json`` of the manifest: (exit code, summary, raw records)."""
     name = candidate.replace("_", "-")
     path = tmp_path / f"{name}.yaml"
     path.write_text(
@@ -90,7 +90,7 @@ def proctor_run(
         )
     )
     capsys.readouterr()
-    args = ["run", str(path), "-n", "2", "--json"] + (["--queue", queue] if queue else [])
+    args = ["run", str(path), "--workers", "2", "--json"] + (["--queue", queue] if queue else [])
     code = main(args)
     out = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(out[-1]) if out else {}
@@ -248,7 +248,7 @@ def test_finding7_missing_command_binary_fails_at_once(
         f"spec:\n  image: t\n  task: {{command: ['{missing}']}}\n  cases: {{count: 30}}\n"
     )
     capsys.readouterr()
-    assert main(["run", str(path), "-n", "1", "--json"]) == EXIT_USAGE
+    assert main(["run", str(path), "--workers", "1", "--json"]) == EXIT_USAGE
 
 
 @pytest.mark.parametrize(
@@ -319,7 +319,7 @@ def test_finding1_metamorphic_guard_report_counts_crashes_as_violations(
     path = tmp_path / "mg.yaml"
     path.write_text(MG_MANIFEST)
     capsys.readouterr()
-    code = main(["run", str(path), "-n", "2", "--json"])
+    code = main(["run", str(path), "--workers", "2", "--json"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     storage = open_storage((tmp_path / "proctor-results").as_uri(), "mg-crash").of_current_attempt()
     records = list(storage.iter_records())

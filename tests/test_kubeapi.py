@@ -322,5 +322,7 @@ def test_user_login_picks_the_named_context(tmp_path: Path) -> None:
         "t-other",
         None,
     )
-    with pytest.raises(LoginError, match=r"has no context 'nope' \(contexts: ctx, ctx2\)"):
+    with pytest.raises(
+        LoginError, match=r"context 'nope' is not in kubeconfig .* \(contexts: ctx, ctx2\)"
+    ):
         user_login(kubeconfig=str(path), context="nope")

@@ -71,7 +71,7 @@ def run(
         )
     )
     capsys.readouterr()
-    code = main(["run", str(path), "-n", "2", "--json"])
+    code = main(["run", str(path), "--workers", "2", "--json"])
     out = capsys.readouterr().out.strip().splitlines()
     return code, json.loads(out[-1]) if out else {}
 

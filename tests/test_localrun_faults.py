@@ -72,14 +72,14 @@ def run_here(
     capsys: pytest.CaptureFixture[str], path: Path, *args: str
 ) -> tuple[int, dict[str, Any]]:
     capsys.readouterr()
-    code = main(["run", str(path), "-n", "2", "--json", *args])
+    code = main(["run", str(path), "--workers", "2", "--json", *args])
     out = capsys.readouterr().out.strip().splitlines()
     return code, json.loads(out[-1]) if out else {}
 
 
 def start(path: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "proctor", "run", str(path), "-n", "2", "--json", *args],
+        [sys.executable, "-m", "proctor", "run", str(path), "--workers", "2", "--json", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -173,7 +173,7 @@ def test_finding2_exhausted_budget_says_why_and_how_many(
 ) -> None:
     body = FAULTY.format(params="{crash: [250]}", count=400) + "  workers: {failureBudget: 0}\n"
     # One worker: its crash exhausts the budget, so no other worker takes the entry over.
-    code, summary = run_here(capsys, write(tmp_path, "budget", body), "-n", "1")
+    code, summary = run_here(capsys, write(tmp_path, "budget", body), "--workers", "1")
     assert code == EXIT_INCOMPLETE
     missing = 400 - summary["completed"]
     assert missing > 0
@@ -334,7 +334,7 @@ def test_finding5_resume_with_another_manifest_is_refused(
     other = write(tmp_path, "again", TOPK.format(count=1000, candidate="slow_buggy"), "b.yaml")
     before = sorted(p.name for p in result_objects(tmp_path, "again"))
     capsys.readouterr()
-    assert main(["run", str(other), "-n", "2", "--json", "--resume"]) == EXIT_USAGE
+    assert main(["run", str(other), "--workers", "2", "--json", "--resume"]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert "cases.count" in err
     assert "compare.candidate.ref" in err

@@ -250,7 +250,7 @@ def test_proctor_run_reports_metamorphic_guards_decision(
     name = f"mg-{candidate.replace('_', '-')}"
     path.write_text(MANIFEST.format(name=name, candidate=candidate))
     capsys.readouterr()
-    assert main(["run", str(path), "-n", "2", "--json"]) == code
+    assert main(["run", str(path), "--workers", "2", "--json"]) == code
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     report = summary["metamorphicGuard"]
     assert summary["decision"] == decision == report["proctor"]["decision"]
@@ -278,7 +278,7 @@ def test_proctor_run_table_shows_metamorphic_guards_report(
     monkeypatch.setenv("COLUMNS", "200")
     path = tmp_path / "mg.yaml"
     path.write_text(MANIFEST.format(name="mg-table", candidate="top_k_skip_first"))
-    assert main(["run", str(path), "-n", "1"]) == EXIT_REJECT
+    assert main(["run", str(path), "--workers", "1"]) == EXIT_REJECT
     out = capsys.readouterr().out
     for label in ("relative risk", "property violations", "relation violations"):
         assert label in out
@@ -294,7 +294,7 @@ def test_proctor_run_of_an_unloadable_spec_is_not_judged(
     path.write_text(
         MANIFEST.format(name="mg-bad", candidate="top_k_heap").replace("task: top_k", "task: nope")
     )
-    code = main(["run", str(path), "-n", "1", "--json"])
+    code = main(["run", str(path), "--workers", "1", "--json"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code != EXIT_ACCEPT
     assert code != EXIT_REJECT

@@ -83,7 +83,7 @@ def test_parse_duration_rejects(text: str) -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(90, "1m30s"), (0.25, "250ms"), (3600, "1h"), (3661, "1h1m1s"), (0, "0ms")],
+    [(90, "1m30s"), (0.25, "250ms"), (3600, "1h"), (3661, "1h1m1s"), (0, "0s"), (0.0004, "0ms")],
 )
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text

@@ -136,7 +136,7 @@ def test_finding9_log_lines_are_redacted(capsys: pytest.CaptureFixture[str]) -> 
 def test_finding9_proctor_run_error_hides_queue_password(tmp_path: Path) -> None:
     env = {**os.environ, "PROCTOR_LOG_FORMAT": "console"}
     out = subprocess.run(
-        [sys.executable, "-m", "proctor", "run", str(QUICKSTART), "-n", "1",
+        [sys.executable, "-m", "proctor", "run", str(QUICKSTART), "--workers", "1",
          "--queue", "redis://:S3CRETpw@127.0.0.1:1/0", "--results-dir", str(tmp_path / "r")],
         capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path, env=env,
     )  # fmt: skip

@@ -76,7 +76,7 @@ def run_here(
     capsys: pytest.CaptureFixture[str], path: Path, *args: str
 ) -> tuple[int, dict[str, Any]]:
     capsys.readouterr()
-    code = main(["run", str(path), "-n", "2", "--json", *args])
+    code = main(["run", str(path), "--workers", "2", "--json", *args])
     out = capsys.readouterr().out.strip().splitlines()
     return code, json.loads(out[-1]) if out else {}
 
@@ -263,7 +263,7 @@ def test_redteam4_resume_refuses_another_case_timeout_image_or_env(
         )
     )
     capsys.readouterr()
-    assert main(["run", str(other), "-n", "2", "--json", "--resume"]) == EXIT_USAGE
+    assert main(["run", str(other), "--workers", "2", "--json", "--resume"]) == EXIT_USAGE
     err = capsys.readouterr().err
     for name in ("caseTimeout", "image", "env"):
         assert name in err, err
@@ -309,7 +309,7 @@ def test_redteam7d_missing_command_binary_is_named(
 """
     path = write(tmp_path, "nobin", body)
     capsys.readouterr()
-    assert main(["run", str(path), "-n", "2", "--json"]) == EXIT_USAGE
+    assert main(["run", str(path), "--workers", "2", "--json"]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert "/nonexistent/bin/solver" in err
 
@@ -336,7 +336,7 @@ def test_redteam7f_a_replaced_attempt_says_so(
 
     first = compare_run(tmp_path, "twice", count=3000, batch=50)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "proctor", "run", str(first), "-n", "2", "--json"],
+        [sys.executable, "-m", "proctor", "run", str(first), "--workers", "2", "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

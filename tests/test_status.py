@@ -156,6 +156,7 @@ def test_conditions_events_and_no_mutation() -> None:
     second = next_status(later)
     assert second.events == []  # nothing a user must know about
     assert second.status.eta_seconds == 30
+    assert second.status.eta == "30s"
     ready2 = get_condition(second.status.conditions, "Ready")
     assert ready2 is not None
     assert ready2.last_transition_time == ready.last_transition_time
@@ -201,6 +202,7 @@ def test_finished_sets_completion_and_zero_eta() -> None:
     assert update.status.phase == "Succeeded"
     assert update.status.completion_time == "2026-01-01T00:00:00Z"
     assert update.status.eta_seconds == 0
+    assert update.status.eta == "0s"
     assert update.events[0].reason == "Completed"
 
 

@@ -218,21 +218,66 @@ def validate_document(doc: Any, source: str = "<input>", index: int = 0) -> Docu
     return DocumentResult(source, index, kind, name, tuple(errors), None if errors else model)
 
 
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+"""The files a folder contributes, as ``kubectl apply -f DIR`` reads them."""
+
+STDIN = "-"
+"""The path that means standard input, as in ``kubectl apply -f -``."""
+
+
+def manifest_paths(target: Path, *, recursive: bool = False) -> list[Path]:
+    """The files ``target`` names, as ``kubectl -f`` reads them: a file itself; a folder's
+    ``.yaml``, ``.yml`` and ``.json`` files in name order (its sub-folders' too with
+    ``recursive``). Raises :class:`ManifestError` for a path that does not exist or a folder
+    that holds no manifest file."""
+    if not target.is_dir():
+        if not target.exists():
+            raise ManifestError(f"{target}: cannot read: no such file or folder")
+        return [target]
+    pattern = "**/*" if recursive else "*"
+    found = sorted(
+        p for p in target.glob(pattern) if p.is_file() and p.suffix.lower() in MANIFEST_SUFFIXES
+    )
+    if not found:
+        suffixes = ", ".join(MANIFEST_SUFFIXES)
+        raise ManifestError(
+            f"{target}: the folder holds no {suffixes} file"
+            + ("" if recursive else " (-R/--recursive reads its sub-folders)")
+        )
+    return found
+
+
+def parse_documents(text: str, source: str) -> Iterator[tuple[int, Any]]:
+    """The non-empty YAML (or JSON) documents of ``text``, read from ``source``."""
+    try:
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{source}: not valid YAML: {exc}") from exc
+    except RecursionError as exc:
+        raise ManifestError(f"{source}: the YAML is nested too deeply to be a manifest") from exc
+    for i, doc in enumerate(docs):
+        if doc is not None:
+            yield i, doc
+
+
 def iter_documents(path: Path) -> Iterator[tuple[int, Any]]:
     """The non-empty YAML documents of a file."""
     try:
         text = path.read_text()
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read: {exc.strerror}") from exc
-    try:
-        docs = list(yaml.safe_load_all(text))
-    except yaml.YAMLError as exc:
-        raise ManifestError(f"{path}: not valid YAML: {exc}") from exc
-    except RecursionError as exc:
-        raise ManifestError(f"{path}: the YAML is nested too deeply to be a manifest") from exc
-    for i, doc in enumerate(docs):
-        if doc is not None:
-            yield i, doc
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not a text file ({exc.reason})") from exc
+    yield from parse_documents(text, str(path))
+
+
+def validate_text(text: str, source: str) -> list[DocumentResult]:
+    """Validate every document in ``text`` (a file's or standard input's content)."""
+    results = [validate_document(doc, source, i) for i, doc in parse_documents(text, source)]
+    if not results:
+        err = FieldError("", "the file holds no manifest")
+        results.append(DocumentResult(source, 0, "", "", (err,), None))
+    return results
 
 
 def validate_file(path: Path) -> list[DocumentResult]:

@@ -71,12 +71,41 @@ KINDS: tuple[Kind, ...] = (
             },
             {
                 "name": "ETA",
-                "type": "integer",
-                "jsonPath": ".status.etaSeconds",
-                "description": "Estimated seconds to finish.",
+                "type": "string",
+                "jsonPath": ".status.eta",
+                "description": "Estimated time to finish, as a duration.",
             },
             {"name": "Decision", "type": "string", "jsonPath": ".status.result.decision"},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+            # priority 1: shown by `kubectl get -o wide` only.
+            {
+                "name": "Cases",
+                "type": "integer",
+                "jsonPath": ".status.counts.total",
+                "description": "Cases in the run.",
+                "priority": 1,
+            },
+            {
+                "name": "Failed",
+                "type": "integer",
+                "jsonPath": ".status.counts.failed",
+                "description": "Completed cases whose checks failed.",
+                "priority": 1,
+            },
+            {
+                "name": "Delta",
+                "type": "number",
+                "jsonPath": ".status.result.delta",
+                "description": "Candidate minus baseline pass rate.",
+                "priority": 1,
+            },
+            {
+                "name": "Results",
+                "type": "string",
+                "jsonPath": ".status.result.resultsUri",
+                "description": "Where the merged results are.",
+                "priority": 1,
+            },
         ),
     ),
     Kind(
@@ -103,6 +132,21 @@ KINDS: tuple[Kind, ...] = (
                 "description": "Cells slower than the baseline.",
             },
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+            # priority 1: shown by `kubectl get -o wide` only.
+            {
+                "name": "Run",
+                "type": "string",
+                "jsonPath": ".status.runId",
+                "description": "The current (or last) run.",
+                "priority": 1,
+            },
+            {
+                "name": "Report",
+                "type": "string",
+                "jsonPath": ".status.reportUri",
+                "description": "Where the report is.",
+                "priority": 1,
+            },
         ),
     ),
 )

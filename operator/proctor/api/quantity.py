@@ -116,8 +116,8 @@ def parse_duration(value: str | int | float) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """Shortest Go-style rendering: ``90`` -> ``1m30s``."""
-    if seconds < 1:
+    """Shortest Go-style rendering: ``90`` -> ``1m30s``; zero is ``0s``, as Go writes it."""
+    if 0 < seconds < 1:
         return f"{round(seconds * 1000)}ms"
     total = round(seconds)
     hours, rest = divmod(total, 3600)

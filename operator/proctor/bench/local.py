@@ -40,6 +40,7 @@ from proctor.bench.report import format_seconds, render_html, render_markdown
 from proctor.bench.store import RECORDS_KEY, SuiteStore, load_records
 from proctor.bench.summary import SuiteSummary, summarize_suite
 from proctor.bench.worker import BenchWorkerConfig, open_suite_store
+from proctor.console import escape, make_console, plain
 from proctor.queue import open_queue
 from proctor.redact import redact_text
 from proctor.storage import LocalBlobs
@@ -178,8 +179,8 @@ def summary_table(name: str, summary: SuiteSummary) -> Table:
             word = "[bold red]REGRESSION[/bold red]" if b.regression else "ok"
             verdict = f"{b.ratio:.3f}x {word}"
         table.add_row(
-            c.benchmark,
-            c.variant,
+            plain(c.benchmark),
+            plain(c.variant),
             f"{c.completed}/{c.total}",
             str(c.failed),
             format_seconds(c.p50),
@@ -189,8 +190,8 @@ def summary_table(name: str, summary: SuiteSummary) -> Table:
         )
     for comp in summary.comparisons:
         table.caption = (table.caption + "; " if table.caption else "") + (
-            f"{comp.benchmark}: {comp.variant}/{comp.reference} = {comp.ratio:.3f}x "
-            f"[{comp.ratio_ci[0]:.3f}, {comp.ratio_ci[1]:.3f}]"
+            escape(f"{comp.benchmark}: {comp.variant}/{comp.reference} = {comp.ratio:.3f}x ")
+            + escape(f"[{comp.ratio_ci[0]:.3f}, {comp.ratio_ci[1]:.3f}]")
         )
     return table
 
@@ -205,17 +206,18 @@ def _exit_code(summary: SuiteSummary, crashed: bool) -> int:
 
 def run_suite_local(options: LocalSuiteOptions, console: Console | None = None) -> int:
     """Run the manifest's BenchmarkSuite here; returns the exit code (see the module doc)."""
-    out = console or Console(stderr=True)
+    out = console or make_console(stderr=True)
     try:
         run = _setup(options)
     except SuiteRunError as exc:
-        out.print(f"[red]error:[/red] {redact_text(str(exc))}")
+        out.print(f"[red]error:[/red] {escape(redact_text(str(exc)))}")
         return EXIT_USAGE
     started = time.monotonic()
     total = sum(c.repetitions for c in run.matrix)
     out.print(
         f"BenchmarkSuite {run.namespace}/{run.name}, run {run.run_id}: {len(run.matrix)} cells, "
-        f"{total} repetitions, {run.workers} worker(s) per cell; images are not used locally"
+        f"{total} repetitions, {run.workers} worker(s) per cell; images are not used locally",
+        markup=False,
     )
     interrupted = False
     try:
@@ -223,7 +225,7 @@ def run_suite_local(options: LocalSuiteOptions, console: Console | None = None) 
     except KeyboardInterrupt:
         interrupted, crashed = True, False
     except _WorkerSetupError as exc:
-        out.print(f"[red]error:[/red] {redact_text(str(exc))}; see {run.log_dir}")
+        out.print(f"[red]error:[/red] {escape(redact_text(str(exc)))}; see {escape(run.log_dir)}")
         return EXIT_USAGE
     records = run.store.all_records([c.id for c in run.matrix])
     summary = summarize_suite(run.spec, records, run.baseline)
@@ -240,11 +242,13 @@ def run_suite_local(options: LocalSuiteOptions, console: Console | None = None) 
         "exitCode": code,
         **summary.to_json(),
     }
+    if interrupted:
+        data["resume"] = options.resume_command(run.run_id)
     if options.json_output:
         sys.stdout.write(json.dumps(data) + "\n")
         sys.stdout.flush()
     else:
-        _print_summary(run, summary, report_uri)
+        _print_summary(run, summary, report_uri, data.get("resume"))
     return code
 
 
@@ -341,7 +345,7 @@ def _measure_cells(run: _SuiteRun, options: LocalSuiteOptions, out: Console, tot
     with bar:
         task = bar.add_task(run.name, total=total)
         for cell in run.matrix:
-            bar.update(task, description=f"{run.name} {cell.id}")
+            bar.update(task, description=escape(f"{run.name} {cell.id}"))
 
             def progress(n: int, base: int = done_before) -> None:
                 bar.update(task, completed=base + n)
@@ -381,15 +385,19 @@ def _write_report(
     )
 
 
-def _print_summary(run: _SuiteRun, summary: SuiteSummary, report_uri: str) -> None:
-    console_out = Console()
+def _print_summary(
+    run: _SuiteRun, summary: SuiteSummary, report_uri: str, resume: str | None
+) -> None:
+    console_out = make_console()
     console_out.print(summary_table(run.name, summary))
     # Whole lines, never wrapped: people copy these into a browser or a later baseline.
-    console_out.print(f"report: {report_uri}", soft_wrap=True, highlight=False)
-    console_out.print(f"records: {run.store.records_uri}", soft_wrap=True, highlight=False)
+    for label, value in (("report", report_uri), ("records", run.store.records_uri)):
+        console_out.print(f"{label}: {value}", soft_wrap=True, highlight=False, markup=False)
     if summary.regressions:
         cells_flagged = ", ".join(f"{r.benchmark}.{r.variant}" for r in summary.regressions)
-        console_out.print(f"[bold red]regressions:[/bold red] {cells_flagged}")
+        console_out.print(f"[bold red]regressions:[/bold red] {escape(cells_flagged)}")
+    if resume:
+        console_out.print(f"interrupted; resume with: {resume}", soft_wrap=True, markup=False)
 
 
 class _WorkerSetupError(Exception):

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from proctor.api.v1alpha1.evalrun import TERMINAL_PHASES
-from proctor.cli.context import (
+from proctor.cli.session import (
     EXIT_UNREACHABLE,
     ClusterError,
     ClusterSession,

@@ -24,7 +24,7 @@ from proctor.api.names import ANNOTATION_CASE_SECONDS
 from proctor.api.quantity import format_bytes, format_duration, parse_duration
 from proctor.api.v1alpha1.cost import CostStatus
 from proctor.api.v1alpha1.evalrun import EvalRun
-from proctor.cli.context import (
+from proctor.cli.session import (
     EXIT_UNREACHABLE,
     ClusterError,
     ClusterSession,

@@ -150,20 +150,19 @@ def merge_kubeconfigs(paths: list[Path]) -> Kubeconfig:
     return Kubeconfig(paths, current, merged, bases)
 
 
-def user_login(*, context: str | None = None, kubeconfig: str | None = None) -> ConnectionInfo:
-    """Credentials for a command a user runs (``proctor plan``, ``cancel``), as kubectl finds
-    them: the kubeconfig (``kubeconfig``, else ``$KUBECONFIG``, else ``~/.kube/config``) at
-    ``context`` (else its current context); in a pod with no kubeconfig, its ServiceAccount."""
-    paths = [Path(kubeconfig).expanduser()] if kubeconfig else kubeconfig_paths()
-    if paths and not any(p.exists() for p in paths):
-        raise LoginError(f"kubeconfig {os.pathsep.join(map(str, paths))} does not exist")
-    info = kubeconfig_login(paths=paths, context=context) if paths else None
-    if info is None and context is None:
+def user_login(kubeconfig: str | None = None, context: str | None = None) -> ConnectionInfo:
+    """The credentials a command a user runs takes, in kubectl's order: ``--kubeconfig``
+    (else ``$KUBECONFIG`` or ``~/.kube/config``) at ``--context`` (else its current
+    context); with no kubeconfig at all, the pod's ServiceAccount."""
+    if kubeconfig is None and context is None and not kubeconfig_paths():
         info = in_cluster_login()
+        if info is not None:
+            return info
+    info = kubeconfig_login(kubeconfig=kubeconfig, context=context)
     if info is None:
         raise LoginError(
-            "no Kubernetes credentials: no kubeconfig ($KUBECONFIG or ~/.kube/config) and not "
-            "in a pod; set KUBECONFIG or pass --kubeconfig"
+            "no kubeconfig: $KUBECONFIG is not set and ~/.kube/config does not exist, and this "
+            "is not a pod with a ServiceAccount; give --kubeconfig FILE or set KUBECONFIG"
         )
     return info
 
@@ -172,21 +171,23 @@ def kubeconfig_login(
     *,
     trust_env: bool = False,
     environ: Mapping[str, str] | None = None,
-    paths: list[Path] | None = None,
+    kubeconfig: str | None = None,
     context: str | None = None,
 ) -> ConnectionInfo | None:
-    """Credentials of the kubeconfig's ``context`` (default: its current context); None when
-    there is no kubeconfig. ``paths`` default to ``$KUBECONFIG`` or ``~/.kube/config``."""
+    """Credentials of the kubeconfig's current context (or ``context``); None when there is
+    no kubeconfig. ``kubeconfig`` names the one file to read instead of ``$KUBECONFIG``."""
     import kopf  # noqa: PLC0415 - late: keep_kubernetes_client_out runs first
 
-    paths = kubeconfig_paths(environ) if paths is None else paths
+    paths = kubeconfig_paths(environ) if kubeconfig is None else [Path(kubeconfig).expanduser()]
+    if kubeconfig is not None and not paths[0].is_file():
+        raise LoginError(f"--kubeconfig {kubeconfig}: no such file")
     if not paths:
         return None
     config = merge_kubeconfigs(paths)
     merged, bases = config.sections, config.bases
     current = _context_name(config, context)
-    chosen: dict[str, Any] = merged["contexts"][current]
-    cluster_name, user_name = chosen.get("cluster", ""), chosen.get("user", "")
+    entry = merged["contexts"][current]
+    cluster_name, user_name = entry.get("cluster", ""), entry.get("user", "")
     if cluster_name not in merged["clusters"]:
         raise LoginError(f"kubeconfig context {current!r} names unknown cluster {cluster_name!r}")
     cluster = merged["clusters"][cluster_name]
@@ -221,23 +222,24 @@ def kubeconfig_login(
         username=user.get("username"),
         password=user.get("password"),
         token=token,
-        default_namespace=chosen.get("namespace"),
+        default_namespace=entry.get("namespace"),
         trust_env=trust_env,
     )
 
 
-def _context_name(config: Kubeconfig, context: str | None) -> str:
-    """``context`` if the kubeconfig has it, else its current context; LoginError if none."""
-    where = os.pathsep.join(map(str, config.paths))
+def _context_name(config: Kubeconfig, given: str | None) -> str:
+    """The context to use: ``given`` (``--context``), else the current one; raises
+    :class:`LoginError` naming the files when there is none or it is unknown."""
     contexts = config.sections["contexts"]
-    if context and context not in contexts:
+    where = os.pathsep.join(map(str, config.paths))
+    if given and given not in contexts:
         known = ", ".join(sorted(contexts)) or "none"
-        raise LoginError(f"kubeconfig {where} has no context {context!r} (contexts: {known})")
-    current = context or config.current
+        raise LoginError(f"context {given!r} is not in kubeconfig {where} (contexts: {known})")
+    current = given or config.current
     if not current or current not in contexts:
         raise LoginError(
             f"kubeconfig {where} has no usable current-context; "
-            "set one with `kubectl config use-context NAME` or pass --context"
+            "set one with `kubectl config use-context NAME` or give --context"
         )
     return current
 

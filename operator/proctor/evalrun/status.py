@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from proctor.api.conditions import ConditionSetter, Event, Problem, get_condition, rfc3339
+from proctor.api.quantity import format_duration
 from proctor.api.times import parse_time
 from proctor.api.v1alpha1.base import Condition, LossLedgerStatus
 from proctor.api.v1alpha1.cost import CostStatus
@@ -251,6 +252,7 @@ def next_status(obs: Observation) -> StatusUpdate:
         progress_percent=percent,
         cases_per_second=round(obs.rate, 2) if obs.rate is not None else None,
         eta_seconds=eta,
+        eta=None if eta is None else format_duration(eta),
         # A finished run's pods are being removed: none is ready, none is wanted.
         workers=obs.workers.model_copy(update={"desired": 0, "ready": 0})
         if phase in TERMINAL
@@ -297,7 +299,7 @@ def _events(obs: Observation, decision: PhaseDecision, stalled: bool) -> list[Ev
     return events
 
 
-DRIFT_FIELDS = frozenset({"casesPerSecond", "etaSeconds", "cost"})
+DRIFT_FIELDS = frozenset({"casesPerSecond", "etaSeconds", "eta", "cost"})
 """Status fields that are estimates or running totals: a change in them alone is written at
 most every ``STATUS_DRIFT_SECONDS`` (see :func:`drift_hold`). The cost is accrued from the
 status last written, so a write held back loses nothing."""

@@ -45,6 +45,7 @@ from rich.progress import (
 
 from proctor.api.v1alpha1 import EVALRUN_KIND
 from proctor.api.v1alpha1.evalrun import EvalRun, ResultSummary
+from proctor.console import make_console
 from proctor.dataset import DatasetError, Location
 from proctor.dataset.run import total_cases
 from proctor.local.admission import admit_dataset, dataset_changed, with_dataset_path
@@ -220,7 +221,7 @@ def _signals_interrupt() -> Iterator[None]:
 
 def run_local(options: LocalRunOptions, console: Console | None = None) -> int:
     """Run the manifest's EvalRun here; returns the exit code (see the module doc)."""
-    out = console or Console(stderr=True)
+    out = console or make_console(stderr=True)
     try:
         with _signals_interrupt():
             return _run_local(options, out)
@@ -413,6 +414,7 @@ def _finish(
     data["attempt"] = run.config.attempt
     if interrupted:
         data["decision"] = "interrupted"
+        data["resume"] = options.resume_command(run.config.run_id)
     if judged.report_key is not None and judged.report is not None:
         data[judged.report_key] = dict(judged.report)
     progress.checkpoint(summary=data)

@@ -4,15 +4,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 from typing import Any
 
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from proctor.api.v1alpha1.evalrun import ResultSummary
+from proctor.console import make_console, plain
 from proctor.storage import ProgressSnapshot
 
 
@@ -78,33 +77,32 @@ def _table(data: dict[str, Any], extra: Sequence[tuple[str, str]] = ()) -> Table
         table.add_row("not evaluated", f"{data['notEvaluated']:,} cases")
     if data["decision"] in (None, "interrupted") and data["baselinePassRate"] is None:
         table.add_row("pass rate", pct(data["passRate"]))
-        if data["decision"]:
-            table.add_row("decision", f"[bold]{data['decision']}[/bold]")
-        if data["reason"]:
-            table.add_row("reason", escape(data["reason"]))
     else:
         table.add_row("baseline pass rate", pct(data["baselinePassRate"]))
         table.add_row("candidate pass rate", pct(data["candidatePassRate"]))
         lo_hi = data["interval"]
         interval = f"[{pct(lo_hi[0])}, {pct(lo_hi[1])}]" if lo_hi else "-"
-        table.add_row("delta (candidate - baseline)", f"{pct(data['delta'])}  {interval}")
-        table.add_row("decision", f"[bold]{data['decision']}[/bold]")
-        if data["reason"]:
-            table.add_row("reason", escape(data["reason"]))
+        table.add_row("delta (candidate - baseline)", plain(f"{pct(data['delta'])}  {interval}"))
+    if data["decision"]:
+        table.add_row("decision", f"[bold]{escape(data['decision'])}[/bold]")
+    if data["reason"]:
+        table.add_row("reason", plain(data["reason"]))
     if data["topViolations"]:
         top = ", ".join(f"{escape(v['name'])} ({v['count']:,})" for v in data["topViolations"])
         table.add_row("top violations", top)
     if data["firstFailing"]:
         table.add_row("first failing cases", ", ".join(map(str, data["firstFailing"])))
     for label, value in extra:  # what the task's summary hook adds (Metamorphic Guard's)
-        table.add_row(label, value)
+        table.add_row(plain(label), plain(value))
     if data["earlyStopped"]:
         table.add_row("early stopped", "yes")
     rate = data["casesPerSecond"]
     table.add_row("time", f"{data['seconds']:.1f}s" + (f" ({rate:,.0f} cases/s)" if rate else ""))
-    table.add_row("results", data["resultsUri"])
+    table.add_row("results", plain(data["resultsUri"]))
     if data["outputsUri"]:
-        table.add_row("outputs", data["outputsUri"])
+        table.add_row("outputs", plain(data["outputsUri"]))
+    if data.get("resume"):
+        table.add_row("resume", plain(data["resume"]))
     return table
 
 
@@ -113,7 +111,6 @@ def print_summary(
 ) -> None:
     """The summary as one JSON line on stdout (``--json``), or as a table."""
     if json_output:
-        sys.stdout.write(json.dumps(data) + "\n")
-        sys.stdout.flush()
+        print(json.dumps(data), flush=True)
     else:
-        Console().print(_table(data, rows))
+        make_console().print(_table(data, rows))

@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import IO
 
 import structlog
-from rich.console import Console
-from rich.markup import escape
 
 from proctor.api.quantity import parse_duration
+from proctor.console import escape, make_console
 from proctor.redact import redact_text
 from proctor.worker.isolation import hang_grace
 from proctor.worker.pool import Holders, Process, WorkerPool
@@ -234,7 +233,9 @@ class LocalWorkers(WorkerPool):
 
     def print_load_error(self) -> None:
         """Print :meth:`load_error` to stderr, one line."""
-        Console(stderr=True).print(f"[red]error:[/red] {escape(self.load_error())}", soft_wrap=True)
+        make_console(stderr=True).print(
+            f"[red]error:[/red] {escape(self.load_error())}", soft_wrap=True
+        )
 
     def close(self) -> None:
         for f in self.logs.values():

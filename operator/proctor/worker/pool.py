@@ -4,6 +4,7 @@ pod) within the failure budget."""
 
 from __future__ import annotations
 
+import shlex
 import signal
 import subprocess
 import time
@@ -14,6 +15,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from proctor.redact import redact_url
 from proctor.worker.common import EXIT_CONFIG
 
 log = structlog.get_logger("proctor.run")
@@ -39,6 +41,20 @@ class LocalOptions:
     resume: bool = False
     json_output: bool = False
     refresh_seconds: float = 0.25
+
+    def resume_command(self, run_id: str) -> str:
+        """The command that continues this run where it stopped, for the interrupted summary:
+        the same manifest, run id, results, queue and storage (their credentials masked)."""
+        argv = ["proctor", "run", str(self.manifest), "--resume", "--run-id", run_id]
+        if self.results_dir != LocalOptions.results_dir:
+            argv += ["--results-dir", str(self.results_dir)]
+        if self.queue_url:
+            argv += ["--queue", redact_url(self.queue_url)]
+        if self.storage_uri:
+            argv += ["--storage", redact_url(self.storage_uri)]
+        if self.workers is not None:
+            argv += ["--workers", str(self.workers)]
+        return shlex.join(argv)
 
 
 class Process(Protocol):

@@ -522,6 +522,9 @@ class EvalRunStatus(ApiModel):
     progress_percent: float | None = Field(default=None, description="Completed share, 0-100.")
     cases_per_second: float | None = Field(default=None, description="Recent throughput.")
     eta_seconds: int | None = Field(default=None, description="Estimated seconds to finish.")
+    eta: str | None = Field(
+        default=None, description="Estimated time to finish, as a duration (3m20s); 0s once done."
+    )
     workers: WorkerCounts | None = Field(default=None, description="Worker pods.")
     plan: Plan | None = Field(default=None, description="The current plan.")
     disruptions: int | None = Field(

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from rich.console import Console
 
+from proctor.console import make_console
 from proctor.integrations.metamorphic_guard.adapter import load_spec
 from proctor.integrations.metamorphic_guard.report import report_from_storage
 from proctor.local.run import LocalRunOptions, load_evalrun, run_local
@@ -160,7 +160,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 json_output=True,
                 refresh_seconds=0.05,
             ),
-            Console(stderr=True),
+            make_console(stderr=True),
         )
     seconds = time.monotonic() - t0
     lines = captured.getvalue().strip().splitlines()
