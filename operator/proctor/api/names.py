@@ -28,3 +28,12 @@ LABEL_ISOLATION = f"{GROUP}/isolation"
 ANNOTATION_CELL = f"{GROUP}/cell"
 ANNOTATION_PROFILE = f"{GROUP}/profile"
 ANNOTATION_ENQUEUED = f"{GROUP}/enqueued"
+
+# Well-known node labels and the label DaemonSet pods carry (Kubernetes' own keys).
+ZONE_KEY = "topology.kubernetes.io/zone"
+HOSTNAME_KEY = "kubernetes.io/hostname"
+DAEMON_POD_LABEL = "pod-template-generation"
+"""The DaemonSet controller labels every pod it creates with its template generation (from
+the annotation apps/v1 always carries), so a selector can tell node agents from workloads."""
+SYSTEM_NAMESPACE = "kube-system"
+"""Static (mirror) pods and cluster add-ons live here: node agents, not neighbours."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from proctor.api.names import DAEMON_POD_LABEL, LABEL_RUN_UID, SYSTEM_NAMESPACE
 from proctor.api.quantity import cpu_millis, to_bytes
 from proctor.planning.plan import GPU_RESOURCE, Capacity, NodeInfo, QuotaHeadroom, Taint
 from proctor.pods import LABEL_POOL, LABEL_RUN
@@ -74,11 +75,19 @@ def node_info(body: Mapping[str, Any]) -> NodeInfo:
 
 @dataclass(frozen=True)
 class PodUsage:
-    """Requests of one non-terminated pod bound to a node."""
+    """Requests of one non-terminated pod bound to a node; ``agent``: a node agent (a
+    DaemonSet's pod, or any pod in kube-system), which an exclusive worker does not mind."""
 
     uid: str
     run_uid: str
     requests: Capacity
+    agent: bool = False
+
+
+def is_node_agent(namespace: str, labels: Mapping[str, str]) -> bool:
+    """What an exclusive worker's anti-affinity (:func:`proctor.pods.exclusive_affinity`)
+    lets share its node: DaemonSet pods (by the label their controller sets) and kube-system."""
+    return DAEMON_POD_LABEL in labels or namespace == SYSTEM_NAMESPACE
 
 
 def pod_usage(body: Mapping[str, Any]) -> tuple[str, PodUsage] | None:
@@ -94,18 +103,20 @@ def pod_usage(body: Mapping[str, Any]) -> tuple[str, PodUsage] | None:
         )
     labels = _get(body, "metadata", "labels") or {}
     usage = Capacity(total.cpu_millis, total.memory, total.gpus, 1)
+    agent = is_node_agent(str(_get(body, "metadata", "namespace") or ""), labels)
     return str(node), PodUsage(
-        str(_get(body, "metadata", "uid")), labels.get("proctor.dev/run-uid", ""), usage
+        str(_get(body, "metadata", "uid")), labels.get(LABEL_RUN_UID, ""), usage, agent
     )
 
 
 def nodes_with_usage(
     nodes: Iterable[NodeInfo], usage: Mapping[str, Iterable[PodUsage]], run_uid: str
 ) -> list[NodeInfo]:
-    """Nodes with ``requested`` = requests of their pods, this run's workers excluded."""
+    """Nodes with ``requested`` = requests of their pods and ``neighbours`` = those pods that
+    are not node agents, this run's workers excluded."""
     out = []
     for node in nodes:
-        cpu = mem = gpus = pods = 0
+        cpu = mem = gpus = pods = neighbours = 0
         for u in usage.get(node.name, ()):
             if u.run_uid == run_uid:
                 continue
@@ -113,6 +124,7 @@ def nodes_with_usage(
             mem += u.requests.memory
             gpus += u.requests.gpus
             pods += u.requests.pods
+            neighbours += 0 if u.agent else 1
         out.append(
             NodeInfo(
                 node.name,
@@ -122,6 +134,7 @@ def nodes_with_usage(
                 node.taints,
                 node.ready,
                 node.unschedulable,
+                neighbours,
             )
         )
     return out

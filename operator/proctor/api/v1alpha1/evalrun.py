@@ -17,7 +17,6 @@ from proctor.api.v1alpha1.base import (
     Entrypoint,
     FreeForm,
     LossLedgerStatus,
-    Placement,
     ProfileName,
     QueueSpec,
     Resources,
@@ -29,6 +28,7 @@ from proctor.api.v1alpha1.base import (
     plural_of,
 )
 from proctor.api.v1alpha1.env import EnvVar
+from proctor.api.v1alpha1.placement import RunPlacement
 
 MAX_CASE_TIMEOUT = "168h"
 """The longest ``caseTimeout`` (7 days): longer is a typo, and overflows the timers."""
@@ -224,7 +224,10 @@ class EvalRunSpec(ApiModel):
     )
     gpus: int = Field(default=0, ge=0, le=16, description="GPUs (nvidia.com/gpu) per worker.")
     workers: WorkersSpec = Field(default_factory=WorkersSpec, description="Worker pool bounds.")
-    placement: Placement = Field(default_factory=Placement, description="Where workers may run.")
+    placement: RunPlacement = Field(
+        default_factory=RunPlacement,
+        description="Where workers may run, how they spread, and whether they share nodes.",
+    )
     queue: QueueSpec | None = Field(
         default=None, description="Work queue; unset: the operator's default."
     )
@@ -289,7 +292,18 @@ class EvalRunSpec(ApiModel):
 
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
 LimitName = Literal[
-    "cpu", "memory", "gpu", "backlog", "max", "min", "quota", "nodes", "pods", "done", "suspended"
+    "cpu",
+    "memory",
+    "gpu",
+    "backlog",
+    "max",
+    "min",
+    "quota",
+    "nodes",
+    "pods",
+    "spread",
+    "done",
+    "suspended",
 ]
 
 
