@@ -4,6 +4,7 @@ three zones of kwok nodes places workers evenly, as the plan says."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -16,6 +17,7 @@ from kubernetes import client, watch
 
 from e2e.harness.poll import wait_until
 from e2e.test_operator import Env, _dump
+from proctor.validation import validate_document
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -219,3 +221,37 @@ def test_zone_spread_places_workers_evenly(env: Env) -> None:
         "proctor.dev/run": "even",
         "app.kubernetes.io/component": "worker",
     }
+
+
+BAD_PLACEMENTS = {
+    "not a label key": {"topologySpread": [{"topologyKey": "zone/"}]},
+    "minDomains with ScheduleAnyway": {
+        "topologySpread": [
+            {"topologyKey": ZONE, "whenUnsatisfiable": "ScheduleAnyway", "minDomains": 2}
+        ]
+    },
+    "duplicate constraint": {
+        "topologySpread": [{"topologyKey": ZONE}, {"topologyKey": ZONE, "maxSkew": 2}]
+    },
+    "a selector of the run's own": {
+        "topologySpread": [{"topologyKey": ZONE, "labelSelector": {"matchLabels": {"a": "b"}}}]
+    },
+    "bad isolation": {"isolation": "alone"},
+}
+
+
+@pytest.mark.parametrize("placement", BAD_PLACEMENTS.values(), ids=BAD_PLACEMENTS.keys())
+def test_the_api_server_refuses_bad_placement_as_proctor_validate_does(
+    env: Env, placement: dict[str, Any]
+) -> None:
+    doc = env.evalrun("bad")
+    doc["spec"]["placement"].update(placement)
+    expected = validate_document(doc).errors
+    assert expected, "proctor validate accepted it"
+    with pytest.raises(client.ApiException) as refused:
+        env.create(doc)
+    assert refused.value.status in {400, 422}
+    body = json.loads(refused.value.body)["message"]
+    # The apiserver words unknown fields and CEL rules its own way around the same text.
+    message = expected[0].message.removeprefix("unknown field ").split(', got "')[0]
+    assert message in body, (message, body)

@@ -223,8 +223,8 @@ INVALID = {
                 ]
             },
         ),
-        "spec.placement.topologySpread[1]: Duplicate value: map[string]interface {}"
-        '{"topologyKey":"topology.kubernetes.io/zone", "whenUnsatisfiable":"DoNotSchedule"}',
+        "spec.placement.topologySpread[1]: Duplicate value: "
+        '{"topologyKey":"topology.kubernetes.io/zone","whenUnsatisfiable":"DoNotSchedule"}',
     ),
     "too many spread constraints": (
         with_spec(
@@ -246,7 +246,7 @@ INVALID = {
     ),
     "suite duplicate variant": (
         with_spec(BASE_SUITE, variants=[{"name": "git"}, {"name": "git"}]),
-        'spec.variants[1]: Duplicate value: map[string]interface {}{"name":"git"}',
+        'spec.variants[1]: Duplicate value: {"name":"git"}',
     ),
     "suite no benchmarks": (
         with_spec(BASE_SUITE, benchmarks=[]),

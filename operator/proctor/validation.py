@@ -7,6 +7,7 @@ rejected by ``proctor validate`` or by ``kubectl apply``.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -183,10 +184,10 @@ def _duplicate_items(path: str, items: list[Any], keys: dict[str, Any]) -> list[
         if any(v is None for v in values):
             continue
         if values in seen:
-            shown = ", ".join(f'"{k}":"{v}"' for k, v in zip(keys, values, strict=True))
-            errors.append(
-                FieldError(f"{path}[{i}]", f"Duplicate value: map[string]interface {{}}{{{shown}}}")
-            )
+            # As kube-apiserver 1.37 words it: the item's keys as compact JSON, sorted.
+            item_keys = dict(zip(keys, values, strict=True))
+            shown = json.dumps(item_keys, separators=(",", ":"), sort_keys=True)
+            errors.append(FieldError(f"{path}[{i}]", f"Duplicate value: {shown}"))
         seen.add(values)
     return errors
 
