@@ -243,6 +243,15 @@ LIMITS = {
     "minDomains over two zones": Limit(
         [spread(min_domains=3)], domains(a="1", b="2"), {"a": 5, "b": 5}, 10, 2
     ),
+    # Nodes within 1 of each other and zones within 1: 333 nodes of each zone hold 2, one
+    # node of the bigger zone 1 (zones 667/666/666); the true maximum.
+    "zones and nodes over 1000 nodes": Limit(
+        [spread(), spread(key="host")],
+        {f"n{i}": {"zone": f"z{i % 3}", "host": f"n{i}"} for i in range(1000)},
+        {f"n{i}": 6 for i in range(1000)},
+        5000,
+        1999,
+    ),
     "nodes without the key are not members": Limit(
         [spread(key="rack")], domains(a="1"), {"a": 5}, 5, 0
     ),
