@@ -67,6 +67,22 @@ VALID = {
             "spot": {"allowed": True, "fallbackToOnDemandAfter": 2},
         },
     ),
+    "exclusive with topology spread": with_spec(
+        BASE_RUN,
+        placement={
+            "isolation": "exclusive",
+            "topologySpread": [
+                {"topologyKey": "topology.kubernetes.io/zone", "maxSkew": 1},
+                {
+                    "topologyKey": "topology.kubernetes.io/zone",
+                    "whenUnsatisfiable": "ScheduleAnyway",
+                },
+                {"topologyKey": "kubernetes.io/hostname", "maxSkew": 2, "minDomains": 3},
+                {"topologyKey": "rack"},
+            ],
+        },
+    ),
+    "no topology spread": with_spec(BASE_RUN, placement={"topologySpread": []}),
     "env from secret": with_spec(
         BASE_RUN, env=[{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]
     ),
@@ -139,6 +155,84 @@ INVALID = {
         'spec.placement.spread: Unsupported value: "always": supported values: "preferred", '
         '"required", "none"',
     ),
+    "bad isolation": (
+        with_spec(BASE_RUN, placement={"isolation": "solo"}),
+        'spec.placement.isolation: Unsupported value: "solo": supported values: "shared", '
+        '"exclusive"',
+    ),
+    "topologyKey not a label key": (
+        with_spec(BASE_RUN, placement={"topologySpread": [{"topologyKey": "zone/"}]}),
+        "spec.placement.topologySpread[0].topologyKey: topologyKey must be a node label key, "
+        "such as topology.kubernetes.io/zone (zones), kubernetes.io/hostname (nodes)",
+    ),
+    "topologyKey with a space": (
+        with_spec(BASE_RUN, placement={"topologySpread": [{"topologyKey": "my zone"}]}),
+        "spec.placement.topologySpread[0].topologyKey: topologyKey must be a node label key",
+    ),
+    "topologyKey missing": (
+        with_spec(BASE_RUN, placement={"topologySpread": [{"maxSkew": 1}]}),
+        "spec.placement.topologySpread[0].topologyKey: Required value",
+    ),
+    "maxSkew zero": (
+        with_spec(BASE_RUN, placement={"topologySpread": [{"topologyKey": "rack", "maxSkew": 0}]}),
+        "spec.placement.topologySpread[0].maxSkew: Invalid value: 0: "
+        "spec.placement.topologySpread[0].maxSkew in body should be greater than or equal to 1",
+    ),
+    "bad whenUnsatisfiable": (
+        with_spec(
+            BASE_RUN,
+            placement={"topologySpread": [{"topologyKey": "rack", "whenUnsatisfiable": "Never"}]},
+        ),
+        'spec.placement.topologySpread[0].whenUnsatisfiable: Unsupported value: "Never": '
+        'supported values: "DoNotSchedule", "ScheduleAnyway"',
+    ),
+    "minDomains with ScheduleAnyway": (
+        with_spec(
+            BASE_RUN,
+            placement={
+                "topologySpread": [
+                    {"topologyKey": "rack", "whenUnsatisfiable": "ScheduleAnyway", "minDomains": 2}
+                ]
+            },
+        ),
+        "spec.placement.topologySpread[0].minDomains: minDomains is only allowed with "
+        "whenUnsatisfiable: DoNotSchedule",
+    ),
+    "spread selector is the operator's": (
+        with_spec(
+            BASE_RUN,
+            placement={
+                "topologySpread": [
+                    {"topologyKey": "rack", "labelSelector": {"matchLabels": {"app": "db"}}}
+                ]
+            },
+        ),
+        'unknown field "spec.placement.topologySpread[0].labelSelector"',
+    ),
+    "duplicate spread constraint": (
+        with_spec(
+            BASE_RUN,
+            placement={
+                "topologySpread": [
+                    {"topologyKey": "topology.kubernetes.io/zone", "maxSkew": 1},
+                    {
+                        "topologyKey": "topology.kubernetes.io/zone",
+                        "maxSkew": 2,
+                        "whenUnsatisfiable": "DoNotSchedule",
+                    },
+                ]
+            },
+        ),
+        "spec.placement.topologySpread[1]: Duplicate value: "
+        '{"topologyKey":"topology.kubernetes.io/zone","whenUnsatisfiable":"DoNotSchedule"}',
+    ),
+    "too many spread constraints": (
+        with_spec(
+            BASE_RUN, placement={"topologySpread": [{"topologyKey": f"k{i}"} for i in range(9)]}
+        ),
+        "spec.placement.topologySpread: Too many: spec.placement.topologySpread must have at "
+        "most 8 items",
+    ),
     "delta out of range": (
         with_spec(
             BASE_RUN, compare={"baseline": {"ref": "a"}, "candidate": {"ref": "b"}, "minDelta": 2}
@@ -152,7 +246,7 @@ INVALID = {
     ),
     "suite duplicate variant": (
         with_spec(BASE_SUITE, variants=[{"name": "git"}, {"name": "git"}]),
-        'spec.variants[1]: Duplicate value: map[string]interface {}{"name":"git"}',
+        'spec.variants[1]: Duplicate value: {"name":"git"}',
     ),
     "suite no benchmarks": (
         with_spec(BASE_SUITE, benchmarks=[]),

@@ -27,6 +27,7 @@ from proctor.api.v1alpha1 import (
 from proctor.api.v1alpha1.base import Compression, Placement, SpotPolicy, kind_of, plural_of
 from proctor.api.v1alpha1.dataset import ResultsSpec
 from proctor.api.v1alpha1.evalrun import BatchSpec, EarlyStoppingSpec, WorkersSpec
+from proctor.api.v1alpha1.placement import DEFAULT_TOPOLOGY_SPREAD, RunPlacement
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +63,8 @@ def stored_compression(spec: EvalRunSpec) -> Compression:
         (lambda: run().workers, WorkersSpec()),
         (lambda: run().batch, BatchSpec()),
         (lambda: run().early_stopping, EarlyStoppingSpec()),
-        (lambda: run().placement, Placement()),
+        (lambda: run().placement, RunPlacement()),
+        (run().placement.spread_constraints, DEFAULT_TOPOLOGY_SPREAD),
         (lambda: run(placement={"spread": "none"}).placement.spot, SpotPolicy()),
         (lambda: stored_compression(run(storage=STORAGE)), Compression()),
         (lambda: suite().placement, Placement()),
@@ -73,6 +75,7 @@ def stored_compression(spec: EvalRunSpec) -> Compression:
         "batch",
         "earlyStopping",
         "placement",
+        "placement.topologySpread",
         "placement.spot",
         "compression",
         "suite.placement",

@@ -218,6 +218,25 @@ def test_pod_usage_sums_containers() -> None:
     assert got[1].requests == Capacity(750, 0, 0, 1)
 
 
+@pytest.mark.parametrize(
+    ("namespace", "labels", "agent"),
+    [
+        ("ns", {}, False),
+        ("ns", {"pod-template-generation": "3", "controller-revision-hash": "abc"}, True),
+        ("ns", {"controller-revision-hash": "abc"}, False),  # a StatefulSet's pod
+        ("kube-system", {}, True),
+    ],
+    ids=["workload", "daemonset pod", "statefulset pod", "kube-system"],
+)
+def test_pod_usage_tells_node_agents(namespace: str, labels: dict[str, str], agent: bool) -> None:
+    body = pod()
+    body["metadata"]["namespace"] = namespace
+    body["metadata"]["labels"] = labels
+    got = pod_usage(body)
+    assert got is not None
+    assert got[1].agent is agent
+
+
 def node(
     *,
     alloc: dict[str, str] | None = None,
@@ -299,12 +318,15 @@ def test_nodes_with_usage_excludes_own_workers() -> None:
             PodUsage("p1", "other", Capacity(500, GiB, 0, 1)),
             PodUsage("p2", "mine", Capacity(1000, GiB, 0, 1)),
             PodUsage("p3", "", Capacity(250, 0, 1, 1)),
+            PodUsage("p4", "", Capacity(100, 0, 0, 1), agent=True),
         ]
     }
     out = nodes_with_usage(nodes, usage, "mine")
-    assert out[0].requested == Capacity(750, GiB, 1, 2)
+    assert out[0].requested == Capacity(850, GiB, 1, 3)
+    assert out[0].neighbours == 2  # p1 and p3: not this run's, not node agents
     assert out[0].allocatable == nodes[0].allocatable
     assert out[1].requested == Capacity()
+    assert out[1].neighbours == 0
 
 
 def quota(

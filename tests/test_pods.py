@@ -91,6 +91,94 @@ def test_anti_affinity(spread: str, key: str | None) -> None:
         assert list(anti) == [key]
 
 
+OWN_WORKERS = {"matchLabels": {LABEL_RUN: "run1", "app.kubernetes.io/component": "worker"}}
+ZONE = "topology.kubernetes.io/zone"
+# (name, placement, the topologySpreadConstraints the pod carries)
+SPREADS: list[tuple[str, dict[str, Any], list[dict[str, Any]]]] = [
+    (
+        "default: prefer zones",
+        {},
+        [
+            {
+                "maxSkew": 1,
+                "topologyKey": ZONE,
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": OWN_WORKERS,
+                "nodeTaintsPolicy": "Honor",
+            }
+        ],
+    ),
+    ("spread none: no default", {"spread": "none"}, []),
+    ("explicitly none", {"topologySpread": []}, []),
+    (
+        "the run's own, whatever spread says",
+        {
+            "spread": "none",
+            "topologySpread": [
+                {"topologyKey": ZONE},
+                {"topologyKey": "example.com/rack", "maxSkew": 3, "minDomains": 2},
+                {"topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway"},
+            ],
+        },
+        [
+            {
+                "maxSkew": 1,
+                "topologyKey": ZONE,
+                "whenUnsatisfiable": "DoNotSchedule",
+                "labelSelector": OWN_WORKERS,
+                "nodeTaintsPolicy": "Honor",
+            },
+            {
+                "maxSkew": 3,
+                "topologyKey": "example.com/rack",
+                "whenUnsatisfiable": "DoNotSchedule",
+                "labelSelector": OWN_WORKERS,
+                "nodeTaintsPolicy": "Honor",
+                "minDomains": 2,
+            },
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": OWN_WORKERS,
+                "nodeTaintsPolicy": "Honor",
+            },
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "placement", "expected"), SPREADS, ids=[c[0] for c in SPREADS])
+def test_topology_spread(name: str, placement: dict[str, Any], expected: list[Any]) -> None:
+    pod = build(placement=placement)
+    assert pod["spec"].get("topologySpreadConstraints", []) == expected
+
+
+def test_exclusive_keeps_every_other_pod_but_node_agents_off_the_node() -> None:
+    pod = build(placement={"isolation": "exclusive", "spread": "preferred"})
+    assert pod["spec"]["affinity"]["podAntiAffinity"] == {
+        "requiredDuringSchedulingIgnoredDuringExecution": [
+            {
+                "labelSelector": {
+                    "matchExpressions": [
+                        {"key": "pod-template-generation", "operator": "DoesNotExist"}
+                    ]
+                },
+                "namespaceSelector": {
+                    "matchExpressions": [
+                        {
+                            "key": "kubernetes.io/metadata.name",
+                            "operator": "NotIn",
+                            "values": ["kube-system"],
+                        }
+                    ]
+                },
+                "topologyKey": "kubernetes.io/hostname",
+            }
+        ]
+    }
+
+
 def test_resources_from_profile_and_gpu() -> None:
     pod = build(profile="large", gpus=2)
     res = pod["spec"]["containers"][0]["resources"]

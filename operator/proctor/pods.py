@@ -12,12 +12,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proctor.api import names
-from proctor.api.names import ANNOTATION_PROFILE, API_VERSION, LABEL_CAPACITY, LABEL_RUN_UID
+from proctor.api.names import (
+    ANNOTATION_PROFILE,
+    API_VERSION,
+    DAEMON_POD_LABEL,
+    LABEL_CAPACITY,
+    LABEL_RUN_UID,
+    SYSTEM_NAMESPACE,
+)
 from proctor.api.quantity import format_bytes, format_cpu
 from proctor.api.v1alpha1 import EVALRUN_KIND
 from proctor.api.v1alpha1.base import Toleration
 from proctor.api.v1alpha1.env import is_reserved_env
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
+from proctor.api.v1alpha1.placement import TopologySpread
 from proctor.config import OperatorConfig
 from proctor.planning.plan import GPU_RESOURCE, SPOT_LABELS, WorkerSize, worker_tolerations
 
@@ -25,8 +33,7 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 # Kept here for the modules that import them from proctor.pods; the keys live in api.names.
 LABEL_RUN = names.LABEL_RUN
 LABEL_POOL = names.LABEL_POOL
-HOSTNAME_KEY = "kubernetes.io/hostname"
-ZONE_KEY = "topology.kubernetes.io/zone"
+HOSTNAME_KEY = names.HOSTNAME_KEY
 METRICS_PORT_NAME = "metrics"  # the container port a PodMonitor selects workers by
 METRICS_ENV = "PROCTOR_METRICS_PORT"
 
@@ -117,6 +124,50 @@ def _anti_affinity(spread: str, run_name: str) -> dict[str, Any] | None:
     return None
 
 
+# Every pod on the node, in any namespace, but DaemonSet pods and kube-system's node agents.
+_ANY_NEIGHBOUR: dict[str, Any] = {
+    "labelSelector": {"matchExpressions": [{"key": DAEMON_POD_LABEL, "operator": "DoesNotExist"}]},
+    "namespaceSelector": {
+        "matchExpressions": [
+            {
+                "key": "kubernetes.io/metadata.name",
+                "operator": "NotIn",
+                "values": [SYSTEM_NAMESPACE],
+            }
+        ]
+    },
+    "topologyKey": HOSTNAME_KEY,
+}
+
+
+def exclusive_affinity() -> dict[str, Any]:
+    """Required anti-affinity against every other pod but node agents: the worker goes only
+    to a node with no such pod, and, since the scheduler honours a running pod's required
+    term for each pod it places, no such pod joins the worker's node while it runs."""
+    return {"requiredDuringSchedulingIgnoredDuringExecution": [dict(_ANY_NEIGHBOUR)]}
+
+
+def spread_constraints(
+    run_name: str, constraints: Sequence[TopologySpread]
+) -> list[dict[str, Any]]:
+    """The run's topology spread constraints as a Pod spec writes them. The operator sets the
+    selector (the run's own workers: a run cannot steer by other pods) and counts only the
+    nodes a worker tolerates as domains, as planning does."""
+    out = []
+    for c in constraints:
+        item: dict[str, Any] = {
+            "maxSkew": c.max_skew,
+            "topologyKey": c.topology_key,
+            "whenUnsatisfiable": c.when_unsatisfiable,
+            "labelSelector": {"matchLabels": {LABEL_RUN: run_name, LABEL_COMPONENT: "worker"}},
+            "nodeTaintsPolicy": "Honor",
+        }
+        if c.min_domains is not None:
+            item["minDomains"] = c.min_domains
+        out.append(item)
+    return out
+
+
 def _resources(spec: EvalRunSpec, size: WorkerSize) -> dict[str, Any]:
     requests: dict[str, str] = {
         "cpu": format_cpu(size.cpu_millis),
@@ -146,7 +197,7 @@ class PodKind:
     labels: Mapping[str, str] = field(default_factory=dict)  # added to the run's labels
     annotations: Mapping[str, str] = field(default_factory=dict)
     metrics_port: bool = True  # serves metrics on the operator's workerMetricsPort
-    zone_spread: bool = True  # spread the run's pods over zones
+    topology_spread: Sequence[Mapping[str, Any]] = ()  # built by spread_constraints
     pod_anti_affinity: Mapping[str, Any] | None = None
 
 
@@ -163,8 +214,15 @@ def worker_pod(
     spot_fallback: bool = False,
 ) -> dict[str, Any]:
     """The manifest of one worker pod of the run."""
-    spread = spec.placement.spread
-    kind = PodKind(zone_spread=spread != "none", pod_anti_affinity=_anti_affinity(spread, run_name))
+    placement = spec.placement
+    kind = PodKind(
+        topology_spread=spread_constraints(run_name, placement.spread_constraints()),
+        pod_anti_affinity=(
+            exclusive_affinity()
+            if placement.exclusive
+            else _anti_affinity(placement.spread, run_name)
+        ),
+    )
     return build_pod(
         run_name=run_name,
         run_uid=run_uid,
@@ -271,15 +329,8 @@ def build_pod(
         affinity["podAntiAffinity"] = dict(kind.pod_anti_affinity)
     container = _container(spec, size, config, env=env, kind=kind)
     pod_spec = _pod_spec(spec, container, config, affinity=affinity, spot_fallback=spot_fallback)
-    if kind.zone_spread:
-        pod_spec["topologySpreadConstraints"] = [
-            {
-                "maxSkew": 1,
-                "topologyKey": ZONE_KEY,
-                "whenUnsatisfiable": "ScheduleAnyway",
-                "labelSelector": {"matchLabels": {LABEL_RUN: run_name, LABEL_COMPONENT: "worker"}},
-            }
-        ]
+    if kind.topology_spread:
+        pod_spec["topologySpreadConstraints"] = [dict(c) for c in kind.topology_spread]
     if placement.node_selector:
         pod_spec["nodeSelector"] = dict(placement.node_selector)
     if spec.service_account_name:

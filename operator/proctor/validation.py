@@ -7,6 +7,7 @@ rejected by ``proctor validate`` or by ``kubectl apply``.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from proctor.api.quantity import DURATION_PATTERN, QUANTITY_PATTERN
 from proctor.api.v1alpha1 import EVALRUN_KIND, SUITE_KIND
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuite
 from proctor.api.v1alpha1.evalrun import EvalRun
+from proctor.api.v1alpha1.placement import SPREAD_KEYS, TopologySpread
 from proctor.policy import spec_size_problem
 
 MODELS: dict[str, type[BaseModel]] = {EVALRUN_KIND: EvalRun, SUITE_KIND: BenchmarkSuite}
@@ -143,34 +145,50 @@ def _message(error: ErrorDetails) -> tuple[str, str]:
 
 
 def _duplicates(doc: dict[str, Any]) -> list[FieldError]:
-    """Named lists (benchmarks, variants, pools) are maps keyed by name, as in the CRD."""
+    """Lists keyed like maps in the CRD (benchmarks, variants and pools by name, topology
+    spread constraints by key and policy), with the apiserver's message."""
     errors: list[FieldError] = []
     spec = doc.get("spec")
     if not isinstance(spec, dict):
         return errors
-    candidates: list[tuple[str, Any]] = [
-        ("spec.benchmarks", spec.get("benchmarks")),
-        ("spec.variants", spec.get("variants")),
+    by_name: dict[str, Any] = {"name": None}
+    candidates: list[tuple[str, Any, dict[str, Any]]] = [
+        ("spec.benchmarks", spec.get("benchmarks"), by_name),
+        ("spec.variants", spec.get("variants"), by_name),
     ]
     placement = spec.get("placement")
     if isinstance(placement, dict):
-        candidates.append(("spec.placement.pools", placement.get("pools")))
-    for path, items in candidates:
-        if not isinstance(items, list):
+        candidates += [
+            ("spec.placement.pools", placement.get("pools"), by_name),
+            ("spec.placement.topologySpread", placement.get("topologySpread"), SPREAD),
+        ]
+    for path, items, keys in candidates:
+        if isinstance(items, list):
+            errors += _duplicate_items(path, items, keys)
+    return errors
+
+
+SPREAD: dict[str, Any] = dict(
+    zip(SPREAD_KEYS, (None, TopologySpread.model_fields["when_unsatisfiable"].default), strict=True)
+)
+"""The keys of a topology spread constraint, each with its default (None: required)."""
+
+
+def _duplicate_items(path: str, items: list[Any], keys: dict[str, Any]) -> list[FieldError]:
+    errors: list[FieldError] = []
+    seen: set[tuple[Any, ...]] = set()
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
             continue
-        seen: set[Any] = set()
-        for i, item in enumerate(items):
-            name = item.get("name") if isinstance(item, dict) else None
-            if name is None:
-                continue
-            if name in seen:
-                errors.append(
-                    FieldError(
-                        f"{path}[{i}]",
-                        f'Duplicate value: map[string]interface {{}}{{"name":"{name}"}}',
-                    )
-                )
-            seen.add(name)
+        values = tuple(item.get(k, default) for k, default in keys.items())
+        if any(v is None for v in values):
+            continue
+        if values in seen:
+            # As kube-apiserver 1.37 words it: the item's keys as compact JSON, sorted.
+            item_keys = dict(zip(keys, values, strict=True))
+            shown = json.dumps(item_keys, separators=(",", ":"), sort_keys=True)
+            errors.append(FieldError(f"{path}[{i}]", f"Duplicate value: {shown}"))
+        seen.add(values)
     return errors
 
 

@@ -33,3 +33,12 @@ ANNOTATION_HOURLY_PRICE = f"{GROUP}/hourly-price"
 operator's price table."""
 ANNOTATION_CASE_SECONDS = f"{GROUP}/case-seconds"
 """On an EvalRun manifest: the declared cost of one case in seconds, for ``proctor plan``."""
+
+# Well-known node labels and the label DaemonSet pods carry (Kubernetes' own keys).
+ZONE_KEY = "topology.kubernetes.io/zone"
+HOSTNAME_KEY = "kubernetes.io/hostname"
+DAEMON_POD_LABEL = "pod-template-generation"
+"""The DaemonSet controller labels every pod it creates with its template generation (from
+the annotation apps/v1 always carries), so a selector can tell node agents from workloads."""
+SYSTEM_NAMESPACE = "kube-system"
+"""Static (mirror) pods and cluster add-ons live here: node agents, not neighbours."""

@@ -11,7 +11,12 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from proctor.api.names import ANNOTATION_HOURLY_PRICE
+from proctor.api.names import (
+    ANNOTATION_HOURLY_PRICE,
+    DAEMON_POD_LABEL,
+    LABEL_RUN_UID,
+    SYSTEM_NAMESPACE,
+)
 from proctor.api.quantity import cpu_millis, to_bytes
 from proctor.api.times import parse_time
 from proctor.planning.plan import GPU_RESOURCE, Capacity, NodeInfo, QuotaHeadroom, Taint
@@ -86,11 +91,19 @@ def hourly_price_of(annotations: Mapping[str, Any]) -> float | None:
 
 @dataclass(frozen=True)
 class PodUsage:
-    """Requests of one non-terminated pod bound to a node."""
+    """Requests of one non-terminated pod bound to a node; ``agent``: a node agent (a
+    DaemonSet's pod, or any pod in kube-system), which an exclusive worker does not mind."""
 
     uid: str
     run_uid: str
     requests: Capacity
+    agent: bool = False
+
+
+def is_node_agent(namespace: str, labels: Mapping[str, str]) -> bool:
+    """What an exclusive worker's anti-affinity (:func:`proctor.pods.exclusive_affinity`)
+    lets share its node: DaemonSet pods (by the label their controller sets) and kube-system."""
+    return DAEMON_POD_LABEL in labels or namespace == SYSTEM_NAMESPACE
 
 
 def pod_usage(body: Mapping[str, Any]) -> tuple[str, PodUsage] | None:
@@ -106,8 +119,9 @@ def pod_usage(body: Mapping[str, Any]) -> tuple[str, PodUsage] | None:
         )
     labels = _get(body, "metadata", "labels") or {}
     usage = Capacity(total.cpu_millis, total.memory, total.gpus, 1)
+    agent = is_node_agent(str(_get(body, "metadata", "namespace") or ""), labels)
     return str(node), PodUsage(
-        str(_get(body, "metadata", "uid")), labels.get("proctor.dev/run-uid", ""), usage
+        str(_get(body, "metadata", "uid")), labels.get(LABEL_RUN_UID, ""), usage, agent
     )
 
 
@@ -125,10 +139,11 @@ def usage_by_node(pods: Iterable[Mapping[str, Any]]) -> dict[str, list[PodUsage]
 def nodes_with_usage(
     nodes: Iterable[NodeInfo], usage: Mapping[str, Iterable[PodUsage]], run_uid: str
 ) -> list[NodeInfo]:
-    """Nodes with ``requested`` = requests of their pods, this run's workers excluded."""
+    """Nodes with ``requested`` = requests of their pods and ``neighbours`` = those pods that
+    are not node agents, this run's workers excluded."""
     out = []
     for node in nodes:
-        cpu = mem = gpus = pods = 0
+        cpu = mem = gpus = pods = neighbours = 0
         for u in usage.get(node.name, ()):
             if u.run_uid == run_uid:
                 continue
@@ -136,7 +151,8 @@ def nodes_with_usage(
             mem += u.requests.memory
             gpus += u.requests.gpus
             pods += u.requests.pods
-        out.append(replace(node, requested=Capacity(cpu, mem, gpus, pods)))
+            neighbours += 0 if u.agent else 1
+        out.append(replace(node, requested=Capacity(cpu, mem, gpus, pods), neighbours=neighbours))
     return out
 
 

@@ -11,6 +11,7 @@ the pods created but not yet in the index, when storage was last listed).
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -66,6 +67,10 @@ class RunObservation:
     new_disruptions: int = 0
     loss_events: tuple[Event, ...] = ()
     spot_fallback: bool = False
+
+    def placed(self) -> dict[str, int]:
+        """The run's live workers bound to each node (what its topology spread counts)."""
+        return dict(Counter(w.node for w in self.live if w.node))
 
 
 def run_connection(

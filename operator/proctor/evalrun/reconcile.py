@@ -236,6 +236,7 @@ def _queue_step(
         config,
         quota=seen.quota,
         spot_fallback=seen.spot_fallback,
+        placed=seen.placed(),
     )
     return facts, plan, problem or infeasible(plan)
 

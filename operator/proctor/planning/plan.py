@@ -14,7 +14,9 @@ from functools import cached_property
 from proctor.api.quantity import cpu_millis, format_bytes, format_cpu, to_bytes
 from proctor.api.v1alpha1.base import Placement, Toleration
 from proctor.api.v1alpha1.evalrun import EvalRunSpec, LimitName, Plan, PoolPlan
+from proctor.api.v1alpha1.placement import RunPlacement
 from proctor.config import OperatorConfig
+from proctor.planning.spread import spread_limit
 
 GPU_RESOURCE = "nvidia.com/gpu"
 
@@ -59,6 +61,8 @@ class NodeInfo:
 
     ``requested`` sums the requests of pods bound to the node that are not this run's workers:
     the run's own workers are what the plan is counting, so they must not shrink it.
+    ``neighbours`` counts those pods that are not node agents (DaemonSet pods, kube-system's):
+    a node with any cannot hold an exclusive worker.
     """
 
     name: str
@@ -69,6 +73,7 @@ class NodeInfo:
     ready: bool = True
     unschedulable: bool = False
     hourly_price: float | None = None  # the node's own price (annotation), if it has one
+    neighbours: int = 0
 
     @cached_property
     def is_spot(self) -> bool:
@@ -214,6 +219,20 @@ def ineligibility(
 ) -> str:
     """Why a worker of this run may not run on the node; empty when it may. ``tolerations``
     are the workers' (:func:`worker_tolerations`), when the caller has them already."""
+    why = _unmatched(spec, node, spot_fallback, tolerations)
+    if not why and spec.gpus > 0 and node.allocatable.gpus < spec.gpus:
+        return f"node has {node.allocatable.gpus} GPUs, a worker needs {spec.gpus}"
+    return why
+
+
+def _unmatched(
+    spec: EvalRunSpec,
+    node: NodeInfo,
+    spot_fallback: bool = False,
+    tolerations: Sequence[Toleration] | None = None,
+) -> str:
+    """Why the node is outside the workers' node affinity, selector or tolerations (the
+    nodes a topology spread counts are the others); empty when it is inside."""
     placement = spec.placement
     if not node.ready:
         return "node is not Ready"
@@ -230,8 +249,6 @@ def ineligibility(
     for taint in node.taints:
         if taint.effect in {"NoSchedule", "NoExecute"} and not tolerates(tolerations, taint):
             return f"untolerated taint {taint.key}={taint.value}:{taint.effect}"
-    if spec.gpus > 0 and node.allocatable.gpus < spec.gpus:
-        return f"node has {node.allocatable.gpus} GPUs, a worker needs {spec.gpus}"
     return ""
 
 
@@ -346,36 +363,40 @@ def compute_plan(
     *,
     quota: QuotaHeadroom | None = None,
     spot_fallback: bool = False,
+    placed: Mapping[str, int] | None = None,
 ) -> PlanResult:
-    """How many workers to run now, and which limit decided it."""
+    """How many workers to run now, and which limit decided it. ``placed``: the run's live
+    workers bound to each node (what its topology spread counts already)."""
     placement = spec.placement
-    workers = spec.workers
-    w_max, target = workers.max, workers.target_backlog_per_worker
+    w_max, target = spec.workers.max, spec.workers.target_backlog_per_worker
     size = resolve_size(spec, config, nodes)
-    one_per_node = placement.spread == "required"
-
     tolerations = worker_tolerations(spec, spot_fallback)
     eligible = [n for n in nodes if not ineligibility(spec, n, spot_fallback, tolerations)]
     feasible = any(_holds_one_when_empty(n, size, config) for n in eligible)
-    per_node, resource_limit = _fit(eligible, size, config, one_per_node)
+    per_node, resource_limit = _fit(eligible, size, config, placement)
     fit = sum(per_node.values())
 
     demand_workers = math.ceil(demand.backlog / target) if demand.backlog > 0 else 0
     quota_workers = _quota_workers(quota or QuotaHeadroom(), size)
+    domains = {n.name: n.labels for n in nodes if not _unmatched(spec, n, spot_fallback)}
+    want = min(fit, quota_workers, w_max, demand_workers)
+    spread = spread_limit(placement.spread_constraints(), domains, per_node, placed or {}, want)
     limits: list[tuple[LimitName, int]] = [
         (resource_limit, fit),
+        ("spread", UNLIMITED if spread.workers is None else spread.workers),
         ("quota", quota_workers),
         ("max", w_max),
         ("backlog", demand_workers),
     ]
-    bound_by, replicas = _settle(spec, demand, min(limits, key=lambda item: item[1]))
-
+    bound_by, replicas = _binding(spec, demand, limits)
     message = (
         f"{replicas} workers of {size.profile} ({format_cpu(size.cpu_millis)} CPU, "
         f"{format_bytes(size.memory)}"
         + (f", {size.gpus} GPU" if size.gpus else "")
-        + f"): bound by {bound_by}; fit {fit} on {len(eligible)} eligible nodes, "
-        f"backlog {demand.backlog} batches wants {demand_workers}, max {w_max}"
+        + f"): bound by {bound_by}; fit {fit} on {len(eligible)} eligible nodes"
+        + _exclusive_note(placement, eligible)
+        + (f", {spread.message}" if spread.message else "")
+        + f", backlog {demand.backlog} batches wants {demand_workers}, max {w_max}"
         + (f", quota allows {quota_workers}" if quota_workers < UNLIMITED else "")
     )
     return PlanResult(
@@ -394,20 +415,28 @@ def compute_plan(
     )
 
 
-def _settle(
-    spec: EvalRunSpec, demand: Demand, limited: tuple[LimitName, int]
+def _binding(
+    spec: EvalRunSpec, demand: Demand, limits: Sequence[tuple[LimitName, int]]
 ) -> tuple[LimitName, int]:
-    """The binding limit and replicas after what overrides the limits: a cancelled, suspended
-    or finished run has none; otherwise at least ``workers.min``."""
+    """The smallest limit (the first listed on a tie), unless the run is cancelled, suspended,
+    done, or held up to workers.min."""
     if spec.cancel:
         return "cancelled", 0
     if spec.suspend:
         return "suspended", 0
     if not demand.work_remaining:
         return "done", 0
-    if limited[1] < spec.workers.min:
+    bound_by, replicas = min(limits, key=lambda item: item[1])
+    if replicas < spec.workers.min:
         return "min", spec.workers.min
-    return limited
+    return bound_by, replicas
+
+
+def _exclusive_note(placement: RunPlacement, eligible: Sequence[NodeInfo]) -> str:
+    if not placement.exclusive:
+        return ""
+    busy = sum(1 for n in eligible if n.neighbours)
+    return f" (exclusive: {busy} of them hold other pods)"
 
 
 def _infeasible_reason(
@@ -434,12 +463,15 @@ def _infeasible_reason(
 
 
 def _fit(
-    eligible: Sequence[NodeInfo], size: WorkerSize, config: OperatorConfig, one_per_node: bool
+    eligible: Sequence[NodeInfo], size: WorkerSize, config: OperatorConfig, placement: RunPlacement
 ) -> tuple[dict[str, int], LimitName]:
-    """Workers that fit on each eligible node, and the resource that limits them most."""
-    per_node: dict[str, int] = {}
+    """Workers that fit on each eligible node, and the resource that limits them most. An
+    exclusive worker is alone on its node: one per node, and none where other pods run."""
+    one_per_node = placement.spread == "required" or placement.exclusive
+    hosts = [n for n in eligible if not (placement.exclusive and n.neighbours)]
+    per_node = dict.fromkeys((n.name for n in eligible), 0)
     totals = {"cpu": 0, "memory": 0, "gpu": 0, "pods": 0}
-    for node in eligible:
+    for node in hosts:
         by_resource = _per_resource(node, size, config)
         node_fit = min(by_resource.values())
         per_node[node.name] = min(node_fit, 1) if one_per_node else node_fit
@@ -453,7 +485,7 @@ def _fit(
         if key in totals and totals[key] == smallest:
             resource_limit = key  # type: ignore[assignment]
             break
-    if (one_per_node and len(eligible) <= smallest) or not eligible:
+    if (one_per_node and len(hosts) <= smallest) or not hosts:
         resource_limit = "nodes"
     return per_node, resource_limit
 

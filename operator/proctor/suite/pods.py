@@ -17,6 +17,7 @@ from typing import Any
 from proctor.api.v1alpha1.base import Placement
 from proctor.api.v1alpha1.benchmarksuite import KIND, BenchmarkSuiteSpec
 from proctor.api.v1alpha1.evalrun import CasesSpec, EvalRunSpec, TaskSpec, WorkersSpec
+from proctor.api.v1alpha1.placement import RunPlacement
 from proctor.bench.matrix import Cell
 from proctor.bench.worker import BenchWorkerConfig
 from proctor.config import OperatorConfig
@@ -51,8 +52,14 @@ _ANY_BENCHMARK_POD: dict[str, Any] = {
 def cell_run_spec(spec: BenchmarkSuiteSpec, cell: Cell) -> EvalRunSpec:
     """The cell as the EvalRun planner and pod builder see it: the cell's image, command and
     size, the suite's placement, queue and storage, at most one worker."""
-    placement = (spec.placement or Placement()).model_copy(
-        update={"spread": PLANNER_SPREAD[spec.isolation]}
+    # Benchmark pods carry no topology spread (each is alone in its cell); the suite's own
+    # isolation is planned as the EvalRun's spread.
+    placement = RunPlacement.model_validate(
+        {
+            **(spec.placement or Placement()).model_dump(),
+            "spread": PLANNER_SPREAD[spec.isolation],
+            "topology_spread": [],
+        }
     )
     return EvalRunSpec(
         image=cell.image,
@@ -136,8 +143,7 @@ def benchmark_pod(
         labels=benchmark_labels(suite, suite_uid, run_id, cell.id, spec.isolation),
         annotations={ANNOTATION_CELL: cell.id},
         metrics_port=False,  # the bench worker serves no metrics
-        # The EvalRun spreads one run's workers over zones; a benchmark pod is alone in its cell.
-        zone_spread=False,
+        # No topology spread: a benchmark pod is alone in its cell.
         pod_anti_affinity=isolation_affinity(spec.isolation),
     )
     return build_pod(

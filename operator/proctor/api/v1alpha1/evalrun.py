@@ -17,7 +17,6 @@ from proctor.api.v1alpha1.base import (
     Entrypoint,
     FreeForm,
     LossLedgerStatus,
-    Placement,
     ProfileName,
     QueueSpec,
     Resources,
@@ -31,6 +30,7 @@ from proctor.api.v1alpha1.base import (
 from proctor.api.v1alpha1.cost import CostStatus
 from proctor.api.v1alpha1.dataset import DatasetSpec, ResultsSpec
 from proctor.api.v1alpha1.env import EnvVar
+from proctor.api.v1alpha1.placement import RunPlacement
 
 MAX_CASE_TIMEOUT = "168h"
 """The longest ``caseTimeout`` (7 days): longer is a typo, and overflows the timers."""
@@ -281,7 +281,10 @@ class EvalRunSpec(ApiModel):
     )
     gpus: int = Field(default=0, ge=0, le=16, description="GPUs (nvidia.com/gpu) per worker.")
     workers: WorkersSpec = Field(default_factory=WorkersSpec, description="Worker pool bounds.")
-    placement: Placement = Field(default_factory=Placement, description="Where workers may run.")
+    placement: RunPlacement = Field(
+        default_factory=RunPlacement,
+        description="Where workers may run, how they spread, and whether they share nodes.",
+    )
     queue: QueueSpec | None = Field(
         default=None, description="Work queue; unset: the operator's default."
     )
@@ -371,6 +374,7 @@ LimitName = Literal[
     "quota",
     "nodes",
     "pods",
+    "spread",
     "done",
     "suspended",
     "cancelled",
