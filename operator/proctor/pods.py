@@ -140,10 +140,16 @@ def worker_pod(
     env: Sequence[Mapping[str, Any]],
     pool: str = "",
     spot_fallback: bool = False,
+    admission_labels: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The manifest of one worker pod of the run."""
+    """The manifest of one worker pod of the run; ``admission_labels`` hand it to Kueue
+    (:func:`proctor.planning.admission.kueue_pod_labels`)."""
     spread = spec.placement.spread
-    kind = PodKind(zone_spread=spread != "none", pod_anti_affinity=_anti_affinity(spread, run_name))
+    kind = PodKind(
+        zone_spread=spread != "none",
+        pod_anti_affinity=_anti_affinity(spread, run_name),
+        labels=dict(admission_labels or {}),
+    )
     return build_pod(
         run_name=run_name,
         run_uid=run_uid,

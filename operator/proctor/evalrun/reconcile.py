@@ -55,6 +55,7 @@ from proctor.evalrun.gather import (
     gather_run,
 )
 from proctor.evalrun.runtime import RunRuntime
+from proctor.planning.admission import bind_admission
 from proctor.planning.plan import Demand, PlanResult, compute_plan
 
 log = structlog.get_logger("proctor.operator")
@@ -193,7 +194,7 @@ def _queue_step(
         quota=seen.quota,
         spot_fallback=seen.spot_fallback,
     )
-    return facts, plan, problem or infeasible(plan)
+    return facts, bind_admission(plan, seen.admission), problem or infeasible(plan)
 
 
 def reconcile_run(
