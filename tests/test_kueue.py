@@ -133,6 +133,15 @@ PLAN = PlanResult(
             "4 of 4 workers",
         ),
         (
+            PLAN,
+            Admission("q", "cq", admitted=4, outside=4),
+            "backlog",
+            4,
+            None,
+            "cq",
+            "4 workers run outside Kueue: enable its pod integration for this namespace",
+        ),
+        (
             replace(PLAN, replicas=0, bound_by="suspended"),
             Admission("q", "cq", waiting=2),
             "suspended",
@@ -157,6 +166,7 @@ PLAN = PlanResult(
         "quota-binds",
         "queue-missing",
         "scaling-down",
+        "not-managed",
         "suspended",
         "done",
     ],
@@ -203,6 +213,9 @@ def _pod(**extra: Any) -> dict[str, Any]:
 def test_a_gated_pod_is_waiting_for_kueue() -> None:
     gated = pod_state(_pod(spec={"schedulingGates": [{"name": KUEUE_ADMISSION_GATE}]}))
     assert (gated.gated, gated.lost, gated.finished, gated.node) == (True, "", False, "")
+    assert (gated.queue, gated.kueue_managed) == ("q", False)
+    managed = _pod(metadata={"labels": {KUEUE_QUEUE_LABEL: "q", "kueue.x-k8s.io/managed": "true"}})
+    assert pod_state(managed).kueue_managed
     other_gate = pod_state(_pod(spec={"schedulingGates": [{"name": "example.com/other"}]}))
     assert not other_gate.gated
     admitted = pod_state(_pod(spec={"nodeName": "n1"}, status={"phase": "Running"}))

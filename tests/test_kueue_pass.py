@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from proctor.api.names import KUEUE_ADMISSION_GATE, KUEUE_QUEUE_LABEL
+from proctor.api.names import KUEUE_ADMISSION_GATE, KUEUE_MANAGED_LABEL, KUEUE_QUEUE_LABEL
 from proctor.config import OperatorConfig
 from tests.test_evalrun_pass import NODE, FakeCluster, World, spec
 
@@ -20,6 +20,7 @@ class FakeKueue(FakeCluster):
     """Pods with a queue label start gated; :meth:`admit` lifts gates while quota lasts."""
 
     quota: int = 2
+    manages: bool = True  # False: the pod integration is off for the namespace
     local_queues: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {"team": {"spec": {"clusterQueue": "cq"}}}
     )
@@ -29,8 +30,10 @@ class FakeKueue(FakeCluster):
 
     def create_pod(self, manifest: Any) -> tuple[str, str]:
         name, uid = super().create_pod(manifest)
-        if KUEUE_QUEUE_LABEL in manifest["metadata"]["labels"]:
+        if self.manages and KUEUE_QUEUE_LABEL in manifest["metadata"]["labels"]:
             pod = self.pods[name]
+            labels = {**pod["metadata"]["labels"], KUEUE_MANAGED_LABEL: "true"}
+            pod["metadata"] = {**pod["metadata"], "labels": labels}
             spec = {k: v for k, v in pod["spec"].items() if k != "nodeName"}
             pod["spec"] = {**spec, "schedulingGates": [{"name": KUEUE_ADMISSION_GATE}]}
             pod["status"] = {"phase": "Pending"}
@@ -198,3 +201,13 @@ def test_a_run_without_a_queue_is_left_to_the_scheduler(config: OperatorConfig) 
     assert cluster.gated() == []
     assert not any(KUEUE_QUEUE_LABEL in p["metadata"]["labels"] for p in cluster.pods.values())
     assert "clusterQueue" not in plan_of(cluster)
+
+
+def test_workers_kueue_does_not_manage_run_and_the_plan_says_why(config: OperatorConfig) -> None:
+    world, cluster = kueue_world(config)
+    cluster.manages = False
+    world.reconcile()
+    world.reconcile()
+    plan = plan_of(cluster)
+    assert (plan["boundBy"], plan["replicas"]) == ("max", 4)
+    assert "4 workers run outside Kueue: enable its pod integration" in plan["message"]

@@ -13,6 +13,7 @@ from typing import Any
 
 from proctor.api.names import (
     KUEUE_ADMISSION_GATE,
+    KUEUE_MANAGED_LABEL,
     KUEUE_QUEUE_LABEL,
     KUEUE_TERMINATION_CONDITION,
 )
@@ -157,6 +158,7 @@ class PodState:
     pool: str = ""  # the node pool it was created for (label proctor.dev/pool)
     gated: bool = False  # Kueue has not admitted it yet (its admission gate is on)
     queue: str = ""  # the Kueue LocalQueue it was handed to (label kueue.x-k8s.io/queue-name)
+    kueue_managed: bool = False  # Kueue's webhook took charge of it (label kueue.x-k8s.io/managed)
 
 
 def pod_state(body: Mapping[str, Any]) -> PodState:
@@ -207,6 +209,7 @@ def pod_state(body: Mapping[str, Any]) -> PodState:
         requests=usage[1].requests if usage else Capacity(),
         pool=str((meta.get("labels") or {}).get(LABEL_POOL, "")),
         queue=str((meta.get("labels") or {}).get(KUEUE_QUEUE_LABEL, "")),
+        kueue_managed=(meta.get("labels") or {}).get(KUEUE_MANAGED_LABEL) == "true",
         gated=any(
             g.get("name") == KUEUE_ADMISSION_GATE
             for g in _get(body, "spec", "schedulingGates") or []

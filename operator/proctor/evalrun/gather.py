@@ -206,7 +206,8 @@ def gather_admission(
         )
         info = LocalQueueInfo()
     waiting = sum(1 for w in live if w.gated)
-    return Admission(queue, info.cluster_queue, len(live) - waiting, waiting, info.blocked)
+    outside = sum(1 for w in live if w.queue and not w.kueue_managed)
+    return Admission(queue, info.cluster_queue, len(live) - waiting, waiting, info.blocked, outside)
 
 
 @dataclass(frozen=True)

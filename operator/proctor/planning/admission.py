@@ -46,6 +46,7 @@ class Admission:
     admitted: int = 0  # live workers without Kueue's admission gate
     waiting: int = 0  # live workers still gated: asked for, not granted
     blocked: str = ""
+    outside: int = 0  # live workers with the queue label that Kueue did not take charge of
 
 
 def bind_admission(plan: PlanResult, admission: Admission) -> PlanResult:
@@ -57,6 +58,14 @@ def bind_admission(plan: PlanResult, admission: Admission) -> PlanResult:
     if not admission.queue:
         return plan
     named = replace(plan, cluster_queue=admission.cluster_queue)
+    if admission.outside:
+        # Kueue's webhook let them through untouched: its pod integration is off, or the
+        # namespace is not one it manages. They run, but nothing admits them.
+        named = replace(
+            named,
+            message=f"{plan.message}; {admission.outside} workers run outside Kueue: enable "
+            "its pod integration for this namespace (docs/install.md#kueue-admission)",
+        )
     if plan.bound_by in {"suspended", "done"}:
         return named
     if not admission.waiting and not admission.blocked:
