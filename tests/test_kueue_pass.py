@@ -21,6 +21,7 @@ class FakeKueue(FakeCluster):
 
     quota: int = 2
     manages: bool = True  # False: the pod integration is off for the namespace
+    default_queue: str = ""  # a LocalQueue named so exists: unlabelled pods go to it
     local_queues: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {"team": {"spec": {"clusterQueue": "cq"}}}
     )
@@ -29,6 +30,9 @@ class FakeKueue(FakeCluster):
         return self.local_queues.get(name)
 
     def create_pod(self, manifest: Any) -> tuple[str, str]:
+        if self.default_queue and KUEUE_QUEUE_LABEL not in manifest["metadata"]["labels"]:
+            labels = {**manifest["metadata"]["labels"], KUEUE_QUEUE_LABEL: self.default_queue}
+            manifest = {**manifest, "metadata": {**manifest["metadata"], "labels": labels}}
         name, uid = super().create_pod(manifest)
         if self.manages and KUEUE_QUEUE_LABEL in manifest["metadata"]["labels"]:
             pod = self.pods[name]
@@ -211,3 +215,15 @@ def test_workers_kueue_does_not_manage_run_and_the_plan_says_why(config: Operato
     plan = plan_of(cluster)
     assert (plan["boundBy"], plan["replicas"]) == ("max", 4)
     assert "4 workers run outside Kueue: enable its pod integration" in plan["message"]
+
+
+def test_a_run_kueue_defaults_into_a_queue_reports_that_queue(config: OperatorConfig) -> None:
+    cluster = FakeKueue(default_queue="default")
+    cluster.local_queues = {"default": {"spec": {"clusterQueue": "shared"}}}
+    world = World(cluster, spec(count=40), config)
+    world.reconcile()
+    cluster.admit()
+    world.reconcile()
+    plan = plan_of(cluster)
+    assert (plan["boundBy"], plan["replicas"], plan["requested"]) == ("kueue", 2, 4)
+    assert plan["clusterQueue"] == "shared"
