@@ -39,7 +39,7 @@ def kueue_pod_labels(queue: str, run_labels: Mapping[str, str]) -> dict[str, str
 class Admission:
     """What Kueue has made of the run's live workers. ``queue`` is ``""`` for a run without
     Kueue; ``blocked`` says why Kueue admits none of them whatever the quota (the LocalQueue
-    is missing, stopped or inactive, or the operator may not read it)."""
+    is missing, stopped or inactive)."""
 
     queue: str = ""
     cluster_queue: str = ""
@@ -54,7 +54,8 @@ def bind_admission(plan: PlanResult, admission: Admission) -> PlanResult:
     Kueue admits none), Kueue is the binding limit: ``replicas`` is what it admitted,
     ``requested`` what the run asks for (the scaler keeps that many pods, so the waiting
     ones are neither created again nor deleted); otherwise the plan only names the
-    ClusterQueue. A run without Kueue, or one that is suspended or done, is left alone."""
+    ClusterQueue. A run without Kueue is left alone; one that is suspended or done keeps
+    its binding limit."""
     if not admission.queue:
         return plan
     named = replace(plan, cluster_queue=admission.cluster_queue)
