@@ -241,3 +241,26 @@ def test_cell_run_spec_plans_exclusive_as_one_per_node() -> None:
         assert run.placement.node_selector == {"pool": "bench"}
         assert run.workers is not None
         assert run.workers.max == 1
+
+
+def test_a_suite_labelled_with_a_kueue_queue_hands_its_pods_to_kueue() -> None:
+    spec = spec_of()
+    cell = cells(spec)[0]
+    cfg = OperatorConfig()
+    common: dict[str, Any] = {
+        "suite": "suite1", "suite_uid": REF.uid, "namespace": "ns", "spec": spec, "cell": cell,
+        "run_id": "r1", "size": resolve_size(cell_run_spec(spec, cell), cfg), "config": cfg,
+        "env": [],
+    }  # fmt: skip
+    queued = benchmark_pod(
+        **common,
+        suite_labels={"kueue.x-k8s.io/queue-name": "perf", "kueue.x-k8s.io/priority-class": "hi"},
+    )
+    labels = queued["metadata"]["labels"]
+    assert (labels["kueue.x-k8s.io/queue-name"], labels["kueue.x-k8s.io/priority-class"]) == (
+        "perf",
+        "hi",
+    )
+    assert labels[LABEL_CELL] == cell.id
+    plain = benchmark_pod(**common, suite_labels={"kueue.x-k8s.io/priority-class": "hi"})
+    assert not any(k.startswith("kueue.x-k8s.io/") for k in plain["metadata"]["labels"])

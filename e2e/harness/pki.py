@@ -82,6 +82,20 @@ class Authority:
         self.cert_path.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
         _write_key(self.dir / "ca.key", self._key)
 
+    @classmethod
+    def load(cls, directory: Path) -> Authority:
+        """The CA an earlier ``Authority(directory)`` wrote, to issue more certificates from
+        (a component started after the cluster, such as Kueue's webhook server)."""
+        authority = cls.__new__(cls)
+        authority.dir = directory
+        authority.cert_path = directory / "ca.crt"
+        authority._cert = x509.load_pem_x509_certificate(authority.cert_path.read_bytes())
+        key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise TypeError(f"{directory / 'ca.key'} is not the EC key Authority writes")
+        authority._key = key
+        return authority
+
     def issue(
         self,
         name: str,

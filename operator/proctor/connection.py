@@ -40,6 +40,7 @@ class RunRef:
     uid: str
     generation: int
     annotations: Mapping[str, str]
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 class SharedClients:

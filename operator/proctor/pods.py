@@ -212,8 +212,10 @@ def worker_pod(
     env: Sequence[Mapping[str, Any]],
     pool: str = "",
     spot_fallback: bool = False,
+    admission_labels: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The manifest of one worker pod of the run."""
+    """The manifest of one worker pod of the run; ``admission_labels`` hand it to Kueue
+    (:func:`proctor.planning.admission.kueue_pod_labels`)."""
     placement = spec.placement
     kind = PodKind(
         topology_spread=spread_constraints(run_name, placement.spread_constraints()),
@@ -222,6 +224,7 @@ def worker_pod(
             if placement.exclusive
             else _anti_affinity(placement.spread, run_name)
         ),
+        labels=dict(admission_labels or {}),
     )
     return build_pod(
         run_name=run_name,

@@ -1,8 +1,8 @@
 """The only code that talks to the Kubernetes API for the operator: :class:`ClusterApi` wraps
-the few calls it makes, reads (Secrets, ResourceQuotas) and writes (create and delete pods,
-patch status, delete a run, post Events), so that every side effect lives here. What the
-bodies mean is read in :mod:`proctor.cluster.reads`; what is written is shaped in
-:mod:`proctor.cluster.writes`.
+the few calls it makes, reads (Secrets, ResourceQuotas, Kueue LocalQueues) and writes (create
+and delete pods, patch status, delete a run, post Events), so that every side effect lives
+here. What the bodies mean is read in :mod:`proctor.cluster.reads`; what is written is shaped
+in :mod:`proctor.cluster.writes`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from proctor.api.conditions import Event
-from proctor.api.names import GROUP, VERSION
+from proctor.api.names import GROUP, KUEUE_GROUP, KUEUE_VERSION, VERSION
 from proctor.api.v1alpha1 import EVALRUN_PLURAL
 from proctor.cluster.client import KubeApi, KubeApiError, core_path, custom_path
 from proctor.cluster.writes import event_object
@@ -33,6 +33,10 @@ QUOTA_MAX_AGE_SECONDS = 1.0
 """ResourceQuotas are listed at most this often per namespace; every run of the namespace shares
 the list. A plan made from a list this old may ask for a pod the quota no longer allows: the API
 server refuses it (:class:`QuotaExceeded`) and the next pass plans again."""
+
+LOCAL_QUEUE_MAX_AGE_SECONDS = 5.0
+"""A Kueue LocalQueue is read at most this often per namespace and name; the runs of a
+namespace that share it share the read. Only the plan's report depends on it."""
 
 SECRET_MAX_AGE_SECONDS = 30.0
 """A Secret that was found is read again after this long; one that was missing is looked for on
@@ -54,6 +58,7 @@ class ClusterApi:
         self._quotas: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         self._listing: dict[str, threading.Lock] = {}
         self._secrets: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
+        self._local_queues: dict[tuple[str, str], tuple[float, dict[str, Any] | None]] = {}
         self._events: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._poster: threading.Thread | None = None
 
@@ -127,6 +132,19 @@ class ClusterApi:
         """Merge-patch a run's spec; the run as it is now."""
         path = custom_path(GROUP, VERSION, namespace, self.plural, name)
         return self.kube.merge_patch(path, {"spec": dict(spec)})
+
+    def local_queue(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Kueue LocalQueue (None when it, or Kueue's API, does not exist). Raises
+        :class:`KubeApiError` when it cannot be read (403: the operator's RBAC lacks it)."""
+        with self._lock:
+            cached = self._local_queues.get((namespace, name))
+        if cached is not None and time.monotonic() - cached[0] < LOCAL_QUEUE_MAX_AGE_SECONDS:
+            return cached[1]
+        path = custom_path(KUEUE_GROUP, KUEUE_VERSION, namespace, "localqueues", name)
+        body = self.kube.get(path)
+        with self._lock:
+            self._local_queues[(namespace, name)] = (time.monotonic(), body)
+        return body
 
     def create_pod(self, manifest: Mapping[str, Any]) -> tuple[str, str]:
         """Create a pod; returns its name and uid. Raises :class:`QuotaExceeded` when a

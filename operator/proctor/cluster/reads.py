@@ -14,6 +14,10 @@ from typing import Any
 from proctor.api.names import (
     ANNOTATION_HOURLY_PRICE,
     DAEMON_POD_LABEL,
+    KUEUE_ADMISSION_GATE,
+    KUEUE_MANAGED_LABEL,
+    KUEUE_QUEUE_LABEL,
+    KUEUE_TERMINATION_CONDITION,
     LABEL_RUN_UID,
     SYSTEM_NAMESPACE,
 )
@@ -179,6 +183,9 @@ class PodState:
     why: str = ""
     requests: Capacity = field(default_factory=Capacity)
     pool: str = ""  # the node pool it was created for (label proctor.dev/pool)
+    gated: bool = False  # Kueue has not admitted it yet (its admission gate is on)
+    queue: str = ""  # the Kueue LocalQueue it was handed to (label kueue.x-k8s.io/queue-name)
+    kueue_managed: bool = False  # Kueue's webhook took charge of it (label kueue.x-k8s.io/managed)
 
 
 def pod_state(body: Mapping[str, Any]) -> PodState:
@@ -188,17 +195,16 @@ def pod_state(body: Mapping[str, Any]) -> PodState:
     phase = status.get("phase") or "Pending"
     conditions = status.get("conditions") or []
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-    disrupted = next(
-        (
-            c
-            for c in conditions
-            if c.get("type") == "DisruptionTarget" and c.get("status") == "True"
-        ),
-        None,
-    )
+    disrupted = _condition(conditions, "DisruptionTarget")
+    evicted = _condition(conditions, KUEUE_TERMINATION_CONDITION)
     lost, why = "", ""
     if disrupted is not None:
         lost, why = "disruption", disrupted.get("reason") or "DisruptionTarget"
+    elif evicted is not None:
+        # Kueue evicted the pod's workload (preempted, or its queue was drained): a
+        # disruption like a spot reclaim. A pod the operator deleted itself is never counted.
+        reason = evicted.get("reason") or KUEUE_TERMINATION_CONDITION
+        lost, why = "disruption", f"Kueue {reason}: {evicted.get('message') or ''}"[:300]
     elif status.get("reason") in {"Evicted", "Preempting", "NodeLost", "Terminated", "Shutdown"}:
         lost, why = "disruption", str(status["reason"])
     else:
@@ -229,6 +235,18 @@ def pod_state(body: Mapping[str, Any]) -> PodState:
         why=why,
         requests=usage[1].requests if usage else Capacity(),
         pool=str((meta.get("labels") or {}).get(LABEL_POOL, "")),
+        queue=str((meta.get("labels") or {}).get(KUEUE_QUEUE_LABEL, "")),
+        kueue_managed=(meta.get("labels") or {}).get(KUEUE_MANAGED_LABEL) == "true",
+        gated=any(
+            g.get("name") == KUEUE_ADMISSION_GATE
+            for g in _get(body, "spec", "schedulingGates") or []
+        ),
+    )
+
+
+def _condition(conditions: Iterable[Mapping[str, Any]], type_: str) -> Mapping[str, Any] | None:
+    return next(
+        (c for c in conditions if c.get("type") == type_ and c.get("status") == "True"), None
     )
 
 
@@ -269,3 +287,30 @@ def quota_headroom(quotas: Iterable[Mapping[str, Any]], own: Iterable[Capacity])
                 current = room[what]
                 room[what] = free if current is None else min(current, free)
     return QuotaHeadroom(room["cpu"], room["memory"], room["gpus"], room["pods"])
+
+
+@dataclass(frozen=True)
+class LocalQueueInfo:
+    """A Kueue LocalQueue as the plan reports it: its ClusterQueue, and why it admits
+    nothing (``""`` when it may admit)."""
+
+    cluster_queue: str = ""
+    blocked: str = ""
+
+
+def local_queue_info(name: str, body: Mapping[str, Any] | None) -> LocalQueueInfo:
+    """Read a LocalQueue body (None: it does not exist), pure."""
+    if body is None:
+        return LocalQueueInfo(
+            blocked=f"LocalQueue {name} does not exist in the run's namespace; create it "
+            "(docs/install.md) or correct spec.queueName"
+        )
+    cluster_queue = str(_get(body, "spec", "clusterQueue") or "")
+    stop = str(_get(body, "spec", "stopPolicy") or "None")
+    if stop != "None":
+        return LocalQueueInfo(cluster_queue, f"LocalQueue {name} is stopped ({stop})")
+    for cond in _get(body, "status", "conditions") or []:
+        if cond.get("type") == "Active" and cond.get("status") != "True":
+            why = cond.get("message") or cond.get("reason") or "not active"
+            return LocalQueueInfo(cluster_queue, f"LocalQueue {name} is inactive: {why}")
+    return LocalQueueInfo(cluster_queue)

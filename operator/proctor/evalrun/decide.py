@@ -273,14 +273,15 @@ def _scale(
     # Pods created by an earlier pass that the index does not show yet count too (so they
     # are not created twice); they are never picked for removal before they are seen.
     pods += [WorkerPod(name, now, ready=False, scheduled=False) for name in seen.unseen]
+    # A worker Kueue has not admitted (gated) has never run, so it holds no lease.
     busy = busy_workers(
-        [w.name for w in live],
+        [w.name for w in live if not w.gated],
         holders=facts.holders,
         waiting=facts.waiting,
         in_flight=facts.leases_out,
     ) | frozenset(seen.unseen)
     stabilization = parse_duration(seen.spec.workers.scale_down_stabilization)
-    step = decide(plan.replicas, pods, busy, scale, now=now, stabilization_seconds=stabilization)
+    step = decide(plan.target, pods, busy, scale, now=now, stabilization_seconds=stabilization)
     by_name = {w.name: w for w in live}
     idle = tuple(by_name[name] for name in step.delete)
     return step.state, step.desired, idle, step.reason, step.create
@@ -326,6 +327,7 @@ def decide_pods(
                 env=env,
                 pool=pool,
                 spot_fallback=seen.spot_fallback,
+                admission_labels=seen.admission_labels,
             )
         )
     return PodActions(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -22,12 +22,21 @@ from proctor.api.conditions import Event, Problem
 from proctor.api.v1alpha1.base import Placement
 from proctor.api.v1alpha1.evalrun import TERMINAL_PHASES, EvalRunSpec, EvalRunStatus
 from proctor.cluster.api import ClusterApi
+from proctor.cluster.client import KubeApiError
 from proctor.cluster.losses import EXPECTATION_SECONDS, Departed, count_losses, loss_events
-from proctor.cluster.reads import PodState, PodUsage, nodes_with_usage, quota_headroom
+from proctor.cluster.reads import (
+    LocalQueueInfo,
+    PodState,
+    PodUsage,
+    local_queue_info,
+    nodes_with_usage,
+    quota_headroom,
+)
 from proctor.config import OperatorConfig
 from proctor.connection import Connection, RunRef, SharedClients, build_connection
 from proctor.connection import cached_connection as cached
 from proctor.evalrun.runtime import RunRuntime, next_refresh_interval, refresh_due
+from proctor.planning.admission import Admission, kueue_pod_labels, kueue_queue
 from proctor.planning.plan import Capacity, NodeInfo, QuotaHeadroom
 from proctor.policy import admit
 from proctor.queue import QueueDepth, WorkQueue, enqueue_run
@@ -67,6 +76,9 @@ class RunObservation:
     new_disruptions: int = 0
     loss_events: tuple[Event, ...] = ()
     spot_fallback: bool = False
+    queue_name: str = ""  # the Kueue LocalQueue that admits the workers ("" : no Kueue)
+    admission_labels: Mapping[str, str] = field(default_factory=dict)  # on each new worker
+    admission: Admission = field(default_factory=Admission)
 
     def placed(self) -> dict[str, int]:
         """The run's live workers bound to each node (what its topology spread counts)."""
@@ -127,7 +139,17 @@ def gather_run(
     live = tuple(w for w in workers if not w.terminating and not w.finished)
     for gone in view.departed:
         rt.expected.pop(gone.pod.name, None)  # came and went between passes: replace it now
-    seen = RunObservation(spec, status_body, prev, workers, live, tuple(_unseen_pods(rt, workers)))
+    queue = kueue_queue(spec, ref.labels)
+    seen = RunObservation(
+        spec,
+        status_body,
+        prev,
+        workers,
+        live,
+        tuple(_unseen_pods(rt, workers)),
+        queue_name=queue,
+        admission_labels=kueue_pod_labels(queue, ref.labels),
+    )
     if prev.phase in TERMINAL_PHASES:
         return seen
     spot = {n.name for n in view.nodes if n.is_spot}
@@ -156,13 +178,17 @@ def gather_placement(
     view: ClusterView,
     rt: RunRuntime,
 ) -> RunObservation:
-    """``seen`` with the nodes (this run's usage taken out), the namespace's quota headroom and
-    the run's connection."""
+    """``seen`` with the nodes (this run's usage taken out), the namespace's quota headroom,
+    what Kueue admitted and the run's connection."""
     nodes, quota = placement_inputs(
         view, api.quotas(ref.namespace), run_uid=ref.uid, own=[w.requests for w in seen.live]
     )
     return replace(
-        seen, nodes=nodes, quota=quota, connection=run_connection(seen.spec, ref, config, api, rt)
+        seen,
+        nodes=nodes,
+        quota=quota,
+        admission=gather_admission(seen.queue_name, ref, seen.live, api),
+        connection=run_connection(seen.spec, ref, config, api, rt),
     )
 
 
@@ -178,6 +204,33 @@ def placement_inputs(
     the plan counts), and the quota headroom with the run's ``own`` workers' requests added
     back."""
     return tuple(nodes_with_usage(view.nodes, view.usage, run_uid)), quota_headroom(quotas, own)
+
+
+def gather_admission(
+    queue: str, ref: RunRef, live: Sequence[PodState], api: ClusterApi
+) -> Admission:
+    """What Kueue made of the run's live workers (gated: waiting), and its LocalQueue's
+    ClusterQueue. The LocalQueue only feeds the report: one the operator may not read is
+    logged, and the counts from the pods stand. A run that names no queue may still have
+    its pods handed to one by Kueue (a LocalQueue named ``default`` in the namespace): the
+    queue on its pods is then the one reported."""
+    queue = queue or next((w.queue for w in live if w.queue), "")
+    if not queue:
+        return Admission()
+    try:
+        info = local_queue_info(queue, api.local_queue(ref.namespace, queue))
+    except KubeApiError as exc:
+        if exc.status != 403:
+            raise
+        log.warning(
+            "LocalQueue not readable: grant get on localqueues.kueue.x-k8s.io",
+            run=ref.name,
+            queue=queue,
+        )
+        info = LocalQueueInfo()
+    waiting = sum(1 for w in live if w.gated)
+    outside = sum(1 for w in live if w.queue and not w.kueue_managed)
+    return Admission(queue, info.cluster_queue, len(live) - waiting, waiting, info.blocked, outside)
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ from proctor.evalrun.gather import (
     run_storage,
 )
 from proctor.evalrun.runtime import RunRuntime
+from proctor.planning.admission import bind_admission
 from proctor.planning.plan import Demand, PlanResult, compute_plan
 from proctor.queue import QueueDepth
 from proctor.storage import ProgressSnapshot
@@ -238,7 +239,7 @@ def _queue_step(
         spot_fallback=seen.spot_fallback,
         placed=seen.placed(),
     )
-    return facts, plan, problem or infeasible(plan)
+    return facts, bind_admission(plan, seen.admission), problem or infeasible(plan)
 
 
 def reconcile_run(

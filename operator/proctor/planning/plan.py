@@ -134,10 +134,19 @@ class PlanResult:
     feasible: bool
     infeasible_reason: str = ""
     per_node: tuple[NodeFit, ...] = ()  # the eligible nodes, in the order given
+    requested: int | None = None  # with Kueue binding: what the run asks for (admission.py)
+    cluster_queue: str = ""
+
+    @property
+    def target(self) -> int:
+        """The workers the scaler keeps: what Kueue was asked for, or else the plan."""
+        return self.replicas if self.requested is None else self.requested
 
     def to_status(self) -> Plan:
         return Plan(
             replicas=self.replicas,
+            requested=self.requested,
+            cluster_queue=self.cluster_queue or None,
             fit=self.fit,
             bound_by=self.bound_by,
             profile=self.size.profile,

@@ -105,6 +105,7 @@ def create_pods(
             env=benchmark_env(spec, ref, run_id, start.cell, conn),
             pool=start.pool,
             run_spec=start.run_spec,
+            suite_labels=ref.labels,
         )
         name, uid = api.create_pod(manifest)
         runtime.expected[start.cell.id] = (uid, time.monotonic(), name)

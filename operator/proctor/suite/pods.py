@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from proctor.api.names import KUEUE_QUEUE_LABEL
 from proctor.api.v1alpha1.base import Placement
 from proctor.api.v1alpha1.benchmarksuite import KIND, BenchmarkSuiteSpec
 from proctor.api.v1alpha1.evalrun import CasesSpec, EvalRunSpec, TaskSpec, WorkersSpec
@@ -22,6 +23,7 @@ from proctor.bench.matrix import Cell
 from proctor.bench.worker import BenchWorkerConfig
 from proctor.config import OperatorConfig
 from proctor.connection import Connection, RunRef
+from proctor.planning.admission import kueue_pod_labels
 from proctor.planning.plan import WorkerSize
 from proctor.pods import HOSTNAME_KEY, LABEL_COMPONENT, PodKind, build_pod, merge_env
 
@@ -131,16 +133,20 @@ def benchmark_pod(
     env: Sequence[Mapping[str, Any]],
     pool: str = "",
     run_spec: EvalRunSpec | None = None,
+    suite_labels: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The manifest of the benchmark pod of ``cell`` in run ``run_id``, in one call of the pod
     builder. ``run_spec``: the cell's :func:`cell_run_spec` the pass planned with (computed
-    here when not given)."""
+    here when not given). A suite labelled ``kueue.x-k8s.io/queue-name`` (``suite_labels``,
+    the suite's own) has its pods admitted by Kueue, as an EvalRun with a queue name."""
+    labels = suite_labels or {}
+    admission = kueue_pod_labels(labels.get(KUEUE_QUEUE_LABEL, ""), labels)
     kind = PodKind(
         owner_kind=KIND,
         component=COMPONENT,
         command=BENCH_WORKER_COMMAND,
         generate_name=f"{label_value(f'{suite}-{cell.id}')[:50].replace('.', '-')}-",
-        labels=benchmark_labels(suite, suite_uid, run_id, cell.id, spec.isolation),
+        labels={**benchmark_labels(suite, suite_uid, run_id, cell.id, spec.isolation), **admission},
         annotations={ANNOTATION_CELL: cell.id},
         metrics_port=False,  # the bench worker serves no metrics
         # No topology spread: a benchmark pod is alone in its cell.

@@ -197,6 +197,11 @@ Duration = Annotated[
 
 DnsLabel = Annotated[str, Field(pattern=DNS_LABEL_PATTERN, min_length=1, max_length=63)]
 
+KueueQueueName = Annotated[
+    str, Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", min_length=1, max_length=63)
+]
+"""A Kueue LocalQueue name: an object name that is also a label value (63 characters)."""
+
 Entrypoint = Annotated[str, Field(pattern=ENTRYPOINT_PATTERN, max_length=253)]
 
 FreeForm = Annotated[

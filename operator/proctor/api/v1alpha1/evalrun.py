@@ -16,6 +16,7 @@ from proctor.api.v1alpha1.base import (
     Duration,
     Entrypoint,
     FreeForm,
+    KueueQueueName,
     LossLedgerStatus,
     ProfileName,
     QueueSpec,
@@ -288,6 +289,12 @@ class EvalRunSpec(ApiModel):
     queue: QueueSpec | None = Field(
         default=None, description="Work queue; unset: the operator's default."
     )
+    queue_name: KueueQueueName | None = Field(
+        default=None,
+        description="Kueue LocalQueue in the run's namespace that admits its workers (each "
+        "worker pod is a Kueue workload, see docs/operator.md); the label "
+        "kueue.x-k8s.io/queue-name on the EvalRun does the same. Unset: no Kueue.",
+    )
     storage: StorageSpec | None = Field(
         default=None, description="Results and checkpoints; unset: the operator's default."
     )
@@ -372,6 +379,7 @@ LimitName = Literal[
     "max",
     "min",
     "quota",
+    "kueue",
     "nodes",
     "pods",
     "spread",
@@ -424,7 +432,15 @@ class PoolPlan(ApiModel):
 class Plan(ApiModel):
     """How many workers the cluster can hold and what bound the number."""
 
-    replicas: int = Field(description="Planned workers.")
+    replicas: int = Field(description="Planned workers (with Kueue: those it admitted).")
+    requested: int | None = Field(
+        default=None,
+        description="Workers asked of Kueue when it admitted fewer (boundBy kueue); the rest "
+        "wait, gated, in its queue.",
+    )
+    cluster_queue: str | None = Field(
+        default=None, description="The Kueue ClusterQueue behind the run's LocalQueue."
+    )
     fit: int = Field(description="Workers that fit on eligible nodes.")
     bound_by: LimitName = Field(description="The limit that bound the replicas.")
     profile: str = Field(description="Resolved profile name.")
