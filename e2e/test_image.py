@@ -148,7 +148,11 @@ def test_pod_runs_inside_the_image_as_uid_10001_on_a_read_only_root(
                 namespace, "probe", stream="stderr", state_dir=cluster.state_dir
             )
 
-        wait_until(lambda: "ready" in log(), 90, f"the probe's output\n{log()}")
+        try:
+            wait_until(lambda: "ready" in log(), 90, "the probe's output")
+        except TimeoutError as exc:
+            status = core.read_namespaced_pod("probe", namespace).status
+            raise AssertionError(f"{exc}\n{log()}\n{status}") from exc
         out = log()
         assert "id 10001 10001 []" in out
         assert "python /opt/proctor/bin/python (3, 11)" in out

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from e2e.harness import imagepod
+from e2e.harness import imagepod, sandbox
 from e2e.harness.image import Image, ImageError, image_for_label
 
 CONFIG = {
@@ -81,10 +81,8 @@ def _pod(**spec: Any) -> dict[str, Any]:
     return {"metadata": {"name": "p", "namespace": "ns"}, "spec": spec}
 
 
-def _api(tmp_path: Path) -> imagepod.ApiAccess:
-    ca = tmp_path / "ca.crt"
-    ca.write_text("CA")
-    return imagepod.ApiAccess("127.0.0.1", 6443, "tok", ca)
+def _api(_tmp_path: Path) -> imagepod.ApiAccess:
+    return imagepod.ApiAccess("127.0.0.1", 6443, "tok")
 
 
 def test_env_is_the_images_then_the_api_then_the_pods(image: Image, tmp_path: Path) -> None:
@@ -100,8 +98,28 @@ def test_env_is_the_images_then_the_api_then_the_pods(image: Image, tmp_path: Pa
     }
 
 
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+# What the API server's ServiceAccount admission adds to every pod that automounts a token.
+_CA = {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+_NS = {"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}
+KUBE_API_ACCESS = {
+    "name": "kube-api-access-x",
+    "projected": {
+        "sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": _CA},
+            {"downwardAPI": {"items": [_NS]}},
+        ]
+    },
+}
+
+
 def _sources() -> imagepod.Sources:
-    data = {"cm": {"config.yaml": "a: 1", "other": "x"}, "sec": {"password": "pw"}}
+    data = {
+        "cm": {"config.yaml": "a: 1", "other": "x"},
+        "sec": {"password": "pw"},
+        "kube-root-ca.crt": {"ca.crt": "CA"},
+    }
 
     def read(_namespace: str, name: str, optional: bool) -> dict[str, str]:
         if name not in data:
@@ -119,6 +137,7 @@ def test_volumes_and_the_service_account(tmp_path: Path) -> None:
             {"name": "config", "configMap": {"name": "cm", "items": [{"key": "config.yaml"}]}},
             {"name": "creds", "secret": {"secretName": "sec"}},
             {"name": "tmp", "emptyDir": {}},
+            KUBE_API_ACCESS,
         ]
     )
     container = {
@@ -126,6 +145,7 @@ def test_volumes_and_the_service_account(tmp_path: Path) -> None:
             {"name": "config", "mountPath": "/etc/proctor"},
             {"name": "creds", "mountPath": "/creds", "readOnly": False},
             {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "kube-api-access-x", "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True},
         ]
     }
     mounts = imagepod.mounts(pod, container, tmp_path / "pod", _api(tmp_path), _sources())
@@ -139,7 +159,7 @@ def test_volumes_and_the_service_account(tmp_path: Path) -> None:
     tmp = Path(by_target["/tmp"]["source"])
     assert not by_target["/tmp"]["readOnly"]
     assert stat.S_IMODE(tmp.stat().st_mode) == 0o777
-    sa = Path(by_target[imagepod.SERVICE_ACCOUNT_DIR]["source"])
+    sa = Path(by_target[SERVICE_ACCOUNT_DIR]["source"])
     assert {f.name: f.read_text() for f in sa.iterdir()} == {
         "token": "tok",
         "ca.crt": "CA",
@@ -156,6 +176,11 @@ def test_volumes_and_the_service_account(tmp_path: Path) -> None:
         ({"name": "v", "emptyDir": {}}, {"subPath": "x"}, "subPath is not supported"),
         ({"name": "w", "emptyDir": {}}, {}, "no volume v"),
         ({"name": "v", "configMap": {"name": "cm", "items": [{"key": "nope"}]}}, {}, "nope"),
+        (
+            {"name": "v", "projected": {"sources": [{"clusterTrustBundle": {}}]}},
+            {},
+            "clusterTrustBundle",
+        ),
     ],
 )
 def test_volumes_it_cannot_provide_are_refused_with_the_reason(
@@ -165,12 +190,6 @@ def test_volumes_it_cannot_provide_are_refused_with_the_reason(
     container = {"volumeMounts": [{"name": "v", "mountPath": "/v", **mount}]}
     with pytest.raises(imagepod.VolumeError, match=message):
         imagepod.mounts(pod, container, tmp_path / "pod", _api(tmp_path), _sources())
-
-
-def test_no_service_account_mount_when_the_pod_opts_out(tmp_path: Path) -> None:
-    pod = _pod(automountServiceAccountToken=False)
-    mounts = imagepod.mounts(pod, {}, tmp_path / "pod", _api(tmp_path), _sources())
-    assert imagepod.SERVICE_ACCOUNT_DIR not in {m["target"] for m in mounts}
 
 
 def test_label_values(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -186,3 +205,23 @@ def test_label_values(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert found.label == "image-0123abcd"
     with pytest.raises(ImageError, match="expected image-<hex key>"):
         image_for_label("image-../x")
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("/var/run/secrets/x", "run/secrets/x"),  # absolute link: inside the root, not the host
+        ("/etc/proctor", "etc/proctor"),
+        ("/lib/x", "usr/lib/x"),  # relative link
+        ("/usr/../../../etc", "etc"),  # never above the root
+    ],
+)
+def test_mount_points_resolve_symlinks_inside_the_root(
+    tmp_path: Path, target: str, expected: str
+) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "usr" / "lib").mkdir(parents=True)
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "run").symlink_to("/run")
+    (tmp_path / "lib").symlink_to("usr/lib")
+    assert sandbox.resolve_in(tmp_path, target) == tmp_path / expected

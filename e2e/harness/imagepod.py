@@ -7,10 +7,12 @@
 - the user: ``runAsUser``/``runAsGroup`` of the container, else of the pod, else the image's User;
 - the working directory: ``workingDir``, else the image's;
 - volumes: ``emptyDir`` (a directory of the pod's, writable by all), ``configMap`` and ``secret``
-  (their keys, or ``items``, as files), mounted at each ``volumeMount``; others are refused;
-- the ServiceAccount token, ``ca.crt`` and ``namespace`` at
-  ``/var/run/secrets/kubernetes.io/serviceaccount`` unless ``automountServiceAccountToken`` is
-  false, so the in-cluster login of the image's client is what runs;
+  (their keys, or ``items``, as files), and ``projected`` ones of those, of ``downwardAPI``
+  namespace/name/uid and of ``serviceAccountToken`` (the pod's bound token): the
+  ``kube-api-access-*`` volume that the API server's admission adds, so the token, ``ca.crt``
+  and ``namespace`` are at ``/var/run/secrets/kubernetes.io/serviceaccount`` and the in-cluster
+  login of the image's client is what runs; each mounted at its ``volumeMount``; others are
+  refused;
 - ``/etc/hosts`` (localhost and the pod's name), ``/etc/hostname``, ``/etc/resolv.conf``.
 """
 
@@ -25,7 +27,6 @@ from typing import Any
 from e2e.harness.image import Image
 
 SANDBOX = Path(__file__).resolve().with_name("sandbox.py")
-SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 Reader = Callable[[str, str, bool], dict[str, str]]  # (namespace, name, optional) -> data
 
@@ -40,8 +41,7 @@ class ApiAccess:
 
     host: str
     port: int
-    token: str
-    ca: Path
+    token: str  # a TokenRequest token bound to the pod
 
 
 @dataclass(frozen=True)
@@ -95,11 +95,45 @@ def _write_files(directory: Path, data: dict[str, str], items: list[dict[str, An
         target.chmod(0o644)
 
 
-def volume_dir(pod: dict[str, Any], volume: dict[str, Any], base: Path, read: Sources) -> Path:
+def _projected(
+    pod: dict[str, Any], sources: list[dict[str, Any]], token: str, read: Sources
+) -> dict[str, str]:
+    """path -> content of a projected volume."""
+    meta = pod["metadata"]
+    fields = {"metadata.namespace": meta["namespace"], "metadata.name": meta["name"]}
+    fields["metadata.uid"] = meta.get("uid", "")
+    files: dict[str, str] = {}
+    for source in sources:
+        if "serviceAccountToken" in source:
+            files[source["serviceAccountToken"]["path"]] = token
+        elif "configMap" in source or "secret" in source:
+            kind = "configMap" if "configMap" in source else "secret"
+            ref = source[kind]
+            reader = read.config_map if kind == "configMap" else read.secret
+            data = reader(meta["namespace"], ref["name"], bool(ref.get("optional", False)))
+            items = ref.get("items") or [{"key": k, "path": k} for k in data]
+            files.update({i["path"]: data[i["key"]] for i in items if i["key"] in data})
+        elif "downwardAPI" in source:
+            for item in source["downwardAPI"]["items"]:
+                path = (item.get("fieldRef") or {}).get("fieldPath")
+                if path not in fields:
+                    raise VolumeError(f"projected downwardAPI {path or item}: not supported")
+                files[item["path"]] = fields[path]
+        else:
+            raise VolumeError(f"projected source {sorted(source)}: not supported")
+    return files
+
+
+def volume_dir(
+    pod: dict[str, Any], volume: dict[str, Any], base: Path, read: Sources, token: str
+) -> Path:
     """The host directory holding ``volume``'s content for this pod (made fresh)."""
     namespace = pod["metadata"]["namespace"]
     directory: Path = base / str(volume["name"])
-    if "emptyDir" in volume:
+    if "projected" in volume:
+        files = _projected(pod, volume["projected"]["sources"], token, read)
+        _write_files(directory, files, None)
+    elif "emptyDir" in volume:
         directory.mkdir(parents=True)
         directory.chmod(0o777)  # as the kubelet makes it: any uid may write
     elif "configMap" in volume:
@@ -123,7 +157,7 @@ def mounts(
     pod: dict[str, Any], container: dict[str, Any], pod_dir: Path, api: ApiAccess, read: Sources
 ) -> list[dict[str, Any]]:
     """The sandbox's bind mounts, their sources made fresh under ``pod_dir``."""
-    for name in ("volumes", "serviceaccount", "etc"):
+    for name in ("volumes", "etc"):
         shutil.rmtree(pod_dir / name, ignore_errors=True)
     volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
     made: dict[str, Path] = {}
@@ -134,19 +168,11 @@ def mounts(
         if m["name"] not in volumes:
             raise VolumeError(f"volumeMount {m['mountPath']}: no volume {m['name']}")
         if m["name"] not in made:
-            made[m["name"]] = volume_dir(pod, volumes[m["name"]], pod_dir / "volumes", read)
+            volume = volumes[m["name"]]
+            made[m["name"]] = volume_dir(pod, volume, pod_dir / "volumes", read, api.token)
         source = made[m["name"]]
         read_only = bool(m.get("readOnly")) or "emptyDir" not in volumes[m["name"]]
         out.append({"source": str(source), "target": m["mountPath"], "readOnly": read_only})
-    if pod["spec"].get("automountServiceAccountToken", True):
-        sa = pod_dir / "serviceaccount"
-        sa.mkdir()
-        (sa / "token").write_text(api.token)
-        (sa / "ca.crt").write_bytes(api.ca.read_bytes())
-        (sa / "namespace").write_text(pod["metadata"]["namespace"])
-        for f in sa.iterdir():
-            f.chmod(0o644)
-        out.append({"source": str(sa), "target": SERVICE_ACCOUNT_DIR, "readOnly": True})
     return out + etc_files(pod, pod_dir / "etc")
 
 

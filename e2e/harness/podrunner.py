@@ -408,7 +408,7 @@ class Runner:
         meta = pod["metadata"]
         directory = pod_dir(meta["namespace"], meta["name"], self.state_dir)
         url = urllib.parse.urlsplit(self.server)
-        api = imagepod.ApiAccess(url.hostname or POD_IP, url.port or 443, token, self.ca)
+        api = imagepod.ApiAccess(url.hostname or POD_IP, url.port or 443, token)
         sources = imagepod.Sources(self._config_map, self._secret)
         spec = imagepod.sandbox_spec(
             image,
@@ -507,7 +507,7 @@ class Runner:
         # Logs stay for the test to read; the work dir and token do not.
         shutil.rmtree(local.workdir, ignore_errors=True)
         directory = local.workdir.parent
-        for name in ("overlay", "volumes", "serviceaccount", "etc"):  # image mode's
+        for name in ("overlay", "volumes", "etc"):  # image mode's
             shutil.rmtree(directory / name, ignore_errors=True)
         for name in ("kubeconfig", "sandbox.json"):
             (directory / name).unlink(missing_ok=True)

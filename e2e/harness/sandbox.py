@@ -68,9 +68,30 @@ def bind(source: Path, target: Path, read_only: bool, flags: int = 0) -> None:
         mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
 
 
+def resolve_in(root: Path, target: str, depth: int = 0) -> Path:
+    """``target`` resolved inside ``root`` as the chrooted process will see it: symlinks on the
+    way (Debian's /var/run -> /run) are followed within ``root``, never on the host."""
+    if depth > 40:
+        raise SandboxError(f"{target}: too many levels of symbolic links")
+    path = root
+    parts = [p for p in target.split("/") if p not in ("", ".")]
+    for i, part in enumerate(parts):
+        if part == "..":
+            path = path.parent if path != root else root
+            continue
+        candidate = path / part
+        if candidate.is_symlink():
+            link = os.readlink(candidate)
+            base = "/" if link.startswith("/") else "/" + str(path.relative_to(root))
+            rest = "/".join([link, *parts[i + 1 :]])
+            return resolve_in(root, f"{base}/{rest}", depth + 1)
+        path = candidate
+    return path
+
+
 def make_target(root: Path, target: str, is_dir: bool) -> Path:
     """The mount point ``target`` inside ``root`` (made in the overlay's upper layer)."""
-    path = root / target.lstrip("/")
+    path = resolve_in(root, target)
     if is_dir:
         path.mkdir(parents=True, exist_ok=True)
     else:
