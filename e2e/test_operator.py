@@ -429,10 +429,18 @@ def test_preempted_node_loses_and_repeats_nothing(
 
 
 def _running_worker(env: Env, run: str) -> Path | None:
-    """The pod runner's directory of a worker of ``run`` whose process runs, if any."""
+    """The pod runner's directory of a worker of ``run`` whose process has started its command
+    (the sandbox has exec'd it), if any."""
     for pod in env.workers(run):
         directory = pod_dir(env.namespace, pod.metadata.name, env.cluster.state_dir)
-        if pod.status.phase == "Running" and (directory / "pid").exists():
+        if pod.status.phase != "Running" or not (directory / "pid").exists():
+            continue
+        try:
+            process = inspect_process(directory)
+        except (OSError, ValueError):
+            continue  # between the pid file and /proc, or the process already gone
+        root = directory / "overlay" / "merged"
+        if process.root == root and process.exe.is_relative_to(root):
             return directory
     return None
 
