@@ -22,12 +22,15 @@ ENV SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH} \
     PYTHONDONTWRITEBYTECODE=1
 # Every runtime package at an exact version: the versions the test suite ran with. Generated from
 # pyproject.toml's dependencies and the metamorphic-guard extra (the samples' Metamorphic Guard
-# task needs it); tests/test_dockerfile.py says what to change when they drift.
+# task needs it); tests/test_dockerfile.py says what to change when they drift. async-timeout is
+# redis' backport for Pythons before 3.11.3: unused on this base, needed by e2e/build-image's
+# Debian Python 3.11.2, and pinned here so that the two builds install the same list.
 COPY <<EOF_PINS /build/constraints.txt
 aiohappyeyeballs==2.7.1
 aiohttp==3.14.5
 aiosignal==1.4.0
 annotated-types==0.7.0
+async-timeout==5.0.1
 attrs==26.1.0
 boto3==1.43.11
 botocore==1.43.11

@@ -24,6 +24,8 @@ from kubernetes.client.rest import ApiException
 from e2e.harness import cluster as cluster_mod
 from e2e.harness import services
 from e2e.harness.crds import apply_crds, repo_crds
+from e2e.harness.image import Image, ImageError
+from e2e.harness.image import build as build_image
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,6 +43,21 @@ class Cluster:
         self.state_dir = Path(state.dir)
         self.api_client: Any = config.new_client_from_config(config_file=str(self.kubeconfig))
         self.core: Any = client.CoreV1Api(self.api_client)
+
+
+@pytest.fixture(scope="session")
+def image() -> Image:
+    """The engine-free image of the current sources (e2e/build-image; a no-op when e2e/setup
+    built it). Pods labelled ``e2e.proctor.dev/run: <image.label>`` run inside its rootfs."""
+    if os.geteuid() != 0:
+        pytest.fail(
+            "the image tests build a rootfs (mmdebstrap) and run pods in it (mount namespace, "
+            "chroot): run them as root, as CI does"
+        )
+    try:
+        return build_image()
+    except ImageError as err:
+        pytest.fail(str(err))
 
 
 @pytest.fixture(scope="session")

@@ -3,10 +3,12 @@
 the pod runner under the chart's ServiceAccount and RBAC), an EvalRun sample completes,
 `kubectl get evalruns` shows its columns, and uninstalling removes everything but the CRDs.
 
-The pod runner stands in for a kubelet and runs pods as processes on this machine, so the tests
-give the operator pod the runner's label, a kwok node, free ports (every pod shares the host
-network) and a configuration directory on this machine (it mounts no volumes): the test writes
-there what the chart's ConfigMap holds, and checks that the ConfigMap holds exactly that.
+The pod runner stands in for a kubelet: the tests give the operator pod its label with the
+engine-free image's value (e2e/build-image), so the operator, the helm test pod and the workers
+run inside that image's rootfs as uid 10001 with a read-only root, the chart's ConfigMap and
+emptyDir mounted where the chart mounts them and the ServiceAccount token where a kubelet puts it
+(the operator logs in as in a cluster). They also give it a kwok node and free ports (every pod
+shares the host network).
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from e2e.harness.helmtools import helm, kubectl
+from e2e.harness.image import Image
 from e2e.harness.net import free_port
 from e2e.harness.operator import operator_config
-from e2e.harness.podrunner import MARKER, MARKER_VALUE, read_log
+from e2e.harness.podrunner import MARKER, read_log
 from e2e.harness.poll import wait_until
 from e2e.test_operator import Env, env  # noqa: F401 - the fixture
 
@@ -53,9 +56,10 @@ def ok(out: subprocess.CompletedProcess[str]) -> str:
     return out.stdout
 
 
-def runner_config() -> dict[str, Any]:
-    """What the operator needs here: worker pods the pod runner runs, a 1 s scaling loop."""
-    return operator_config(run_workers=True)
+def runner_config(image: Image) -> dict[str, Any]:
+    """What the operator needs here: worker pods the pod runner runs inside the image, a 1 s
+    scaling loop."""
+    return operator_config(run_workers=True, runner=image.label)
 
 
 def operator_pods(env_: Env, namespace: str) -> list[Any]:
@@ -123,11 +127,10 @@ def release(env: Env) -> Iterator[str]:  # noqa: F811
 def test_helm_install_runs_a_sample_and_uninstall_keeps_only_the_crds(
     env: Env,  # noqa: F811
     release: str,
+    image: Image,
 ) -> None:
     env.node(cpu="8", memory="16Gi")
     ns = env.namespace
-    config_dir = env.workdir / "operator-config"
-    config_dir.mkdir()
     health, metrics = free_port(), free_port()
     values = {
         "operator": {
@@ -137,23 +140,23 @@ def test_helm_install_runs_a_sample_and_uninstall_keeps_only_the_crds(
             "watchNamespaces": [ns],
             "logFormat": "console",
             "healthPort": health,
-            "configDir": str(config_dir),
-            "podLabels": {MARKER: MARKER_VALUE},
+            "podLabels": {MARKER: image.label},
             "nodeSelector": {"e2e.proctor.dev/pool": env.pool},
             "terminationGracePeriodSeconds": 10,
         },
         "metrics": {"port": metrics},
-        "config": runner_config(),
+        "config": runner_config(image),
         "tests": {"url": f"http://127.0.0.1:{health}/healthz"},
     }
     values_file = env.workdir / "values.yaml"
     values_file.write_text(yaml.safe_dump(values))
     common = [release, str(CHART), "-n", ns, "-f", str(values_file)]
 
-    # The pod runner mounts nothing: put the ConfigMap's content where the chart mounts it.
+    # The second peer below is a local process: it reads the ConfigMap's content from a file.
     shown = ok(tool([helm(), "template", *common, "--show-only", "templates/configmap.yaml"], env))
     config_text = yaml.safe_load(shown)["data"]["config.yaml"]
-    (config_dir / "config.yaml").write_text(config_text)
+    config_file = env.workdir / "config.yaml"
+    config_file.write_text(config_text)
 
     out = tool([helm(), "install", *common, "--take-ownership", "--wait", "--timeout", "120s"], env)
     pod_name = ""
@@ -184,7 +187,7 @@ def test_helm_install_runs_a_sample_and_uninstall_keeps_only_the_crds(
 
     # A second peer (a local process, as another replica would be) joins; of the two, only the
     # higher priority works and the other pauses, while the sample runs to success.
-    with second_peer(env, ns, config_dir / "config.yaml") as peer_log:
+    with second_peer(env, ns, config_file) as peer_log:
         wait_until(lambda: len(_peers(env, ns)) == 2, 30, "two peers in KopfPeering proctor")
         priorities = [p["priority"] for p in _peers(env, ns).values()]
         assert len(set(priorities)) == 2, priorities
@@ -286,14 +289,17 @@ def _release_objects(env_: Env, namespace: str, release: str) -> list[str]:
 
 
 def for_the_pod_runner(
-    docs: list[dict[str, Any]], *, pool: str, config: Path, health: int, metrics: int
+    docs: list[dict[str, Any]], *, pool: str, image: Image, health: int, metrics: int
 ) -> list[dict[str, Any]]:
-    """install.yaml's objects with the operator pod made runnable here (see the module doc)."""
+    """install.yaml's objects with the operator pod made runnable here (see the module doc) and
+    the test's configuration in its ConfigMap."""
     out = []
     for doc in docs:
+        if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "proctor-operator":
+            doc["data"]["config.yaml"] = yaml.safe_dump(runner_config(image))
         if doc["kind"] == "Deployment":
             pod = doc["spec"]["template"]
-            pod["metadata"]["labels"][MARKER] = MARKER_VALUE
+            pod["metadata"]["labels"][MARKER] = image.label
             pod["spec"]["nodeSelector"] = {"e2e.proctor.dev/pool": pool}
             container = pod["spec"]["containers"][0]
             container["args"] = [
@@ -304,21 +310,16 @@ def for_the_pod_runner(
                 f"--metrics-port={metrics}" if a.startswith("--metrics-port=") else a
                 for a in container["args"]
             ]
-            for var in container["env"]:
-                if var["name"] == "PROCTOR_CONFIG":
-                    var["value"] = str(config)
         out.append(doc)
     return out
 
 
-def test_kubectl_apply_install_yaml_runs_a_sample(env: Env) -> None:  # noqa: F811
+def test_kubectl_apply_install_yaml_runs_a_sample(env: Env, image: Image) -> None:  # noqa: F811
     env.node(cpu="8", memory="16Gi")
     docs = [d for d in yaml.safe_load_all(INSTALL.read_text()) if d]
     system_ns = next(d for d in docs if d["kind"] == "Namespace")["metadata"]["name"]
-    config = env.workdir / "operator.yaml"
-    config.write_text(yaml.safe_dump(runner_config()))
     adjusted = for_the_pod_runner(
-        docs, pool=env.pool, config=config, health=free_port(), metrics=free_port()
+        docs, pool=env.pool, image=image, health=free_port(), metrics=free_port()
     )
     manifest = env.workdir / "install.yaml"
     manifest.write_text(yaml.safe_dump_all(adjusted))

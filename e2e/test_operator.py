@@ -20,6 +20,8 @@ from kubernetes import client
 
 from e2e.conftest import Cluster
 from e2e.harness import nodes
+from e2e.harness.image import Image
+from e2e.harness.imagepod import inspect_process
 from e2e.harness.operator import (
     CREDS,
     GROUP,
@@ -30,6 +32,7 @@ from e2e.harness.operator import (
     operator_config,
     operator_process,
 )
+from e2e.harness.podrunner import pod_dir
 from e2e.harness.poll import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -64,13 +67,15 @@ class Env:
         self.nodes.append(name)
         return name
 
-    def operator(self, run_workers: bool = True) -> Any:
+    def operator(self, run_workers: bool = True, image: Image | None = None) -> Any:
         """The operator; with ``run_workers=False`` worker pods only look Running (kwok), which
-        is all that planning tests need, and costs no CPU."""
+        is all that planning tests need, and costs no CPU; with ``image``, worker pods run
+        inside that image's rootfs rather than with the host's Python."""
+        runner = image.label if image else "local"
         return operator_process(
             self.cluster.kubeconfig,
             self.workdir,
-            operator_config(run_workers=run_workers),
+            operator_config(run_workers=run_workers, runner=runner),
             namespace=self.namespace,
         )
 
@@ -399,16 +404,21 @@ def test_suspend_removes_workers_and_resume_finishes(env: Env) -> None:
 
 
 def test_preempted_node_loses_and_repeats_nothing(
-    env: Env, monkeypatch: pytest.MonkeyPatch
+    env: Env, image: Image, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The workers run inside the image (uid 10001, read-only root): they reach Redis and moto
+    on loopback, record results, and the reclaimed node's worker hands its batch back on
+    SIGTERM."""
     first = env.node(cpu="4", memory="8Gi", spot=True)
     env.node(cpu="4", memory="8Gi")
     # Large enough that the preemption lands mid-run, not after the last batch.
     doc = env.evalrun("spot", count=30000)
     doc["spec"]["placement"]["spread"] = "required"
-    with env.operator() as op:
+    with env.operator(image=image) as op:
         created = env.create(doc)
         try:
+            worker = wait_until(lambda: _running_worker(env, "spot"), 60, "a running worker")
+            assert_runs_inside(image, worker)
             env.reclaim_mid_run("spot", first, timeout=40)
             status = env.wait_phase("spot", "Succeeded", timeout=200)
         except TimeoutError as exc:
@@ -417,6 +427,35 @@ def test_preempted_node_loses_and_repeats_nothing(
     assert status["disruptions"] >= 1
     assert status["workers"]["failures"] == 0
     assert_each_case_once(env.run_storage(created["metadata"]["uid"], monkeypatch), 30000)
+
+
+def _running_worker(env: Env, run: str) -> Path | None:
+    """The pod runner's directory of a worker of ``run`` whose process has started its command
+    (the sandbox has exec'd it), if any."""
+    for pod in env.workers(run):
+        directory = pod_dir(env.namespace, pod.metadata.name, env.cluster.state_dir)
+        if pod.status.phase != "Running" or not (directory / "pid").exists():
+            continue
+        try:
+            process = inspect_process(directory)
+        except (OSError, ValueError):
+            continue  # between the pid file and /proc, or the process already gone
+        root = directory / "overlay" / "merged"
+        if process.root == root and process.exe.is_relative_to(root):
+            return directory
+    return None
+
+
+def assert_runs_inside(image: Image, directory: Path) -> None:
+    """The worker's process runs in an overlay of the image's rootfs, as uid/gid 10001, with
+    the image's Python, a read-only root and a writable /tmp (the pod's emptyDir)."""
+    process = inspect_process(directory)
+    assert (process.uid, process.gid) == (10001, 10001)
+    assert process.root == directory / "overlay" / "merged"
+    assert process.exe.is_relative_to(process.root), process.exe
+    assert (image.rootfs / process.exe.relative_to(process.root)).exists()
+    assert "ro" in process.mount_options["/"], process.mount_options["/"]
+    assert "rw" in process.mount_options["/tmp"], process.mount_options["/tmp"]
 
 
 def test_operator_killed_mid_run_a_new_one_finishes_without_enqueueing_twice(

@@ -49,13 +49,14 @@ def evalrun_doc(
     return doc
 
 
-def operator_config(*, run_workers: bool, **extra: Any) -> dict[str, Any]:
+def operator_config(*, run_workers: bool, runner: str = "local", **extra: Any) -> dict[str, Any]:
     """OperatorConfig for tests: a 1 s loop; with ``run_workers`` worker pods carry the pod
-    runner's label and really run, otherwise they only look Running (kwok). Workers serve no
-    metrics: the pod runner's pods share this machine's network, so they cannot all bind one
-    port."""
+    runner's label and really run, otherwise they only look Running (kwok). ``runner`` is the
+    label's value: ``local`` (the host's Python) or an image's label (inside its rootfs).
+    Workers serve no metrics: the pod runner's pods share this machine's network, so they
+    cannot all bind one port."""
     return {
-        "workerPodLabels": {"e2e.proctor.dev/run": "local"} if run_workers else {},
+        "workerPodLabels": {"e2e.proctor.dev/run": runner} if run_workers else {},
         "scalingIntervalSeconds": 1.0,
         "workerGraceSeconds": 10,
         "workerMetricsPort": 0,

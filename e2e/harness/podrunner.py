@@ -19,6 +19,12 @@ kwok's stages (kwok.yaml) exclude marked pods, so the two never fight over
 them. Output goes to ``<state>/pods/<namespace>_<name>/{stdout,stderr}.log``;
 ``read_log`` reads it.
 
+A pod labelled ``e2e.proctor.dev/run=image-<key>`` runs inside the rootfs of
+that e2e/build-image build instead (image mode, imagepod.py and sandbox.py):
+the image's env, user and working directory, a read-only root, its
+emptyDir/configMap/secret volumes and its ServiceAccount token mounted where
+a kubelet mounts them; nothing from the host's Python or env.
+
 If the runner restarts, it kills processes its predecessor left (by the PID
 files it wrote) and treats them as exited with 137, like a node reboot; the
 restart policy then decides what happens.
@@ -40,6 +46,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -47,6 +54,8 @@ from typing import IO, Any
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
+from e2e.harness import imagepod
+from e2e.harness.image import Image, ImageError, image_for_label
 from e2e.harness.kubeconfig import write_token_kubeconfig
 
 MARKER = "e2e.proctor.dev/run"
@@ -169,7 +178,7 @@ class Runner:
 
     def watch_pods(self) -> None:
         """List+watch marked pods into self.pods until stopping."""
-        selector = f"{MARKER}={MARKER_VALUE}"
+        selector = MARKER  # "local" and "image-<key>"
         while not self.stopping.is_set():
             try:
                 listed = self.api.list_pod_for_all_namespaces(
@@ -289,7 +298,8 @@ class Runner:
         statuses = (pod.get("status") or {}).get("containerStatuses") or []
         was_running = bool(statuses and "running" in (statuses[0].get("state") or {}))
         # Only a process still running in this pod's work dir is ours (PIDs get reused).
-        if pid > 0 and self._cwd(pid) == local.workdir:
+        cwd = self._cwd(pid) if pid > 0 else None
+        if cwd is not None and cwd.is_relative_to(local.workdir.parent):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
             pid_file.unlink(missing_ok=True)
@@ -315,8 +325,13 @@ class Runner:
         container = pod["spec"]["containers"][0]
         try:
             env = self._resolve_env(pod, container)
-            kubeconfig_path = self._service_account_kubeconfig(pod)
-        except (ConfigError, ApiException) as err:
+            image = image_for_label(pod["metadata"]["labels"][MARKER])
+            token = self._service_account_token(pod)
+            if image is None:
+                argv, base = self._host_process(local, pod, container, env, token)
+            else:
+                argv, base = self._image_process(image, pod, container, env, token)
+        except (ConfigError, ApiException, ImageError, imagepod.VolumeError) as err:
             message = str(err)
             if isinstance(err, ApiException):
                 message = f"ServiceAccount token request failed: {err.status} {err.reason}"
@@ -326,26 +341,12 @@ class Runner:
             local.next_start = time.monotonic() + 1.0
             return
         local.config_error = ""
-        argv = [
-            expand(a, env) for a in (container.get("command") or []) + (container.get("args") or [])
-        ]
-        if not container.get("command"):
-            # There is no image to take an entrypoint from.
+        if not argv:
             local.last_exit = self._terminated(
                 128, "StartError", "pod runner needs an explicit command"
             )
             self._write_final(local, pod)
             return
-        base = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("KUBERNETES_") and k not in ("KUBECONFIG", "PROCTOR_CLUSTER_DIR")
-        }
-        bindir = os.path.dirname(sys.executable)
-        base["PATH"] = os.pathsep.join([bindir, base.get("PATH", "")])
-        base["HOSTNAME"] = local.name
-        base["KUBECONFIG"] = str(kubeconfig_path)
-        base.update(env)
         directory = local.workdir.parent
         local.workdir.mkdir(parents=True, exist_ok=True)
         stdout = (directory / "stdout.log").open("ab")
@@ -374,6 +375,56 @@ class Runner:
         (directory / "pid").write_text(str(local.popen.pid))
         log.info("started %s/%s pid %d: %s", local.namespace, local.name, local.popen.pid, argv)
         self._write_running(local, pod)
+
+    def _host_process(
+        self, local: Local, pod: Pod, container: dict[str, Any], env: dict[str, str], token: str
+    ) -> tuple[list[str], dict[str, str]]:
+        """argv and env of a process run with the host's Python, as the pod's ServiceAccount."""
+        meta = pod["metadata"]
+        path = pod_dir(meta["namespace"], meta["name"], self.state_dir) / "kubeconfig"
+        kubeconfig = write_token_kubeconfig(
+            path, self.server, self.ca, token, namespace=meta["namespace"]
+        )
+        # There is no image to take an entrypoint from: no command, no argv.
+        argv = [
+            expand(a, env) for a in (container.get("command") or []) + (container.get("args") or [])
+        ]
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("KUBERNETES_") and k not in ("KUBECONFIG", "PROCTOR_CLUSTER_DIR")
+        }
+        bindir = os.path.dirname(sys.executable)
+        base["PATH"] = os.pathsep.join([bindir, base.get("PATH", "")])
+        base["HOSTNAME"] = local.name
+        base["KUBECONFIG"] = str(kubeconfig)
+        base.update(env)
+        return (argv if container.get("command") else []), base
+
+    def _image_process(
+        self, image: Image, pod: Pod, container: dict[str, Any], env: dict[str, str], token: str
+    ) -> tuple[list[str], dict[str, str]]:
+        """argv and env of the sandbox that runs the container inside ``image``'s rootfs."""
+        meta = pod["metadata"]
+        directory = pod_dir(meta["namespace"], meta["name"], self.state_dir)
+        url = urllib.parse.urlsplit(self.server)
+        api = imagepod.ApiAccess(url.hostname or POD_IP, url.port or 443, token)
+        sources = imagepod.Sources(self._config_map, self._secret)
+        spec = imagepod.sandbox_spec(
+            image,
+            pod,
+            env,
+            [expand(a, env) for a in container.get("command") or []],
+            [expand(a, env) for a in container.get("args") or []],
+            directory,
+            api,
+            sources,
+        )
+        spec_path = directory / "sandbox.json"
+        spec_path.write_text(json.dumps(spec))
+        spec_path.chmod(0o600)  # the env holds the pod's Secrets
+        # -I: the sandbox's own Python ignores PYTHON* variables and the user site.
+        return [sys.executable, "-I", str(imagepod.SANDBOX), str(spec_path)], {}
 
     def _terminate(self, local: Local, grace: float) -> None:
         assert local.popen is not None
@@ -455,7 +506,11 @@ class Runner:
         self._close_outputs(local)
         # Logs stay for the test to read; the work dir and token do not.
         shutil.rmtree(local.workdir, ignore_errors=True)
-        (local.workdir.parent / "kubeconfig").unlink(missing_ok=True)
+        directory = local.workdir.parent
+        for name in ("overlay", "volumes", "etc"):  # image mode's
+            shutil.rmtree(directory / name, ignore_errors=True)
+        for name in ("kubeconfig", "sandbox.json"):
+            (directory / name).unlink(missing_ok=True)
 
     def shutdown(self) -> None:
         """Stop every process: SIGTERM, then SIGKILL after 5 s."""
@@ -526,8 +581,8 @@ class Runner:
             raise ConfigError(f'secret "{name}" not found') from err
         return {k: base64.b64decode(v).decode() for k, v in data.items()}
 
-    def _service_account_kubeconfig(self, pod: Pod) -> Path:
-        """A kubeconfig with a TokenRequest token for the pod's ServiceAccount."""
+    def _service_account_token(self, pod: Pod) -> str:
+        """A TokenRequest token for the pod's ServiceAccount, bound to the pod."""
         meta = pod["metadata"]
         sa = pod["spec"].get("serviceAccountName") or "default"
         request = client.AuthenticationV1TokenRequest(
@@ -541,10 +596,7 @@ class Runner:
             )
         )
         token = self.api.create_namespaced_service_account_token(sa, meta["namespace"], request)
-        path = pod_dir(meta["namespace"], meta["name"], self.state_dir) / "kubeconfig"
-        return write_token_kubeconfig(
-            path, self.server, self.ca, token.status.token, namespace=meta["namespace"]
-        )
+        return str(token.status.token)
 
     # --- status -----------------------------------------------------------
 
