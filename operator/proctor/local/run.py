@@ -356,6 +356,36 @@ def _run_local(options: LocalRunOptions, out: Console) -> int:
     )
 
 
+def _decide(
+    run: _Run,
+    progress: RunProgress,
+    snap: ProgressSnapshot,
+    workers: LocalWorkers,
+    *,
+    stopped: str | None,
+    interrupted: bool,
+) -> tuple[str, ResultSummary]:
+    """Why the run is not decided, if it is not, and the summary of what was recorded."""
+    storage, spec = run.storage, run.config.spec
+    complete = snap.completed == snap.total
+    changed = None if complete else dataset_changed(storage, run.dataset)
+    budget = spec.workers.failure_budget
+    why = (
+        replaced(storage, run.config.attempt) or changed or _why(snap, workers, budget, interrupted)
+    )
+    summary = summarize(
+        progress.aggregate,
+        spec.compare,
+        complete=complete,
+        early_stopped=stopped is not None,
+        total=snap.total,
+        dead_lettered=snap.dead_lettered,
+        why=why,
+        resolved=progress.resolved,
+    )
+    return why, summary
+
+
 def _finish(
     *,
     options: LocalRunOptions,
@@ -372,20 +402,7 @@ def _finish(
     progress.refresh()
     snap = progress.snapshot()
     complete = snap.completed == snap.total
-    changed = None if complete else dataset_changed(storage, run.dataset)
-    why = (
-        replaced(storage, run.config.attempt) or changed or _why(snap, workers, budget, interrupted)
-    )
-    summary = summarize(
-        progress.aggregate,
-        spec.compare,
-        complete=complete,
-        early_stopped=stopped is not None,
-        total=snap.total,
-        dead_lettered=snap.dead_lettered,
-        why=why,
-        resolved=progress.resolved,
-    )
+    why, summary = _decide(run, progress, snap, workers, stopped=stopped, interrupted=interrupted)
     # A task with its own rule (Metamorphic Guard's) judges the run by it.
     judged = summarize_with_task(spec, storage, summary, run_user_code=True)
     summary = judged.summary

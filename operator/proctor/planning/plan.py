@@ -8,76 +8,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 
 from proctor.api.quantity import cpu_millis, format_bytes, format_cpu, to_bytes
 from proctor.api.v1alpha1.base import Placement, Toleration
 from proctor.api.v1alpha1.evalrun import EvalRunSpec, LimitName, Plan, PoolPlan
 from proctor.api.v1alpha1.placement import RunPlacement
 from proctor.config import OperatorConfig
+from proctor.planning.nodes import (
+    GPU_RESOURCE,
+    SPOT_LABELS,
+    SPOT_TAINT_KEYS,
+    Capacity,
+    NodeInfo,
+    Taint,
+)
 from proctor.planning.spread import spread_limit
 
-GPU_RESOURCE = "nvidia.com/gpu"
-
-# Labels with which Karpenter, EKS, GKE and AKS mark spot (preemptible) capacity.
-SPOT_LABELS: tuple[tuple[str, str], ...] = (
-    ("karpenter.sh/capacity-type", "spot"),
-    ("eks.amazonaws.com/capacityType", "SPOT"),
-    ("cloud.google.com/gke-spot", "true"),
-    ("cloud.google.com/gke-preemptible", "true"),
-    ("kubernetes.azure.com/scalesetpriority", "spot"),
-)
-# Taints that providers put on spot nodes; tolerated when spot is allowed.
-SPOT_TAINT_KEYS: tuple[str, ...] = (
-    "cloud.google.com/gke-spot",
-    "cloud.google.com/gke-preemptible",
-    "kubernetes.azure.com/scalesetpriority",
-    "karpenter.sh/capacity-type",
-)
 UNLIMITED = 1 << 40
-
-
-@dataclass(frozen=True)
-class Taint:
-    key: str
-    effect: str
-    value: str = ""
-
-
-@dataclass(frozen=True)
-class Capacity:
-    """Amounts of the resources planning cares about."""
-
-    cpu_millis: int = 0
-    memory: int = 0
-    gpus: int = 0
-    pods: int = 0
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    """What planning needs to know about one node.
-
-    ``requested`` sums the requests of pods bound to the node that are not this run's workers:
-    the run's own workers are what the plan is counting, so they must not shrink it.
-    ``neighbours`` counts those pods that are not node agents (DaemonSet pods, kube-system's):
-    a node with any cannot hold an exclusive worker.
-    """
-
-    name: str
-    allocatable: Capacity
-    requested: Capacity = Capacity()
-    labels: Mapping[str, str] = field(default_factory=dict)
-    taints: tuple[Taint, ...] = ()
-    ready: bool = True
-    unschedulable: bool = False
-    hourly_price: float | None = None  # the node's own price (annotation), if it has one
-    neighbours: int = 0
-
-    @cached_property
-    def is_spot(self) -> bool:
-        return any(self.labels.get(k) == v for k, v in SPOT_LABELS)
 
 
 @dataclass(frozen=True)
@@ -520,3 +468,28 @@ def _pool_plans(
     return tuple(
         PoolPlan(name=p.name, replicas=split[p.name], fit=pool_fit[p.name]) for p in placement.pools
     )
+
+
+# The planner's inputs (proctor.planning.nodes) are importable from here too.
+__all__ = [
+    "GPU_RESOURCE",
+    "SPOT_LABELS",
+    "SPOT_TAINT_KEYS",
+    "UNLIMITED",
+    "Capacity",
+    "Demand",
+    "NodeFit",
+    "NodeInfo",
+    "PlanResult",
+    "QuotaHeadroom",
+    "Taint",
+    "WorkerSize",
+    "compute_plan",
+    "ineligibility",
+    "pool_for_new_pod",
+    "pool_of",
+    "resolve_size",
+    "spot_allowed",
+    "tolerates",
+    "worker_tolerations",
+]

@@ -348,6 +348,13 @@ def sequential_decision(agg: Aggregate, compare: CompareSpec) -> Decision:
     )
 
 
+def _delta(agg: Aggregate) -> float | None:
+    """The candidate's pass rate minus the baseline's; None until both have a case."""
+    if not (agg.candidate_total and agg.baseline_total):
+        return None
+    return agg.candidate_passed / agg.candidate_total - agg.baseline_passed / agg.baseline_total
+
+
 def summarize(
     agg: Aggregate,
     compare: CompareSpec | None,
@@ -395,17 +402,11 @@ def summarize(
     else:
         running = sequential_decision(agg, compare)
         decision = Decision("undecided", reason or "", running.delta_lower, running.delta_upper)
-    delta = (
-        basis.candidate_passed / basis.candidate_total
-        - basis.baseline_passed / basis.baseline_total
-        if basis.candidate_total and basis.baseline_total
-        else None
-    )
     return ResultSummary(
         pass_rate=basis.pass_rate,
         baseline_pass_rate=basis.baseline_pass_rate,
         candidate_pass_rate=basis.candidate_pass_rate,
-        delta=delta,
+        delta=_delta(basis),
         delta_lower=decision.delta_lower,
         delta_upper=decision.delta_upper,
         decision=decision.decision,
