@@ -74,7 +74,7 @@ def run(
         )
     )
     capsys.readouterr()
-    code = main(["run", str(path), "-n", "2", "--json", *args])
+    code = main(["run", str(path), "--workers", "2", "--json", *args])
     captured = capsys.readouterr()
     out = captured.out.strip().splitlines()
     return code, json.loads(out[-1]) if out else {"error": captured.err}
@@ -242,3 +242,45 @@ def test_metamorphic_guard_takes_dataset_rows_as_its_inputs(
     # Decided by Metamorphic Guard's own rule (minDelta 0.02 by default: equal sides reject).
     assert report["proctor"]["decision"] == "reject"
     assert code == EXIT_REJECT
+
+
+SCORE_CSV = """
+import json, sys
+for line in sys.stdin:
+    req = json.loads(line)
+    x = int(req["case"]["x"])
+    print(json.dumps({"index": req["index"], "passed": True, "violations": [],
+                      "output": {"double": x * 2}}), flush=True)
+"""
+
+
+def test_a_hive_partitioned_csv_input_gives_partitioned_parquet_outputs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 17's batch scoring: no compare, a Hive-partitioned CSV dataset in, its outputs out
+    as Parquet in the same ``year=/month=/day=`` folders, every row once."""
+    import pyarrow.dataset as ds
+
+    (tmp_path / "score.py").write_text(SCORE_CSV)
+    days = {"01": range(0, 120), "02": range(120, 170)}
+    for day, xs in days.items():
+        folder = tmp_path / "input" / "year=2025" / "month=12" / f"day={day}"
+        folder.mkdir(parents=True)
+        (folder / "part-0001.csv").write_text("x,headline\n" + "".join(f"{x},h{x}\n" for x in xs))
+    task = {"command": [sys.executable, str(tmp_path / "score.py")]}
+    code, summary = run(tmp_path, capsys, "score", task, {"uri": "input", "format": "csv"})
+    assert (code, summary["total"], summary["completed"], summary["errored"]) == (0, 170, 170, 0)
+    outputs = Path(summary["outputsUri"].removeprefix("file://"))
+    parts = sorted(p.relative_to(outputs).as_posix() for p in outputs.rglob("*.parquet"))
+    assert parts == [
+        "year=2025/month=12/day=01/part-00000.parquet",
+        "year=2025/month=12/day=02/part-00000.parquet",
+    ]
+    table = ds.dataset(outputs, format="parquet", partitioning="hive",
+                       exclude_invalid_files=True).to_table().sort_by("index")  # fmt: skip
+    assert table.column("index").to_pylist() == list(range(170))
+    assert table.filter(ds.field("day") == 2).num_rows == 50
+    doubled = [json.loads(o)["double"] for o in table.column("output").to_pylist()]
+    assert doubled == [2 * x for x in range(170)]
+    ids = table.column("id").to_pylist()
+    assert ids[120] == "year=2025/month=12/day=02/part-0001.csv#0"
