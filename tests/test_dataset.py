@@ -277,3 +277,22 @@ def test_a_checkpoint_of_other_dataset_files_is_not_resumed(tmp_path: Path) -> N
     progress.checkpoint()
     assert list(RunProgress.resume(st, 10, "first-files").covered.intervals()) == [(0, 5)]
     assert list(RunProgress.resume(st, 10, "other-files").covered.intervals()) == []
+
+
+def test_a_listing_that_fails_is_not_a_changed_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Red-team finding (merge review): a throttled or failed listing was reported as a change,
+    and the operator failed the run with DatasetChanged for good. It raises, and is asked again."""
+    jsonl(tmp_path / "d" / "a.jsonl", [{"i": i} for i in range(5)])
+    spec = spec_for(str(tmp_path / "d"))
+    location = dataset_location(spec)
+    manifest = admit(spec, storage(tmp_path), location)
+
+    def throttled() -> Any:
+        raise StorageError("SlowDown: please reduce your request rate")
+        yield  # a generator, as listings are
+
+    monkeypatch.setattr(type(location), "files", lambda self: throttled())
+    with pytest.raises(StorageError, match="SlowDown"):
+        changed(manifest, location)

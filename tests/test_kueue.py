@@ -159,6 +159,17 @@ PLAN = PlanResult(
             "cq",
             "",
         ),
+        # Red-team finding (merge review): a cancelled run whose gated workers drain was
+        # reported as bound by Kueue ("0 of 0 workers admitted").
+        (
+            replace(PLAN, replicas=0, bound_by="cancelled"),
+            Admission("q", "cq", waiting=2),
+            "cancelled",
+            0,
+            None,
+            "cq",
+            "",
+        ),
     ],
     ids=[
         "no-kueue",
@@ -169,6 +180,7 @@ PLAN = PlanResult(
         "not-managed",
         "suspended",
         "done",
+        "cancelled",
     ],
 )
 def test_kueue_binds_the_plan(  # noqa: PLR0917 - one table row

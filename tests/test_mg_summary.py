@@ -140,6 +140,20 @@ def test_summary_from_report(base: ResultSummary, field: str, expected: Any) -> 
     assert report == REPORT
 
 
+def test_metamorphic_guard_never_decides_over_cases_not_evaluated() -> None:
+    """Red-team finding (merge review): Metamorphic Guard counted unreadable dataset rows as
+    execution failures and its accept replaced Proctor's undecided. Not evaluated stays
+    undecided; its figures are still shown."""
+    base = ResultSummary(decision="undecided", reason="2 of 40 cases were not evaluated",
+                         not_evaluated=2)  # fmt: skip
+    summary = summary_from_report(copy.deepcopy(REPORT), base)
+    assert (summary.decision, summary.not_evaluated) == ("undecided", 2)
+    assert summary.reason is not None
+    assert summary.reason.startswith("2 of 40 cases were not evaluated")
+    assert "Metamorphic Guard would say accept" in summary.reason
+    assert (summary.delta_lower, summary.delta_upper) == (0.03, 0.07)
+
+
 def test_unavailable_is_undecided_and_says_why() -> None:
     out = unavailable(ResultSummary(decision="accept", delta=0.1), "no module")
     assert out.decision == "undecided"

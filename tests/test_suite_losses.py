@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from proctor.api.conditions import Event
+from proctor.api.v1alpha1.base import LossLedgerStatus as EvalRunLedger
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteSpec, BenchmarkSuiteStatus
-from proctor.api.v1alpha1.evalrun import LossLedgerStatus as EvalRunLedger
 from proctor.cluster.losses import Departed
 from proctor.cluster.reads import PodState
 from proctor.config import OperatorConfig

@@ -45,9 +45,10 @@ from proctor.planning.cost import (
     hourly_price,
     place_workers,
 )
+from proctor.redact import redact_text
 from proctor.sdk.cases import RowSource
 from proctor.sdk.runner import load_task
-from proctor.storage import LocalBlobs, RunStorage
+from proctor.storage import LocalBlobs, RunStorage, StorageError
 from proctor.validation import ManifestError, load_evalrun
 
 EXIT_CANNOT_HOLD = 1
@@ -100,8 +101,11 @@ def run_plan(args: argparse.Namespace) -> int:
         timing = case_timing(args, run, total)
         session = connect(args)
     except (ManifestError, PlanInputError, LoginError, DatasetError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
+    except StorageError as exc:  # the dataset's store cannot be listed with these credentials
+        print(f"error: cannot count the dataset's rows: {redact_text(str(exc))}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     try:
         config = operator_config(args, session)
         preview = call(

@@ -23,7 +23,7 @@ from proctor.dataset.location import DatasetError, Location, format_of, partitio
 from proctor.dataset.parquet import ParquetError, footer_rows, open_parquet, schema_of
 from proctor.dataset.rangefile import RangeFile
 from proctor.dataset.text import TextError, TextIndex, index_text
-from proctor.storage import BlobInfo, RunStorage, StorageError
+from proctor.storage import BlobInfo, RunStorage
 
 VERSION = 1
 
@@ -216,13 +216,13 @@ def load_manifest(storage: RunStorage) -> Manifest | None:
 
 
 def changed(manifest: Manifest, location: Location) -> str | None:
-    """What replaced, removed or added a file among the run's since the manifest, or None."""
+    """What replaced, removed or added a file among the run's since the manifest, or None.
+    Raises :class:`StorageError` when the files cannot be listed now."""
     listed: Iterator[BlobInfo] = location.files()
     for entry in manifest.files:
-        try:
-            info = next(listed, None)
-        except StorageError as exc:
-            return f"the dataset cannot be listed again: {exc}"
+        # A listing that fails raises StorageError: the store did not answer, which says
+        # nothing of the files; the caller asks again later.
+        info = next(listed, None)
         uri = location.blobs.uri(entry.key)
         if info is None or info.key > entry.key:
             return f"dataset file {uri} is gone since the run started"

@@ -352,7 +352,8 @@ def finalize_run(
 ) -> None:
     """On deletion: remove the run's queue; results in storage are kept."""
     spec = EvalRunSpec.model_validate(dict(spec_body))
-    conn = connection(spec, ref, config, api)
+    # Only the queue is needed: a dataset Secret deleted with the run must not keep it.
+    conn = build_connection(spec.queue, spec.storage, ref.namespace, config, api)
     if isinstance(conn, Problem):
         log.warning("queue not deleted", run=ref.name, reason=conn.message)
         return

@@ -67,7 +67,7 @@ def bind_admission(plan: PlanResult, admission: Admission) -> PlanResult:
             message=f"{plan.message}; {admission.outside} workers run outside Kueue: enable "
             "its pod integration for this namespace (docs/install.md#kueue-admission)",
         )
-    if plan.bound_by in {"suspended", "done"}:
+    if plan.bound_by in {"suspended", "done", "cancelled"}:
         return named
     if not admission.waiting and not admission.blocked:
         return named

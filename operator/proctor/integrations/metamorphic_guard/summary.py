@@ -40,9 +40,26 @@ def is_mg_run(spec: EvalRunSpec) -> bool:
 
 
 def summary_from_report(report: Mapping[str, Any], base: ResultSummary) -> ResultSummary:
-    """``base`` with Metamorphic Guard's pass rates, delta, interval, decision and reason."""
+    """``base`` with Metamorphic Guard's pass rates, delta, interval, decision and reason.
+
+    Cases Proctor could not evaluate (``base.not_evaluated``: unreadable dataset rows, dead
+    letters, a task's own errors) keep the run undecided whatever Metamorphic Guard made of
+    them: its figures are reported, its decision is not taken."""
     p = report["proctor"]
     lower, upper = p["deltaInterval"]
+    if base.not_evaluated:
+        return base.model_copy(
+            update={
+                "baseline_pass_rate": p["baselinePassRate"],
+                "candidate_pass_rate": p["candidatePassRate"],
+                "delta": p["delta"],
+                "delta_lower": lower,
+                "delta_upper": upper,
+                "decision": "undecided",
+                "reason": f"{base.reason or 'some cases were not evaluated'}; Metamorphic "
+                f"Guard would say {p['decision']} ({p['reason']})",
+            }
+        )
     return base.model_copy(
         update={
             "baseline_pass_rate": p["baselinePassRate"],
