@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from proctor.cli import main
-from proctor.local.run import EXIT_ACCEPT, EXIT_INCOMPLETE, EXIT_REJECT, EXIT_USAGE
+from proctor.local.run import EXIT_ACCEPT, EXIT_INCOMPLETE, EXIT_USAGE
 from proctor.storage import open_storage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -228,7 +228,7 @@ def test_metamorphic_guard_takes_dataset_rows_as_its_inputs(
         + "    candidate: {ref: proctor.mgadapter.impls:top_k_heap}\n"
     )  # fmt: skip
     capsys.readouterr()
-    code = main(["run", str(path), "-n", "1", "--json"])
+    code = main(["run", str(path), "--workers", "1", "--json"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["total"] == 61
     assert summary["completed"] == 61
@@ -239,9 +239,12 @@ def test_metamorphic_guard_takes_dataset_rows_as_its_inputs(
     assert report["n"] == 61
     assert report["proctor"]["complete"] is True
     assert all(r["status"] == "passed" for r in got[:60])
-    # Decided by Metamorphic Guard's own rule (minDelta 0.02 by default: equal sides reject).
+    # Metamorphic Guard's own rule would reject (minDelta 0.02 by default: equal sides), but
+    # the unreadable row was not evaluated, so the run stays undecided (issue 15's rule).
     assert report["proctor"]["decision"] == "reject"
-    assert code == EXIT_REJECT
+    assert summary["decision"] == "undecided"
+    assert "Metamorphic Guard would say reject" in summary["reason"]
+    assert code == EXIT_INCOMPLETE
 
 
 SCORE_CSV = """
