@@ -59,7 +59,8 @@ def test_watch_follows_a_run_to_its_end_and_every_view_shows_it(env: Env) -> Non
     env.node(cpu="4", memory="8Gi")
     ns = env.namespace
     with env.operator():
-        env.create(env.evalrun("watched", count=2000))
+        # Long enough (some 15 s) that the status moves through several tenths on an idle machine.
+        env.create(env.evalrun("watched", count=20000))
         watch = subprocess.Popen(
             [sys.executable, "-m", "proctor", "watch", "watched", "-n", ns, "--interval", "500ms"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ(env.cluster),
@@ -89,14 +90,14 @@ def test_watch_follows_a_run_to_its_end_and_every_view_shows_it(env: Env) -> Non
     phases = [re.search(r"evalrun/watched: (\w+)", line).group(1) for line in lines]  # type: ignore[union-attr]
     assert phases[-1] == "Succeeded", err
     assert "Running" in phases, err
-    counted = [re.search(r", ([\d,]+)/2,000", line) for line in lines]
+    counted = [re.search(r", ([\d,]+)/20,000", line) for line in lines]
     done = [int(m.group(1).replace(",", "")) for m in counted if m is not None]
     assert done == sorted(done), err
-    assert done[-1] == 2000
+    assert done[-1] == 20000
     assert len(done) >= 3, err  # tenths along the way, not only the ends
     # Then the detailed view, with the whole results URI.
     assert "EvalRun " + f"{ns}/watched" in out
-    assert "2,000 of 2,000 cases (100.0%)" in out
+    assert "20,000 of 20,000 cases (100.0%)" in out
     assert status["result"]["resultsUri"] in out
 
     table = proctor(env.cluster, "get", "-n", ns, "-o", "wide")
@@ -104,7 +105,7 @@ def test_watch_follows_a_run_to_its_end_and_every_view_shows_it(env: Env) -> Non
     row = next(line.split() for line in table.stdout.splitlines() if "evalrun/watched" in line)
     assert row[1:3] == ["Succeeded", "100.0%"]
     assert row[4] == "0s"  # ETA, a duration
-    assert row[-5] == "2,000"
+    assert row[-5] == "20,000"
     assert row[-1] == status["result"]["resultsUri"]
     every = proctor(env.cluster, "get", "-A")
     assert any(line.split()[:2] == [ns, "evalrun/watched"] for line in every.stdout.splitlines())
@@ -123,7 +124,7 @@ def test_watch_follows_a_run_to_its_end_and_every_view_shows_it(env: Env) -> Non
         "CASES", "FAILED", "DELTA", "RESULTS",
     ]  # fmt: skip
     cells = wide[1].split()
-    assert (cells[0], cells[4], cells[7]) == ("watched", "0s", "2000")
+    assert (cells[0], cells[4], cells[7]) == ("watched", "0s", "20000")
     assert cells[-1] == status["result"]["resultsUri"]
 
 
