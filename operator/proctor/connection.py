@@ -160,19 +160,7 @@ def _storage_credentials(
     """The keys of ``storage.secretRef`` and the env entries that hand them to pods."""
     if storage.secret_ref is None:
         return {}, []
-    secret_name = storage.secret_ref.name
-    data = api.read_secret(namespace, secret_name)
-    if data is None:
-        return Problem(
-            "SecretNotFound",
-            f"spec.storage.secretRef names Secret {secret_name!r}, which does not exist in "
-            f"namespace {namespace}; create it with AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY",
-        )
-    creds = {k: data[k] for k in AWS_KEYS if k in data}
-    if not _has_keys(creds):
-        return _no_keys("spec.storage", secret_name)
-    return creds, [_secret_env(k, secret_name, k) for k in AWS_KEYS if k in data]
+    return _aws_secret("spec.storage", storage.secret_ref.name, namespace, api, env_prefix="")
 
 
 def _dataset_credentials(
@@ -182,20 +170,27 @@ def _dataset_credentials(
     (``PROCTOR_DATASET_AWS_*``); none without one (the dataset is read as the storage is)."""
     if dataset is None or dataset.secret_ref is None:
         return {}, []
-    secret_name = dataset.secret_ref.name
+    name = dataset.secret_ref.name
+    return _aws_secret("spec.cases.dataset", name, namespace, api, env_prefix="PROCTOR_DATASET_")
+
+
+def _aws_secret(
+    field: str, secret_name: str, namespace: str, api: ClusterApi, *, env_prefix: str
+) -> tuple[dict[str, str], list[dict[str, Any]]] | Problem:
+    """The AWS keys of Secret ``secret_name`` (named by ``field``) and the env entries that hand
+    them to pods, each named ``env_prefix`` + the key."""
     data = api.read_secret(namespace, secret_name)
     if data is None:
         return Problem(
             "SecretNotFound",
-            f"spec.cases.dataset.secretRef names Secret {secret_name!r}, which does not exist "
-            f"in namespace {namespace}; create it with AWS_ACCESS_KEY_ID and "
+            f"{field}.secretRef names Secret {secret_name!r}, which does not exist in "
+            f"namespace {namespace}; create it with AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY",
         )
     creds = {k: data[k] for k in AWS_KEYS if k in data}
     if not _has_keys(creds):
-        return _no_keys("spec.cases.dataset", secret_name)
-    env = [_secret_env(f"PROCTOR_DATASET_{k}", secret_name, k) for k in AWS_KEYS if k in data]
-    return creds, env
+        return _no_keys(field, secret_name)
+    return creds, [_secret_env(env_prefix + k, secret_name, k) for k in AWS_KEYS if k in data]
 
 
 def build_connection(
