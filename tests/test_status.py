@@ -452,3 +452,28 @@ def test_a_run_never_cancelled_has_no_cancelled_condition() -> None:
     cond = get_condition(draining.conditions, "Cancelled")
     assert cond is not None
     assert (cond.status, cond.reason) == ("False", "Cancelling")
+
+
+@pytest.mark.parametrize(
+    ("counts", "expected"),
+    [
+        (CaseCounts(total=100, completed=100), "all 100 cases evaluated"),
+        (
+            CaseCounts(total=100, completed=97, dead_lettered=3),
+            "97 of 100 cases recorded; 3 dead-lettered: not evaluated",
+        ),
+        (
+            CaseCounts(total=100, completed=100, errored=2),
+            "100 of 100 cases recorded; 2 of them errored",
+        ),
+    ],
+)
+def test_finding_completed_message_says_all_evaluated_with_dead_letters(
+    counts: CaseCounts, expected: str
+) -> None:
+    """A finished run with dead-lettered or errored cases never says all were evaluated."""
+    decision = decide_phase(obs(previous=RUNNING, finished=True, counts=counts))
+    assert (decision.phase, decision.reason) == ("Succeeded", "Completed")
+    assert decision.message.startswith(expected)
+    if expected != "all 100 cases evaluated":
+        assert "all" not in decision.message

@@ -121,7 +121,7 @@ def decide_phase(obs: Observation) -> PhaseDecision:
             return PhaseDecision(
                 "Succeeded", "EarlyStopped", "the decision settled before every case ran"
             )
-        return PhaseDecision("Succeeded", "Completed", f"all {obs.counts.total} cases evaluated")
+        return PhaseDecision("Succeeded", "Completed", _completed_message(obs.counts))
     if obs.spec.cancel:
         return PhaseDecision(
             "Running" if prev.phase == "Running" else "Pending",
@@ -135,6 +135,23 @@ def decide_phase(obs: Observation) -> PhaseDecision:
     if obs.workers.ready > 0 or obs.counts.completed > 0 or prev.phase == "Running":
         return PhaseDecision("Running", "Running", f"{obs.workers.ready} workers ready")
     return PhaseDecision("Pending", "WaitingForWorkers", "workers are being scheduled")
+
+
+def _completed_message(counts: CaseCounts) -> str:
+    """What a finished run recorded: never "all evaluated" while some cases errored or were
+    dead-lettered (an errored case is recorded, its error counted against its side; a
+    dead-lettered one has no record and is not evaluated)."""
+    missing = max(0, counts.total - counts.completed - counts.dead_lettered)
+    if not (counts.errored or counts.dead_lettered or missing):
+        return f"all {counts.total} cases evaluated"
+    parts = [f"{counts.completed} of {counts.total} cases recorded"]
+    if counts.errored:
+        parts.append(f"{counts.errored} of them errored (see the records' errors)")
+    unrecorded = [f"{counts.dead_lettered} dead-lettered"] if counts.dead_lettered else []
+    unrecorded += [f"{missing} without a result"] if missing else []
+    if unrecorded:
+        parts.append(" and ".join(unrecorded) + ": not evaluated, see status.result")
+    return "; ".join(parts)
 
 
 def _cancelled_message(counts: CaseCounts) -> str:
