@@ -46,6 +46,7 @@ def test_observe_progress_sets_every_gauge(case: Case) -> None:
     m.observe_progress(
         *RUN,
         desired=3,
+        queued=2,
         completed=case.completed,
         total=case.total,
         cases_per_second=case.rate,
@@ -53,6 +54,7 @@ def test_observe_progress_sets_every_gauge(case: Case) -> None:
     )
     labels = {"namespace": RUN[0], "run": RUN[1]}
     assert sample(m, "proctor_operator_desired_workers", labels) == 3
+    assert sample(m, "proctor_operator_queued_workers", labels) == 2
     assert sample(m, "proctor_operator_completed_cases", labels) == case.completed
     assert sample(m, "proctor_operator_progress_ratio", labels) == pytest.approx(case.want_progress)
     assert sample(m, "proctor_operator_cases_per_second", labels) == case.rate
@@ -66,9 +68,11 @@ def test_a_later_pass_overwrites_and_forget_removes_the_run() -> None:
     for ns, run in (RUN, other):
         m.observe_run(ns, run, "Running")
         m.observe_progress(
-            ns, run, desired=2, completed=1, total=4, cases_per_second=3.0, stalled=True
+            ns, run, desired=2, queued=0, completed=1, total=4, cases_per_second=3.0, stalled=True
         )
-    m.observe_progress(*RUN, desired=0, completed=4, total=4, cases_per_second=0.0, stalled=False)
+    m.observe_progress(
+        *RUN, desired=0, queued=0, completed=4, total=4, cases_per_second=0.0, stalled=False
+    )
     labels = {"namespace": RUN[0], "run": RUN[1]}
     assert sample(m, "proctor_operator_run_stalled", labels) == 0.0
     assert sample(m, "proctor_operator_progress_ratio", labels) == 1.0

@@ -139,6 +139,7 @@ def record_pass(
         ref.namespace,
         ref.name,
         desired=result.desired,
+        queued=result.queued,
         completed=result.completed,
         total=result.total,
         cases_per_second=result.cases_per_second,

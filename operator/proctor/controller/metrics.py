@@ -114,6 +114,11 @@ class OperatorMetrics:
             "proctor_operator_desired_workers",
             "Workers the autoscaler wants now per run (status.workers.desired).",
         )
+        self.queued = self._per_run(
+            Gauge,
+            "proctor_operator_queued_workers",
+            "Workers created and waiting for Kueue's admission (gated) per run.",
+        )
         self.completed = self._per_run(
             Gauge,
             "proctor_operator_completed_cases",
@@ -150,6 +155,7 @@ class OperatorMetrics:
         run: str,
         *,
         desired: int,
+        queued: int,
         completed: int,
         total: int,
         cases_per_second: float,
@@ -157,6 +163,7 @@ class OperatorMetrics:
     ) -> None:
         """The per-run gauges that follow the status (progress, throughput, Stalled)."""
         self.desired.labels(namespace, run).set(desired)
+        self.queued.labels(namespace, run).set(queued)
         self.completed.labels(namespace, run).set(completed)
         self.progress.labels(namespace, run).set(completed / total if total > 0 else 0.0)
         self.throughput.labels(namespace, run).set(cases_per_second)
@@ -172,6 +179,7 @@ class OperatorMetrics:
             self.ready,
             self.backlog,
             self.desired,
+            self.queued,
             self.completed,
             self.progress,
             self.throughput,

@@ -82,6 +82,7 @@ class PassResult:
     created: int
     deleted: int
     desired: int = 0
+    queued: int = 0  # live workers waiting for Kueue's admission
     completed: int = 0
     total: int = 0
     cases_per_second: float = 0.0
@@ -335,6 +336,7 @@ def _act_and_report(
         created=created,
         deleted=removed,
         desired=pods.desired,
+        queued=seen.admission.waiting,
         completed=facts.counts.completed,
         total=facts.counts.total,
         # The gauge reads 0 once a run is finished, from the pass that finished it on.
