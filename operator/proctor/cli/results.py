@@ -267,7 +267,7 @@ def _print_not_evaluated(rows: list[dict[str, Any]]) -> None:
     shown = [(r["cases"], r["reason"]) for r in rows[:REASONS_SHOWN]]
     rest = rows[REASONS_SHOWN:]
     if rest:
-        shown.append((sum(r["cases"] for r in rest), f"{len(rest)} other reasons"))
+        shown.append((sum(r["cases"] for r in rest), f"{len(rest)} more reason(s)"))
     _counted(shown)
 
 
