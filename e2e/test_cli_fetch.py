@@ -72,12 +72,7 @@ def test_results_and_logs_of_a_buggy_candidate(env: Env) -> None:  # noqa: F811
                 out = proctor(config, "logs", "buggy", "-n", ns)
                 return out if out.returncode == 0 and "worker started" in out.stdout else None
 
-            shown = wait_until(
-                worker_started,
-                90,
-                "a worker's log",
-                interval=1.0,
-            )
+            shown = wait_until(worker_started, 90, "a worker's log", interval=1.0)
             started = [line for line in shown.stdout.splitlines() if "worker started" in line]
             pod = started[0][1 : started[0].index("]")]
             suffix = pod.removeprefix("buggy-")
@@ -93,6 +88,13 @@ def test_results_and_logs_of_a_buggy_candidate(env: Env) -> None:  # noqa: F811
     assert "worker finished" in followed, followed
     assert all(line.startswith("[buggy-") for line in followed.splitlines()), followed
 
+    assert_results_name_the_failing_cases(env)
+
+
+def assert_results_name_the_failing_cases(env: Env) -> None:  # noqa: F811
+    """``proctor results buggy`` after the run: what its status says failed, every case
+    exported, and a store that cannot be reached named with exit 8."""
+    ns, config = env.namespace, env.cluster.kubeconfig
     status = env.status("buggy")
     result = status["result"]
     assert result["decision"] == "reject"
