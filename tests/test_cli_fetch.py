@@ -7,6 +7,7 @@ against a real control plane are in e2e/test_cli_fetch.py."""
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import re
 from pathlib import Path
@@ -16,10 +17,12 @@ import pytest
 import yaml
 
 from proctor.cli import context, main, views
+from proctor.cli.context import Target
 from proctor.cli.logs import prefixed, select
 from proctor.cli.main import build_parser
 from proctor.cli.results import root_before, summary
-from proctor.cli.storage_access import Location, location, use_own
+from proctor.cli.storage_access import Location, location, open_store, unreadable, use_own
+from proctor.cluster.client import KubeApi, KubeApiError
 from proctor.ranges import Range
 from proctor.sdk.records import case_record, side_record
 from proctor.storage import LocalBlobs, RunStorage
@@ -166,6 +169,38 @@ def test_location(
 def test_whose_credentials(flags: dict[str, Any], secret: str | None, own: bool) -> None:
     args = argparse.Namespace(**{"my_credentials": False, "profile": None, **flags})
     assert use_own(args, Location("s3://b/p", None, None, secret)) is own
+
+
+class SecretApi(KubeApi):
+    """The API server of a user who may, or may not, read the run's Secret."""
+
+    def __init__(self, status: int | None) -> None:
+        super().__init__(login=lambda: pytest.fail("no login"))
+        self.status = status
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        assert (method, path) == ("GET", "/api/v1/namespaces/team/secrets/s3")
+        if self.status is not None:
+            raise KubeApiError(self.status, json.dumps({"message": "secrets is forbidden"}))
+        keys = {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value"}
+        return {"data": {k: base64.b64encode(v.encode()).decode() for k, v in keys.items()}}
+
+
+def test_the_runs_secret_signs_and_a_forbidden_one_falls_back_to_yours(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    where = Location("s3://b/runs", "http://127.0.0.1:9", None, "s3")
+    args = argparse.Namespace(my_credentials=False, profile=None, endpoint=None)
+    blobs, whose = open_store(Target(SecretApi(None), "team"), args, where)
+    assert whose == "the run's Secret s3"
+    assert blobs.client._request_signer._credentials.access_key == "AKIAEXAMPLE"  # type: ignore[attr-defined]
+    assert "s3cr3t-value" not in str(unreadable("s3://b/runs", whose, ValueError("s3cr3t-value")))
+    _, whose = open_store(Target(SecretApi(403), "team"), args, where)
+    assert whose == "your own AWS credentials"
+    assert "note: no permission to read Secret s3" in capsys.readouterr().err
+    with pytest.raises(context.CommandError) as err:
+        open_store(Target(SecretApi(401), "team"), args, where)
+    assert err.value.code == context.EXIT_NO_ACCESS
 
 
 def test_root_before() -> None:

@@ -75,7 +75,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
         kind, body = find_run(target, args.name)
         name = str(body["metadata"]["name"])
         pods = select(run_pods(target, body), args.worker, name)
-        if not pods and (args.worker or not args.follow):
+        finished = (body.get("status") or {}).get("phase") in FINAL_PHASES
+        if not pods and (args.worker or not args.follow or finished):
             which = f" named {', '.join(args.worker)}" if args.worker else ""
             raise CommandError(
                 f"no pod{which} of {kind.kind} {name} in namespace {target.where} (a finished "

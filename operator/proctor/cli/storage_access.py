@@ -26,7 +26,7 @@ from botocore.exceptions import BotoCoreError
 from proctor.cli.context import EXIT_STORAGE, CommandError, Target, reported
 from proctor.cluster.client import KubeApiError
 from proctor.connection import AWS_KEYS
-from proctor.redact import redact_text, remember_secret_data
+from proctor.redact import redact_text
 from proctor.storage import Blobs, LocalBlobs, S3Blobs, StorageError
 
 READ_DEADLINE_SECONDS = 10.0
@@ -131,7 +131,6 @@ def _credentials(
             "read with your own credentials (--my-credentials)",
             EXIT_STORAGE,
         )
-    remember_secret_data(data)  # masked in every message from here on
     return {k: data[k] for k in AWS_KEYS if data.get(k)}, f"the run's Secret {where.secret}"
 
 
