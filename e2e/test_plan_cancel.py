@@ -227,8 +227,8 @@ def test_plan_needs_the_documented_role_and_nothing_more(env: Env) -> None:  # n
     manifest.write_text(yaml.safe_dump(env.evalrun("rbac", count=100)))
     with user_kubeconfig(env, role=False) as nobody:
         out = proctor(env, "plan", str(manifest), kubeconfig=nobody)
-    assert out.returncode == 3, out.stdout + out.stderr
-    assert "no permission to list nodes, pods and resourcequotas" in out.stderr
+    assert out.returncode == 7, out.stdout + out.stderr  # no cluster access (docs/cli.md)
+    assert "cannot list nodes, pods and resourcequotas: forbidden (403)" in out.stderr
     with user_kubeconfig(env, role=True) as user:
         out = proctor(env, "plan", str(manifest), kubeconfig=user)
         assert out.returncode == 0, out.stderr

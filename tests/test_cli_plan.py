@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -192,10 +193,10 @@ KUBECONFIG = {
 }
 
 
-BAD_CLUSTER_INPUT = {
-    "no kubeconfig": (["--kubeconfig", "{missing}"], 2, "no such file"),
-    "unknown context": (["--context", "other"], 2, "context 'other' is not in kubeconfig"),
-    "no cluster": ([], 3, "cannot reach the API server at https://127.0.0.1:1"),
+BAD_CLUSTER_INPUT = {  # exit 7: no cluster access, as for every cluster command
+    "no kubeconfig": (["--kubeconfig", "{missing}"], 7, "no such file"),
+    "unknown context": (["--context", "other"], 7, "context 'other' is not in kubeconfig"),
+    "no cluster": ([], 7, "the API server https://127.0.0.1:1 cannot be reached"),
 }
 
 
@@ -232,7 +233,8 @@ def test_plan_and_cancel_have_help_with_exit_codes(capsys: pytest.CaptureFixture
         with pytest.raises(SystemExit):
             main([command, "--help"])
         out = capsys.readouterr().out
-        assert "Exit code: 0" in out
+        assert "exit codes:\n  0" in out
+        assert re.search(r"^  7 +no cluster access", out, re.MULTILINE)
         assert "--context" in out
         assert "--namespace" in out
 

@@ -288,6 +288,7 @@ def _start(directory: Path, timeout: float) -> ClusterState:
             "kube-controller-manager",
             "kube-scheduler",
             "kwok",
+            "kubelet",
         )
     }
     server = f"https://127.0.0.1:{ports['kube-apiserver']}"
@@ -308,6 +309,10 @@ def _start(directory: Path, timeout: float) -> ClusterState:
         server=True,
         dns_names=["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"],
         ips=["127.0.0.1", "10.96.0.1"],
+    )
+    # The pod runner's kubelet log endpoint (kubeletlogs.py), which kwok's nodes advertise.
+    kubelet = ca.issue(
+        "kubelet", "kubelet", server=True, dns_names=["localhost"], ips=["127.0.0.1"]
     )
     sa = pki.service_account_keys(pki_dir)
     # The aggregation layer's front-proxy CA: without it, the controller-manager
@@ -447,6 +452,7 @@ def _start(directory: Path, timeout: float) -> ClusterState:
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
             f"--server-address=127.0.0.1:{ports['kwok']}",
             "--node-ip=127.0.0.1",
+            f"--node-port={ports['kubelet']}",
             "--node-lease-duration-seconds=40",
         ],
     )
@@ -461,6 +467,9 @@ def _start(directory: Path, timeout: float) -> ClusterState:
             "e2e.harness.podrunner",
             f"--kubeconfig={kubeconfigs['podrunner']}",
             f"--state-dir={directory}",
+            f"--kubelet-port={ports['kubelet']}",
+            f"--kubelet-cert={kubelet.cert}",
+            f"--kubelet-key={kubelet.key}",
         ],
         env=env,
     )

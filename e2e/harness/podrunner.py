@@ -54,7 +54,7 @@ from typing import IO, Any
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from e2e.harness import imagepod
+from e2e.harness import imagepod, kubeletlogs
 from e2e.harness.image import Image, ImageError, image_for_label
 from e2e.harness.kubeconfig import write_token_kubeconfig
 
@@ -173,6 +173,16 @@ class Runner:
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.synced = threading.Event()
+
+    def running(self, namespace: str, name: str) -> bool:
+        """Whether the pod's process runs now (or will be restarted): its log may grow."""
+        with self.lock:
+            found = [
+                loc
+                for loc in self.locals.values()
+                if (loc.namespace, loc.name) == (namespace, name)
+            ]
+        return any(loc.running() or not loc.final for loc in found)
 
     # --- watching ---------------------------------------------------------
 
@@ -714,6 +724,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run marked kwok pods as local processes.")
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--kubelet-port", type=int, help="serve pods' logs here (kubeletlogs.py)")
+    parser.add_argument("--kubelet-cert", type=Path, help="its serving certificate")
+    parser.add_argument("--kubelet-key", type=Path, help="its key")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
@@ -728,6 +741,14 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if args.kubelet_port:
+        kubeletlogs.LogServer(
+            args.kubelet_port,
+            args.kubelet_cert,
+            args.kubelet_key,
+            lambda ns, name: pod_dir(ns, name, args.state_dir),
+            runner.running,
+        ).start()
     watcher = threading.Thread(target=runner.watch_pods, name="watch", daemon=True)
     watcher.start()
     if not runner.synced.wait(timeout=60):

@@ -13,32 +13,43 @@ import time
 from typing import Any
 
 from proctor.api.v1alpha1.evalrun import TERMINAL_PHASES
-from proctor.cli.session import (
-    EXIT_UNREACHABLE,
-    ClusterError,
-    ClusterSession,
-    LoginError,
-    add_cluster_args,
-    call,
+from proctor.cli.context import (
+    ACCESS_CODES,
+    EXIT_NO,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    CommandError,
+    Target,
+    add_cluster_options,
     connect,
+    reported,
+    run_command,
 )
+from proctor.cli.usage import HelpFormatter, exit_codes
 
-EXIT_NOTHING_TO_CANCEL = 1
 DESCRIPTION = (
     "Cancel an EvalRun: its queue is stopped, its workers drain, and it ends in phase "
-    "Cancelled with its results kept (a delete would remove it). Exit code: 0 cancelled (or "
-    "being cancelled; with --wait, ended), 1 the run has already finished or does not exist, "
-    "2 bad arguments or kubeconfig (no file, unknown context), 3 the cluster cannot be "
-    "reached or refused (no permission), 4 --wait timed out."
+    "Cancelled with its results kept (a delete would remove it)."
+)
+EPILOG = exit_codes(
+    (EXIT_OK, "cancelled (or being cancelled; with --wait, ended)"),
+    (EXIT_NO, "the run has already finished: nothing to cancel"),
+    *ACCESS_CODES[1:],
+    (EXIT_TIMEOUT, "with --wait, the run had not ended after --timeout"),
 )
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cancel = sub.add_parser(
-        "cancel", help="cancel an EvalRun on the cluster", description=DESCRIPTION
+        "cancel",
+        help="cancel an EvalRun on the cluster",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
     )
     cancel.add_argument("name", metavar="NAME", help="the EvalRun")
-    add_cluster_args(cancel)
+    add_cluster_options(cancel)
     cancel.add_argument(
         "--wait", action="store_true", help="wait until the run has ended (Cancelled)"
     )
@@ -49,60 +60,54 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_cancel(args: argparse.Namespace) -> int:
+    return run_command(args, _cancel)
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    target = connect(args)
     try:
-        session = connect(args)
-    except LoginError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        return _cancel(session, args)
-    except ClusterError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return _cancel_run(target, args)
     finally:
-        session.api.kube.close()
+        target.api.close()
 
 
-def _cancel(session: ClusterSession, args: argparse.Namespace) -> int:
-    where = f"EvalRun {args.name} in namespace {session.namespace}"
-    run = call(session, f"get {where}", lambda: session.api.get_run(session.namespace, args.name))
+def _get(target: Target, where: str, name: str) -> dict[str, Any] | None:
+    with reported(f"get {where}", target.server):
+        return target.cluster.get_run(target.where, name)
+
+
+def _cancel_run(target: Target, args: argparse.Namespace) -> int:
+    where = f"EvalRun {args.name} in namespace {target.where}"
+    run = _get(target, where, args.name)
     if run is None:
-        print(f"error: {where} does not exist", file=sys.stderr)
-        return EXIT_NOTHING_TO_CANCEL
+        raise CommandError(f"{where} does not exist", EXIT_NOT_FOUND)
     phase = (run.get("status") or {}).get("phase")
     if phase in TERMINAL_PHASES:
-        print(
-            f"error: {where} has already finished (phase {phase}); nothing to cancel",
-            file=sys.stderr,
+        raise CommandError(
+            f"{where} has already finished (phase {phase}); nothing to cancel", EXIT_NO
         )
-        return EXIT_NOTHING_TO_CANCEL
     if (run.get("spec") or {}).get("cancel"):
         print(f"{where} is already being cancelled")
     else:
-        call(
-            session,
-            f"patch {where}",
-            lambda: session.api.patch_spec(session.namespace, args.name, {"cancel": True}),
-        )
+        with reported(f"patch {where}", target.server):
+            target.cluster.patch_spec(target.where, args.name, {"cancel": True})
         print(f"{where}: cancel requested; its workers are draining")
     if not args.wait:
-        return 0
-    return _wait(session, args, where)
+        return EXIT_OK
+    return _wait(target, args, where)
 
 
-def _wait(session: ClusterSession, args: argparse.Namespace, where: str) -> int:
+def _wait(target: Target, args: argparse.Namespace, where: str) -> int:
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        run: Any = call(
-            session, f"get {where}", lambda: session.api.get_run(session.namespace, args.name)
-        )
+        run = _get(target, where, args.name)
         status = (run or {}).get("status") or {}
         if run is None or status.get("phase") in TERMINAL_PHASES:
             print(_ended(where, status) if run else f"{where} was deleted")
-            return 0
+            return EXIT_OK
         time.sleep(1.0)
     print(f"error: {where} had not ended after {args.timeout:g}s", file=sys.stderr)
-    return 4
+    return EXIT_TIMEOUT
 
 
 def _ended(where: str, status: dict[str, Any]) -> str:

@@ -1,18 +1,22 @@
-"""What every cluster command shares: which cluster and namespace it talks to (``--kubeconfig``,
-``--context``, ``-n/--namespace``, ``-A``, read as kubectl reads them), the client it opens
-(Proctor's own, :mod:`proctor.cluster.client`), its exit codes, and the errors it turns into
-one line and an exit code instead of a traceback."""
+"""The one session of every cluster command (``get``, ``status``, ``watch``, ``plan``,
+``cancel``, ``results``, ``report``, ``logs``): which cluster and namespace it talks to
+(``--kubeconfig``, ``--context``, ``-n/--namespace``, ``-A``, read as kubectl reads them), the
+client it opens (Proctor's own, :mod:`proctor.cluster.client`), the one table of exit codes
+(:data:`EXIT_CODES`, docs/cli.md), and the errors it turns into one line and an exit code
+instead of a traceback."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import urllib3
 
+from proctor.cluster.api import ClusterApi
 from proctor.cluster.client import (
     KubeApi,
     KubeApiError,
@@ -23,23 +27,55 @@ from proctor.cluster.client import (
 from proctor.redact import redact_text
 
 EXIT_OK = 0
+EXIT_NO = 1
 EXIT_USAGE = 2
+EXIT_UNDECIDED = 3
+EXIT_FAILED = 4
+EXIT_CANCELLED = 5
 EXIT_NOT_FOUND = 6
 EXIT_NO_ACCESS = 7
+EXIT_STORAGE = 8
+EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130
 
-ACCESS_CODES = (
-    (EXIT_OK, "done"),
-    (EXIT_USAGE, "bad arguments"),
-    (EXIT_NOT_FOUND, "no such run in the namespace"),
-    (
-        EXIT_NO_ACCESS,
-        "no cluster access: no kubeconfig, an unknown --context, the API server cannot be "
-        "reached, the credentials are refused (401) or lack RBAC (403), or the CRDs are not "
-        "installed",
-    ),
+NO_ACCESS = (
+    "no cluster access: no kubeconfig, an unknown --context, the API server cannot be "
+    "reached, the credentials are refused (401) or lack RBAC (403), or the CRDs are not "
+    "installed"
 )
-"""The exit codes every cluster command shares (its --help and docs/cli.md list them)."""
+
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (EXIT_OK, "done (watch: the run Succeeded, accepted or with nothing to decide)"),
+    (
+        EXIT_NO,
+        "the answer is no: plan: the cluster cannot hold one worker; cancel: the run has "
+        "already finished; watch: the run was rejected (suites: regressions)",
+    ),
+    (EXIT_USAGE, "bad arguments or manifest, or a NAME that is both kinds"),
+    (EXIT_UNDECIDED, "watch: the run Succeeded undecided (not every case was evaluated)"),
+    (EXIT_FAILED, "watch: the run Failed"),
+    (EXIT_CANCELLED, "watch: the run was Cancelled"),
+    (EXIT_NOT_FOUND, "no such run in the namespace (logs: no pod of it)"),
+    (EXIT_NO_ACCESS, NO_ACCESS),
+    (
+        EXIT_STORAGE,
+        "the run's storage cannot be read (unreachable, credentials refused, a torn object) "
+        "or holds nothing for it yet; the error names the URI",
+    ),
+    (EXIT_TIMEOUT, "--timeout (watch) or --wait's timeout (cancel) elapsed"),
+    (EXIT_INTERRUPTED, "interrupted (Ctrl-C); the run goes on"),
+)
+"""The exit codes of every cluster command, one meaning each (docs/cli.md prints this table;
+codes 0 to 3 mean what they mean for ``proctor run``). Each command's --help lists its own."""
+
+
+def codes(*which: int) -> tuple[tuple[int, str], ...]:
+    """The rows of :data:`EXIT_CODES` for these codes, for a command's --help."""
+    return tuple(row for row in EXIT_CODES if row[0] in which)
+
+
+ACCESS_CODES = ((EXIT_OK, "done"), *codes(EXIT_USAGE, EXIT_NOT_FOUND, EXIT_NO_ACCESS))
+"""The exit codes every cluster command shares (its --help lists them)."""
 
 
 CommandBody = Callable[[argparse.Namespace], int]
@@ -60,6 +96,16 @@ class Target:
     api: KubeApi
     namespace: str | None
     server: str = ""
+
+    @functools.cached_property
+    def cluster(self) -> ClusterApi:
+        """The operator's calls (nodes, quotas, Secrets, runs) on the same client."""
+        return ClusterApi(self.api)
+
+    @property
+    def where(self) -> str:
+        """The namespace, or ``default`` for a command given ``-A`` that needs one."""
+        return self.namespace or "default"
 
 
 def add_cluster_options(parser: argparse.ArgumentParser, *, all_namespaces: bool = False) -> None:

@@ -16,6 +16,8 @@ from proctor.cli import cancel as cancel_command
 from proctor.cli import plan as plan_command
 from proctor.cli import results
 from proctor.cli.get import add_get
+from proctor.cli.logs import add_logs
+from proctor.cli.report import add_report
 from proctor.cli.run import add_run
 from proctor.cli.status import add_status
 from proctor.cli.usage import HelpFormatter, exit_codes
@@ -128,6 +130,8 @@ def build_parser(prog: str = "proctor") -> argparse.ArgumentParser:
     plan_command.register(sub)
     cancel_command.register(sub)
     results.add_parser(sub)
+    add_report(sub)
+    add_logs(sub)
     _add_workers(sub)
     _add_operator(sub)
     return parser

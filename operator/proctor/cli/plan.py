@@ -24,15 +24,21 @@ from proctor.api.names import ANNOTATION_CASE_SECONDS
 from proctor.api.quantity import format_bytes, format_duration, parse_duration
 from proctor.api.v1alpha1.cost import CostStatus
 from proctor.api.v1alpha1.evalrun import EvalRun
-from proctor.cli.session import (
-    EXIT_UNREACHABLE,
-    ClusterError,
-    ClusterSession,
-    LoginError,
-    add_cluster_args,
-    call,
+from proctor.cli.context import (
+    EXIT_NO,
+    EXIT_NO_ACCESS,
+    EXIT_OK,
+    EXIT_STORAGE,
+    EXIT_USAGE,
+    CommandError,
+    Target,
+    add_cluster_options,
+    codes,
     connect,
+    reported,
+    run_command,
 )
+from proctor.cli.usage import HelpFormatter, exit_codes
 from proctor.config import OperatorConfig, load_config
 from proctor.dataset import DatasetError
 from proctor.dataset.run import admit, dataset_location, open_reader
@@ -51,22 +57,34 @@ from proctor.sdk.runner import load_task
 from proctor.storage import LocalBlobs, RunStorage, StorageError
 from proctor.validation import ManifestError, load_evalrun
 
-EXIT_CANNOT_HOLD = 1
 DESCRIPTION = (
     "Plan an EvalRun against the cluster of the current kubeconfig context without creating "
     "it: the workers the operator would start (and the limit that bound them, per pool and per "
     "node), memory per worker, the expected duration and cost. Read-only; the permissions it "
-    'needs are in docs/security.md ("proctor plan and cancel"). Exit code: 0 planned, 1 the '
-    "cluster cannot hold one worker of the run (the message says why), 2 bad manifest, "
-    "arguments, operator configuration or kubeconfig (no file, unknown context), or a task "
-    "--calibrate cannot run, 3 the cluster cannot be reached or refused a read (no permission)."
+    'needs are in docs/security.md ("proctor plan and cancel").'
+)
+EPILOG = exit_codes(
+    (EXIT_OK, "planned"),
+    (EXIT_NO, "the cluster cannot hold one worker of the run (the message says why)"),
+    (
+        EXIT_USAGE,
+        "bad manifest, arguments or operator configuration, or a task --calibrate cannot run",
+    ),
+    *codes(EXIT_NO_ACCESS),
+    (EXIT_STORAGE, "the dataset's store cannot be listed to count its rows"),
 )
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    plan = sub.add_parser("plan", help="dry-run an EvalRun on the cluster", description=DESCRIPTION)
+    plan = sub.add_parser(
+        "plan",
+        help="dry-run an EvalRun on the cluster",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
+    )
     plan.add_argument("file", metavar="FILE", help="YAML manifest holding one EvalRun")
-    add_cluster_args(plan)
+    add_cluster_options(plan)
     timing = plan.add_mutually_exclusive_group()
     timing.add_argument(
         "--calibrate", type=int, metavar="N", help="time N cases of the task on this machine"
@@ -95,33 +113,30 @@ class PlanInputError(Exception):
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    return run_command(args, _plan)
+
+
+def _plan(args: argparse.Namespace) -> int:
     try:
         run = load_evalrun(Path(args.file))
         total = dataset_cases(run.spec, Path(args.file))
         timing = case_timing(args, run, total)
-        session = connect(args)
-    except (ManifestError, PlanInputError, LoginError, DatasetError) as exc:
-        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
-        return 2
+    except (ManifestError, PlanInputError, DatasetError) as exc:
+        raise CommandError(redact_text(str(exc)), EXIT_USAGE) from exc
     except StorageError as exc:  # the dataset's store cannot be listed with these credentials
-        print(f"error: cannot count the dataset's rows: {redact_text(str(exc))}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        raise CommandError(
+            f"cannot count the dataset's rows: {redact_text(str(exc))}", EXIT_STORAGE
+        ) from exc
+    target = connect(args)
     try:
-        config = operator_config(args, session)
-        preview = call(
-            session,
-            "list nodes, pods and resourcequotas",
-            lambda: plan_new_run(run.spec, session.api, session.namespace, config, total=total),
-        )
+        config = operator_config(args, target)
+        with reported("list nodes, pods and resourcequotas", target.server):
+            preview = plan_new_run(run.spec, target.cluster, target.where, config, total=total)
     except PlanInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ClusterError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        raise CommandError(str(exc), EXIT_USAGE) from exc
     finally:
-        session.api.kube.close()
-    report = build_report(run, session.namespace, preview, config, timing, total=total)
+        target.api.close()
+    report = build_report(run, target.where, preview, config, timing, total=total)
     if args.output == "json":
         print(json.dumps(report, indent=2))
     else:
@@ -129,11 +144,11 @@ def run_plan(args: argparse.Namespace) -> int:
     if not preview.plan.feasible:
         print(f"error: the cluster cannot hold this run: {preview.plan.infeasible_reason}",
               file=sys.stderr)  # fmt: skip
-        return EXIT_CANNOT_HOLD
-    return 0
+        return EXIT_NO
+    return EXIT_OK
 
 
-def operator_config(args: argparse.Namespace, session: ClusterSession) -> OperatorConfig:
+def operator_config(args: argparse.Namespace, target: Target) -> OperatorConfig:
     """The operator's configuration: a file, a ConfigMap on the cluster, or the defaults."""
     try:
         if not args.config_map:
@@ -141,11 +156,8 @@ def operator_config(args: argparse.Namespace, session: ClusterSession) -> Operat
         namespace, _, name = args.config_map.partition("/")
         if not name:
             raise PlanInputError("--config-map takes NAMESPACE/NAME")
-        data = call(
-            session,
-            f"get ConfigMap {args.config_map}",
-            lambda: session.api.config_map(namespace, name),
-        )
+        with reported(f"get ConfigMap {args.config_map}", target.server):
+            data = target.cluster.config_map(namespace, name)
         if data is None or "config.yaml" not in data:
             raise PlanInputError(f"ConfigMap {args.config_map} has no key config.yaml")
         return OperatorConfig.model_validate(yaml.safe_load(data["config.yaml"]) or {})

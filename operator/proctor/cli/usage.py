@@ -16,8 +16,8 @@ class HelpFormatter(argparse.HelpFormatter):
         return super()._fill_text(text, width, indent)
 
 
-def exit_codes(*rows: tuple[int, str]) -> str:
+def exit_codes(*rows: tuple[int, str], title: str = "exit codes") -> str:
     """An epilog listing exit codes, one per line: ``exit codes:\\n  0  ...``."""
     width = max(len(str(code)) for code, _ in rows)
     lines = [f"  {code:<{width}}  {what}" for code, what in rows]
-    return "exit codes:\n" + "\n".join(lines) + "\n"
+    return f"{title}:\n" + "\n".join(lines) + "\n"

@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -371,6 +371,40 @@ class KubeApi:
                 raise KubeApiError(response.status, text, method=method, path=path)
             return json.loads(text) if text else None
         raise AssertionError("unreachable")
+
+    def stream(
+        self,
+        path: str,
+        query: Mapping[str, str] | None = None,
+        *,
+        read_timeout: float | None = None,
+    ) -> Iterator[bytes]:
+        """GET ``path`` and yield its answer line by line as it arrives (a pod's log, followed
+        or not), each line with its newline; ``read_timeout`` None waits for as long as the
+        server keeps the answer open. Raises :class:`KubeApiError`."""
+        url = path + (f"?{urlencode(dict(query))}" if query else "")
+        pool, headers, _ = self._connect()
+        response = pool.urlopen(
+            "GET",
+            url,
+            headers={**headers, "Accept": "*/*"},
+            timeout=urllib3.Timeout(connect=10.0, read=read_timeout),
+            retries=urllib3.Retry(total=3, connect=3, read=0, redirect=0, status=0),
+            preload_content=False,
+        )
+        try:
+            if response.status >= 400:
+                text = response.read().decode("utf-8", "replace")
+                raise KubeApiError(response.status, text, method="GET", path=path)
+            pending = b""
+            for chunk in response.stream(64 * 1024):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                yield from (line + b"\n" for line in lines)
+            if pending:
+                yield pending
+        finally:
+            response.release_conn()
 
     # -- the calls the operator makes ----------------------------------------------------------
 
