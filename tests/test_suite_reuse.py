@@ -9,10 +9,14 @@ from __future__ import annotations
 import copy
 import gzip
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from test_suite_pass import BASE, PodsApi, World, nodes
@@ -29,10 +33,12 @@ from proctor.bench.reuse import (
     parse_entry,
     reused_source,
 )
+from proctor.cli.lookup import split_name
 from proctor.config import OperatorConfig
 from proctor.connection import SharedClients
 from proctor.suite.runtime import SuiteRuntime
 
+ROOT = Path(__file__).resolve().parents[1]
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 CACHED: dict[str, Any] = {**BASE, "cache": {"reuse": "unchanged"}}
 
@@ -334,3 +340,84 @@ def test_cancel_stops_a_schedule_between_runs(
     assert w.pass_().phase == "Cancelled"
     assert w.pass_(timedelta(days=1)).created == 0  # the next day's fire starts nothing
     assert [h["phase"] for h in w.api.status["history"]] == ["Succeeded"]
+
+
+# -- proctor run of a suite --------------------------------------------------------------------
+
+
+def _local_suite(path: Path, *, reuse: str, args: list[str] | None = None) -> Path:
+    doc = {
+        "apiVersion": "proctor.dev/v1alpha1",
+        "kind": "BenchmarkSuite",
+        "metadata": {"name": "local"},
+        "spec": {
+            "image": "unused:1",
+            "benchmarks": [
+                {"name": "t", "command": ["true"], "warmup": 0, "repetitions": 2},
+                {"name": "u", "command": ["true", *(args or [])], "warmup": 0, "repetitions": 2},
+            ],
+            "variants": [{"name": "v"}],
+            "cache": {"reuse": reuse},
+        },
+    }
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _proctor_run(manifest: Path, results: Path, run_id: str) -> dict[str, Any]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "operator"), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-m", "proctor", "run", str(manifest), "--results-dir", str(results),
+         "--run-id", run_id, "--json"],
+        capture_output=True, text=True, check=False, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    data: dict[str, Any] = json.loads(done.stdout)
+    data["stderr"] = done.stderr
+    return data
+
+
+def test_proctor_run_reuses_unchanged_cells_and_runs_no_worker_for_them(tmp_path: Path) -> None:
+    results = tmp_path / "res"
+    first = _proctor_run(_local_suite(tmp_path / "a.yaml", reuse="unchanged"), results, "r1")
+    assert first["reused"] == 0
+    changed = _local_suite(tmp_path / "b.yaml", reuse="unchanged", args=["changed"])
+    second = _proctor_run(changed, results, "r2")
+    assert [c.get("reusedFrom") for c in second["cells"]] == ["default/local/r1", None]
+    assert second["reused"] == 1
+    assert (second["completed"], second["failed"]) == (4, 0)
+    logs = results / ".logs" / "default-local-r2"
+    assert sorted(p.name for p in logs.iterdir()) == ["u.v.log"]  # no worker ran for t.v
+    report = Path(urlsplit(second["reportUri"]).path).with_name("report.md").read_text()
+    assert "reused from default/local/r1" in report
+    unchanged = _proctor_run(_local_suite(tmp_path / "c.yaml", reuse="none"), results, "r3")
+    assert unchanged["reused"] == 0
+
+
+def test_proctor_run_ignores_a_corrupt_entry_and_says_so(tmp_path: Path) -> None:
+    results = tmp_path / "res"
+    manifest = _local_suite(tmp_path / "a.yaml", reuse="unchanged")
+    _proctor_run(manifest, results, "r1")
+    for entry in (results / "default" / DEFAULT_FOLDER).glob("*/*.json.gz"):
+        entry.write_bytes(b"\x1f\x8b garbage")
+    again = _proctor_run(manifest, results, "r2")
+    assert again["reused"] == 0
+    assert again["stderr"].count("ignored a corrupt cache object") == 2
+
+
+@pytest.mark.parametrize(
+    ("ref", "kind", "name"),
+    [
+        ("suite/nightly", "BenchmarkSuite", "nightly"),
+        ("benchmarksuite/nightly", "BenchmarkSuite", "nightly"),
+        ("bs/nightly", "BenchmarkSuite", "nightly"),
+        ("evalrun/r1", "EvalRun", "r1"),
+        ("r1", None, "r1"),
+    ],
+)
+def test_proctor_cancel_names_a_suite_as_suite_slash_name(
+    ref: str, kind: str | None, name: str
+) -> None:
+    wanted, found = split_name(ref)
+    assert (wanted.kind if wanted else None, found) == (kind, name)
