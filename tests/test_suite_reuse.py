@@ -34,8 +34,9 @@ from proctor.bench.reuse import (
     reused_source,
 )
 from proctor.cli.lookup import split_name
-from proctor.config import OperatorConfig
+from proctor.config import OperatorConfig, TenantPolicy
 from proctor.connection import SharedClients
+from proctor.suite.decide import admit_suite
 from proctor.suite.runtime import SuiteRuntime
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,6 +183,10 @@ def _world(spec: dict[str, Any], redis_url: str, storage: Path, clients: SharedC
     return World(copy.deepcopy(spec), PodsApi(), config, clients, storage, nodes(2))
 
 
+def _message(w: World, type_: str) -> str:
+    return str(next(c["message"] for c in w.api.status["conditions"] if c["type"] == type_))
+
+
 def _run_to_the_end(w: World) -> None:
     w.pass_()
     w.schedule()
@@ -213,6 +218,7 @@ def test_an_unchanged_suite_reuses_every_cell_and_launches_nothing(
     assert [c["reusedFrom"] for c in status["cells"]] == [source, source]
     assert [c["completed"] for c in status["cells"]] == [2, 2]
     assert "CellsReused" in second.reasons()
+    assert "2 cells reused from the cache" in _message(second, "Ready")
     report = Path(status["reportUri"].removeprefix("file://")).with_name("report.md").read_text()
     assert f"reused from {source}" in report
     assert "**reused cells**: 2 of 2" in report
@@ -306,8 +312,7 @@ def test_cancel_removes_pods_keeps_what_was_recorded_and_ends_cancelled(
     assert status["completionTime"]
     assert status["history"][0]["phase"] == "Cancelled"
     assert "report.html" in status["reportUri"]  # a report of what was recorded
-    message = next(c["message"] for c in status["conditions"] if c["type"] == "Cancelled")
-    assert "5 of 6 repetitions recorded are kept" in message
+    assert "5 of 6 repetitions recorded are kept" in _message(w, "Cancelled")
     assert len(w.store().records("b.v3")) == 1  # kept
     cached = list((tmp_path / "ns" / DEFAULT_FOLDER).glob("*/*.json.gz"))
     assert len(cached) == 2  # the finished cells, not the half-measured one
@@ -322,6 +327,8 @@ def test_cancel_before_any_pod_ran_and_of_a_finished_suite(
     w = _world({**BASE, "cancel": True}, redis_url, tmp_path / "a", clients)
     first = w.pass_()
     assert (first.phase, first.created) == ("Cancelled", 0)
+    assert w.condition("Cancelled") == ("True", "Cancelled")
+    assert _message(w, "Cancelled") == "spec.cancel is true: no run was started"
     done = _world(BASE, redis_url, tmp_path / "b", clients)
     _run_to_the_end(done)
     done.spec = {**done.spec, "cancel": True}
@@ -421,3 +428,34 @@ def test_proctor_cancel_names_a_suite_as_suite_slash_name(
 ) -> None:
     wanted, found = split_name(ref)
     assert (wanted.kind if wanted else None, found) == (kind, name)
+
+
+STORAGE = {"uri": "s3://team/suites", "secretRef": {"name": "s3"}}
+CACHE_URIS: list[tuple[str, str, dict[str, Any], str | None]] = [
+    ("unset: beside the storage", "", {}, None),
+    ("a bucket the policy allows", "s3://team/cache", {}, None),
+    ("a local folder", "/var/cache", {}, "is not an s3:// URI"),
+    (
+        "a bucket the policy does not allow",
+        "s3://elsewhere/cache",
+        {"allowed_storage_buckets": ["team"]},
+        "bucket 'elsewhere' of spec.cache.uri",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "uri", "policy", "message"), CACHE_URIS, ids=[c[0] for c in CACHE_URIS]
+)
+def test_the_tenant_policy_checks_an_explicit_cache_uri(
+    name: str, uri: str, policy: dict[str, Any], message: str | None
+) -> None:
+    cache: dict[str, Any] = {"reuse": "unchanged", **({"uri": uri} if uri else {})}
+    spec = _spec(storage=STORAGE, cache=cache)
+    problem = admit_suite(spec, OperatorConfig(policy=TenantPolicy(**policy)))
+    if message is None:
+        assert problem is None
+    else:
+        assert problem is not None
+        assert problem.reason == "PolicyViolation"
+        assert message in problem.message

@@ -41,7 +41,6 @@ from proctor.bench.reuse import (
     CellCache,
     cell_fingerprint,
     open_cache,
-    reuse_into,
     reuses,
     source_of,
 )
@@ -389,17 +388,15 @@ def _reuse_cell(run: _SuiteRun, cell: Cell, out: Console) -> bool:
     if run.cache is None or not reuses(run.spec) or run.store.recorded(cell.id):
         return False
     try:
-        found = run.cache.lookup(cell, cell_fingerprint(run.spec, cell))
+        found = run.cache.take(run.spec, run.store, cell)
     except StorageError as exc:
-        out.print(f"warning: the cache could not be read, {cell.id} is measured: {exc}")
+        out.print(f"warning: cannot read the cache, {cell.id} is measured: {exc}", markup=False)
         return False
     for uri in found.ignored:
         out.print(f"warning: ignored a corrupt cache object {uri}", markup=False)
-    if found.found is None:
-        return False
-    reuse_into(run.store, cell, found.found)
-    out.print(f"{cell.id}: unchanged, reused from {found.found.source}", markup=False)
-    return True
+    if found.found is not None:
+        out.print(f"{cell.id}: unchanged, reused from {found.found.source}", markup=False)
+    return found.found is not None
 
 
 def _remember_cell(run: _SuiteRun, cell: Cell, out: Console) -> None:
@@ -409,13 +406,11 @@ def _remember_cell(run: _SuiteRun, cell: Cell, out: Console) -> None:
     records = {int(r["repetition"]): r for r in run.store.records(cell.id)}
     source = source_of(run.namespace, run.name, run.run_id)
     try:
-        run.cache.remember(cell, cell_fingerprint(run.spec, cell), source, records, _now())
+        run.cache.remember(
+            cell, cell_fingerprint(run.spec, cell), source, records, datetime.now(UTC)
+        )
     except StorageError as exc:
         out.print(f"warning: {cell.id} not written to the cache: {exc}", markup=False)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _write_report(

@@ -200,6 +200,14 @@ class CellCache:
                 best = entry
         return Lookup(best, tuple(ignored))
 
+    def take(self, spec: BenchmarkSuiteSpec, store: SuiteStore, cell: Cell) -> Lookup:
+        """Look ``cell`` up and, when an entry matches, record it as ``store``'s run's
+        (:func:`reuse_into`)."""
+        found = self.lookup(cell, cell_fingerprint(spec, cell))
+        if found.found is not None:
+            reuse_into(store, cell, found.found)
+        return found
+
     def remember(
         self, cell: Cell, fingerprint: str, source: str,
         records: Mapping[int, Mapping[str, Any]], now: datetime,

@@ -20,7 +20,6 @@ from proctor.bench.reuse import (
     CellCache,
     cell_fingerprint,
     open_cache,
-    reuse_into,
     reuses,
     source_of,
 )
@@ -63,10 +62,9 @@ def reuse_cells(
     reused: list[str] = []
     for cell in candidates:
         try:
-            found = cache.lookup(cell, cell_fingerprint(spec, cell))
+            found = cache.take(spec, store, cell)
             events += [_ignored(uri) for uri in found.ignored]
             if found.found is not None:
-                reuse_into(store, cell, found.found)
                 reused.append(f"{cell.id} (from {found.found.source})")
         except StorageError as exc:
             events += _unavailable(runtime, f"cannot read the cache at {cache.uri}: {exc}")

@@ -80,7 +80,9 @@ def _decide_phase(obs: SuiteObservation, failures: int) -> tuple[Phase, str, str
             "Succeeded",
             "Completed",
             f"{summary.completed} repetitions of {len(summary.cells)} cells recorded "
-            f"({summary.failed} failed), {len(summary.regressions)} regressions",
+            f"({summary.failed} failed"
+            + (f"; {summary.reused} cells reused from the cache" if summary.reused else "")
+            + f"), {len(summary.regressions)} regressions",
         )
     if spec.suspend:
         return "Suspended", "Suspended", "spec.suspend is true; benchmark pods removed"
@@ -105,8 +107,10 @@ def _cancelled_message(obs: SuiteObservation) -> str:
     if obs.previous.phase == "Cancelled":
         cond = get_condition(obs.previous.conditions, "Cancelled")
         return cond.message if cond else "spec.cancel is true"
-    if obs.run.run_id is None or obs.previous.phase in TERMINAL:
+    if obs.previous.phase in TERMINAL:
         return "spec.cancel is true: the schedule starts no more runs"
+    if obs.run.run_id is None:
+        return "spec.cancel is true: no run was started"
     summary = obs.summary
     done = f"{summary.completed} of {summary.total}" if summary else "no"
     return (
