@@ -32,6 +32,7 @@ import structlog
 from proctor.api.conditions import Event, Problem
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteSpec, BenchmarkSuiteStatus
 from proctor.bench.matrix import Cell, cell_queue_id, cells
+from proctor.bench.reuse import reuses
 from proctor.bench.store import SuiteStore
 from proctor.bench.summary import SuiteSummary, summarize_suite
 from proctor.cluster.api import ClusterApi
@@ -189,10 +190,10 @@ def _advance_run(ctx: SuitePass, conn: Connection, live: Sequence[BenchPod]) -> 
     matrix = cells(spec)
     recorded = _recorded(ctx, store, matrix)
     events: list[Event] = []
-    if problem is None:
+    if problem is None and runtime.cache is not None and reuses(spec):
         idle = idle_cells(runtime, matrix, recorded, lambda c: _queue(ctx, conn, c).depth().empty)
-        events += reuse_cells(runtime, spec, store, idle, ref=ref)
-        recorded = _recorded(ctx, store, matrix) if idle else recorded
+        reused, events = reuse_cells(runtime, spec, store, idle, ref=ref)
+        recorded = _recorded(ctx, store, matrix) if reused else recorded
     events += remember_cells(runtime, spec, matrix, recorded, ref=ref, run_id=run_id, now=ctx.now)
     queued = {} if problem else _queue_cells(ctx, conn, store, matrix, recorded)
     summary, finished = _summary(ctx, matrix, recorded)

@@ -52,19 +52,21 @@ def suite_cache(
 def reuse_cells(
     runtime: SuiteRuntime, spec: BenchmarkSuiteSpec, store: SuiteStore,
     candidates: Sequence[Cell], *, ref: RunRef,
-) -> list[Event]:  # fmt: skip
+) -> tuple[list[str], list[Event]]:  # fmt: skip
     """Take ``candidates`` (cells with nothing recorded and nothing on their queue) from the
-    cache where an entry matches; returns the Events to post."""
+    cache where an entry matches; returns the cells reused and the Events to post."""
     cache = runtime.cache
     if cache is None or not reuses(spec) or not candidates:
-        return []
+        return [], []
     events: list[Event] = []
     reused: list[str] = []
+    taken: list[str] = []
     for cell in candidates:
         try:
             found = cache.take(spec, store, cell)
             events += [_ignored(uri) for uri in found.ignored]
             if found.found is not None:
+                taken.append(cell.id)
                 reused.append(f"{cell.id} (from {found.found.source})")
         except StorageError as exc:
             events += _unavailable(runtime, f"cannot read the cache at {cache.uri}: {exc}")
@@ -73,7 +75,7 @@ def reuse_cells(
         events.append(
             Event("Normal", "CellsReused", "unchanged, not measured again: " + ", ".join(reused))
         )
-    return events
+    return taken, events
 
 
 def remember_cells(
