@@ -302,6 +302,20 @@ SUITE_CASES: dict[str, Case] = {
         "Degraded",
         "^FailureBudgetExhausted: 6 pod failures$",
     ),
+    "cancelled": Case(
+        suite(
+            {
+                "phase": "Cancelled",
+                "observedGeneration": 2,
+                "conditions": [
+                    cond("Cancelled", "True", "Cancelled", "spec.cancel is true: 5 of 6 kept")
+                ],
+            },
+            generation=2,
+        ),
+        "Degraded",
+        "^Cancelled: spec.cancel is true: 5 of 6 kept$",
+    ),
     "suspended": Case(
         suite(
             {

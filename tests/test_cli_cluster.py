@@ -198,15 +198,19 @@ def test_suite_view_lists_cells_and_regressions() -> None:
         phase="Succeeded", progressPercent=100.0, runId="20261207T115640Z", regressionCount=1,
         regressions=[{"benchmark": "log", "variant": "jj", "ratio": 1.31, "ratioCi": [1.2, 1.4]}],
         cells=[{"benchmark": "log", "variant": "jj", "completed": 5, "total": 5, "failed": 0,
-                "p50": 0.262, "mean": 0.27, "regression": True}],
+                "p50": 0.262, "mean": 0.27, "regression": True},
+               {"benchmark": "status", "variant": "jj", "completed": 5, "total": 5, "failed": 0,
+                "p50": 0.1, "mean": 0.1, "reusedFrom": "ns/nap/20261206T115640Z"}],
         reportUri="s3://b/nap/report.html",
     )  # fmt: skip
     text = render(run_view(SUITE, body, NOW))
-    assert "5 of 5 repetitions (100.0%)" in text
+    assert "10 of 10 repetitions (100.0%)" in text
     assert "1: log.jj 1.310x" in text
     assert "s3://b/nap/report.html" in text
     row = next(line for line in text.splitlines() if line.startswith("log"))
-    assert row.split() == ["log", "jj", "5/5", "0", "0.262s", "0.27s", "yes"]
+    assert row.split() == ["log", "jj", "5/5", "0", "0.262s", "0.27s", "yes", "-"]
+    reused = next(line for line in text.splitlines() if line.startswith("status"))
+    assert reused.split()[-2:] == ["-", "ns/nap/20261206T115640Z"]  # reused from that run
 
 
 # -- finding runs -----------------------------------------------------------------------------

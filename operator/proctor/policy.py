@@ -90,6 +90,30 @@ def baseline_problem(
     return Problem(problem.reason, f"spec.baseline.resultsUri: {problem.message}")
 
 
+def cache_problem(uri: str, storage: StorageSpec | None, config: OperatorConfig) -> Problem | None:
+    """A suite's ``cache.uri`` is an S3 prefix the operator reads and writes with the suite's
+    own storage credentials, only where the policy lets the suite's storage be."""
+    if not uri.startswith("s3://"):
+        return Problem(
+            POLICY_VIOLATION,
+            f"spec.cache.uri {uri!r} is not an s3:// URI; on a cluster the cache is kept in "
+            "S3 with the suite's own storage credentials (a local folder is for proctor run): "
+            "name an s3:// prefix, or leave uri unset to keep it beside the suite's storage",
+        )
+    kept = (
+        storage.model_copy(update={"uri": uri})
+        if storage is not None
+        else StorageSpec.model_construct(uri=uri, endpoint=config.default_storage_endpoint)
+    )
+    problem = storage_problem(kept, config, field="spec.cache")
+    if problem is None:
+        return None
+    # The cache has no credentials of its own: it is read and written with the storage's.
+    return Problem(
+        problem.reason, problem.message.replace("spec.cache.secretRef", "spec.storage.secretRef")
+    )
+
+
 def dataset_problem(spec: EvalRunSpec, config: OperatorConfig) -> Problem | None:
     """Whether the operator may read the run's dataset, and with whose credentials: the
     dataset's Secret, else the storage's, else (ambient credentials) only a bucket the policy

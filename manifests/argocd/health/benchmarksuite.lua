@@ -5,6 +5,7 @@
 -- Mapping (docs/operations.md#argo-cd-health):
 --   no status or an unobserved generation    -> Progressing
 --   phase Failed / condition Failed=True       -> Degraded
+--   phase Cancelled                            -> Degraded (ended before every cell ran)
 --   phase Succeeded with regressions           -> Degraded (slower than the baseline)
 --   phase Succeeded                            -> Healthy
 --   phase Suspended / condition Suspended=True -> Suspended
@@ -70,6 +71,11 @@ local phase = status.phase
 if phase == "Failed" or is_true(status, "Failed") then
   hs.status = "Degraded"
   hs.message = describe(condition(status, "Failed"), "Suite failed")
+  return hs
+end
+if phase == "Cancelled" then
+  hs.status = "Degraded"
+  hs.message = describe(condition(status, "Cancelled"), "Suite cancelled")
   return hs
 end
 if phase == "Succeeded" then

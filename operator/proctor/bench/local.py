@@ -36,14 +36,21 @@ from proctor.api.v1alpha1 import SUITE_KIND
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuite, BenchmarkSuiteSpec
 from proctor.bench.enqueue import enqueue_cell
 from proctor.bench.matrix import Cell, cells
-from proctor.bench.report import format_seconds, render_html, render_markdown
+from proctor.bench.report import format_seconds, measured_by, render_html, render_markdown
+from proctor.bench.reuse import (
+    CellCache,
+    cell_fingerprint,
+    open_cache,
+    reuses,
+    source_of,
+)
 from proctor.bench.store import RECORDS_KEY, SuiteStore, load_records
 from proctor.bench.summary import SuiteSummary, summarize_suite
 from proctor.bench.worker import BenchWorkerConfig, open_suite_store
 from proctor.console import escape, make_console, plain
 from proctor.queue import open_queue
 from proctor.redact import redact_text
-from proctor.storage import LocalBlobs
+from proctor.storage import LocalBlobs, StorageError, open_blobs
 from proctor.validation import ManifestError, validate_file
 from proctor.worker.pool import (
     EXIT_INCOMPLETE,
@@ -165,7 +172,7 @@ class _CellWorkers(WorkerPool):
 def summary_table(name: str, summary: SuiteSummary) -> Table:
     """The summary as a terminal table: one row per cell."""
     table = Table(title=f"BenchmarkSuite {name}")
-    for col in ("benchmark", "variant", "done", "failed", "median", "median CI", "p95"):
+    for col in ("benchmark", "variant", "done", "failed", "median", "median CI", "p95", "measured"):
         table.add_column(col, no_wrap=True)
     table.add_column("vs baseline")
     against = {(b.benchmark, b.variant): b for b in summary.baseline}
@@ -186,6 +193,7 @@ def summary_table(name: str, summary: SuiteSummary) -> Table:
             format_seconds(c.p50),
             ci,
             format_seconds(c.p95),
+            plain(measured_by(c.reused_from)),
             verdict,
         )
     for comp in summary.comparisons:
@@ -267,6 +275,7 @@ class _SuiteRun:
     baseline_uri: str | None
     log_dir: Path
     workers: int
+    cache: CellCache | None = None
 
 
 def _setup(options: LocalSuiteOptions) -> _SuiteRun:
@@ -309,6 +318,7 @@ def _setup(options: LocalSuiteOptions) -> _SuiteRun:
                 storage_uri, namespace, spec.baseline.suite_run or name, run_id
             )
             baseline = load_records(baseline_uri)
+        cache = open_cache(spec, store.blobs, namespace=namespace, open_uri=open_blobs)
     except Exception as exc:
         raise SuiteRunError(f"cannot set up the suite run: {exc}") from exc
     log_dir = results_dir / ".logs" / f"{namespace}-{name}-{run_id}"
@@ -325,6 +335,7 @@ def _setup(options: LocalSuiteOptions) -> _SuiteRun:
         baseline_uri,
         log_dir,
         workers=options.workers or 1,
+        cache=cache,
     )
 
 
@@ -346,6 +357,10 @@ def _measure_cells(run: _SuiteRun, options: LocalSuiteOptions, out: Console, tot
         task = bar.add_task(run.name, total=total)
         for cell in run.matrix:
             bar.update(task, description=escape(f"{run.name} {cell.id}"))
+            if _reuse_cell(run, cell, out):
+                done_before += len(run.store.recorded(cell.id))
+                bar.update(task, completed=done_before)
+                continue
 
             def progress(n: int, base: int = done_before) -> None:
                 bar.update(task, completed=base + n)
@@ -361,9 +376,41 @@ def _measure_cells(run: _SuiteRun, options: LocalSuiteOptions, out: Console, tot
                 refresh=options.refresh_seconds,
             )
             crashed = crashed or not ok
+            _remember_cell(run, cell, out)
             done_before += len(run.store.recorded(cell.id))
             bar.update(task, completed=done_before)
     return crashed
+
+
+def _reuse_cell(run: _SuiteRun, cell: Cell, out: Console) -> bool:
+    """With ``reuse: unchanged``, take a cell with nothing recorded yet (a resumed run keeps
+    what it measured) from the cache; True when it was, so no worker runs for it."""
+    if run.cache is None or not reuses(run.spec) or run.store.recorded(cell.id):
+        return False
+    try:
+        found = run.cache.take(run.spec, run.store, cell)
+    except StorageError as exc:
+        out.print(f"warning: cannot read the cache, {cell.id} is measured: {exc}", markup=False)
+        return False
+    for uri in found.ignored:
+        out.print(f"warning: ignored a corrupt cache object {uri}", markup=False)
+    if found.found is not None:
+        out.print(f"{cell.id}: unchanged, reused from {found.found.source}", markup=False)
+    return found.found is not None
+
+
+def _remember_cell(run: _SuiteRun, cell: Cell, out: Console) -> None:
+    """Write a fully and successfully measured cell to the cache (once)."""
+    if run.cache is None:
+        return
+    records = {int(r["repetition"]): r for r in run.store.records(cell.id)}
+    source = source_of(run.namespace, run.name, run.run_id)
+    try:
+        run.cache.remember(
+            cell, cell_fingerprint(run.spec, cell), source, records, datetime.now(UTC)
+        )
+    except StorageError as exc:
+        out.print(f"warning: {cell.id} not written to the cache: {exc}", markup=False)
 
 
 def _write_report(

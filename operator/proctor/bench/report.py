@@ -32,6 +32,18 @@ def format_seconds(x: float | None) -> str:
     return f"{x:.3f} s"
 
 
+def measured_by(reused_from: str | None) -> str:
+    """Who measured a cell: this run, or the earlier run it was reused from (spec.cache)."""
+    return f"reused from {reused_from}" if reused_from else "this run"
+
+
+def _reused_text(summary: SuiteSummary) -> str:
+    return (
+        f"{summary.reused} of {len(summary.cells)}, not measured by this run: unchanged since "
+        "the run named in their row (spec.cache)"
+    )
+
+
 def _interval(lo_hi: Sequence[float] | None, fmt: Any = format_seconds) -> str:
     return f"[{fmt(lo_hi[0])}, {fmt(lo_hi[1])}]" if lo_hi else "-"
 
@@ -67,6 +79,7 @@ def _cell_rows(summary: SuiteSummary, records: Records | None) -> list[list[str]
                 c.variant,
                 f"{c.completed}/{c.total}",
                 str(c.failed),
+                measured_by(c.reused_from),
                 format_seconds(c.mean),
                 format_seconds(c.stddev),
                 format_seconds(c.min),
@@ -90,6 +103,7 @@ _CELL_HEADER = [
     "variant",
     "done",
     "failed",
+    "measured",
     "mean",
     "stddev",
     "min",
@@ -190,6 +204,7 @@ def render_markdown(
     parts += [
         f"- **repetitions**: {summary.completed} of {summary.total} recorded, "
         f"{summary.failed} failed",
+        *([f"- **reused cells**: {_reused_text(summary)}"] if summary.reused else []),
         f"- **regressions**: {len(summary.regressions)}",
         "",
         "## Cells",
@@ -348,7 +363,9 @@ def render_html(
         body.append(f"<li><b>{e(key)}</b>: {e(value)}</li>")
     body.append(
         f"<li><b>repetitions</b>: {summary.completed} of {summary.total} recorded, "
-        f"{summary.failed} failed</li><li><b>regressions</b>: {len(summary.regressions)}</li></ul>"
+        f"{summary.failed} failed</li>"
+        + (f"<li><b>reused cells</b>: {e(_reused_text(summary))}</li>" if summary.reused else "")
+        + f"<li><b>regressions</b>: {len(summary.regressions)}</li></ul>"
     )
     body.append("<h2>Distributions</h2>")
     by_benchmark: dict[str, list[tuple[str, str, list[float], bool]]] = {}

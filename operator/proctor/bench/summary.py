@@ -18,6 +18,7 @@ from proctor.api.v1alpha1.benchmarksuite import (
     Regression,
 )
 from proctor.bench.matrix import Cell, cells
+from proctor.bench.reuse import reused_source
 from proctor.stats.passrates import Interval
 from proctor.stats.timing import (
     Welford,
@@ -86,6 +87,11 @@ class SuiteSummary:
         return sum(c.failed for c in self.cells)
 
     @property
+    def reused(self) -> int:
+        """Cells taken from the cache rather than measured (spec.cache.reuse: unchanged)."""
+        return sum(1 for c in self.cells if c.reused_from)
+
+    @property
     def progress_percent(self) -> float:
         return 100.0 * self.completed / self.total if self.total else 100.0
 
@@ -122,6 +128,7 @@ class SuiteSummary:
             "total": self.total,
             "completed": self.completed,
             "failed": self.failed,
+            "reused": self.reused,
         }
 
 
@@ -194,6 +201,7 @@ def summarize_suite(
     for cell in cells(spec):
         recs = records.get(cell.id, ())
         summary = summarize_cell(cell.benchmark, cell.variant, cell.repetitions, recs, level)
+        summary.reused_from = reused_source(recs) if recs else None
         xs = wall_times(recs)
         if cell.benchmark not in reference:
             reference[cell.benchmark] = xs

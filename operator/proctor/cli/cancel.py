@@ -1,8 +1,12 @@
-"""``proctor cancel NAME``: cancel an EvalRun on the cluster (``spec.cancel: true``).
+"""``proctor cancel NAME``: cancel an EvalRun or a BenchmarkSuite on the cluster
+(``spec.cancel: true``); ``NAME`` of either kind, or ``evalrun/NAME`` / ``suite/NAME``.
 
-Not a delete: the operator stops the run's queue, drains its workers (they flush what they
-evaluated) and ends the run in phase ``Cancelled``, with its results kept in storage and its
-decision undecided unless every case was evaluated (docs/operator.md, "Cancelling a run").
+Not a delete: for an EvalRun the operator stops the run's queue, drains its workers (they
+flush what they evaluated) and ends the run in phase ``Cancelled``, with its results kept in
+storage and its decision undecided unless every case was evaluated (docs/operator.md,
+"Cancelling a run"); for a suite it removes the running benchmark pods, keeps the
+repetitions recorded, and ends in phase ``Cancelled`` (docs/benchmarks.md, "Cancelling a
+suite").
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import sys
 import time
 from typing import Any
 
+from proctor.api.crdgen import Kind
+from proctor.api.v1alpha1.benchmarksuite import KIND as SUITE_KIND
 from proctor.api.v1alpha1.evalrun import TERMINAL_PHASES
 from proctor.cli.context import (
     ACCESS_CODES,
@@ -19,6 +25,7 @@ from proctor.cli.context import (
     EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_TIMEOUT,
+    EXIT_USAGE,
     CommandError,
     Target,
     add_cluster_options,
@@ -26,29 +33,35 @@ from proctor.cli.context import (
     reported,
     run_command,
 )
+from proctor.cli.lookup import split_name
 from proctor.cli.usage import HelpFormatter, exit_codes
+from proctor.cluster.api import ClusterApi
+from proctor.suite.api import SuiteApi
 
 DESCRIPTION = (
     "Cancel an EvalRun: its queue is stopped, its workers drain, and it ends in phase "
-    "Cancelled with its results kept (a delete would remove it)."
+    "Cancelled with its results kept (a delete would remove it). Cancel a BenchmarkSuite: "
+    "its running benchmark pods are removed, no cell starts, the repetitions recorded are "
+    "kept, and it ends Cancelled (a scheduled suite fires no more). NAME is either kind, or "
+    "evalrun/NAME or suite/NAME when both exist."
 )
 EPILOG = exit_codes(
     (EXIT_OK, "cancelled (or being cancelled; with --wait, ended)"),
-    (EXIT_NO, "the run has already finished: nothing to cancel"),
+    (EXIT_NO, "the run or suite has already finished: nothing to cancel"),
     *ACCESS_CODES[1:],
-    (EXIT_TIMEOUT, "with --wait, the run had not ended after --timeout"),
+    (EXIT_TIMEOUT, "with --wait, it had not ended after --timeout"),
 )
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cancel = sub.add_parser(
         "cancel",
-        help="cancel an EvalRun on the cluster",
+        help="cancel an EvalRun or a BenchmarkSuite on the cluster",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=HelpFormatter,
     )
-    cancel.add_argument("name", metavar="NAME", help="the EvalRun")
+    cancel.add_argument("name", metavar="NAME", help="the EvalRun or BenchmarkSuite (or KIND/NAME)")
     add_cluster_options(cancel)
     cancel.add_argument(
         "--wait", action="store_true", help="wait until the run has ended (Cancelled)"
@@ -66,23 +79,58 @@ def run_cancel(args: argparse.Namespace) -> int:
 def _cancel(args: argparse.Namespace) -> int:
     target = connect(args)
     try:
-        return _cancel_run(target, args)
+        return _cancel_found(target, args)
     finally:
         target.api.close()
 
 
-def _get(target: Target, where: str, name: str) -> dict[str, Any] | None:
+def _get(target: Target, api: ClusterApi, where: str, name: str) -> dict[str, Any] | None:
     with reported(f"get {where}", target.server):
-        return target.cluster.get_run(target.where, name)
+        return api.get_run(target.where, name)
 
 
-def _cancel_run(target: Target, args: argparse.Namespace) -> int:
-    where = f"EvalRun {args.name} in namespace {target.where}"
-    run = _get(target, where, args.name)
-    if run is None:
-        raise CommandError(f"{where} does not exist", EXIT_NOT_FOUND)
-    phase = (run.get("status") or {}).get("phase")
-    if phase in TERMINAL_PHASES:
+def _find(target: Target, ref: str) -> tuple[ClusterApi, str, dict[str, Any]]:
+    """The API of the kind ``ref`` names, its kind and the body. A bare NAME is looked up as
+    an EvalRun, then as a BenchmarkSuite; both existing is a usage error, neither not found."""
+    wanted, name = split_name(ref)
+    apis = {"EvalRun": target.cluster, SUITE_KIND: SuiteApi(target.api)}
+    found: list[tuple[ClusterApi, str, dict[str, Any]]] = []
+    for kind, api in apis.items():
+        if wanted is not None and wanted.kind != kind:
+            continue
+        body = _get(target, api, f"{kind} {name} in namespace {target.where}", name)
+        if body is not None:
+            found.append((api, kind, body))
+    if len(found) > 1:
+        raise CommandError(
+            f"{name!r} is both an EvalRun and a BenchmarkSuite in namespace "
+            f"{target.where}: write evalrun/{name} or suite/{name}",
+            EXIT_USAGE,
+        )
+    if not found:
+        what = wanted.kind if isinstance(wanted, Kind) else "EvalRun or BenchmarkSuite"
+        raise CommandError(f"no {what} {name} in namespace {target.where}", EXIT_NOT_FOUND)
+    return found[0]
+
+
+def _finished(kind: str, body: dict[str, Any]) -> str | None:
+    """The phase of a run that has nothing left to cancel; None when it has. A scheduled
+    suite that finished its last run still has a schedule to stop."""
+    phase = (body.get("status") or {}).get("phase")
+    if phase not in TERMINAL_PHASES:
+        return None
+    spec = body.get("spec") or {}
+    if kind == SUITE_KIND and spec.get("schedule") and not spec.get("cancel"):
+        return None
+    return str(phase)
+
+
+def _cancel_found(target: Target, args: argparse.Namespace) -> int:
+    api, kind, run = _find(target, args.name)
+    name = str(run["metadata"]["name"])
+    where = f"{kind} {name} in namespace {target.where}"
+    phase = _finished(kind, run)
+    if phase is not None:
         raise CommandError(
             f"{where} has already finished (phase {phase}); nothing to cancel", EXIT_NO
         )
@@ -90,17 +138,18 @@ def _cancel_run(target: Target, args: argparse.Namespace) -> int:
         print(f"{where} is already being cancelled")
     else:
         with reported(f"patch {where}", target.server):
-            target.cluster.patch_spec(target.where, args.name, {"cancel": True})
-        print(f"{where}: cancel requested; its workers are draining")
+            api.patch_spec(target.where, name, {"cancel": True})
+        going = "benchmark pods are being removed" if kind == SUITE_KIND else "workers are draining"
+        print(f"{where}: cancel requested; its {going}")
     if not args.wait:
         return EXIT_OK
-    return _wait(target, args, where)
+    return _wait(target, args, api, name, where)
 
 
-def _wait(target: Target, args: argparse.Namespace, where: str) -> int:
+def _wait(target: Target, args: argparse.Namespace, api: ClusterApi, name: str, where: str) -> int:
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        run = _get(target, where, args.name)
+        run = _get(target, api, where, name)
         status = (run or {}).get("status") or {}
         if run is None or status.get("phase") in TERMINAL_PHASES:
             print(_ended(where, status) if run else f"{where} was deleted")
@@ -111,6 +160,14 @@ def _wait(target: Target, args: argparse.Namespace, where: str) -> int:
 
 
 def _ended(where: str, status: dict[str, Any]) -> str:
+    if "cells" in status or "runId" in status:  # a suite
+        cells = status.get("cells") or []
+        done = sum(int(c.get("completed") or 0) for c in cells)
+        total = sum(int(c.get("total") or 0) for c in cells)
+        text = f"{where} ended {status.get('phase')}: {done} of {total} repetitions recorded"
+        if status.get("reportUri"):
+            text += f"; report in {status['reportUri']}"
+        return text
     counts = status.get("counts") or {}
     result = status.get("result") or {}
     text = (

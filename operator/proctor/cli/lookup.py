@@ -20,10 +20,12 @@ from proctor.cluster.client import KubeApiError, custom_path
 
 def kind_of(word: str) -> Kind | None:
     """The kind a kubectl-style word names: ``evalrun``, ``evalruns``, ``er``,
-    ``evalrun.proctor.dev``, ``EvalRun``, ``benchmarksuite``, ``bs``, ``bench``, ..."""
+    ``evalrun.proctor.dev``, ``EvalRun``, ``benchmarksuite``, ``bs``, ``bench``, ``suite``
+    (Proctor's word for the kind, not a CRD short name: kubectl does not know it), ..."""
     word = word.lower().removesuffix(f".{GROUP}")
     for kind in KINDS:
-        if word in {kind.kind.lower(), kind.plural, kind.singular, *kind.short_names}:
+        names = {kind.kind.lower(), kind.plural, kind.singular, *kind.short_names}
+        if word in names or (word in {"suite", "suites"} and kind.singular == "benchmarksuite"):
             return kind
     return None
 

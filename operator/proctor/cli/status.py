@@ -192,7 +192,8 @@ def suite_rows(status: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _cells(cells: list[dict[str, Any]]) -> Table:
     table = Table(title="cells", title_justify="left", box=None, pad_edge=False)
-    for column in ("BENCHMARK", "VARIANT", "DONE", "FAILED", "P50", "MEAN", "REGRESSION"):
+    columns = ("BENCHMARK", "VARIANT", "DONE", "FAILED", "P50", "MEAN", "REGRESSION", "REUSED FROM")
+    for column in columns:
         table.add_column(column, no_wrap=True)
     for c in cells:
         table.add_row(
@@ -203,5 +204,6 @@ def _cells(cells: list[dict[str, Any]]) -> Table:
             plain("-" if c.get("p50") is None else f"{c['p50']:.4g}s"),
             plain("-" if c.get("mean") is None else f"{c['mean']:.4g}s"),
             plain("yes" if c.get("regression") else "-"),
+            plain(c.get("reusedFrom") or "-"),  # spec.cache: the run that measured it
         )
     return table

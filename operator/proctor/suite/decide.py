@@ -27,11 +27,11 @@ from proctor.planning.plan import (
     WorkerSize,
     compute_plan,
 )
-from proctor.policy import admit, baseline_problem, spec_size_problem
+from proctor.policy import admit, baseline_problem, cache_problem, spec_size_problem
 from proctor.suite.gather import BenchPod
 from proctor.suite.pods import cell_run_spec
 
-TERMINAL: frozenset[str] = frozenset({"Succeeded", "Failed"})
+TERMINAL: frozenset[str] = frozenset({"Succeeded", "Failed", "Cancelled"})
 
 
 def run_id_for(moment: datetime, uid: str) -> str:
@@ -60,7 +60,10 @@ def decide_run(
 ) -> RunDecision:
     """Without a schedule: one run, started at once. With one: a run per fire time (missed
     fires collapse into the latest), never while the previous run is still going, none while
-    suspended; like a CronJob, nothing runs before the first fire."""
+    suspended; like a CronJob, nothing runs before the first fire. A cancelled suite starts
+    no run: it ends the one it has, if any."""
+    if spec.cancel:
+        return RunDecision(prev.run_id, False)
     if spec.schedule is None:
         if prev.run_id:
             return RunDecision(prev.run_id, False)
@@ -144,6 +147,10 @@ def admit_suite(spec: BenchmarkSuiteSpec, config: OperatorConfig) -> Problem | N
     uri = spec.baseline.results_uri if spec.baseline else None
     if uri is not None:
         problem = baseline_problem(uri, spec.storage, config)
+        if problem is not None:
+            return problem
+    if spec.cache is not None and spec.cache.uri is not None:
+        problem = cache_problem(spec.cache.uri, spec.storage, config)
         if problem is not None:
             return problem
     # Benchmark pods receive the suite's spec in PROCTOR_SUITE_SPEC.

@@ -29,9 +29,10 @@ from typing import Any
 
 import structlog
 
-from proctor.api.conditions import Problem
+from proctor.api.conditions import Event, Problem
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteSpec, BenchmarkSuiteStatus
 from proctor.bench.matrix import Cell, cell_queue_id, cells
+from proctor.bench.reuse import reuses
 from proctor.bench.store import SuiteStore
 from proctor.bench.summary import SuiteSummary, summarize_suite
 from proctor.cluster.api import ClusterApi
@@ -40,6 +41,7 @@ from proctor.cluster.reads import nodes_with_usage, quota_headroom
 from proctor.cluster.writes import EventSink
 from proctor.config import OperatorConfig
 from proctor.connection import Connection, RunRef, SharedClients
+from proctor.queue import WorkQueue
 from proctor.suite.act import (
     create_pods,
     delete_pods,
@@ -74,6 +76,7 @@ from proctor.suite.decide import (
 )
 from proctor.suite.gather import EVERY_POD, BenchPod, SuiteView
 from proctor.suite.results import read_baseline, refresh_records
+from proctor.suite.reuse import idle_cells, remember_cells, reuse_cells, suite_cache
 from proctor.suite.runtime import SuitePassResult, SuiteRuntime
 from proctor.suite.status import SuiteObservation, next_suite_status
 
@@ -108,6 +111,7 @@ class RunOutcome:
     results_uri: str | None = None
     created: int = 0
     removed: int = 0
+    events: tuple[Event, ...] = ()  # the cache's (cells reused, objects ignored)
 
 
 def reconcile_suite(
@@ -142,7 +146,7 @@ def reconcile_suite(
         update.status, stopped = _stop_failed_run(ctx, update.status, current, live, outcome.conn)
         removed += stopped
     write_status(api, ref, body_status, update.status)
-    for event in update.events:
+    for event in (*update.events, *outcome.events):
         emit(event)
     if update.dropped_runs and outcome.conn is not None:
         drop_runs(spec, ref, update.dropped_runs, outcome.conn, clients)
@@ -164,6 +168,8 @@ def _work_on_run(ctx: SuitePass, live: Sequence[BenchPod]) -> RunOutcome:
     conn = (
         cached_suite_connection(ctx.spec, ctx.ref, ctx.config, ctx.api, runtime) if works else None
     )
+    if isinstance(conn, Connection) and ctx.spec.cancel:
+        return _cancel_run(ctx, conn, live)
     if isinstance(conn, Connection) and not ctx.spec.suspend:
         return _advance_run(ctx, conn, live)
     removed = delete_pods(ctx.api, runtime, live)
@@ -177,18 +183,18 @@ def _advance_run(ctx: SuitePass, conn: Connection, live: Sequence[BenchPod]) -> 
     spec, ref, runtime = ctx.spec, ctx.ref, ctx.runtime
     run_id = ctx.run.run_id
     assert run_id is not None  # works_on_run
-    if runtime.store is None:
-        runtime.store = suite_store(
-            spec, conn, ctx.clients, namespace=ref.namespace, suite=ref.name, run_id=run_id
-        )
-    store = runtime.store
+    store = _store(ctx, conn, run_id)
     problem = admission_problem(spec, ctx.view.nodes, ctx.config) or _load_baseline(
         ctx, conn, run_id
     )
     matrix = cells(spec)
-    recorded = {
-        c.id: recorded_count(refresh_records(runtime, store, c.id), c.repetitions) for c in matrix
-    }
+    recorded = _recorded(ctx, store, matrix)
+    events: list[Event] = []
+    if problem is None and runtime.cache is not None and reuses(spec):
+        idle = idle_cells(runtime, matrix, recorded, lambda c: _queue(ctx, conn, c).depth().empty)
+        reused, events = reuse_cells(runtime, spec, store, idle, ref=ref)
+        recorded = _recorded(ctx, store, matrix) if reused else recorded
+    events += remember_cells(runtime, spec, matrix, recorded, ref=ref, run_id=run_id, now=ctx.now)
     queued = {} if problem else _queue_cells(ctx, conn, store, matrix, recorded)
     summary, finished = _summary(ctx, matrix, recorded)
     if finished and summary is not None:
@@ -197,8 +203,9 @@ def _advance_run(ctx: SuitePass, conn: Connection, live: Sequence[BenchPod]) -> 
         end_run(spec, ref, run_id, conn=conn, clients=ctx.clients, runtime=runtime)
         log.info("suite run finished", suite=ref.name, run=run_id, report=report_uri)
         return RunOutcome(
-            conn, problem, summary, True, report_uri, store.results_uri, removed=removed
-        )
+            conn, problem, summary, True, report_uri, store.results_uri, removed=removed,
+            events=tuple(events),
+        )  # fmt: skip
     created = 0
     if problem is None:
         starts = pods_to_start(
@@ -208,7 +215,59 @@ def _advance_run(ctx: SuitePass, conn: Connection, live: Sequence[BenchPod]) -> 
             starts, spec=spec, ref=ref, run_id=run_id, conn=conn, config=ctx.config,
             api=ctx.api, runtime=runtime,
         )  # fmt: skip
-    return RunOutcome(conn, problem, summary, finished, created=created)
+    return RunOutcome(conn, problem, summary, finished, created=created, events=tuple(events))
+
+
+def _cancel_run(ctx: SuitePass, conn: Connection, live: Sequence[BenchPod]) -> RunOutcome:
+    """spec.cancel: no cell starts again, the running pods and the cell queues go; what was
+    recorded is kept, summarized and reported (the report covers the recorded repetitions),
+    and the cells that completed are written to the cache."""
+    spec, ref, runtime = ctx.spec, ctx.ref, ctx.runtime
+    run_id = ctx.run.run_id
+    assert run_id is not None  # works_on_run
+    store = _store(ctx, conn, run_id)
+    matrix = cells(spec)
+    recorded = _recorded(ctx, store, matrix)
+    removed = delete_pods(ctx.api, runtime, live)
+    end_run(spec, ref, run_id, conn=conn, clients=ctx.clients, runtime=runtime)
+    events = remember_cells(runtime, spec, matrix, recorded, ref=ref, run_id=run_id, now=ctx.now)
+    summary, _ = _summary(ctx, matrix, recorded)
+    report_uri = None
+    if summary is not None and summary.completed:
+        report_uri = write_report(ref, run_id, runtime, store, summary)
+    log.info("suite run cancelled", suite=ref.name, run=run_id, removed=removed)
+    return RunOutcome(
+        conn, None, summary, False, report_uri, store.results_uri, removed=removed,
+        events=tuple(events),
+    )  # fmt: skip
+
+
+def _store(ctx: SuitePass, conn: Connection, run_id: str) -> SuiteStore:
+    """The run's store (and with spec.cache its cell cache), opened once per run."""
+    runtime, ref = ctx.runtime, ctx.ref
+    if runtime.store is None:
+        runtime.store = suite_store(
+            ctx.spec, conn, ctx.clients, namespace=ref.namespace, suite=ref.name, run_id=run_id
+        )
+        runtime.cache = suite_cache(ctx.spec, conn, ctx.clients, runtime.store, ref.namespace)
+    return runtime.store
+
+
+def _recorded(ctx: SuitePass, store: SuiteStore, matrix: Sequence[Cell]) -> dict[str, int]:
+    """How many repetitions each cell has recorded (reading only objects not read before)."""
+    return {
+        c.id: recorded_count(refresh_records(ctx.runtime, store, c.id), c.repetitions)
+        for c in matrix
+    }
+
+
+def _queue(ctx: SuitePass, conn: Connection, cell: Cell) -> WorkQueue:
+    """The cell's queue of this run, opened once."""
+    ref = ctx.ref
+    queue_id = cell_queue_id(ref.namespace, ref.name, ctx.run.run_id or "", cell.id)
+    return open_queue(
+        ctx.runtime, ctx.clients, conn, cell.id, queue_id=queue_id, lease=ctx.spec.lease_seconds()
+    )
 
 
 def _load_baseline(ctx: SuitePass, conn: Connection, run_id: str) -> Problem | None:
@@ -237,16 +296,11 @@ def _queue_cells(
     ctx: SuitePass, conn: Connection, store: SuiteStore, matrix: Sequence[Cell],
     recorded: Mapping[str, int],
 ) -> dict[str, int]:  # fmt: skip
-    """Each cell's queue, filled once (and again when lost); returns what each holds."""
-    spec, ref, runtime = ctx.spec, ctx.ref, ctx.runtime
+    """Each cell's queue, filled once (and again when lost); returns what each holds. A cell
+    the cache filled has nothing left to put on it."""
+    ref, runtime = ctx.ref, ctx.runtime
     run_id = ctx.run.run_id or ""
-    lease = spec.lease_seconds()
-    queues = {}
-    for cell in matrix:
-        queue_id = cell_queue_id(ref.namespace, ref.name, run_id, cell.id)
-        queues[cell.id] = open_queue(
-            runtime, ctx.clients, conn, cell.id, queue_id=queue_id, lease=lease
-        )
+    queues = {cell.id: _queue(ctx, conn, cell) for cell in matrix}
     depths = {cell_id: queue.depth() for cell_id, queue in queues.items()}
     empty = {cell_id: depth.empty for cell_id, depth in depths.items()}
     for cell in cells_to_enqueue(matrix, recorded, empty, runtime.enqueued):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteStatus
+from proctor.bench.reuse import CellCache
 from proctor.bench.store import SuiteStore
 from proctor.bench.summary import SuiteSummary
 from proctor.cluster.losses import EXPECTATION_SECONDS, LossLedger
@@ -35,6 +36,9 @@ class SuiteRuntime:
     baseline_uri: str | None = None
     summarized: tuple[int, ...] | None = None
     summary: SuiteSummary | None = None
+    cache: CellCache | None = None  # spec.cache's cell cache, opened with the store
+    cached: set[str] = field(default_factory=set)  # cells of this run written to the cache
+    cache_warned: bool = False  # CacheUnavailable posted for this run
 
     def switch(self, run_id: str | None) -> None:
         """Forget everything of the previous run (queues closed)."""
@@ -49,6 +53,9 @@ class SuiteRuntime:
         self.baseline_uri = None
         self.summarized = None
         self.summary = None
+        self.cache = None
+        self.cached = set()
+        self.cache_warned = False
         self.expected = {}
         self.ledger = LossLedger()  # restored from the status, or a new run's own
 

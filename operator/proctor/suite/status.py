@@ -58,6 +58,8 @@ class SuiteStatusUpdate:
 def _decide_phase(obs: SuiteObservation, failures: int) -> tuple[Phase, str, str]:
     prev = obs.previous
     spec = obs.spec
+    if spec.cancel and _ends_by_cancel(obs):
+        return "Cancelled", "Cancelled", _cancelled_message(obs)
     if obs.run.run_id is None:
         if spec.suspend:
             return "Suspended", "Suspended", "spec.suspend is true; no run starts"
@@ -78,7 +80,9 @@ def _decide_phase(obs: SuiteObservation, failures: int) -> tuple[Phase, str, str
             "Succeeded",
             "Completed",
             f"{summary.completed} repetitions of {len(summary.cells)} cells recorded "
-            f"({summary.failed} failed), {len(summary.regressions)} regressions",
+            f"({summary.failed} failed"
+            + (f"; {summary.reused} cells reused from the cache" if summary.reused else "")
+            + f"), {len(summary.regressions)} regressions",
         )
     if spec.suspend:
         return "Suspended", "Suspended", "spec.suspend is true; benchmark pods removed"
@@ -88,6 +92,31 @@ def _decide_phase(obs: SuiteObservation, failures: int) -> tuple[Phase, str, str
     if obs.ready_pods > 0 or completed > 0 or (prev.phase == "Running" and not obs.run.start):
         return "Running", "Running", f"{obs.ready_pods} benchmark pods ready"
     return "Pending", "WaitingForPods", "benchmark pods are being scheduled"
+
+
+def _ends_by_cancel(obs: SuiteObservation) -> bool:
+    """spec.cancel ends a run still going, and a schedule (no run fires any more); a run that
+    had finished before keeps its phase when the suite has no schedule."""
+    prev = obs.previous
+    if prev.phase == "Cancelled":
+        return True
+    return prev.phase not in TERMINAL or obs.spec.schedule is not None
+
+
+def _cancelled_message(obs: SuiteObservation) -> str:
+    if obs.previous.phase == "Cancelled":
+        cond = get_condition(obs.previous.conditions, "Cancelled")
+        return cond.message if cond else "spec.cancel is true"
+    if obs.previous.phase in TERMINAL:
+        return "spec.cancel is true: the schedule starts no more runs"
+    if obs.run.run_id is None:
+        return "spec.cancel is true: no run was started"
+    summary = obs.summary
+    done = f"{summary.completed} of {summary.total}" if summary else "no"
+    return (
+        f"spec.cancel is true: benchmark pods removed and no cell started; {done} repetitions "
+        "recorded are kept"
+    )
 
 
 def _events(
@@ -159,6 +188,12 @@ def _conditions(
             phase == "Suspended",
             "Suspended" if phase == "Suspended" else "NotSuspended",
             "",
+        ),
+        (
+            "Cancelled",
+            phase == "Cancelled",
+            "Cancelled" if phase == "Cancelled" else "NotCancelled",
+            message if phase == "Cancelled" else "",
         ),
         ("Regressed", regressed, "RegressionFound" if regressed else compared, found),
     ]

@@ -128,6 +128,37 @@ class ScheduleSpec(ApiModel):
         return value
 
 
+CANCEL_IS_ONE_WAY = (
+    "!(has(oldSelf.cancel) && oldSelf.cancel) || (has(self.cancel) && self.cancel)",
+    "spec.cancel cannot be undone: a cancelled suite stays cancelled; create a new "
+    "BenchmarkSuite to run it again",
+)
+"""A transition rule: once true, ``spec.cancel`` stays true (removing it counts as unsetting)."""
+
+
+class SuiteCacheSpec(ApiModel):
+    """Reuse of unchanged cells' measurements across suite runs (docs/benchmarks.md, "Reusing
+    unchanged cells")."""
+
+    reuse: Literal["none", "unchanged"] = Field(
+        default="none",
+        description="unchanged: a cell whose fingerprint (benchmark and variant, image, "
+        "command and arguments, environment, warmup, repetitions, timeout, profile or "
+        "resources, isolation and placement) matches a cell measured before, with every "
+        "repetition succeeding, takes that measurement and is not run again; none: every cell "
+        "is measured (and what it measures is still written to the cache for later runs).",
+    )
+    uri: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="Where the cache lives: an s3:// prefix (read and written with the "
+        "suite's storage credentials), or a local folder for `proctor run`; suites naming the "
+        "same URI share it. Unset: `_suite-cache/` in the suite's namespace folder of its "
+        "storage, shared by the namespace's suites on that storage.",
+    )
+
+
 class BenchmarkSuiteSpec(ApiModel):
     """Desired state of a BenchmarkSuite."""
 
@@ -160,8 +191,22 @@ class BenchmarkSuiteSpec(ApiModel):
         "not failing repetitions, which are recorded) tolerated before the run fails.",
     )
     suspend: bool = Field(default=False, description="Pause the suite.")
+    cancel: bool = Field(
+        default=False,
+        description="Cancel the suite, for good: no cell is started any more, running "
+        "benchmark pods are removed and the cell queues deleted, the repetitions already "
+        "recorded are kept (with a report of them), and the suite ends in phase Cancelled; a "
+        "schedule fires no more. Cannot be set back to false; `proctor cancel suite/NAME` "
+        "sets it.",
+    )
+    cache: SuiteCacheSpec | None = Field(
+        default=None,
+        description="Write measured cells to a cache and, with reuse: unchanged, reuse "
+        "unchanged cells instead of measuring them again. Unset: no cache is read or written.",
+    )
 
     rules = ()
+    transition_rules = (CANCEL_IS_ONE_WAY,)
 
     def lease_seconds(self) -> float:
         """How long a claimed repetition stays leased, on the suite's queue or the default one."""
@@ -176,7 +221,7 @@ class BenchmarkSuiteSpec(ApiModel):
         return self.baseline.confidence_level if self.baseline else DEFAULT_CONFIDENCE_LEVEL
 
 
-Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended", "Cancelled"]
 
 
 class CellSummary(ApiModel):
@@ -197,6 +242,12 @@ class CellSummary(ApiModel):
     mean_ci: list[float] | None = Field(default=None, description="Interval of the mean.")
     median_ci: list[float] | None = Field(default=None, description="Interval of the median.")
     regression: bool | None = Field(default=None, description="Slower than the baseline.")
+    reused_from: str | None = Field(
+        default=None,
+        description="Set when the cell was not measured by this run but reused from the "
+        "cache (spec.cache.reuse: unchanged): the suite run that measured it, "
+        "`namespace/suite/runId`.",
+    )
 
 
 class Regression(ApiModel):
@@ -212,7 +263,7 @@ class SuiteRunSummary(ApiModel):
     """One finished run of the suite, as kept in status.history."""
 
     run_id: str = Field(description="The run's id (also its storage prefix).")
-    phase: Phase = Field(description="Succeeded or Failed.")
+    phase: Phase = Field(description="Succeeded, Failed or Cancelled.")
     start_time: str | None = Field(default=None, description="When the run started.")
     completion_time: str | None = Field(default=None, description="When it finished.")
     completed: int = Field(default=0, description="Repetitions recorded.")
@@ -227,11 +278,16 @@ class SuiteRunSummary(ApiModel):
 class BenchmarkSuiteStatus(ApiModel):
     """Observed state of a BenchmarkSuite."""
 
-    phase: Phase | None = Field(default=None, description="Pending, Running, Succeeded, ...")
+    phase: Phase | None = Field(
+        default=None,
+        description="Pending, Running, Suspended, or once a run ended Succeeded, Failed or "
+        "Cancelled.",
+    )
     observed_generation: int | None = Field(default=None, description="Generation acted upon.")
     conditions: list[Condition] | None = Field(
         default=None,
-        description="Ready, Progressing, Succeeded, Failed, Suspended.",
+        description="Ready, Progressing, Degraded, Succeeded, Failed, Suspended, Cancelled, "
+        "Regressed.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     progress_percent: float | None = Field(default=None, description="Repetitions done, 0-100.")
