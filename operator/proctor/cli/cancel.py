@@ -109,7 +109,7 @@ def _find(target: Target, ref: str) -> tuple[ClusterApi, str, dict[str, Any]]:
         )
     if not found:
         what = wanted.kind if isinstance(wanted, Kind) else "EvalRun or BenchmarkSuite"
-        raise CommandError(f"no {what} {name} in namespace {target.where}", EXIT_NOT_FOUND)
+        raise CommandError(f"no {what} named {name!r} in namespace {target.where}", EXIT_NOT_FOUND)
     return found[0]
 
 
