@@ -1,0 +1,240 @@
+"""The result cache through ``proctor run``: baseline hits across runs, source edits, a
+nondeterministic task, two runs writing one cache at once, and decisions unchanged."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from proctor.cache.keys import SideKey, piece_number
+from proctor.cache.store import decode
+from proctor.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+TASK = """
+from proctor.sdk import Task
+
+class Sums(Task):
+    cacheable = {cacheable}
+
+    def generate(self, seed, index):
+        return [(seed * 7 + index * 13 + j) % 50 for j in range(5)]
+
+    def check(self, case, output):
+        return [] if output == sum(case) else ["wrong-sum"]
+
+
+def task(params):
+    return Sums(params)
+"""
+
+IMPL = """
+CALLS = []
+
+def exact(case):
+    return sum(case)
+
+def sloppy(case):
+    return sum(case) + (1 if case[0] % 10 == 3 else 0)
+"""
+
+MODULES = ("sums_task", "base_impl", "cand_impl")
+
+MANIFEST = """
+apiVersion: proctor.dev/v1alpha1
+kind: EvalRun
+metadata:
+  name: {name}
+spec:
+  image: proctor/proctor:0.1.0
+  task:
+    entrypoint: sums_task:task
+  cases:
+    count: {count}
+    seed: 3
+  compare:
+    baseline:
+      ref: base_impl:{baseline}
+    candidate:
+      ref: cand_impl:{candidate}
+    minDelta: -0.5
+  cache:
+    mode: {mode}
+    {uri}
+  batch:
+    initialSize: 40
+  caseTimeout: 10s
+"""
+
+
+@pytest.fixture(autouse=True)
+def _files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    write_task(tmp_path, cacheable=True)
+    (tmp_path / "base_impl.py").write_text(IMPL)
+    (tmp_path / "cand_impl.py").write_text(IMPL)
+
+
+def write_task(tmp_path: Path, *, cacheable: bool) -> None:
+    (tmp_path / "sums_task.py").write_text(TASK.format(cacheable=cacheable))
+
+
+def run(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    *,
+    baseline: str = "exact",
+    candidate: str = "exact",
+    mode: str = "readWrite",
+    count: int = 300,
+    uri: str | None = None,
+    workers: int = 2,
+    quiet: bool = False,
+) -> tuple[int, dict[str, Any]]:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        MANIFEST.format(
+            name=name,
+            count=count,
+            baseline=baseline,
+            candidate=candidate,
+            mode=mode,
+            uri=f"uri: {uri}" if uri else "",
+        )
+    )
+    for module in MODULES:  # workers are forked: each run imports the files as they are now
+        sys.modules.pop(module, None)
+    if not quiet:
+        capsys.readouterr()
+    code = main(["run", str(path), "--workers", str(workers), "--json"])
+    if quiet:
+        return code, {}
+    out = capsys.readouterr().out.strip().splitlines()
+    return code, json.loads(out[-1])
+
+
+def records(tmp_path: Path, name: str) -> list[dict[str, Any]]:
+    table = pq.read_table(tmp_path / "proctor-results" / name / "results.parquet")
+    rows: list[dict[str, Any]] = table.to_pylist()
+    return rows
+
+
+def test_a_new_candidate_reuses_every_baseline_result(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, first = run(tmp_path, capsys, "first", candidate="exact")
+    assert first["cache"] == {
+        "hits": 0,
+        "misses": 600,
+        "baseline": {"hits": 0, "misses": 300},
+        "candidate": {"hits": 0, "misses": 300},
+        "uri": (tmp_path / "proctor-results" / "proctor-cache").as_uri(),
+    }
+    _, second = run(tmp_path, capsys, "second", candidate="sloppy")
+    assert second["cache"]["baseline"] == {"hits": 300, "misses": 0}
+    assert second["cache"]["candidate"] == {"hits": 0, "misses": 300}
+    rows = records(tmp_path, "second")
+    assert all(r["baseline_cached_from"] == "first" for r in rows)
+    assert all(r["cached_from"] is None for r in rows)
+    # The sloppy candidate's failures are its own, fresh; the baseline's passes are cached.
+    assert sum(not r["passed"] for r in rows) == second["failed"] > 0
+
+
+def test_editing_one_line_of_the_baseline_gives_zero_hits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(tmp_path, capsys, "first")
+    _, again = run(tmp_path, capsys, "again")
+    assert again["cache"]["baseline"] == {"hits": 300, "misses": 0}
+    source = (tmp_path / "base_impl.py").read_text()
+    (tmp_path / "base_impl.py").write_text(source.replace("CALLS = []", "CALLS = [None]"))
+    _, edited = run(tmp_path, capsys, "edited")
+    assert edited["cache"]["baseline"] == {"hits": 0, "misses": 300}
+    assert edited["cache"]["candidate"] == {"hits": 300, "misses": 0}
+
+
+def test_a_nondeterministic_task_is_never_cached(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_task(tmp_path, cacheable=False)
+    run(tmp_path, capsys, "first")
+    _, second = run(tmp_path, capsys, "second")
+    assert second["cache"]["hits"] == 0
+    assert second["cache"]["misses"] == 600
+    assert not (tmp_path / "proctor-results" / "proctor-cache" / "v1").exists()
+
+
+def test_the_decision_equals_that_of_an_uncached_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code_plain, plain = run(tmp_path, capsys, "plain", candidate="sloppy", mode="off")
+    assert "cache" not in plain
+    run(tmp_path, capsys, "warm", candidate="sloppy")
+    code_cached, cached = run(tmp_path, capsys, "cached", candidate="sloppy")
+    assert cached["cache"]["misses"] == 0
+    same = ("decision", "baselinePassRate", "candidatePassRate", "delta", "interval", "failed")
+    assert code_cached == code_plain
+    assert {k: cached[k] for k in same} == {k: plain[k] for k in same}
+    assert [r["passed"] for r in records(tmp_path, "cached")] == [
+        r["passed"] for r in records(tmp_path, "plain")
+    ]
+
+
+def test_read_mode_adds_nothing_and_write_mode_reuses_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, read = run(tmp_path, capsys, "read", mode="read")
+    assert read["cache"]["hits"] == 0
+    assert not (tmp_path / "proctor-results" / "proctor-cache" / "v1").exists()
+    run(tmp_path, capsys, "write", mode="write")
+    _, write = run(tmp_path, capsys, "write2", mode="write")
+    assert write["cache"] == {**write["cache"], "hits": 0, "misses": 600}
+    _, reread = run(tmp_path, capsys, "reread", mode="read")
+    assert reread["cache"]["hits"] == 600
+
+
+def test_two_runs_writing_one_cache_at_once_leave_no_duplicate_or_corrupt_entry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = tmp_path / "shared-cache"
+    results: dict[str, int] = {}
+
+    def go(name: str) -> None:
+        results[name] = run(
+            tmp_path, capsys, name, count=2500, uri=str(cache), workers=2, quiet=True
+        )[0]
+
+    threads = [threading.Thread(target=go, args=(n,)) for n in ("one", "two")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {"one": 0, "two": 0}
+    seen: dict[tuple[str, int], int] = {}
+    pieces = list(cache.rglob("*.arrow.zst"))
+    assert pieces
+    for path in pieces:
+        assert piece_number(path.name) is not None
+        side = path.relative_to(cache / "v1").parts[0]
+        block = int(path.parent.name)
+        key = _side_key(cache, path)
+        for entry in decode(path.read_bytes(), key, block, path.name):  # never corrupt
+            seen[(side, entry.index)] = seen.get((side, entry.index), 0) + 1
+    assert sorted(set(seen.values())) == [1]  # no case twice
+    assert len(seen) == 2 * 2500  # both sides, every case
+
+
+def _side_key(cache: Path, path: Path) -> SideKey:
+    impl, task, space = path.relative_to(cache / "v1").parts[:3]
+    return SideKey(impl, task, space, "baseline")
