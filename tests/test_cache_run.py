@@ -101,6 +101,7 @@ def run(
     uri: str | None = None,
     workers: int = 2,
     quiet: bool = False,
+    stderr: list[str] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     path = tmp_path / f"{name}.yaml"
     path.write_text(
@@ -120,7 +121,10 @@ def run(
     code = main(["run", str(path), "--workers", str(workers), "--json"])
     if quiet:
         return code, {}
-    out = capsys.readouterr().out.strip().splitlines()
+    captured = capsys.readouterr()
+    if stderr is not None:
+        stderr.append(captured.err)
+    out = captured.out.strip().splitlines()
     return code, json.loads(out[-1])
 
 
@@ -238,3 +242,19 @@ def test_two_runs_writing_one_cache_at_once_leave_no_duplicate_or_corrupt_entry(
 def _side_key(cache: Path, path: Path) -> SideKey:
     impl, task, space = path.relative_to(cache / "v1").parts[:3]
     return SideKey(impl, task, space, "baseline")
+
+
+def test_a_cache_that_cannot_be_written_is_read_only_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    err: list[str] = []
+    blocked = str(tmp_path / "a-file" / "cache")
+    code, summary = run(tmp_path, capsys, "blocked", uri=blocked, stderr=err)
+    assert code == 0
+    assert summary["completed"] == 300
+    assert summary["cache"]["readOnly"] is True
+    assert summary["cache"]["misses"] == 600
+    # The warning was printed before the summary (on stderr), saying what happened.
+    assert "cannot be written" in err[0]
+    assert "only read by this run" in err[0]
