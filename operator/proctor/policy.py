@@ -108,6 +108,28 @@ def dataset_problem(spec: EvalRunSpec, config: OperatorConfig) -> Problem | None
     return storage_problem(read, config, "spec.cases.dataset")
 
 
+def cache_problem(spec: EvalRunSpec, config: OperatorConfig) -> Problem | None:
+    """Whether the operator's workers may use the run's cache (``spec.cache.uri``): an S3
+    prefix, reached with the storage's endpoint and credentials, where the policy lets the
+    storage be. The default cache is beside the storage, which is checked already."""
+    uri = spec.cache.uri
+    if spec.cache.mode == "off" or uri is None:
+        return None
+    if not uri.startswith("s3://"):
+        return Problem(
+            POLICY_VIOLATION,
+            f"spec.cache.uri {uri!r} is a local path, which only proctor run can use; give an "
+            "s3:// prefix, or leave it unset for the default cache beside the run's storage",
+        )
+    storage = spec.storage
+    reach = StorageSpec.model_construct(
+        uri=uri,
+        endpoint=storage.endpoint if storage else config.default_storage_endpoint,
+        secret_ref=storage.secret_ref if storage else None,
+    )
+    return storage_problem(reach, config, "spec.cache")
+
+
 def spec_size_problem(spec_json: str) -> Problem | None:
     """A spec too large to reach workers through their environment."""
     size = len(spec_json.encode())
@@ -134,7 +156,7 @@ def admit(spec: EvalRunSpec, config: OperatorConfig) -> Problem | None:
         problem = storage_problem(spec.storage, config)
         if problem is not None:
             return problem
-    problem = dataset_problem(spec, config)
+    problem = dataset_problem(spec, config) or cache_problem(spec, config)
     if problem is not None:
         return problem
     return spec_size_problem(spec.model_dump_json(by_alias=True, exclude_none=True))

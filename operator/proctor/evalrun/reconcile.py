@@ -22,6 +22,7 @@ import structlog
 from proctor.api.conditions import Problem, is_true
 from proctor.api.quantity import parse_duration
 from proctor.api.v1alpha1.evalrun import TERMINAL_PHASES, CaseCounts, EvalRunSpec, WorkerCounts
+from proctor.cache.counts import cache_status
 from proctor.cluster.api import ClusterApi
 from proctor.cluster.losses import ledger_status
 from proctor.cluster.writes import EventSink
@@ -59,6 +60,7 @@ from proctor.evalrun.gather import (
     gather_placement,
     gather_progress,
     gather_run,
+    probe_cache,
     run_storage,
 )
 from proctor.evalrun.runtime import RunRuntime
@@ -163,6 +165,10 @@ def _advance_queue(
             resolved=progress.resolved,
         )
         result = write_summary(spec, storage, ref, snap, made)
+    cache_problem = probe_cache(spec, ref, conn, rt, clients)
+    cache = cache_status(
+        spec, progress.aggregate, spec.cache.location(conn.storage_uri), cache_problem
+    )
     return QueueFacts(
         counts=case_counts(snap, depth),
         finished=finished,
@@ -175,6 +181,8 @@ def _advance_queue(
         result=result,
         checkpoint=checkpoint,
         cancelled=cancel.cancelled and not snap.finished,
+        cache=cache,
+        cache_problem=cache_problem,
     )
 
 
