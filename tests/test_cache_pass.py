@@ -14,6 +14,8 @@ from prometheus_client import generate_latest
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.config import OperatorConfig
 from proctor.connection import RunRef
+from proctor.controller.evalrun import record_pass
+from proctor.controller.metrics import OperatorMetrics
 from proctor.evalrun.reconcile import PassResult, reconcile_run
 from proctor.worker.metrics import WorkerMetrics
 from proctor.worker.runtime import Worker, WorkerConfig
@@ -31,6 +33,7 @@ class CacheWorld(World):
     """A World whose run has its own uid, worked on by real workers."""
 
     uid: str = "run-uid"
+    counted: PassResult | None = None  # the latest pass that reported the cache
 
     def reconcile(self) -> PassResult:
         self.now = self.now.replace(second=(self.now.second + 5) % 60)
@@ -66,7 +69,9 @@ class CacheWorld(World):
 
     def finish(self) -> dict[str, Any]:
         for _ in range(4):
-            self.reconcile()
+            result = self.reconcile()
+            if result.cache is not None:
+                self.counted = result
         assert self.cluster.status is not None
         return self.cluster.status
 
@@ -115,6 +120,15 @@ def test_status_cache_counts_the_baseline_hits_of_a_second_run(tmp_path: Path) -
     assert sample(metrics, "baseline", "hit") == 40
     assert sample(metrics, "candidate", "miss") == 40
     assert b"proctor_worker_cache_results_total" in generate_latest(metrics.registry)
+    operator = OperatorMetrics()
+    assert second.counted is not None
+    record_pass(
+        operator, RunRef("ns", "second", "second", 1, {}), second.counted, trigger="t", seconds=0.1
+    )
+    labels = {"namespace": "ns", "run": "second", "side": "baseline", "result": "hit"}
+    assert operator.registry.get_sample_value("proctor_operator_cache_results", labels) == 40
+    labels.update(side="candidate", result="miss")
+    assert operator.registry.get_sample_value("proctor_operator_cache_results", labels) == 40
     # Cached baseline results decide like fresh ones: the buggy candidate is rejected.
     assert status2["result"]["decision"] == "reject"
     assert status2["result"]["baselinePassRate"] == 1.0

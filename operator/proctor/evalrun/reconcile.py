@@ -21,7 +21,13 @@ import structlog
 
 from proctor.api.conditions import Problem, is_true
 from proctor.api.quantity import parse_duration
-from proctor.api.v1alpha1.evalrun import TERMINAL_PHASES, CaseCounts, EvalRunSpec, WorkerCounts
+from proctor.api.v1alpha1.evalrun import (
+    TERMINAL_PHASES,
+    CacheStatus,
+    CaseCounts,
+    EvalRunSpec,
+    WorkerCounts,
+)
 from proctor.cache.counts import cache_status
 from proctor.cluster.api import ClusterApi
 from proctor.cluster.losses import ledger_status
@@ -89,6 +95,7 @@ class PassResult:
     cases_per_second: float = 0.0
     stalled: bool = False
     expired: bool = False  # ttlSecondsAfterFinished has passed: the caller deletes the run
+    cache: CacheStatus | None = None  # hits and misses so far, when the run uses a cache
 
 
 def connection(
@@ -348,6 +355,7 @@ def _act_and_report(
         # The gauge reads 0 once a run is finished, from the pass that finished it on.
         cases_per_second=0.0 if facts.finished else facts.rate or 0.0,
         stalled=is_true(update.status.conditions, "Stalled"),
+        cache=facts.cache,
     )
 
 

@@ -13,12 +13,11 @@ import yaml
 from proctor.api.quantity import parse_duration
 from proctor.api.v1alpha1.evalrun import BatchSpec, EvalRun, EvalRunSpec
 from proctor.cache import MemoRows, open_cache_blobs, with_cache
-from proctor.cache.store import Event
-from proctor.cache.task import Observe
 from proctor.dataset.run import ENV_PREFIX, credentials_from_env, dataset_location, open_reader
 from proctor.sdk import LoadedTask, load_task
 from proctor.storage import RunStorage, open_storage
 from proctor.worker.common import ConfigError, Env, host_pid
+from proctor.worker.metrics import WorkerMetrics
 
 __all__ = [
     "BatchSizer",
@@ -142,14 +141,12 @@ def load_run_task(
     spec: EvalRunSpec,
     config: WorkerConfig,
     storage: RunStorage,
-    *,
-    observe: Observe | None = None,
-    on_event: Event | None = None,
+    metrics: WorkerMetrics | None = None,
 ) -> LoadedTask:
     """The run's task, reading its cases from the run's dataset when it has one (the manifest
     admission stored, the dataset's credentials or the storage's), keeping outputs when asked,
-    through the result cache when ``spec.cache`` uses one (``observe`` and ``on_event`` see
-    its hits and troubles)."""
+    through the result cache when ``spec.cache`` uses one (``metrics`` count its hits and
+    troubles)."""
     rows: Any = None
     if spec.cases.dataset is not None:
         location = dataset_location(
@@ -177,8 +174,8 @@ def load_run_task(
         run=config.run_name or config.run_id,
         rows=rows if isinstance(rows, MemoRows) else None,
         dataset=spec.cases.dataset.uri if spec.cases.dataset is not None else None,
-        observe=observe,
-        on_event=on_event,
+        observe=metrics.observe_cache if metrics else None,
+        on_event=metrics.cache_event if metrics else None,
     )
 
 

@@ -290,13 +290,7 @@ class Worker:
         return code
 
     def _load(self, spec: EvalRunSpec) -> Any:
-        return load_run_task(
-            spec,
-            self.config,
-            self.storage,
-            observe=self.metrics.observe_cache,
-            on_event=self.metrics.cache_event,
-        )
+        return load_run_task(spec, self.config, self.storage, self.metrics)
 
     def _loop(self) -> None:
         entry_size = self.spec.batch.initial_size
