@@ -258,3 +258,36 @@ def test_a_cache_that_cannot_be_written_is_read_only_with_a_warning(
     # The warning was printed before the summary (on stderr), saying what happened.
     assert "cannot be written" in err[0]
     assert "only read by this run" in err[0]
+
+
+def test_proctor_cache_clear_by_side_then_everything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(tmp_path, capsys, "first")
+    sys.modules.pop("base_impl", None)
+    assert main(["cache", "clear", str(tmp_path / "first.yaml"), "--side", "baseline"]) == 0
+    out = capsys.readouterr().out
+    assert "removed" in out
+    assert "v1/" in out
+    _, second = run(tmp_path, capsys, "second")
+    assert second["cache"]["baseline"] == {"hits": 0, "misses": 300}
+    assert second["cache"]["candidate"] == {"hits": 300, "misses": 0}
+    cache = tmp_path / "proctor-results" / "proctor-cache"
+    assert main(["cache", "clear", "--uri", str(cache)]) == 0
+    assert not list(cache.rglob("*.arrow.zst"))
+    _, third = run(tmp_path, capsys, "third")
+    assert third["cache"]["hits"] == 0
+
+
+def test_proctor_cache_clear_by_implementation_fingerprint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(tmp_path, capsys, "first", candidate="sloppy")
+    cache = tmp_path / "proctor-results" / "proctor-cache"
+    implementations = sorted(p.name for p in (cache / "v1").iterdir())
+    assert len(implementations) == 2  # each side its own
+    args = ["cache", "clear", "--uri", cache.as_uri(), "--implementation", implementations[0]]
+    assert main(args) == 0
+    assert sorted(p.name for p in (cache / "v1").iterdir()) == implementations[1:]
+    assert main(["cache", "clear", "--uri", str(cache), "--side", "baseline"]) == 2
+    assert main(["cache", "clear"]) == 2
