@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +100,6 @@ def run(
     count: int = 300,
     uri: str | None = None,
     workers: int = 2,
-    quiet: bool = False,
     stderr: list[str] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     path = tmp_path / f"{name}.yaml"
@@ -116,11 +115,8 @@ def run(
     )
     for module in MODULES:  # workers are forked: each run imports the files as they are now
         sys.modules.pop(module, None)
-    if not quiet:
-        capsys.readouterr()
+    capsys.readouterr()
     code = main(["run", str(path), "--workers", str(workers), "--json"])
-    if quiet:
-        return code, {}
     captured = capsys.readouterr()
     if stderr is not None:
         stderr.append(captured.err)
@@ -209,21 +205,26 @@ def test_read_mode_adds_nothing_and_write_mode_reuses_nothing(
 
 
 def test_two_runs_writing_one_cache_at_once_leave_no_duplicate_or_corrupt_entry(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
 ) -> None:
+    """Two ``proctor run`` processes at once, each with two workers, over one cache."""
     cache = tmp_path / "shared-cache"
-    results: dict[str, int] = {}
-
-    def go(name: str) -> None:
-        results[name] = run(
-            tmp_path, capsys, name, count=2500, uri=str(cache), workers=2, quiet=True
-        )[0]
-
-    threads = [threading.Thread(target=go, args=(n,)) for n in ("one", "two")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(tmp_path)])}
+    procs = {}
+    for name in ("one", "two"):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(
+            MANIFEST.format(
+                name=name, count=2500, baseline="exact", candidate="exact", mode="readWrite",
+                uri=f"uri: {cache}",
+            )
+        )  # fmt: skip
+        command = [sys.executable, "-m", "proctor", "run", str(path), "--workers", "2", "--json"]
+        procs[name] = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE)
+    results = {name: proc.wait(timeout=240) for name, proc in procs.items()}
+    for proc in procs.values():
+        assert proc.stdout is not None
+        proc.stdout.close()
     assert results == {"one": 0, "two": 0}
     seen: dict[tuple[str, int], int] = {}
     pieces = list(cache.rglob("*.arrow.zst"))
