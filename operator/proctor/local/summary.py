@@ -103,7 +103,7 @@ def _add_tail(table: Table, data: dict[str, Any]) -> None:
     if data["earlyStopped"]:
         table.add_row("early stopped", "yes")
     if data.get("cache"):
-        table.add_row("cache", _cache_line(data["cache"]))
+        table.add_row("cache", cache_line(data["cache"]))
     rate = data["casesPerSecond"]
     table.add_row("time", f"{data['seconds']:.1f}s" + (f" ({rate:,.0f} cases/s)" if rate else ""))
     table.add_row("results", plain(data["resultsUri"]))
@@ -113,7 +113,7 @@ def _add_tail(table: Table, data: dict[str, Any]) -> None:
         table.add_row("resume", plain(data["resume"]))
 
 
-def _cache_line(cache: dict[str, Any]) -> str:
+def cache_line(cache: dict[str, Any]) -> str:
     """``12 hits, 3 misses (baseline 10/0, candidate 2/3)``, and whether it was only read."""
     line = f"{cache['hits']:,} hits, {cache['misses']:,} misses"
     if "baseline" in cache:
