@@ -3,7 +3,9 @@ S3 (moto), corrupt pieces ignored, refused writes turning the store read-only.""
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,10 +27,10 @@ from proctor.cache.keys import (
     rows_space,
     task_fingerprint,
 )
-from proctor.cache.setup import task_keys
+from proctor.cache.setup import task_code, task_keys
 from proctor.cache.store import CacheStore, Entry, decode, encode
 from proctor.examples import topk
-from proctor.sdk import load_task
+from proctor.sdk import Property, Task, load_task
 from proctor.sdk.records import side_record
 from proctor.storage import Blobs, LocalBlobs, S3Blobs, StorageError
 
@@ -114,8 +116,12 @@ def test_code_identity_is_the_module_source_or_the_package_version(tmp_path: Pat
         "module": "pyarrow.lib",
         "package": f"pyarrow=={importlib.metadata.version('pyarrow')}",
     }
+    # Built-in functions are pinned by Python's version.
+    assert code_identity(len) == {"module": "builtins", "package": f"python=={sys.version}"}
+    nowhere: dict[str, Any] = {"__name__": "made_up_nowhere"}
+    exec("def f(case):\n    return case\n", nowhere)
     with pytest.raises(UnfingerprintableError):
-        code_identity(len)
+        code_identity(nowhere["f"])
 
 
 def spec(**cache: Any) -> EvalRunSpec:
@@ -131,6 +137,25 @@ def spec(**cache: Any) -> EvalRunSpec:
             "cache": cache or {"mode": "readWrite"},
         }
     )
+
+
+def test_a_property_from_another_module_is_in_the_task_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "cache_checks.py").write_text("def non_empty(case, out):\n    return bool(out)\n")
+    cache_checks = importlib.import_module("cache_checks")
+
+    class Checked(Task):
+        properties = (Property("non-empty", cache_checks.non_empty),)
+        relations = topk.TopKTask.relations
+
+    before = task_code(Checked())
+    assert set(before) == {__name__, "cache_checks", "proctor.examples.topk"}
+    (tmp_path / "cache_checks.py").write_text("def non_empty(case, out):\n    return out != []\n")
+    importlib.reload(cache_checks)
+    assert task_code(Checked())["cache_checks"] != before["cache_checks"]
+    assert task_code(Checked())[__name__] == before[__name__]
 
 
 def test_task_keys_of_a_loaded_comparison() -> None:

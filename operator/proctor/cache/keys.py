@@ -59,19 +59,22 @@ def file_digest(path: Path) -> str:
 
 
 def code_identity(obj: Any) -> dict[str, str]:
-    """What pins ``obj``'s code: the digest of its module's source file, or its distribution
-    and version when the module has no source file. Raises :class:`UnfingerprintableError`."""
+    """What pins ``obj``'s code: the digest of its module's source file, or, for a module
+    without one, its distribution and version (Python's for the standard library's built-in
+    modules). Raises :class:`UnfingerprintableError`."""
     while isinstance(obj, functools.partial):
         obj = obj.func
     module = inspect.getmodule(obj)
-    if module is None:
-        module = sys.modules.get(getattr(type(obj), "__module__", ""))
+    if module is None and not (inspect.isroutine(obj) or inspect.isclass(obj)):
+        module = sys.modules.get(type(obj).__module__)  # an instance: its class's module
     if module is None:
         raise UnfingerprintableError(f"{obj!r} belongs to no module")
     source = getattr(module, "__file__", None)
     if source and source.endswith(".py") and Path(source).is_file():
         return {"module": module.__name__, "source": file_digest(Path(source))}
     top = module.__name__.partition(".")[0]
+    if top in sys.stdlib_module_names or top == "builtins":
+        return {"module": module.__name__, "package": f"python=={sys.version}"}
     for dist in importlib.metadata.packages_distributions().get(top, []):
         return {"module": module.__name__, "package": f"{dist}=={importlib.metadata.version(dist)}"}
     raise UnfingerprintableError(

@@ -24,7 +24,7 @@ from proctor.cache.keys import (
 )
 from proctor.cache.store import CacheStore, Event
 from proctor.cache.task import CachedTask, CacheUse, MemoRows, Observe
-from proctor.sdk import CommandTask, LoadedTask, PythonTask
+from proctor.sdk import CommandTask, LoadedTask, PythonTask, Task
 from proctor.storage import Blobs, LocalBlobs, StorageError, open_blobs
 
 log = structlog.get_logger("proctor.cache")
@@ -59,6 +59,21 @@ class TaskKeys:
     roles: tuple[str, ...]
 
 
+def task_code(task: Task) -> dict[str, str]:
+    """What pins a task's code: the source (or version) of its own module and of each module
+    its properties' and relations' functions come from, by module name."""
+    fns: list[Any] = [task]
+    for prop in task.properties:
+        fns.append(prop.check)
+    for rel in task.relations:
+        fns += [rel.transform, rel.relate] if rel.relate is not None else [rel.transform]
+    code: dict[str, str] = {}
+    for fn in fns:
+        ident = code_identity(fn)
+        code[ident["module"]] = ident.get("source") or ident.get("package", "")
+    return code
+
+
 def task_keys(spec: EvalRunSpec, task: LoadedTask) -> TaskKeys | None:
     """The key parts of ``task`` loaded from ``spec``; None when it is not cacheable (a
     ``cacheable = False`` task, or code that cannot be fingerprinted)."""
@@ -74,7 +89,7 @@ def task_keys(spec: EvalRunSpec, task: LoadedTask) -> TaskKeys | None:
         if isinstance(task, PythonTask):
             if not getattr(task.task, "cacheable", True):
                 return None
-            code = code_identity(task.task)
+            code = task_code(task.task)
             entry: str | list[str] = spec.task.entrypoint or ""
             impl_code = [code_identity(fn) for fn in task.implementations]
         elif isinstance(task, CommandTask):
