@@ -177,6 +177,8 @@ def test_status_view_shows_the_whole_result_and_keeps_user_text() -> None:
         result={"baselinePassRate": 0.995, "candidatePassRate": 0.99, "delta": -0.005,
                 "deltaLower": -0.01, "deltaUpper": 0.0, "decision": "reject", "reason": reason,
                 "resultsUri": uri},
+        cache={"hits": 2000, "misses": 2000, "baseline": {"hits": 2000, "misses": 0},
+               "candidate": {"hits": 0, "misses": 2000}},
         conditions=[{"type": "Succeeded", "status": "True", "reason": "Completed",
                      "message": "all 2000 cases evaluated",
                      "lastTransitionTime": "2026-12-07T11:59:00Z"}],
@@ -187,6 +189,7 @@ def test_status_view_shows_the_whole_result_and_keeps_user_text() -> None:
     assert "2,000 of 2,000 cases (100.0%)" in text
     assert "3 workers (bound by cpu; 3 fit on 1 nodes), profile small: 1 CPU, 2Gi" in text
     assert "pools spot=3" in text
+    assert "2,000 hits, 2,000 misses (baseline 2,000/0, candidate 0/2,000)" in text
     assert "-0.50% [-1.00%, 0.00%]" in text
     assert reason in text
     assert uri in text

@@ -56,6 +56,21 @@ ROUND_TRIPS = {
     "comparison, baseline errored": [
         case_record(0, [side_record([], "x", "crashed"), side_record([], None)], 1.0)
     ],
+    "a cached side of a plain run": [
+        case_record(0, [{**side_record([], None), "cachedFrom": "ns/first"}], 0.0),
+        plain(1),
+    ],
+    "a comparison whose baseline is cached": [
+        case_record(
+            i,
+            [
+                {**side_record([], None), "cached": True, "cachedFrom": "first"},
+                side_record(["sorted"] if i else [], None),
+            ],
+            1.0,
+        )
+        for i in range(3)
+    ],
     "output of null, a number, a string": [
         plain(0, output=None),
         plain(1, output=3.5),
@@ -85,8 +100,9 @@ def test_columns_of_a_plain_and_of_a_compared_record() -> None:
     assert row.to_pylist() == [
         {"index": 3, "id": "f#3", "partition": None, "outcome": "failed", "seconds": 0.0045,
          "passed": False, "error": None, "errorType": None, "violations": ["sorted"],
-         "output": "[1]", "baseline_passed": None, "baseline_error": None,
-         "baseline_errorType": None, "baseline_violations": None, "baseline_output": None}
+         "output": "[1]", "cached_from": None, "baseline_passed": None, "baseline_error": None,
+         "baseline_errorType": None, "baseline_violations": None, "baseline_output": None,
+         "baseline_cached_from": None}
     ]  # fmt: skip
     (row,) = conform(pa.Table.from_batches([to_batch([compared(1)])])).to_pylist()
     assert (row["outcome"], row["passed"], row["violations"]) == (

@@ -162,6 +162,18 @@ def policy(**fields: Any) -> OperatorConfig:
          None, ""),
         (spec_with(serviceAccountName="admin"), policy(allowedServiceAccounts=["evals-*"]),
          "PolicyViolation", "allowedServiceAccounts"),
+        # A cache elsewhere is reached with the storage's credentials, where they may go.
+        (spec_with(storage={**STORAGE, "secretRef": {"name": "s3"}},
+                   cache={"mode": "readWrite", "uri": "s3://team-a/cache"}), OperatorConfig(),
+         None, ""),
+        (spec_with(storage={**STORAGE, "secretRef": {"name": "s3"}},
+                   cache={"mode": "readWrite", "uri": "s3://team-b/cache"}),
+         policy(allowedStorageBuckets=["team-a"]), "PolicyViolation", "spec.cache.uri"),
+        (spec_with(cache={"mode": "read", "uri": "s3://other/cache"}), OperatorConfig(),
+         "PolicyViolation", "spec.cache names bucket 'other' without a secretRef"),
+        (spec_with(cache={"mode": "readWrite", "uri": "/tmp/cache"}), OperatorConfig(),
+         "PolicyViolation", "is not an s3:// URI"),
+        (spec_with(cache={"mode": "off", "uri": "/tmp/cache"}), OperatorConfig(), None, ""),
     ],
 )  # fmt: skip
 def test_finding11_policy_admission(

@@ -90,15 +90,18 @@ def baseline_problem(
     return Problem(problem.reason, f"spec.baseline.resultsUri: {problem.message}")
 
 
-def cache_problem(uri: str, storage: StorageSpec | None, config: OperatorConfig) -> Problem | None:
-    """A suite's ``cache.uri`` is an S3 prefix the operator reads and writes with the suite's
-    own storage credentials, only where the policy lets the suite's storage be."""
+def cache_uri_problem(
+    uri: str, storage: StorageSpec | None, config: OperatorConfig
+) -> Problem | None:
+    """An EvalRun's or a suite's ``cache.uri`` is an S3 prefix the operator and its workers
+    read and write with the owner's own storage endpoint and credentials, only where the
+    policy lets its storage be."""
     if not uri.startswith("s3://"):
         return Problem(
             POLICY_VIOLATION,
             f"spec.cache.uri {uri!r} is not an s3:// URI; on a cluster the cache is kept in "
-            "S3 with the suite's own storage credentials (a local folder is for proctor run): "
-            "name an s3:// prefix, or leave uri unset to keep it beside the suite's storage",
+            "S3 with the storage's own credentials (a local folder is for proctor run): "
+            "name an s3:// prefix, or leave uri unset to keep it beside the storage",
         )
     kept = (
         storage.model_copy(update={"uri": uri})
@@ -132,6 +135,14 @@ def dataset_problem(spec: EvalRunSpec, config: OperatorConfig) -> Problem | None
     return storage_problem(read, config, "spec.cases.dataset")
 
 
+def cache_problem(spec: EvalRunSpec, config: OperatorConfig) -> Problem | None:
+    """Whether the run's workers may use its cache (``spec.cache.uri``); the default cache is
+    beside the storage, which is checked already."""
+    if spec.cache.mode == "off" or spec.cache.uri is None:
+        return None
+    return cache_uri_problem(spec.cache.uri, spec.storage, config)
+
+
 def spec_size_problem(spec_json: str) -> Problem | None:
     """A spec too large to reach workers through their environment."""
     size = len(spec_json.encode())
@@ -158,7 +169,7 @@ def admit(spec: EvalRunSpec, config: OperatorConfig) -> Problem | None:
         problem = storage_problem(spec.storage, config)
         if problem is not None:
             return problem
-    problem = dataset_problem(spec, config)
+    problem = dataset_problem(spec, config) or cache_problem(spec, config)
     if problem is not None:
         return problem
     return spec_size_problem(spec.model_dump_json(by_alias=True, exclude_none=True))

@@ -15,6 +15,7 @@ from proctor.bench.worker import main as bench_worker_main
 from proctor.cli import cancel as cancel_command
 from proctor.cli import plan as plan_command
 from proctor.cli import results
+from proctor.cli.cache import add_cache
 from proctor.cli.get import add_get
 from proctor.cli.logs import add_logs
 from proctor.cli.report import add_report
@@ -132,6 +133,7 @@ def build_parser(prog: str = "proctor") -> argparse.ArgumentParser:
     results.add_parser(sub)
     add_report(sub)
     add_logs(sub)
+    add_cache(sub)
     _add_workers(sub)
     _add_operator(sub)
     return parser

@@ -19,6 +19,7 @@ from proctor.cli.lookup import find_run
 from proctor.cli.usage import HelpFormatter, exit_codes
 from proctor.cli.views import age, conditions_table
 from proctor.console import make_console, plain
+from proctor.local.summary import cache_line
 
 OUTPUTS = ("view", "json", "yaml")
 
@@ -128,6 +129,8 @@ def evalrun_rows(status: dict[str, Any]) -> list[tuple[str, str]]:
             + (f", {plan['gpus']} GPUs" if plan.get("gpus") else "")
             + (f"; pools {pools}" if pools else ""),
         ))  # fmt: skip
+    if status.get("cache"):
+        rows.append(("cache", cache_line(status["cache"])))
     return rows + _result_rows(status.get("result") or {}, status)
 
 

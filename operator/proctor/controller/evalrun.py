@@ -147,6 +147,8 @@ def record_pass(
     )
     if result.new_disruptions:
         metrics.disruptions.labels(ref.namespace, ref.name).inc(result.new_disruptions)
+    if result.cache is not None:
+        metrics.observe_cache(ref.namespace, ref.name, result.cache)
 
 
 def delete_expired_run(api: ClusterApi, ref: RunRef, runtime: RunRuntime) -> None:

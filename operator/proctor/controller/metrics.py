@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 from dataclasses import dataclass
 from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteStatus
+from proctor.api.v1alpha1.evalrun import CacheStatus
 from proctor.buildinfo import register_build_info
 
 PHASES = ("Pending", "Running", "Succeeded", "Failed", "Suspended", "Cancelled")
@@ -139,6 +141,13 @@ class OperatorMetrics:
             "proctor_operator_run_stalled",
             "1 while a run's Stalled condition is True, else 0.",
         )
+        self.cache_results = Gauge(
+            "proctor_operator_cache_results",
+            "Sides of a run's recorded cases by side and result: hit (reused from the result "
+            "cache) or miss (evaluated by the run); status.cache.",
+            ["namespace", "run", "side", "result"],
+            registry=self.registry,
+        )
         self._runs = PhaseCount(self.runs)
         self.suites = SuiteMetrics(self.registry)
 
@@ -172,8 +181,19 @@ class OperatorMetrics:
         # ProctorHighDisruptionRate alert sees the first disruption too.
         self.disruptions.labels(namespace, run)
 
+    def observe_cache(self, namespace: str, run: str, cache: CacheStatus) -> None:
+        """A run's hits and misses per side (``task`` for a run without compare)."""
+        sides = {"baseline": cache.baseline, "candidate": cache.candidate}
+        counted = {k: v for k, v in sides.items() if v is not None} or {"task": cache}
+        for side, counts in counted.items():
+            self.cache_results.labels(namespace, run, side, "hit").set(counts.hits)
+            self.cache_results.labels(namespace, run, side, "miss").set(counts.misses)
+
     def forget_run(self, namespace: str, run: str) -> None:
         self._runs.forget((namespace, run))
+        for side, result in itertools.product(("baseline", "candidate", "task"), ("hit", "miss")):
+            with contextlib.suppress(KeyError):
+                self.cache_results.remove(namespace, run, side, result)
         for metric in (
             self.planned,
             self.ready,

@@ -19,6 +19,7 @@ from proctor.api.times import parse_time
 from proctor.api.v1alpha1.base import LossLedgerStatus
 from proctor.api.v1alpha1.cost import CostStatus
 from proctor.api.v1alpha1.evalrun import (
+    CacheStatus,
     CaseCounts,
     CheckpointStatus,
     EvalRunSpec,
@@ -202,6 +203,8 @@ class QueueFacts:
     fatal: Problem | None = None
     """What fails the run now (its dataset is invalid or changed)."""
     cancelled: bool = False  # finished by a cancel, before every case was evaluated
+    cache: CacheStatus | None = None
+    cache_problem: str = ""  # why the workers cannot write the cache
 
 
 def infeasible(plan: PlanResult) -> Problem | None:
@@ -392,6 +395,8 @@ def decide_status(
         fatal=facts.fatal,
         plan=plan,
         result=facts.result,
+        cache=facts.cache,
+        cache_problem=facts.cache_problem,
         disruptions=disruptions,
         spot_fallback=seen.spot_fallback,
         ledger=ledger,

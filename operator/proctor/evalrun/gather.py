@@ -21,6 +21,7 @@ import structlog
 from proctor.api.conditions import Event, Problem
 from proctor.api.v1alpha1.base import Placement
 from proctor.api.v1alpha1.evalrun import TERMINAL_PHASES, EvalRunSpec, EvalRunStatus
+from proctor.cache import open_cache_blobs, probe_writable
 from proctor.cluster.api import ClusterApi
 from proctor.cluster.client import KubeApiError
 from proctor.cluster.losses import EXPECTATION_SECONDS, Departed, count_losses, loss_events
@@ -263,6 +264,28 @@ def _open_storage(
         endpoint=conn.storage_endpoint,
         region=conn.storage_region,
     )
+
+
+def probe_cache(
+    spec: EvalRunSpec, ref: RunRef, conn: Connection, rt: RunRuntime, clients: SharedClients
+) -> str:
+    """Why the run's workers cannot write its cache ("" when they can, or it writes none),
+    found once per operator process with the storage's endpoint and credentials."""
+    cache = spec.cache
+    if not cache.writes:
+        return ""
+    if rt.cache_problem is None:
+        uri = cache.location(conn.storage_uri)
+        if uri.startswith("s3://"):
+            bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+            s3 = clients.s3(conn.storage_endpoint, conn.storage_region, conn.storage_credentials)
+            blobs: Any = S3Blobs(bucket, prefix, client=s3, retry_deadline=10.0)
+        else:
+            blobs = open_cache_blobs(uri)
+        rt.cache_problem = probe_writable(blobs, ref.uid)
+        if rt.cache_problem:
+            log.warning("cache is read-only for this run", reason=rt.cache_problem)
+    return rt.cache_problem
 
 
 def run_storage(

@@ -21,7 +21,14 @@ import structlog
 
 from proctor.api.conditions import Problem, is_true
 from proctor.api.quantity import parse_duration
-from proctor.api.v1alpha1.evalrun import TERMINAL_PHASES, CaseCounts, EvalRunSpec, WorkerCounts
+from proctor.api.v1alpha1.evalrun import (
+    TERMINAL_PHASES,
+    CacheStatus,
+    CaseCounts,
+    EvalRunSpec,
+    WorkerCounts,
+)
+from proctor.cache.counts import cache_status
 from proctor.cluster.api import ClusterApi
 from proctor.cluster.losses import ledger_status
 from proctor.cluster.writes import EventSink
@@ -59,6 +66,7 @@ from proctor.evalrun.gather import (
     gather_placement,
     gather_progress,
     gather_run,
+    probe_cache,
     run_storage,
 )
 from proctor.evalrun.runtime import RunRuntime
@@ -88,6 +96,7 @@ class PassResult:
     cases_per_second: float = 0.0
     stalled: bool = False
     expired: bool = False  # ttlSecondsAfterFinished has passed: the caller deletes the run
+    cache: CacheStatus | None = None  # hits and misses so far, when the run uses a cache
 
 
 def connection(
@@ -164,6 +173,10 @@ def _advance_queue(
             resolved=progress.resolved,
         )
         result = write_summary(spec, storage, ref, snap, made)
+    cache_problem = probe_cache(spec, ref, conn, rt, clients)
+    cache = cache_status(
+        spec, progress.aggregate, spec.cache.location(conn.storage_uri), cache_problem
+    )
     return QueueFacts(
         counts=case_counts(snap, depth),
         finished=finished,
@@ -176,6 +189,8 @@ def _advance_queue(
         result=result,
         checkpoint=checkpoint,
         cancelled=cancel.cancelled and not snap.finished,
+        cache=cache,
+        cache_problem=cache_problem,
     )
 
 
@@ -342,6 +357,7 @@ def _act_and_report(
         # The gauge reads 0 once a run is finished, from the pass that finished it on.
         cases_per_second=0.0 if facts.finished else facts.rate or 0.0,
         stalled=is_true(update.status.conditions, "Stalled"),
+        cache=facts.cache,
     )
 
 

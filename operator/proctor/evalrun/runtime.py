@@ -101,6 +101,7 @@ class RunRuntime:
     finalized: bool = False  # the run's finalizer ran: no pass may follow
     last_error: str | None = None  # the error of the latest failed pass, posted once
     stopped: str | None = None
+    cache_problem: str | None = None  # why its cache cannot be written ("" it can), once probed
     untouched: tuple[object, ...] | None = None  # the queue's depth as enqueued, until it moves
     # The status this operator last wrote, until a body shows it, and digests of the statuses
     # those writes replaced (see :meth:`current_status`).

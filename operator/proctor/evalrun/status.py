@@ -19,6 +19,7 @@ from proctor.api.v1alpha1.base import Condition, LossLedgerStatus
 from proctor.api.v1alpha1.cost import CostStatus
 from proctor.api.v1alpha1.evalrun import (
     TERMINAL_PHASES,
+    CacheStatus,
     CaseCounts,
     CheckpointStatus,
     EvalRunSpec,
@@ -57,6 +58,8 @@ class Observation:
     rate: float | None = None
     stalled_after_seconds: float = 300.0
     cost: CostStatus | None = None  # accrued up to now (None: keep the previous one)
+    cache: CacheStatus | None = None  # hits and misses so far (None: keep the previous one)
+    cache_problem: str = ""  # why the workers cannot write the cache: CacheReadOnly
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,13 @@ def _conditions(obs: Observation, decision: PhaseDecision, stalled: bool) -> lis
             decision.reason if phase == "Cancelled" else "Cancelling",
             decision.message,
         )
+    if obs.spec.cache.writes:
+        put(
+            "CacheReadOnly",
+            bool(obs.cache_problem),
+            "CacheNotWritable" if obs.cache_problem else "CacheWritable",
+            obs.cache_problem,
+        )
     put(
         "Stalled",
         stalled,
@@ -281,6 +291,7 @@ def next_status(obs: Observation) -> StatusUpdate:
         last_checkpoint=obs.checkpoint or prev.last_checkpoint,
         result=obs.result or prev.result,
         cost=obs.cost or prev.cost,
+        cache=obs.cache or prev.cache,
         last_progress_time=last_progress,
         start_time=start_time,
         active_since=rfc3339(active_since),

@@ -24,6 +24,16 @@ def with_dataset_path(spec: EvalRunSpec, manifest: Path) -> EvalRunSpec:
     return spec.model_copy(update={"cases": cases})
 
 
+def with_cache_path(spec: EvalRunSpec, manifest: Path) -> EvalRunSpec:
+    """``spec`` with a relative local ``cache.uri`` made absolute from the manifest's folder,
+    as a dataset's path is."""
+    uri = spec.cache.uri
+    if uri is None or "://" in uri or Path(uri).is_absolute():
+        return spec
+    absolute = (manifest.resolve().parent / uri).as_posix()
+    return spec.model_copy(update={"cache": spec.cache.model_copy(update={"uri": absolute})})
+
+
 def admit_dataset(
     spec: EvalRunSpec, storage: RunStorage, config: WorkerConfig, *, fresh: bool
 ) -> tuple[Location | None, Manifest | None]:

@@ -45,10 +45,17 @@ from rich.progress import (
 
 from proctor.api.v1alpha1 import EVALRUN_KIND
 from proctor.api.v1alpha1.evalrun import EvalRun, ResultSummary
+from proctor.cache import open_cache_blobs, probe_writable
+from proctor.cache.counts import cache_dict, cache_status
 from proctor.console import make_console
 from proctor.dataset import DatasetError, Location
 from proctor.dataset.run import total_cases
-from proctor.local.admission import admit_dataset, dataset_changed, with_dataset_path
+from proctor.local.admission import (
+    admit_dataset,
+    dataset_changed,
+    with_cache_path,
+    with_dataset_path,
+)
 from proctor.local.attempts import AttemptError, fresh_attempt, replaced, resume_attempt
 from proctor.local.summary import print_summary, summary_dict
 from proctor.local.workers import LocalWorkers
@@ -135,6 +142,7 @@ class _Run:
     dataset: Location | None = None
     fingerprint: str | None = None  # the dataset manifest's
     refresh_seconds: float = 0.25
+    cache_read_only: str = ""  # why the cache cannot be written, if it cannot
 
 
 def _paths(options: LocalRunOptions, evalrun: EvalRun) -> tuple[str, str, Path]:
@@ -164,7 +172,7 @@ def _setup(options: LocalRunOptions, evalrun: EvalRun) -> _Run:
     """Open (fresh: reset) the run's storage and queue, fix its attempt, admit its dataset,
     enqueue the cases."""
     name, run_id, local_dir = _paths(options, evalrun)
-    spec = with_dataset_path(evalrun.spec, options.manifest)
+    spec = with_cache_path(with_dataset_path(evalrun.spec, options.manifest), options.manifest)
     queue_url = options.queue_url or f"sqlite://{local_dir / 'queue.sqlite3'}"
     lease = min(spec.lease_seconds(), LOCAL_LEASE_SECONDS)
     config = WorkerConfig(
@@ -198,7 +206,19 @@ def _setup(options: LocalRunOptions, evalrun: EvalRun) -> _Run:
         raise RunError(str(exc)) from exc
     except Exception as exc:
         raise RunError(f"cannot set up the run: {exc}") from exc
-    return _Run(name, local_dir, config, storage, queue, enqueuer, total, location, fp)
+    run = _Run(name, local_dir, config, storage, queue, enqueuer, total, location, fp)
+    run.cache_read_only = _probe_cache(config)
+    return run
+
+
+def _probe_cache(config: WorkerConfig) -> str:
+    """Why the run's cache cannot be written ("" when it can, or the run writes none)."""
+    spec = config.spec
+    if not spec.cache.writes:
+        return ""
+    uri = spec.cache.location(config.storage_uri)
+    blobs = open_cache_blobs(uri, endpoint=config.storage_endpoint, region=config.storage_region)
+    return probe_writable(blobs, config.run_id)
 
 
 @contextlib.contextmanager
@@ -313,6 +333,11 @@ def _run_local(options: LocalRunOptions, out: Console) -> int:
         out.print(f"[red]error:[/red] {escape(redact_text(str(exc)))}")
         return EXIT_USAGE
     run.refresh_seconds = options.refresh_seconds
+    if run.cache_read_only:
+        out.print(
+            f"[yellow]warning:[/yellow] {escape(redact_text(run.cache_read_only))}; the cache "
+            "is only read by this run"
+        )
     storage = run.storage
     progress = (
         RunProgress.resume(storage, run.total, run.fingerprint)
@@ -429,6 +454,10 @@ def _finish(
         stopped=stopped,
     )
     data["attempt"] = run.config.attempt
+    cache_uri = spec.cache.location(run.config.storage_uri)
+    cache = cache_dict(cache_status(spec, progress.aggregate, cache_uri, run.cache_read_only))
+    if cache is not None:
+        data["cache"] = cache
     if interrupted:
         data["decision"] = "interrupted"
         data["resume"] = options.resume_command(run.config.run_id)

@@ -94,8 +94,16 @@ def _table(data: dict[str, Any], extra: Sequence[tuple[str, str]] = ()) -> Table
         table.add_row("first failing cases", ", ".join(map(str, data["firstFailing"])))
     for label, value in extra:  # what the task's summary hook adds (Metamorphic Guard's)
         table.add_row(plain(label), plain(value))
+    _add_tail(table, data)
+    return table
+
+
+def _add_tail(table: Table, data: dict[str, Any]) -> None:
+    """Early stopping, the cache, time, where the results are, how to resume."""
     if data["earlyStopped"]:
         table.add_row("early stopped", "yes")
+    if data.get("cache"):
+        table.add_row("cache", cache_line(data["cache"]))
     rate = data["casesPerSecond"]
     table.add_row("time", f"{data['seconds']:.1f}s" + (f" ({rate:,.0f} cases/s)" if rate else ""))
     table.add_row("results", plain(data["resultsUri"]))
@@ -103,7 +111,19 @@ def _table(data: dict[str, Any], extra: Sequence[tuple[str, str]] = ()) -> Table
         table.add_row("outputs", plain(data["outputsUri"]))
     if data.get("resume"):
         table.add_row("resume", plain(data["resume"]))
-    return table
+
+
+def cache_line(cache: dict[str, Any]) -> str:
+    """``12 hits, 3 misses (baseline 10/0, candidate 2/3)``, and whether it was only read."""
+    line = f"{cache['hits']:,} hits, {cache['misses']:,} misses"
+    if "baseline" in cache:
+        b, c = cache["baseline"], cache["candidate"]
+        line += (
+            f" (baseline {b['hits']:,}/{b['misses']:,}, candidate {c['hits']:,}/{c['misses']:,})"
+        )
+    if cache.get("readOnly"):
+        line += "; read-only"
+    return line
 
 
 def print_summary(

@@ -8,7 +8,9 @@ A side (the only one of a plain run; baseline or candidate of a comparison) is
 
 A case of a dataset run also has ``"id"`` (the row's identity) and ``"partition"`` (the Hive
 partition of its file, or None); with ``spec.results.outputs`` each side keeps its
-``"output"`` (one side: at the record's top level).
+``"output"`` (one side: at the record's top level). A side reused from the result cache
+(:mod:`proctor.cache`) has ``"cached": true`` and ``"cachedFrom"`` (the run that evaluated it);
+one side's at the record's top level.
 """
 
 from __future__ import annotations
@@ -115,6 +117,8 @@ def case_record(
         record["violations"] = last["violations"]
         if "output" in last:
             record["output"] = last["output"]
+        if "cachedFrom" in last:
+            record["cached"], record["cachedFrom"] = True, last["cachedFrom"]
     else:
         record["baseline"], record["candidate"] = sides
     return record

@@ -218,6 +218,11 @@ class PythonTask(LoadedTask):
         return len(self._impls)
 
     @property
+    def implementations(self) -> tuple[Callable[..., Any], ...]:
+        """The callables each side runs (the task's ``solve`` without compare)."""
+        return self._impls
+
+    @property
     def fork_safe(self) -> bool:
         """The task's :attr:`Task.fork_safe`, and False once CUDA is initialised here."""
         torch = sys.modules.get("torch")

@@ -66,6 +66,10 @@ class Task:
     its cases run again with each side in a forked child, to find the side that crashed; set
     False when the task holds state a fork breaks (an initialised CUDA context is detected
     without it). Then a crashing case is dead-lettered after ``retries`` instead."""
+    cacheable: bool = True
+    """Whether a side's result on a case may be reused by later runs (``spec.cache``): set
+    False for a nondeterministic task (one that samples, or reads a clock or a service), whose
+    results are then never cached (docs/cache.md)."""
 
     def __init__(self, params: Mapping[str, Any] | None = None) -> None:
         self.params: dict[str, Any] = dict(params or {})

@@ -32,6 +32,10 @@ class Aggregate:
     cannot be read (``badInput``). They say the task, the input or the harness is broken, so
     they count as not evaluated and keep the run undecided.
 
+    ``cached`` (a run without compare), ``baseline_cached`` and ``candidate_cached`` count
+    the sides reused from the result cache: the hits, reported apart and otherwise counted
+    like any result.
+
     ``first_failing`` holds the smallest indexes of cases that did not pass (at most
     :data:`MAX_FIRST_FAILING`), whatever order records arrive in.
     """
@@ -49,6 +53,9 @@ class Aggregate:
     baseline_errored: int = 0
     candidate_errored: int = 0
     unattributable: int = 0
+    cached: int = 0
+    baseline_cached: int = 0
+    candidate_cached: int = 0
     violations: dict[str, int] = field(default_factory=dict)
     first_failing: list[int] = field(default_factory=list)
 
@@ -79,11 +86,14 @@ class Aggregate:
             self.baseline_only_passed += base_ok and not cand_ok
             self.baseline_errored += bool(baseline.get("errored"))
             self.candidate_errored += bool(candidate.get("errored"))
+            self.baseline_cached += bool(baseline.get("cached"))
+            self.candidate_cached += bool(candidate.get("cached"))
             for name in baseline.get("violations") or ():
                 self._count_violation(f"baseline/{name}", 1)
             for name in candidate.get("violations") or ():
                 self._count_violation(f"candidate/{name}", 1)
         else:
+            self.cached += bool(record.get("cached"))
             for name in record.get("violations") or ():
                 self._count_violation(str(name), 1)
 

@@ -18,11 +18,13 @@ error                  string, nullable    why the side errored
 errorType              string, nullable    ``exception``, ``timeout``, ``crashed``, ...
 violations             list<string>        the side's violated properties
 output                 string, nullable    the side's output, JSON-encoded, when kept
+cached_from            string, nullable    the run whose cached result the side reused
 baseline_passed        bool, nullable      a comparison's baseline side; null in a plain run
 baseline_error         string, nullable
 baseline_errorType     string, nullable
 baseline_violations    list<string>, null
 baseline_output        string, nullable
+baseline_cached_from   string, nullable
 =====================  ==================  ===================================================
 
 A stored object may leave out the nullable columns that are null in every row (a run without
@@ -53,11 +55,13 @@ SCHEMA = pa.schema(
         pa.field("errorType", pa.string()),
         pa.field("violations", _STRINGS, nullable=False),
         pa.field("output", pa.string()),
+        pa.field("cached_from", pa.string()),
         pa.field("baseline_passed", pa.bool_()),
         pa.field("baseline_error", pa.string()),
         pa.field("baseline_errorType", pa.string()),
         pa.field("baseline_violations", _STRINGS),
         pa.field("baseline_output", pa.string()),
+        pa.field("baseline_cached_from", pa.string()),
     ],
     metadata={"proctor.records": SCHEMA_VERSION},
 )
@@ -79,8 +83,11 @@ def _side_columns(sides: Sequence[Mapping[str, Any]], prefix: str) -> dict[str, 
         f"{prefix}errorType": pa.array([s.get("errorType") for s in sides], pa.string()),
         f"{prefix}violations": pa.array([s.get("violations") or [] for s in sides], _STRINGS),
     }
-    if "output" in set().union(*sides):
+    keys = set().union(*sides)
+    if "output" in keys:
         out[f"{prefix}output"] = pa.array([_json(s.get("output")) for s in sides], pa.string())
+    if "cachedFrom" in keys:
+        out[f"{prefix}cached_from"] = pa.array([s.get("cachedFrom") for s in sides], pa.string())
     return out
 
 
@@ -105,6 +112,8 @@ def to_batch(records: Sequence[Mapping[str, Any]]) -> pa.RecordBatch:
         cols["violations"] = pa.array([r.get("violations") or [] for r in records], _STRINGS)
         if "output" in keys:
             cols["output"] = pa.array([_json(r.get("output")) for r in records], pa.string())
+        if "cachedFrom" in keys:
+            cols["cached_from"] = pa.array([r.get("cachedFrom") for r in records], pa.string())
     fields = [SCHEMA.field(name) for name in cols]
     return pa.RecordBatch.from_arrays(
         list(cols.values()), schema=pa.schema(fields, metadata=SCHEMA.metadata)
@@ -143,6 +152,13 @@ def _side(
     }
 
 
+def _mark_cached(side: dict[str, Any], run: str | None) -> None:
+    """A side reused from the cache says so, and from which run (:mod:`proctor.cache`)."""
+    if run is not None:
+        side["cached"] = True
+        side["cachedFrom"] = run
+
+
 def to_records(table: pa.Table) -> list[dict[str, Any]]:
     """The SDK's dicts (:mod:`proctor.sdk.records`) of a conformed table's rows; ``id``,
     ``partition`` and ``output`` appear only where they are not null."""
@@ -164,6 +180,7 @@ def to_records(table: pa.Table) -> list[dict[str, Any]]:
             record["violations"] = c["violations"][i] or []
             if output is not None:
                 record["output"] = json.loads(output)
+            _mark_cached(record, c["cached_from"][i])
         else:
             base = _side(*(c[name][i] for name in _BASELINE))
             cand = _side(c["passed"][i], c["error"][i], c["errorType"][i], c["violations"][i])
@@ -171,6 +188,8 @@ def to_records(table: pa.Table) -> list[dict[str, Any]]:
                 base["output"] = json.loads(c["baseline_output"][i])
             if output is not None:
                 cand["output"] = json.loads(output)
+            _mark_cached(base, c["baseline_cached_from"][i])
+            _mark_cached(cand, c["cached_from"][i])
             record["baseline"], record["candidate"] = base, cand
         out.append(record)
     return out

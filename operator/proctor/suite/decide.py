@@ -27,7 +27,7 @@ from proctor.planning.plan import (
     WorkerSize,
     compute_plan,
 )
-from proctor.policy import admit, baseline_problem, cache_problem, spec_size_problem
+from proctor.policy import admit, baseline_problem, cache_uri_problem, spec_size_problem
 from proctor.suite.gather import BenchPod
 from proctor.suite.pods import cell_run_spec
 
@@ -150,7 +150,7 @@ def admit_suite(spec: BenchmarkSuiteSpec, config: OperatorConfig) -> Problem | N
         if problem is not None:
             return problem
     if spec.cache is not None and spec.cache.uri is not None:
-        problem = cache_problem(spec.cache.uri, spec.storage, config)
+        problem = cache_uri_problem(spec.cache.uri, spec.storage, config)
         if problem is not None:
             return problem
     # Benchmark pods receive the suite's spec in PROCTOR_SUITE_SPEC.

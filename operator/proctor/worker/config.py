@@ -12,10 +12,12 @@ import yaml
 
 from proctor.api.quantity import parse_duration
 from proctor.api.v1alpha1.evalrun import BatchSpec, EvalRun, EvalRunSpec
+from proctor.cache import MemoRows, open_cache_blobs, with_cache
 from proctor.dataset.run import ENV_PREFIX, credentials_from_env, dataset_location, open_reader
 from proctor.sdk import LoadedTask, load_task
 from proctor.storage import RunStorage, open_storage
 from proctor.worker.common import ConfigError, Env, host_pid
+from proctor.worker.metrics import WorkerMetrics
 
 __all__ = [
     "BatchSizer",
@@ -135,10 +137,17 @@ def open_run_storage(config: WorkerConfig) -> RunStorage:
     )
 
 
-def load_run_task(spec: EvalRunSpec, config: WorkerConfig, storage: RunStorage) -> LoadedTask:
+def load_run_task(
+    spec: EvalRunSpec,
+    config: WorkerConfig,
+    storage: RunStorage,
+    metrics: WorkerMetrics | None = None,
+) -> LoadedTask:
     """The run's task, reading its cases from the run's dataset when it has one (the manifest
-    admission stored, the dataset's credentials or the storage's), keeping outputs when asked."""
-    rows = None
+    admission stored, the dataset's credentials or the storage's), keeping outputs when asked,
+    through the result cache when ``spec.cache`` uses one (``metrics`` count its hits and
+    troubles)."""
+    rows: Any = None
     if spec.cases.dataset is not None:
         location = dataset_location(
             spec,
@@ -147,8 +156,27 @@ def load_run_task(spec: EvalRunSpec, config: WorkerConfig, storage: RunStorage) 
             creds=config.dataset_credentials,
         )
         rows = open_reader(spec, storage, location)
+        if spec.cache.mode != "off":
+            rows = MemoRows(rows)
     max_output = spec.results.max_output_bytes if spec.results.outputs else None
-    return load_task(spec.task, spec.compare, spec.cases.seed, rows=rows, max_output=max_output)
+    task = load_task(spec.task, spec.compare, spec.cases.seed, rows=rows, max_output=max_output)
+    if spec.cache.mode == "off":
+        return task
+    blobs = open_cache_blobs(
+        spec.cache.location(config.storage_uri),
+        endpoint=config.storage_endpoint,
+        region=config.storage_region,
+    )
+    return with_cache(
+        task,
+        spec,
+        blobs,
+        run=config.run_name or config.run_id,
+        rows=rows if isinstance(rows, MemoRows) else None,
+        dataset=spec.cases.dataset.uri if spec.cases.dataset is not None else None,
+        observe=metrics.observe_cache if metrics else None,
+        on_event=metrics.cache_event if metrics else None,
+    )
 
 
 class BatchSizer:

@@ -71,6 +71,40 @@ class WorkerMetrics:
             "proctor_worker_dead_lettered_cases", "Cases this worker dead-lettered.", registry=r
         )
         self._add_liveness(r)
+        self._add_cache(r)
+
+    def _add_cache(self, r: CollectorRegistry) -> None:
+        """The result cache (docs/cache.md): hits and misses per side, its troubles."""
+        self.cache_results = Counter(
+            "proctor_worker_cache_results",
+            "Sides of cases looked up in the result cache, by side and result (hit, miss).",
+            ["side", "result"],
+            registry=r,
+        )
+        self.cache_corrupt = Counter(
+            "proctor_worker_cache_corrupt_objects",
+            "Cache objects ignored because they could not be read back whole.",
+            registry=r,
+        )
+        self.cache_read_only = Gauge(
+            "proctor_worker_cache_read_only",
+            "1 when the cache refused a write and is only read by this worker.",
+            registry=r,
+        )
+
+    def observe_cache(self, side: str, hits: int, misses: int) -> None:
+        """One batch's lookups of one side."""
+        if hits:
+            self.cache_results.labels(side, "hit").inc(hits)
+        if misses:
+            self.cache_results.labels(side, "miss").inc(misses)
+
+    def cache_event(self, what: str, side: str) -> None:
+        """A corrupt cache object ignored, or the cache turned read-only."""
+        if what == "corrupt":
+            self.cache_corrupt.inc()
+        elif what == "readOnly":
+            self.cache_read_only.set(1)
 
     def _add_liveness(self, r: CollectorRegistry) -> None:
         """The heartbeat and the GPU samples it takes."""

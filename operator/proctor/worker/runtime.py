@@ -290,7 +290,7 @@ class Worker:
         return code
 
     def _load(self, spec: EvalRunSpec) -> Any:
-        return load_run_task(spec, self.config, self.storage)
+        return load_run_task(spec, self.config, self.storage, self.metrics)
 
     def _loop(self) -> None:
         entry_size = self.spec.batch.initial_size

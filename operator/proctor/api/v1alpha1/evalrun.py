@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, WithJsonSchema
+from pydantic import AfterValidator, Field, WithJsonSchema, field_validator
 from pydantic_core import PydanticCustomError
 
 from proctor.api.quantity import DURATION_PATTERN, parse_duration
@@ -32,6 +32,8 @@ from proctor.api.v1alpha1.evalrun_status import (
     FIRST_FAILING,
     TERMINAL_PHASES,
     TOP_VIOLATIONS,
+    CacheCounts,
+    CacheStatus,
     CaseCounts,
     CheckpointStatus,
     EvalRunStatus,
@@ -205,6 +207,50 @@ class CompareSpec(ApiModel):
     )
 
 
+CACHE_FOLDER = "proctor-cache"
+"""The default cache's folder, beside the runs' folders under the storage root."""
+
+
+class CacheSpec(ApiModel):
+    """Reuse results of unchanged implementations on unchanged cases across runs
+    (docs/cache.md)."""
+
+    mode: Literal["readWrite", "read", "write", "off"] = Field(
+        default="off",
+        description="readWrite: use cached results and add new ones; read: use them, add none; "
+        'write: evaluate every case and add its results; off: no cache (quote it, "off": '
+        "YAML reads a bare off as false).",
+    )
+    uri: str | None = Field(
+        default=None,
+        description="Where the cache lives: s3://bucket/prefix (read and written with the "
+        "run's storage credentials and endpoint) or, for proctor run, a folder. Unset: "
+        f"{CACHE_FOLDER}/ under the run's storage root, shared by every run that stores there.",
+        pattern=r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|file:///.*|[^:]*)$",
+        max_length=1024,
+    )
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads an unquoted `off` as false; proctor run takes it as meant.
+        return "off" if value is False else value
+
+    @property
+    def reads(self) -> bool:
+        """Whether cached results are used."""
+        return self.mode in ("readWrite", "read")
+
+    @property
+    def writes(self) -> bool:
+        """Whether new results are added."""
+        return self.mode in ("readWrite", "write")
+
+    def location(self, storage_root: str) -> str:
+        """The cache's URI: ``uri``, or its default folder under ``storage_root``."""
+        return self.uri or storage_root.rstrip("/") + "/" + CACHE_FOLDER
+
+
 class EarlyStoppingSpec(ApiModel):
     """Stop as soon as the decision is statistically settled."""
 
@@ -314,6 +360,10 @@ class EvalRunSpec(ApiModel):
     results: ResultsSpec = Field(
         default_factory=ResultsSpec, description="What each case's record keeps."
     )
+    cache: CacheSpec = Field(
+        default_factory=CacheSpec,
+        description="Reuse results of unchanged implementations on unchanged cases across runs.",
+    )
     retries: int = Field(
         default=3, ge=1, le=100, description="Attempts per batch before it is dead-lettered."
     )
@@ -395,6 +445,7 @@ KIND = kind_of(EvalRun)
 PLURAL = plural_of(EvalRun)
 
 __all__ = [
+    "CACHE_FOLDER",
     "CANCEL_IS_ONE_WAY",
     "FIRST_FAILING",
     "KIND",
@@ -403,6 +454,9 @@ __all__ = [
     "TERMINAL_PHASES",
     "TOP_VIOLATIONS",
     "BatchSpec",
+    "CacheCounts",
+    "CacheSpec",
+    "CacheStatus",
     "CaseCounts",
     "CaseTimeoutDuration",
     "CasesSpec",

@@ -168,6 +168,30 @@ class ResultSummary(ApiModel):
     )
 
 
+class CacheCounts(ApiModel):
+    """Cases whose result came from the cache (hits) or was evaluated here (misses)."""
+
+    hits: int = Field(default=0, ge=0, description="Results taken from the cache.")
+    misses: int = Field(default=0, ge=0, description="Results evaluated by this run.")
+
+
+class CacheStatus(CacheCounts):
+    """The result cache's use by this run, over the cases recorded so far (docs/cache.md)."""
+
+    baseline: CacheCounts | None = Field(
+        default=None, description="The baseline side's hits and misses (with compare)."
+    )
+    candidate: CacheCounts | None = Field(
+        default=None, description="The candidate side's hits and misses (with compare)."
+    )
+    uri: str | None = Field(default=None, description="Where the cache is.")
+    read_only: bool | None = Field(
+        default=None,
+        description="True when the run's credentials cannot write the cache: it is only read "
+        "(condition CacheReadOnly says why).",
+    )
+
+
 class EvalRunStatus(ApiModel):
     """Observed state of an EvalRun."""
 
@@ -206,6 +230,9 @@ class EvalRunStatus(ApiModel):
         default=None, description="The last run checkpoint."
     )
     result: ResultSummary | None = Field(default=None, description="Outcome.")
+    cache: CacheStatus | None = Field(
+        default=None, description="Result cache hits and misses (spec.cache not off)."
+    )
     cost: CostStatus | None = Field(
         default=None, description="Node-seconds and estimated cost so far; final once finished."
     )

@@ -370,6 +370,10 @@ class Case:
 class MGTask(Task):
     """A Metamorphic Guard Spec as a Proctor task (see the module docstring)."""
 
+    cacheable = False
+    """The spec's generator, properties and relations live in the user's Metamorphic Guard
+    task module, which the result cache does not fingerprint: never cached (docs/cache.md)."""
+
     def __init__(self, params: Mapping[str, Any] | None = None) -> None:
         super().__init__(params)
         self.mg = MGParams.from_params(params)
