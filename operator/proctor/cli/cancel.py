@@ -16,16 +16,13 @@ import sys
 import time
 from typing import Any
 
-from proctor.api.crdgen import Kind
 from proctor.api.v1alpha1.benchmarksuite import KIND as SUITE_KIND
 from proctor.api.v1alpha1.evalrun import TERMINAL_PHASES
 from proctor.cli.context import (
     ACCESS_CODES,
     EXIT_NO,
-    EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_TIMEOUT,
-    EXIT_USAGE,
     CommandError,
     Target,
     add_cluster_options,
@@ -33,7 +30,7 @@ from proctor.cli.context import (
     reported,
     run_command,
 )
-from proctor.cli.lookup import split_name
+from proctor.cli.lookup import find_run
 from proctor.cli.usage import HelpFormatter, exit_codes
 from proctor.cluster.api import ClusterApi
 from proctor.suite.api import SuiteApi
@@ -90,27 +87,10 @@ def _get(target: Target, api: ClusterApi, where: str, name: str) -> dict[str, An
 
 
 def _find(target: Target, ref: str) -> tuple[ClusterApi, str, dict[str, Any]]:
-    """The API of the kind ``ref`` names, its kind and the body. A bare NAME is looked up as
-    an EvalRun, then as a BenchmarkSuite; both existing is a usage error, neither not found."""
-    wanted, name = split_name(ref)
-    apis = {"EvalRun": target.cluster, SUITE_KIND: SuiteApi(target.api)}
-    found: list[tuple[ClusterApi, str, dict[str, Any]]] = []
-    for kind, api in apis.items():
-        if wanted is not None and wanted.kind != kind:
-            continue
-        body = _get(target, api, f"{kind} {name} in namespace {target.where}", name)
-        if body is not None:
-            found.append((api, kind, body))
-    if len(found) > 1:
-        raise CommandError(
-            f"{name!r} is both an EvalRun and a BenchmarkSuite in namespace "
-            f"{target.where}: write evalrun/{name} or suite/{name}",
-            EXIT_USAGE,
-        )
-    if not found:
-        what = wanted.kind if isinstance(wanted, Kind) else "EvalRun or BenchmarkSuite"
-        raise CommandError(f"no {what} named {name!r} in namespace {target.where}", EXIT_NOT_FOUND)
-    return found[0]
+    """The run or suite ``ref`` names (:func:`find_run`), with the API that patches its kind."""
+    kind, body = find_run(target, ref)
+    api = SuiteApi(target.api) if kind.kind == SUITE_KIND else target.cluster
+    return api, kind.kind, body
 
 
 def _finished(kind: str, body: dict[str, Any]) -> str | None:
