@@ -383,7 +383,8 @@ class RunStorage:
         self.blobs.delete_prefix(self.base)
 
 
-_EMPTY = columns.SCHEMA.empty_table()
+# Not ``SCHEMA.empty_table()``: that imports pandas (half a second at every start).
+_EMPTY = pa.Table.from_batches([], schema=columns.SCHEMA)
 
 
 def _is_arrow(key: str) -> bool:
