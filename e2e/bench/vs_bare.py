@@ -37,6 +37,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import proctor
+from proctor.examples.topk import TopKTask, top_k_heap, top_k_sorted
+from proctor.sdk import case_rng
+
 ROOT = Path(__file__).resolve().parents[2]
 SEED = 42
 CHUNK = 1000
@@ -67,19 +71,14 @@ spec:
   caseTimeout: 10s
 """
 
-_TASK: Any = None
+_TASK: dict[str, TopKTask] = {}
 
 
 def _init(max_length: int) -> None:
-    global _TASK
-    from proctor.examples.topk import TopKTask  # noqa: PLC0415 - only in the bare child
-
-    _TASK = TopKTask({"maxLength": max_length})
+    _TASK["task"] = TopKTask({"maxLength": max_length})
 
 
-def _side_passes(task: Any, impl: Any, index: int) -> bool:
-    from proctor.sdk import case_rng  # noqa: PLC0415 - imported once, then cached
-
+def _side_passes(task: TopKTask, impl: Any, index: int) -> bool:
     case = task.generate(SEED, index)
     out = impl(case)
     ok = all(p.check(case, out) for p in task.properties)
@@ -96,12 +95,10 @@ def _side_passes(task: Any, impl: Any, index: int) -> bool:
 
 
 def _chunk(bounds: tuple[int, int]) -> tuple[int, int]:
-    from proctor.examples.topk import top_k_heap, top_k_sorted  # noqa: PLC0415 - bare child
-
     passed = [0, 0]
     for index in range(*bounds):
         for side, impl in enumerate((top_k_sorted, top_k_heap)):
-            passed[side] += _side_passes(_TASK, impl, index)
+            passed[side] += _side_passes(_TASK["task"], impl, index)
     return passed[0], passed[1]
 
 
@@ -126,7 +123,9 @@ def time_bare(args: argparse.Namespace) -> tuple[float, tuple[int, int]]:
     return seconds, (baseline, candidate)
 
 
-def time_proctor(args: argparse.Namespace, tmp: Path, n: int) -> tuple[float, float, dict[str, Any]]:
+def time_proctor(
+    args: argparse.Namespace, tmp: Path, n: int
+) -> tuple[float, float, dict[str, Any]]:
     """(wall seconds, seconds to the first recorded case, the summary)."""
     results = tmp / f"results-{n}"
     start_wall = time.time()
@@ -155,8 +154,6 @@ def main() -> None:
     if args.bare_child:
         print(json.dumps(bare(args.cases, args.workers, args.max_length)))
         return
-    import proctor  # noqa: PLC0415 - after the child's early return
-
     # As vs_metamorphic_guard.py: an installed copy has bytecode; an editable one may not.
     compileall.compile_dir(Path(proctor.__file__).parent, quiet=1)
     os.environ["PYTHONPATH"] = os.pathsep.join(

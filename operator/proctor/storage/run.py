@@ -262,6 +262,11 @@ class RunStorage:
         data = self.blobs.get(key)
         return None if data is None else self.read_records(key, data)
 
+    def read_table_checked(self, key: str) -> pa.Table | None:
+        """:meth:`read_table` of ``key``, or None when the object is gone."""
+        data = self.blobs.get(key)
+        return None if data is None else self.read_table(key, data)
+
     def _in_order(self) -> Iterator[tuple[str, int]]:
         """Result keys in the order that counts each index once, with the index each must be
         read from: objects can overlap after rare races (a worker that lost its lease finished
