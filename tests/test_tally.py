@@ -50,6 +50,12 @@ CASES = {
         case_record(i, [side_record([], "x", "task"), side(i, 1)], 1.0) for i in range(9)
     ],
     "all passed": [case_record(i, [side_record([], None)], 1.0) for i in range(5)],
+    "compared, all passed": [
+        case_record(i, [side_record([], None), side_record([], None)], 1.0) for i in range(5)
+    ],
+    "compared, only the baseline failed": [
+        case_record(i, [side_record(["p"], None), side_record([], None)], 1.0) for i in range(5)
+    ],
     "more failing cases than kept": [
         case_record(i, [side_record(["p"], None)], 1.0) for i in range(3 * MAX_FIRST_FAILING)
     ],

@@ -132,6 +132,7 @@ class RunProgress:
         self.resolved = Aggregate()
         self.resolved_end = 0
         self._pending: dict[int, tuple[int, Aggregate]] = {}
+        self._counted: set[str] = set()  # keys whose range is covered: not parsed again
 
     @classmethod
     def resume(cls, storage: RunStorage, total: int, dataset: str | None = None) -> RunProgress:
@@ -167,8 +168,9 @@ class RunProgress:
     def refresh(self) -> int:
         """Count result objects not counted yet; returns the number of new cases."""
         before = len(self.covered)
-        for r, key in self.storage.result_keys():
+        for r, key in self.storage.result_keys(skip=self._counted):
             if self.covered.covers(r.start, r.end):
+                self._counted.add(key)
                 continue
             gaps = self.covered.gaps(r.start, r.end)
             try:
@@ -187,6 +189,7 @@ class RunProgress:
                 self.aggregate.merge(part)
                 self._resolve(start, end, part)
             self.covered.add(r.start, r.end)
+            self._counted.add(key)
         for d in self.storage.dead_letters():
             self.dead.add(d["start"], d["end"])
         done = len(self.covered)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -211,9 +211,13 @@ class RunStorage:
             out.append(r)
         return out
 
-    def result_keys(self) -> Iterator[tuple[Range, str]]:
+    def result_keys(self, skip: Container[str] = ()) -> Iterator[tuple[Range, str]]:
+        """(range, key) of this attempt's result objects, leaving out the keys in ``skip``
+        (those a reader has counted already: a following reader lists every few tenths)."""
         prefix = f"{self.base}results/"
         for key in self.blobs.list(prefix):
+            if key in skip:
+                continue
             r = parse_range(key)
             if r is not None and self._mine(key, *_KINDS):
                 yield r, key
