@@ -15,7 +15,9 @@ import pyarrow.compute as pc
 
 from proctor.stats.aggregate import MAX_FIRST_FAILING, Aggregate
 
-_UNATTRIBUTABLE = pa.array(["task", "badInput"], pa.string())
+_UNATTRIBUTABLE = ("task", "badInput")
+"""Error types no side is blamed for. A tuple, not an Arrow array: building any Arrow array
+makes pyarrow import pandas when it is installed (half a second), so none is built at import."""
 
 
 def _count(mask: pa.ChunkedArray | pa.Array) -> int:
@@ -76,7 +78,8 @@ def aggregate_table(table: pa.Table) -> Aggregate:
     compared = pc.is_valid(table.column("baseline_passed"))
     base_errored = pc.and_(compared, pc.is_valid(table.column("baseline_error")))
     cand_errored = pc.and_(compared, pc.is_valid(table.column("error")))
-    task_fault = pc.is_in(table.column("errorType"), value_set=_UNATTRIBUTABLE)
+    error_type = table.column("errorType")
+    task_fault = pc.fill_null(pc.or_(*(pc.equal(error_type, t) for t in _UNATTRIBUTABLE)), False)
     agg.unattributable = _count(pc.or_(task_fault, pc.and_(base_errored, cand_errored)))
     n_compared = _count(compared)
     if n_compared:
