@@ -71,11 +71,7 @@ spec:
   caseTimeout: 10s
 """
 
-_TASK: dict[str, TopKTask] = {}
-
-
-def _init(max_length: int) -> None:
-    _TASK["task"] = TopKTask({"maxLength": max_length})
+_TASKS: dict[int, TopKTask] = {}
 
 
 def _side_passes(task: TopKTask, impl: Any, index: int) -> bool:
@@ -94,19 +90,27 @@ def _side_passes(task: TopKTask, impl: Any, index: int) -> bool:
     return ok
 
 
-def _chunk(bounds: tuple[int, int]) -> tuple[int, int]:
+def bare_counts(start: int, end: int, max_length: int) -> tuple[int, int]:
+    """The work of cases ``[start, end)``: how many passed on the baseline and the candidate."""
+    task = _TASKS.get(max_length) or _TASKS.setdefault(
+        max_length, TopKTask({"maxLength": max_length})
+    )
     passed = [0, 0]
-    for index in range(*bounds):
+    for index in range(start, end):
         for side, impl in enumerate((top_k_sorted, top_k_heap)):
-            passed[side] += _side_passes(_TASK["task"], impl, index)
+            passed[side] += _side_passes(task, impl, index)
     return passed[0], passed[1]
+
+
+def _chunk(job: tuple[int, int, int]) -> tuple[int, int]:
+    return bare_counts(*job)
 
 
 def bare(cases: int, workers: int, max_length: int) -> tuple[int, int]:
     """The bare ceiling's run: pass counts of baseline and candidate."""
-    chunks = [(s, min(cases, s + CHUNK)) for s in range(0, cases, CHUNK)]
+    chunks = [(s, min(cases, s + CHUNK), max_length) for s in range(0, cases, CHUNK)]
     ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(workers, initializer=_init, initargs=(max_length,)) as pool:
+    with ctx.Pool(workers) as pool:
         counts = pool.map(_chunk, chunks, chunksize=1)
     return sum(c[0] for c in counts), sum(c[1] for c in counts)
 
