@@ -16,8 +16,9 @@ Cases hold up to ``--max-length`` values (default 40, the task's own default and
 issue 21's measurement; the quickstart manifest uses 200, which makes cases about four times
 as expensive and the engine's share smaller). Also printed: the time from ``proctor run``'s
 start to its first recorded case (the first result object's modification time), median over
-the repeats. The last line is ``proctor reaches R of the bare ceiling`` with R = bare wall /
-Proctor wall (1.00 is the limit).
+the repeats, the CPU seconds of each side's processes (a busy machine stretches wall time;
+CPU time much less), and the load average. The last line is ``proctor reaches R of the bare
+ceiling`` with R = bare wall / Proctor wall (1.00 is the limit).
 
     python e2e/bench/vs_bare.py [--cases 100000] [--workers 2] [--repeats 3] [--max-length 40]
 """
@@ -29,6 +30,7 @@ import compileall
 import json
 import multiprocessing
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -115,6 +117,12 @@ def bare(cases: int, workers: int, max_length: int) -> tuple[int, int]:
     return sum(c[0] for c in counts), sum(c[1] for c in counts)
 
 
+def children_cpu() -> float:
+    """CPU seconds of the waited-for descendants of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def time_bare(args: argparse.Namespace) -> tuple[float, tuple[int, int]]:
     t0 = time.perf_counter()
     done = subprocess.run(
@@ -166,16 +174,22 @@ def main() -> None:
     bare_s: list[float] = []
     proctor_s: list[float] = []
     first_s: list[float] = []
+    bare_cpu: list[float] = []
+    proctor_cpu: list[float] = []
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         (tmp / "run.yaml").write_text(
             MANIFEST.format(cases=args.cases, seed=SEED, max_length=args.max_length)
         )
         for n in range(max(1, args.repeats)):
+            c0 = children_cpu()
             seconds, counts = time_bare(args)
             bare_s.append(seconds)
+            c1 = children_cpu()
             seconds, first, summary = time_proctor(args, tmp, n)
             proctor_s.append(seconds)
+            bare_cpu.append(c1 - c0)
+            proctor_cpu.append(children_cpu() - c1)
             first_s.append(first)
             if summary["completed"] != args.cases:
                 raise SystemExit(f"proctor recorded {summary['completed']} of {args.cases}")
@@ -184,12 +198,18 @@ def main() -> None:
             )
             if passed != counts:
                 raise SystemExit(f"pass counts differ: bare {counts}, proctor {passed}")
-            print(f"repeat {n + 1}: bare {bare_s[-1]:.2f} s, proctor {proctor_s[-1]:.2f} s "
-                  f"(first recorded case after {first:.2f} s)", flush=True)  # fmt: skip
+            print(f"repeat {n + 1}: bare {bare_s[-1]:.2f} s ({bare_cpu[-1]:.2f} s CPU), proctor "
+                  f"{proctor_s[-1]:.2f} s ({proctor_cpu[-1]:.2f} s CPU; first recorded case "
+                  f"after {first:.2f} s)", flush=True)  # fmt: skip
     b, p = statistics.median(bare_s), statistics.median(proctor_s)
     print(f"bare ceiling ({args.workers} processes): median {b:.2f} s; proctor run "
           f"--workers {args.workers}: median {p:.2f} s; {args.cases:,} cases")  # fmt: skip
     print(f"start to first recorded case: median {statistics.median(first_s):.2f} s")
+    cpu = statistics.median(bare_cpu) / statistics.median(proctor_cpu)
+    print(f"CPU seconds, all processes: bare median {statistics.median(bare_cpu):.2f}, proctor "
+          f"median {statistics.median(proctor_cpu):.2f} (bare / proctor {cpu:.2f}; on a busy "
+          "machine this tells more than wall time)")  # fmt: skip
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"proctor reaches {b / p:.2f} of the bare ceiling")
 
 
