@@ -297,6 +297,26 @@ def test_timeout_in_main_thread_errors_the_case_and_restores_the_handler() -> No
     assert elapsed < 5
 
 
+class Steady(Task):
+    """Cases 0-5 each take 0.3 s; case 6 sleeps far past any deadline."""
+
+    def generate(self, seed: int, index: int) -> int:
+        return index
+
+    def solve(self, case: int) -> int:
+        time.sleep(30 if case == 6 else 0.3)
+        return case
+
+
+def test_each_case_gets_its_own_deadline_when_the_timer_outlives_cases() -> None:
+    # The timer, set once for the first case, fires during the third: that case (and each
+    # after it) must still get its whole 0.5 s, and the slow one must still time out.
+    got = records(Steady(), 0, 7, timeout=0.5)
+    assert [r["status"] for r in got] == ["passed"] * 6 + ["errored"]
+    assert got[6]["error"] == "case timed out after 0.5s"
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
 def test_timeout_in_a_worker_thread_uses_the_watchdog() -> None:
     out: list[list[dict[str, Any]]] = []
     thread = threading.Thread(target=lambda: out.append(records(Slow(), 2, 5, timeout=0.3)))

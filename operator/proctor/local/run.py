@@ -64,7 +64,7 @@ from proctor.queue.enqueue import CHUNK_ENTRIES, Enqueuer
 from proctor.redact import redact_text
 from proctor.sdk.hooks import summarize_with_task
 from proctor.stats.passrates import should_stop_early, summarize
-from proctor.storage import ProgressSnapshot, RunProgress, RunStorage
+from proctor.storage import ProgressSnapshot, RunProgress, RunStorage, columns
 from proctor.storage.export import Finished, finish_results
 from proctor.validation import ManifestError, dns_label_error, validate_file
 from proctor.worker.pool import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_USAGE, LocalOptions
@@ -360,6 +360,7 @@ def _run_local(options: LocalRunOptions, out: Console) -> int:
         disable=options.json_output and not out.is_terminal,
     )
     try:
+        columns.warm_up()  # once here rather than in each forked worker
         workers.start()
         with bar:
             stopped = _follow(run, progress, workers, bar)

@@ -4,7 +4,7 @@ from (:mod:`proctor.stats.passrates`). Counts only, so batches merge in any orde
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -96,6 +96,12 @@ class Aggregate:
             self.cached += bool(record.get("cached"))
             for name in record.get("violations") or ():
                 self._count_violation(str(name), 1)
+
+    def count_violations(self, counts: Iterable[tuple[str, int]]) -> None:
+        """Add ``(name, count)`` pairs to the violation counts, in order (the cap keeps the
+        first :data:`MAX_VIOLATION_KEYS` names seen)."""
+        for name, count in counts:
+            self._count_violation(name, count)
 
     def _count_violation(self, name: str, count: int) -> None:
         if name in self.violations or len(self.violations) < MAX_VIOLATION_KEYS:

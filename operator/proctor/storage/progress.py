@@ -31,6 +31,7 @@ import structlog
 from proctor.ranges import Range
 from proctor.stats.passrates import Aggregate
 from proctor.storage.run import CorruptObjectError, RunStorage
+from proctor.storage.tally import aggregate_table
 
 CHECKPOINT_VERSION = 1
 
@@ -131,6 +132,7 @@ class RunProgress:
         self.resolved = Aggregate()
         self.resolved_end = 0
         self._pending: dict[int, tuple[int, Aggregate]] = {}
+        self._counted: set[str] = set()  # keys whose range is covered: not parsed again
 
     @classmethod
     def resume(cls, storage: RunStorage, total: int, dataset: str | None = None) -> RunProgress:
@@ -166,30 +168,28 @@ class RunProgress:
     def refresh(self) -> int:
         """Count result objects not counted yet; returns the number of new cases."""
         before = len(self.covered)
-        for r, key in self.storage.result_keys():
+        for r, key in self.storage.result_keys(skip=self._counted):
             if self.covered.covers(r.start, r.end):
+                self._counted.add(key)
                 continue
             gaps = self.covered.gaps(r.start, r.end)
-            lo, hi = gaps[0][0], gaps[-1][1]
-            wanted = IntervalSet(gaps)
             try:
-                records = self.storage.read_checked(key) or []
+                table = self.storage.read_table_checked(key)
             except CorruptObjectError as exc:
                 if key not in self.corrupt:
                     log.warning("result object not counted", key=key, error=str(exc))
                 self.corrupt[key] = r
                 continue
             self.corrupt.pop(key, None)
-            starts = [g[0] for g in gaps]
-            parts = [Aggregate() for _ in gaps]
-            for record in records:
-                index = record["index"]
-                if lo <= index < hi and wanted.contains(index):
-                    self.aggregate.add(record)
-                    parts[bisect.bisect_right(starts, index) - 1].add(record)
-            self.covered.add(r.start, r.end)
-            for (start, end), part in zip(gaps, parts, strict=True):
+            if table is None:  # gone since the listing (a retried run's objects were reset)
+                continue
+            # Checked whole: row i is case r.start + i, so each gap is one slice.
+            for start, end in gaps:
+                part = aggregate_table(table.slice(start - r.start, end - start))
+                self.aggregate.merge(part)
                 self._resolve(start, end, part)
+            self.covered.add(r.start, r.end)
+            self._counted.add(key)
         for d in self.storage.dead_letters():
             self.dead.add(d["start"], d["end"])
         done = len(self.covered)

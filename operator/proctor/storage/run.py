@@ -32,7 +32,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -211,9 +211,13 @@ class RunStorage:
             out.append(r)
         return out
 
-    def result_keys(self) -> Iterator[tuple[Range, str]]:
+    def result_keys(self, skip: Container[str] = ()) -> Iterator[tuple[Range, str]]:
+        """(range, key) of this attempt's result objects, leaving out the keys in ``skip``
+        (those a reader has counted already: a following reader lists every few tenths)."""
         prefix = f"{self.base}results/"
         for key in self.blobs.list(prefix):
+            if key in skip:
+                continue
             r = parse_range(key)
             if r is not None and self._mine(key, *_KINDS):
                 yield r, key
@@ -261,6 +265,11 @@ class RunStorage:
         """:meth:`read_records` of ``key``, or None when the object is gone."""
         data = self.blobs.get(key)
         return None if data is None else self.read_records(key, data)
+
+    def read_table_checked(self, key: str) -> pa.Table | None:
+        """:meth:`read_table` of ``key``, or None when the object is gone."""
+        data = self.blobs.get(key)
+        return None if data is None else self.read_table(key, data)
 
     def _in_order(self) -> Iterator[tuple[str, int]]:
         """Result keys in the order that counts each index once, with the index each must be
@@ -383,7 +392,8 @@ class RunStorage:
         self.blobs.delete_prefix(self.base)
 
 
-_EMPTY = columns.SCHEMA.empty_table()
+# Not ``SCHEMA.empty_table()``: that imports pandas (half a second at every start).
+_EMPTY = pa.Table.from_batches([], schema=columns.SCHEMA)
 
 
 def _is_arrow(key: str) -> bool:

@@ -51,7 +51,7 @@ from proctor.redact import redact_url
 from proctor.sdk import TaskLoadError, clear_stop, set_state_store
 from proctor.sdk import request_stop as request_task_stop
 from proctor.sdk.deadline import timeout_enabled
-from proctor.storage import RunStorage, StorageError, TaskStateStore, UnencodableError
+from proctor.storage import RunStorage, StorageError, TaskStateStore, UnencodableError, columns
 from proctor.worker.common import (
     EXIT_CONFIG,
     EXIT_OK,
@@ -258,6 +258,7 @@ class Worker:
         except StorageError as exc:  # the dataset (DatasetError) or its manifest
             self.log.error("the dataset cannot be read", error=str(exc))
             return EXIT_STORAGE
+        columns.warm_up()  # before the first claim: see its doc
         beat = threading.Thread(target=self._heartbeat, name="proctor-heartbeat", daemon=True)
         beat.start()
         watch = threading.Thread(target=self._watch_cases, name="proctor-hang-watch", daemon=True)
