@@ -29,6 +29,14 @@ def side(i: int, salt: int) -> dict[str, Any]:
     return side_record([], None)
 
 
+def cached(record: dict[str, Any], *sides: str) -> dict[str, Any]:
+    """The record with these sides (``""``: a run without compare) reused from the cache."""
+    for name in sides:
+        side = record[name] if name else record
+        side.update(cached=True, cachedFrom=f"run-{name or 'task'}")
+    return record
+
+
 def task_error(i: int) -> dict[str, Any]:
     return case_record(i, [side_record([], "generate raised", "task")], 1.0)
 
@@ -55,6 +63,19 @@ CASES = {
     ],
     "compared, only the baseline failed": [
         case_record(i, [side_record(["p"], None), side_record([], None)], 1.0) for i in range(5)
+    ],
+    # Merge finding: the column-at-a-time count forgot the result cache's hits.
+    "cached, plain": [cached(case_record(i, [side(i, 0)], 1.0), *[""][: i % 2]) for i in range(20)],
+    "cached, all passed": [
+        cached(case_record(i, [side_record([], None)], 1.0), "") for i in range(5)
+    ],
+    "cached, compared": [
+        cached(case_record(i, [side(i, 0), side(i, 4)], 2.0), *["baseline", "candidate"][: i % 3])
+        for i in range(30)
+    ],
+    "cached baseline, compared, all passed": [
+        cached(case_record(i, [side_record([], None), side_record([], None)], 1.0), "baseline")
+        for i in range(5)
     ],
     "more failing cases than kept": [
         case_record(i, [side_record(["p"], None)], 1.0) for i in range(3 * MAX_FIRST_FAILING)

@@ -59,12 +59,34 @@ def _passed(table: pa.Table) -> Aggregate:
     return agg
 
 
+def _count_cached(agg: Aggregate, table: pa.Table) -> Aggregate:
+    """The result cache's hits: a side with a ``cached_from`` run was reused, per side where
+    the row compares two, else the row's one side (``cached``)."""
+    hits = pc.is_valid(table.column("cached_from"))
+    if table.column("cached_from").null_count == table.num_rows and (
+        table.column("baseline_cached_from").null_count == table.num_rows
+    ):
+        return agg  # no hit at all: the common table
+    compared = pc.is_valid(table.column("baseline_passed"))
+    agg.baseline_cached = _count(
+        pc.and_(compared, pc.is_valid(table.column("baseline_cached_from")))
+    )
+    agg.candidate_cached = _count(pc.and_(compared, hits))
+    agg.cached = _count(pc.and_(pc.invert(compared), hits))
+    return agg
+
+
 def aggregate_table(table: pa.Table) -> Aggregate:
     """The aggregate of a conformed result table's rows: what ``Aggregate.add`` of each row's
     record (:func:`proctor.storage.columns.to_records`) would count."""
-    agg = Aggregate()
     if table.num_rows == 0:
-        return agg
+        return Aggregate()
+    return _count_cached(_counted(table), table)
+
+
+def _counted(table: pa.Table) -> Aggregate:
+    """Everything but the cache's hits (:func:`_count_cached`)."""
+    agg = Aggregate()
     if _all_passed(table):
         return _passed(table)
     outcome = table.column("outcome")
