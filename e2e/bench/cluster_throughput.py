@@ -290,6 +290,7 @@ def main() -> None:
         local = run_local(env, doc, args.workers, "throughput-local")
         print(f"proctor run done in {local.seconds:.1f} s; load {load()}", flush=True)
         with env.operator(run_workers=True, scalingIntervalSeconds=args.interval) as op:
+            op.wait_started()
             cluster = run_cluster(env, doc, op.proc.pid, args.timeout)
         print(f"EvalRun done in {cluster.seconds:.1f} s; load {load()}", flush=True)
         ratio = report(args, local, cluster)

@@ -211,9 +211,10 @@ class RunStorage:
             out.append(r)
         return out
 
-    def result_keys(self) -> Iterator[tuple[Range, str]]:
+    def result_keys(self, since: int = 0) -> Iterator[tuple[Range, str]]:
+        """Result objects in order of start; only those starting at ``since`` or later."""
         prefix = f"{self.base}results/"
-        for key in self.blobs.list(prefix):
+        for key in self.blobs.list(prefix, f"{prefix}{since:012d}" if since > 0 else ""):
             r = parse_range(key)
             if r is not None and self._mine(key, *_KINDS):
                 yield r, key
