@@ -110,13 +110,14 @@ class Track:
         self.rss.append((progress, pid_rss_mb(pid)))
         self.cpu = pid_cpu_seconds(pid)
 
-    def growth(self, upto: float = 1.0) -> tuple[float, float, float] | None:
-        """(RSS at the first sample at or past 10%, at the last sample up to ``upto``, the
-        peak between them); None when the process was not seen past 10%."""
-        later = [rss for progress, rss in self.rss if 0.1 <= progress <= upto]
+    def growth(self) -> tuple[float, float, float, float, float] | None:
+        """(RSS at the first sample at or past 10%, at half way, at the last sample, the peak
+        from 10% on, the progress of the last sample); None when not seen past 10%."""
+        later = [(progress, rss) for progress, rss in self.rss if progress >= 0.1]
         if not later:
             return None
-        return later[0], later[-1], max(later)
+        half = next((rss for progress, rss in later if progress >= 0.5), later[-1][1])
+        return later[0][1], half, later[-1][1], max(rss for _, rss in later), later[-1][0]
 
 
 class WorkerProcesses:
@@ -148,7 +149,8 @@ class ClusterResult:
     completed: int
     uid: str
     marks: dict[str, float]
-    operator: Track
+    operator: Track  # while the run goes
+    operator_end: float  # RSS once it is Succeeded (merged results and summary written)
     workers: dict[int, Track]
     cpu: dict[str, float]
 
@@ -188,9 +190,9 @@ def run_cluster(env: BenchEnv, doc: dict[str, Any], op_pid: int, timeout: float)
         for pid in pids:
             with contextlib.suppress(OSError):  # it exited between the listing and the read
                 workers.setdefault(pid, Track()).note(pid, progress)
-        operator.note(op_pid, progress)
         if status.get("phase") in ("Succeeded", "Failed"):
             break
+        operator.note(op_pid, progress)  # while the run goes; its end is sampled apart
         if now > timeout:
             raise SystemExit(f"{name} did not finish in {timeout:.0f} s: {status}")
         time.sleep(0.5)
@@ -200,7 +202,7 @@ def run_cluster(env: BenchEnv, doc: dict[str, Any], op_pid: int, timeout: float)
     cpu_after = cpu_by_process()
     cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_after.items()}
     cpu["workers"] = sum(t.cpu for t in workers.values())
-    return ClusterResult(seconds, completed, uid, marks, operator, workers, cpu)
+    return ClusterResult(seconds, completed, uid, marks, operator, pid_rss_mb(op_pid), workers, cpu)
 
 
 def exactly_once(env: BenchEnv, uid: str, total: int) -> tuple[int, int, int, int]:
@@ -230,14 +232,14 @@ def exactly_once(env: BenchEnv, uid: str, total: int) -> tuple[int, int, int, in
     return int((counts > 0).sum()), int((counts > 1).sum()), objects, merged_distinct
 
 
-def _rss_line(what: str, track: Track, upto: float = 1.0) -> str:
-    seen = track.growth(upto)
+def _rss_line(what: str, track: Track) -> str:
+    seen = track.growth()
     if seen is None:
         return f"{what}: not seen past 10%"
-    first, last, peak = seen
+    first, half, last, peak, progress = seen
     return (
-        f"{what}: {first:.1f} MB at 10%, {last:.1f} MB at 100% "
-        f"({last - first:+.1f} MB; peak {peak:.1f} MB)"
+        f"{what}: {first:.1f} MB at 10%, {half:.1f} MB at 50%, {last:.1f} MB at "
+        f"{100 * progress:.0f}% ({last - first:+.1f} MB; peak {peak:.1f} MB)"
     )
 
 
@@ -258,8 +260,7 @@ def report(args: argparse.Namespace, local: LocalResult, cluster: ClusterResult)
     top = sorted(cluster.cpu.items(), key=lambda kv: -kv[1])[:8]
     print("  CPU s by process: " + ", ".join(f"{k} {v:.1f}" for k, v in top if v >= 0.1))
     print("  " + _rss_line("operator RSS", cluster.operator))
-    end = cluster.operator.rss[-1][1]
-    print(f"  operator RSS after the run's end (merged results written): {end:.1f} MB")
+    print(f"  operator RSS once Succeeded (merged results written): {cluster.operator_end:.1f} MB")
     for n, (pid, track) in enumerate(sorted(cluster.workers.items())):
         print("  " + _rss_line(f"worker {n} (pid {pid}) RSS", track))
     return cluster_rate / local_rate
