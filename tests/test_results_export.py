@@ -243,6 +243,20 @@ def test_merged_results_of_a_whole_table(storage: RunStorage, tmp_path: Path) ->
     assert pa.compute.sum(table.column("baseline_passed")).as_py() == 100
 
 
+def test_merged_results_are_written_in_row_groups_of_many_objects(
+    storage: RunStorage, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A row group per object made the footer, held by the writer until it closes, grow with
+    # every case: +32 MB of the operator's RSS at 250,000 cases (issue 21).
+    monkeypatch.setattr("proctor.storage.export.ROW_GROUP_ROWS", 40)
+    fill(storage, 100, size=10, compare=True)
+    finish_results(storage, keep=False)
+    merged = pq.ParquetFile(tmp_path / "results" / "run" / "results.parquet")
+    sizes = [merged.metadata.row_group(i).num_rows for i in range(merged.num_row_groups)]
+    assert sizes == [40, 40, 20]
+    assert merged.read().column("index").to_pylist() == list(range(100))
+
+
 def test_a_torn_object_leaves_the_operator_summary_on_the_objects_folder(
     storage: RunStorage,
 ) -> None:

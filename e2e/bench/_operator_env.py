@@ -177,19 +177,34 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def cpu_seconds(op: OperatorProcess) -> float:
-    """User plus system CPU time of the operator process so far, from /proc."""
-    fields = Path(f"/proc/{op.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+def load() -> str:
+    """The machine's load average (1, 5, 15 minutes), to print beside a figure."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def pid_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process ``pid`` so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = int(fields[11]) + int(fields[12])
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def rss_mb(op: OperatorProcess) -> float:
-    """Resident set size of the operator process, from /proc."""
-    for line in Path(f"/proc/{op.proc.pid}/status").read_text().splitlines():
+def pid_rss_mb(pid: int) -> float:
+    """Resident set size of process ``pid``, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def cpu_seconds(op: OperatorProcess) -> float:
+    """User plus system CPU time of the operator process so far, from /proc."""
+    return pid_cpu_seconds(op.proc.pid)
+
+
+def rss_mb(op: OperatorProcess) -> float:
+    """Resident set size of the operator process, from /proc."""
+    return pid_rss_mb(op.proc.pid)
 
 
 def cpu_by_process() -> dict[str, float]:

@@ -29,14 +29,11 @@ from e2e.bench._operator_env import (
     bench_env,
     cpu_by_process,
     cpu_seconds,
+    load,
     rss_mb,
 )
 from e2e.harness import nodes
 from e2e.harness.operator import GROUP, PLURAL, VERSION
-
-
-def _load() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 class PlannedWatch:
@@ -235,7 +232,7 @@ def main() -> None:
                 stages(env)
             if profiler is not None:
                 profiler.join()
-    print(f"operator CPU {cpu:.1f} s over {elapsed:.1f} s; load {_load()}")
+    print(f"operator CPU {cpu:.1f} s over {elapsed:.1f} s; load {load()}")
     done = "all" if planned >= args.runs else f"only {planned}/{args.runs} (timed out)"
     print(
         f"{args.runs} EvalRuns / {args.nodes} nodes: {done} planned in {elapsed:.1f} s, "

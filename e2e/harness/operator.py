@@ -8,6 +8,9 @@ import os
 import signal
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,6 +77,22 @@ class OperatorProcess:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def wait_started(self, timeout: float = 60.0) -> float:
+        """Wait until the operator has started (its startup handler serves the metrics);
+        seconds waited. A bench that times runs starts its clock after this, as a user's runs
+        meet an operator that is already up."""
+        t0 = time.monotonic()
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        while time.monotonic() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the operator exited:\n{self.output()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    return time.monotonic() - t0
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.2)
+        raise TimeoutError(f"the operator did not start in {timeout:.0f} s")
 
     def kill(self) -> None:
         """SIGKILL: an operator crash, no cleanup."""

@@ -36,6 +36,12 @@ OUTPUT_COLUMNS = ("index", "id", "outcome", "error", "output")
 """The columns of a batch-scoring run's output files (the partition is in the path)."""
 PART_ROWS = 500_000
 """Rows per output file at most: a partition with more is split into several parts."""
+ROW_GROUP_ROWS = 16_384
+"""Rows per row group of a merged Parquet file, about. A row group per result object (250
+cases in the quickstart) made the footer, which the writer holds until it closes, grow with
+every case: at 250,000 cases the merge added 32 MB to the coordinator's RSS and the file was
+4.3 MB, against 13 MB and 0.8 MB in groups of this size (issue 21). Larger groups cost more
+of Arrow's memory while they are concatenated."""
 SUCCESS = "_SUCCESS"
 """Written under ``outputs/`` after every part: the outputs are whole."""
 
@@ -44,12 +50,19 @@ _LIST_COLUMNS = ("violations", "baseline_violations")
 
 
 def write_parquet(tables: Iterable[pa.Table], sink: str | BinaryIO) -> int:
-    """Write ``tables`` as one zstd Parquet file; returns the number of rows."""
+    """Write ``tables`` as one zstd Parquet file in row groups of about
+    :data:`ROW_GROUP_ROWS`; returns the number of rows."""
     rows = 0
+    pending: list[pa.Table] = []
     with pq.ParquetWriter(sink, SCHEMA, compression="zstd") as writer:
         for table in tables:
-            writer.write_table(table)
+            pending.append(table)
             rows += table.num_rows
+            if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:
+                writer.write_table(pa.concat_tables(pending))
+                pending = []
+        if pending:
+            writer.write_table(pa.concat_tables(pending))
     return rows
 
 

@@ -6,10 +6,15 @@ counts the *resolved prefix*, the cases ``[0, n)`` with every one recorded, apar
 stopping looks only at it, since the cases recorded so far beyond it are a sample biased by
 whatever is slow to record (a case that crashed its worker waits for its lease and isolation
 while clean cases finish). ``refresh()`` reads only objects not yet counted, so a coordinator
-(the operator, or ``proctor run``) can call it every few seconds. ``checkpoint()`` writes the
-intervals and the aggregate to the run checkpoint, and :meth:`RunProgress.resume` starts from
-it, so after a restart only newer objects are read. The intervals are what
-:func:`proctor.queue.enqueue.enqueue_run` subtracts to rebuild a lost queue.
+(the operator, or ``proctor run``) can call it every few seconds; and it lists only objects
+that can still add a case: those starting after the counted prefix (less the longest object
+seen, since a worker that lost its lease can write a range that starts inside it), with a full
+listing every :data:`FULL_LISTING_SECONDS` for whatever reaches further back. Listing every
+object on every refresh grew with the square of the run: at 1M cases, 4,000 objects listed
+four times a second were most of ``proctor run``'s and the S3 server's work (issue 21).
+``checkpoint()`` writes the intervals and the aggregate to the run checkpoint, and
+:meth:`RunProgress.resume` starts from it, so after a restart only newer objects are read. The
+intervals are what :func:`proctor.queue.enqueue.enqueue_run` subtracts to rebuild a lost queue.
 
 Only objects of the storage's attempt are read (see :mod:`proctor.storage.run`), and a
 checkpoint of another attempt, or one that cannot be read, is ignored with a warning: it only
@@ -21,6 +26,7 @@ range evaluated again.
 from __future__ import annotations
 
 import bisect
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -34,6 +40,11 @@ from proctor.storage.run import CorruptObjectError, RunStorage
 from proctor.storage.tally import aggregate_table
 
 CHECKPOINT_VERSION = 1
+
+FULL_LISTING_SECONDS = 30.0
+"""How often :meth:`RunProgress.refresh` lists every result object, not only those past the
+counted prefix: an object that starts further back than the longest one seen (a rare race
+between workers) is counted at most this much later."""
 
 log = structlog.get_logger("proctor.progress")
 
@@ -72,6 +83,11 @@ class IntervalSet:
         if cursor < end:
             out.append((cursor, end))
         return out
+
+    def end_of(self, index: int) -> int:
+        """The end of the interval that holds ``index``, or ``index`` when none does."""
+        i = bisect.bisect_right(self.starts, index) - 1
+        return self.ends[i] if i >= 0 and self.ends[i] > index else index
 
     def covers(self, start: int, end: int) -> bool:
         i = bisect.bisect_right(self.starts, start) - 1
@@ -133,6 +149,8 @@ class RunProgress:
         self.resolved_end = 0
         self._pending: dict[int, tuple[int, Aggregate]] = {}
         self._counted: set[str] = set()  # keys whose range is covered: not parsed again
+        self._longest = 0  # cases in the longest result object seen
+        self._listed_all = -math.inf  # monotonic time of the last full listing
 
     @classmethod
     def resume(cls, storage: RunStorage, total: int, dataset: str | None = None) -> RunProgress:
@@ -168,7 +186,8 @@ class RunProgress:
     def refresh(self) -> int:
         """Count result objects not counted yet; returns the number of new cases."""
         before = len(self.covered)
-        for r, key in self.storage.result_keys(skip=self._counted):
+        for r, key in self.storage.result_keys(since=self._listing_start(), skip=self._counted):
+            self._longest = max(self._longest, len(r))
             if self.covered.covers(r.start, r.end):
                 self._counted.add(key)
                 continue
@@ -198,6 +217,20 @@ class RunProgress:
         while len(self._rate) > 2 and self._rate[0][0] < cutoff:
             self._rate.pop(0)
         return done - before
+
+    def _listing_start(self) -> int:
+        """Where this refresh lists from: 0 for a full listing (the first, and one every
+        :data:`FULL_LISTING_SECONDS`), else the first index neither recorded nor dead-lettered
+        less the longest object seen (an object that starts further back adds nothing unless
+        it is longer than any seen)."""
+        now = time.monotonic()
+        if now - self._listed_all >= FULL_LISTING_SECONDS:
+            self._listed_all = now
+            return 0
+        end = 0
+        while (nxt := max(self.covered.end_of(end), self.dead.end_of(end))) != end:
+            end = nxt
+        return max(0, end - self._longest)
 
     def _resolve(self, start: int, end: int, part: Aggregate) -> None:
         """Count the newly recorded cases ``[start, end)`` into the resolved prefix, or keep

@@ -211,11 +211,12 @@ class RunStorage:
             out.append(r)
         return out
 
-    def result_keys(self, skip: Container[str] = ()) -> Iterator[tuple[Range, str]]:
-        """(range, key) of this attempt's result objects, leaving out the keys in ``skip``
-        (those a reader has counted already: a following reader lists every few tenths)."""
+    def result_keys(self, since: int = 0, skip: Container[str] = ()) -> Iterator[tuple[Range, str]]:
+        """(range, key) of this attempt's result objects in order of start: only those
+        starting at ``since`` or later, leaving out the keys in ``skip`` (those a reader has
+        counted already: a following reader lists every few tenths)."""
         prefix = f"{self.base}results/"
-        for key in self.blobs.list(prefix):
+        for key in self.blobs.list(prefix, f"{prefix}{since:012d}" if since > 0 else ""):
             if key in skip:
                 continue
             r = parse_range(key)
