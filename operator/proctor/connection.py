@@ -14,17 +14,13 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import boto3
-from botocore.config import Config
-
+from proctor import aws
 from proctor.api.conditions import Problem
 from proctor.api.v1alpha1.base import QueueSpec, StorageSpec
 from proctor.api.v1alpha1.dataset import DatasetSpec
 from proctor.cluster.api import ClusterApi
 from proctor.config import OperatorConfig
 from proctor.queue import QueueConnections
-
-AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 CONNECTION_TTL_SECONDS = 30.0
 """How long a run's Secrets, once read, are trusted before they are read again (a spec change
@@ -57,17 +53,11 @@ class SharedClients:
 
     def s3(self, endpoint: str | None, region: str | None, creds: Mapping[str, str]) -> Any:
         """One S3 client per endpoint, region and credentials."""
-        key = (endpoint or "", region or "", *(creds.get(k, "") for k in AWS_KEYS))
+        key = (endpoint or "", region or "", *(creds.get(k, "") for k in aws.AWS_KEYS))
         with self._lock:
             if key not in self._s3:
-                self._s3[key] = boto3.client(
-                    "s3",
-                    endpoint_url=endpoint,
-                    region_name=region,
-                    aws_access_key_id=creds.get("AWS_ACCESS_KEY_ID"),
-                    aws_secret_access_key=creds.get("AWS_SECRET_ACCESS_KEY"),
-                    aws_session_token=creds.get("AWS_SESSION_TOKEN"),
-                    config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+                self._s3[key] = aws.client(
+                    "s3", endpoint_url=endpoint, region=region, credentials=creds
                 )
             return self._s3[key]
 
@@ -147,8 +137,8 @@ def _queue_connection(
     host = data.get("endpoint", "").removeprefix("http://").removeprefix("https://")
     queue_url = f"sqs://{host}{query}"
     env = [{"name": "PROCTOR_QUEUE_URL", "value": queue_url}]
-    env += [_secret_env(k, secret_name, k, optional=True) for k in AWS_KEYS]
-    keys = {k: data[k] for k in AWS_KEYS if k in data}
+    env += [_secret_env(k, secret_name, k, optional=True) for k in aws.AWS_KEYS]
+    keys = {k: data[k] for k in aws.AWS_KEYS if k in data}
     if not _has_keys(keys):
         return _no_keys("spec.queue", secret_name)
     return queue_url, env, keys
@@ -187,10 +177,10 @@ def _aws_secret(
             f"namespace {namespace}; create it with AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY",
         )
-    creds = {k: data[k] for k in AWS_KEYS if k in data}
+    creds = {k: data[k] for k in aws.AWS_KEYS if k in data}
     if not _has_keys(creds):
         return _no_keys(field, secret_name)
-    return creds, [_secret_env(env_prefix + k, secret_name, k) for k in AWS_KEYS if k in data]
+    return creds, [_secret_env(env_prefix + k, secret_name, k) for k in aws.AWS_KEYS if k in data]
 
 
 def build_connection(

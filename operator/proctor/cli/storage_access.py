@@ -19,13 +19,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError
-
+from proctor import aws
 from proctor.cli.context import EXIT_STORAGE, CommandError, Target, reported
 from proctor.cluster.client import KubeApiError
-from proctor.connection import AWS_KEYS
 from proctor.redact import redact_text
 from proctor.storage import Blobs, LocalBlobs, S3Blobs, StorageError
 
@@ -90,15 +86,16 @@ def open_store(target: Target, args: argparse.Namespace, where: Location) -> tup
         raise CommandError(f"cannot read {where.uri}: not an s3:// URI or a folder", EXIT_STORAGE)
     creds, whose = _credentials(target, args, where)
     try:
-        session = boto3.Session(profile_name=args.profile) if args.profile else boto3.Session()
-        client = session.client(
+        client = aws.client(
             "s3",
             endpoint_url=args.endpoint or where.endpoint,
-            region_name=where.region,
-            config=Config(connect_timeout=5, retries={"max_attempts": 2, "mode": "standard"}),
-            **{k.lower(): v for k, v in creds.items()},
+            region=where.region,
+            credentials=creds,
+            max_attempts=2,
+            connect_timeout=5,
+            profile=args.profile,
         )
-    except BotoCoreError as exc:  # an unknown --profile, say
+    except aws.botocore_error() as exc:  # an unknown --profile, say
         raise unreadable(where.uri, "your own AWS credentials", exc) from exc
     prefix = parts.path.strip("/")
     blobs = S3Blobs(parts.netloc, prefix, client=client, retry_deadline=READ_DEADLINE_SECONDS)
@@ -131,7 +128,7 @@ def _credentials(
             "read with your own credentials (--my-credentials)",
             EXIT_STORAGE,
         )
-    return {k: data[k] for k in AWS_KEYS if data.get(k)}, f"the run's Secret {where.secret}"
+    return {k: data[k] for k in aws.AWS_KEYS if data.get(k)}, f"the run's Secret {where.secret}"
 
 
 def unreadable(where: str, whose: str, exc: Exception) -> CommandError:
@@ -147,5 +144,5 @@ def read_or_fail(what: str, whose: str, read: Callable[[], T]) -> T:
     """``read()``, a storage failure turned into :func:`unreadable`."""
     try:
         return read()
-    except (StorageError, OSError, BotoCoreError) as exc:
+    except (StorageError, OSError, aws.botocore_error()) as exc:
         raise unreadable(what, whose, exc) from exc

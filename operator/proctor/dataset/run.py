@@ -11,37 +11,26 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import boto3
-from botocore.config import Config
-
+from proctor import aws
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.dataset.location import DatasetError, Location, locate
 from proctor.dataset.manifest import Manifest, build_manifest, load_manifest, store_manifest
 from proctor.dataset.reader import DatasetReader
 from proctor.storage import RunStorage
 
-AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 ENV_PREFIX = "PROCTOR_DATASET_"
 """``PROCTOR_DATASET_AWS_ACCESS_KEY_ID`` and so on: the dataset's own credentials."""
 
 
 def credentials_from_env(env: Mapping[str, str]) -> dict[str, str]:
     """The dataset's own keys among ``env`` (empty: the storage's ambient credentials)."""
-    return {k: env[ENV_PREFIX + k] for k in AWS_KEYS if env.get(ENV_PREFIX + k)}
+    return {k: env[ENV_PREFIX + k] for k in aws.AWS_KEYS if env.get(ENV_PREFIX + k)}
 
 
 def _client(endpoint: str | None, region: str | None, creds: Mapping[str, str]) -> Any:
     if not creds:
         return None
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name=region,
-        aws_access_key_id=creds.get("AWS_ACCESS_KEY_ID"),
-        aws_secret_access_key=creds.get("AWS_SECRET_ACCESS_KEY"),
-        aws_session_token=creds.get("AWS_SESSION_TOKEN"),
-        config=Config(retries={"max_attempts": 5, "mode": "standard"}),
-    )
+    return aws.client("s3", endpoint_url=endpoint, region=region, credentials=creds)
 
 
 def dataset_location(

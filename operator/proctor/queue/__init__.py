@@ -22,12 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, parse_qs, urlsplit
 
-import boto3
-from botocore.config import Config
-
-# Not `import redis`: the package attribute `redis` is the submodule proctor.queue.redis.
-from redis import Redis, RedisError
-
+from proctor import aws
 from proctor.queue.base import (
     DeadLetter,
     Lease,
@@ -39,9 +34,7 @@ from proctor.queue.base import (
     subtract,
 )
 from proctor.queue.enqueue import enqueue_run
-from proctor.queue.redis import RedisQueue
 from proctor.queue.sqlite import SqliteQueue
-from proctor.queue.sqs import SqsQueue
 from proctor.redact import redact_text, redact_url
 
 __all__ = [
@@ -94,9 +87,15 @@ def open_queue(
     run_id = queue_identity(run_id, attempt)
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
+    # The Redis and SQS backends (and redis-py, boto3) are imported only when a URL names
+    # them: a run on the embedded queue never pays for them (proctor.aws's docstring).
     if scheme in ("redis", "rediss", "unix"):
+        from proctor.queue.redis import RedisQueue  # noqa: PLC0415 - backend on first use
+
         return RedisQueue.from_url(url, run_id, lease_seconds=lease_seconds)
     if scheme in ("sqs", "sqs+http", "sqs+https"):
+        from proctor.queue.sqs import SqsQueue  # noqa: PLC0415 - backend on first use
+
         endpoint, region = _sqs_location(parts)
         return SqsQueue(run_id, lease_seconds=lease_seconds, endpoint_url=endpoint, region=region)
     if scheme == "sqlite":
@@ -140,6 +139,9 @@ class QueueConnections:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme in ("redis", "rediss", "unix"):
+            from redis import Redis, RedisError  # noqa: PLC0415 - backend on first use
+
+            from proctor.queue.redis import RedisQueue  # noqa: PLC0415 - backend on first use
 
             def connect() -> Any:
                 try:
@@ -155,19 +157,19 @@ class QueueConnections:
             client = self._client(("redis", url), connect)
             return RedisQueue(client, run_id, lease_seconds=lease_seconds)
         if scheme in ("sqs", "sqs+http", "sqs+https"):
+            from proctor.queue.sqs import SqsQueue  # noqa: PLC0415 - backend on first use
+
             endpoint, region = _sqs_location(parts)
 
             keys = dict(credentials or {})
 
             def make_sqs() -> Any:
-                return boto3.client(
+                return aws.client(
                     "sqs",
                     endpoint_url=endpoint,
-                    region_name=region or "us-east-1",
-                    aws_access_key_id=keys.get("AWS_ACCESS_KEY_ID"),
-                    aws_secret_access_key=keys.get("AWS_SECRET_ACCESS_KEY"),
-                    aws_session_token=keys.get("AWS_SESSION_TOKEN"),
-                    config=Config(retries={"max_attempts": 10, "mode": "standard"}),
+                    region=region or "us-east-1",
+                    credentials=keys,
+                    max_attempts=10,
                 )
 
             signer = tuple(keys.get(k, "") for k in sorted(keys))

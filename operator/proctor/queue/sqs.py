@@ -19,10 +19,9 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from proctor import aws
 from proctor.queue.base import DeadLetter, Lease, QueueDepth, QueueError, Range
 
 _ENQUEUED_TAG = "proctor-enqueued-chunks"
@@ -59,11 +58,8 @@ class SqsQueue:
         self.run_id = run_id
         self.lease_seconds = lease_seconds
         self._visibility = max(1, math.ceil(lease_seconds))
-        self.client = client or boto3.client(
-            "sqs",
-            endpoint_url=endpoint_url,
-            region_name=region or "us-east-1",
-            config=Config(retries={"max_attempts": 10, "mode": "standard"}),
+        self.client = client or aws.client(
+            "sqs", endpoint_url=endpoint_url, region=region or "us-east-1", max_attempts=10
         )
         self._stop_cache: tuple[float, str | None] = (0.0, None)
         self._lock = threading.Lock()

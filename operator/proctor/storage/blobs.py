@@ -18,11 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-import boto3
 import structlog
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
+from proctor import aws
 from proctor.redact import redact_text
 
 # botocore is imported by S3Blobs alone: a run on a local folder (``proctor run``) does not pay
@@ -226,13 +224,13 @@ _RETRYABLE_CODES = {
 
 
 def _retryable(exc: Exception) -> bool:
-    if isinstance(exc, ParamValidationError):
+    if isinstance(exc, aws.param_validation_error()):
         return False  # the request itself is wrong (a bucket name, say): no retry can help
-    if isinstance(exc, ClientError):
+    if isinstance(exc, aws.client_error()):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         return code in _RETRYABLE_CODES or status >= 500 or status == 409
-    return isinstance(exc, BotoCoreError)
+    return isinstance(exc, aws.botocore_error())
 
 
 class S3Blobs:
@@ -250,16 +248,11 @@ class S3Blobs:
         region: str | None = None,
         retry_deadline: float = 300.0,
     ) -> None:
-        self._client_error = ClientError
-        self._errors: tuple[type[Exception], ...] = (ClientError, BotoCoreError)
+        self._client_error: Any = aws.client_error()
+        self._errors: tuple[type[Exception], ...] = (self._client_error, aws.botocore_error())
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self.client = client or boto3.client(
-            "s3",
-            endpoint_url=endpoint_url,
-            region_name=region,
-            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
-        )
+        self.client = client or aws.client("s3", endpoint_url=endpoint_url, region=region)
         self.retry_deadline = retry_deadline
         self.conditional_writes = True
         self.retries = 0
