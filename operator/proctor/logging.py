@@ -59,5 +59,9 @@ def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=_stderr_logger,
-        cache_logger_on_first_use=True,
+        # Not cached: a cached module logger keeps the configuration of its first use, and
+        # `proctor run` forks its workers, which configure their own (JSON, their level, their
+        # log file); a logger the parent had used dropped the workers' info lines. No log call
+        # is on a per-case path, so building the bound logger per call costs nothing that counts.
+        cache_logger_on_first_use=False,
     )
