@@ -1,0 +1,112 @@
+"""Red-team findings on the result cache: each test shows a way a cached result could differ
+from what the same run would have evaluated, or reach past the run's scope."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proctor.api.v1alpha1.evalrun import EvalRunSpec
+from proctor.cache.keys import SideKey
+from proctor.cache.setup import task_keys
+from proctor.cache.store import CacheStore, Entry, encode
+from proctor.sdk import load_task
+from proctor.sdk.records import side_record
+from proctor.storage import LocalBlobs
+
+
+def spec(**extra: Any) -> EvalRunSpec:
+    return EvalRunSpec.model_validate(
+        {
+            "image": "x",
+            "task": {"entrypoint": "proctor.examples.topk:task", "params": {"k": 3}},
+            "cases": {"count": 10},
+            "compare": {
+                "baseline": {"ref": "proctor.examples.topk:top_k_sorted"},
+                "candidate": {"ref": "proctor.examples.topk:top_k_heap"},
+            },
+            "cache": {"mode": "readWrite"},
+            **extra,
+        }
+    )
+
+
+def keys_of(s: EvalRunSpec) -> Any:
+    with load_task(s.task, s.compare, 0) as task:
+        return task_keys(s, task)
+
+
+def test_finding_case_timeout_is_in_the_key() -> None:
+    # A case that passed in 30 s under caseTimeout: 60s would be a timeout (an error) under
+    # caseTimeout: 1s; reusing the cached pass there gives a decision the uncached run
+    # would not reach.
+    assert keys_of(spec(caseTimeout="60s")) != keys_of(spec(caseTimeout="1s"))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="spec.env is not in the key: an implementation or command that reads an env var "
+    "(a model version, a feature flag) gets the results of another setting; docs/cache.md "
+    "does not say so",
+)
+def test_finding_env_is_in_the_key() -> None:
+    one = spec(env=[{"name": "MODEL", "value": "v1"}])
+    two = spec(env=[{"name": "MODEL", "value": "v2"}])
+    assert keys_of(one) != keys_of(two)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="spec.image is not in the key: a new image (other library versions, another "
+    "Python) reuses results of the old one when the implementation's own file is unchanged",
+)
+def test_finding_image_is_in_the_key() -> None:
+    assert keys_of(spec(image="team/eval:1")) != keys_of(spec(image="team/eval:2"))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a command task's implementation key is the command's files and the ref string; "
+    "the file the ref names (impl.py:solve) is not hashed, so editing it keeps every hit",
+)
+def test_finding_command_task_ref_file_is_in_the_key(tmp_path: Path) -> None:
+    harness = tmp_path / "harness.py"
+    harness.write_text("import sys\n")
+    impl = tmp_path / "impl.py"
+    impl.write_text("def solve(case):\n    return case\n")
+    base = {
+        "image": "x",
+        "task": {"command": ["python3", str(harness)]},
+        "cases": {"count": 10},
+        "compare": {
+            "baseline": {"ref": f"{impl}:solve"},
+            "candidate": {"ref": f"{impl}:solve2"},
+        },
+        "cache": {"mode": "readWrite"},
+    }
+    before = keys_of(EvalRunSpec.model_validate(base))
+    impl.write_text("def solve(case):\n    return None\n")
+    after = keys_of(EvalRunSpec.model_validate(base))
+    assert before is not None and after is not None
+    assert before.implementations[0] != after.implementations[0]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="pieces are not authenticated: anyone who can write the cache location (another "
+    "tenant's run sharing the default proctor-cache/ under the operator's storage, or its "
+    "implementation code in the worker, which holds the storage credentials) can compute a "
+    "victim's key from its public spec and source and plant results it then trusts; "
+    "docs/security.md says nothing about the cache",
+)
+def test_finding_a_forged_piece_is_not_trusted(tmp_path: Path) -> None:
+    victim = keys_of(spec())
+    assert victim is not None
+    key = SideKey(victim.implementations[1], victim.task, "seed-0", "candidate")
+    blobs = LocalBlobs(tmp_path / "cache", create=True)
+    forged = [Entry(i, "", side_record([], None), "tenant-a/evil") for i in range(10)]
+    blobs.put(key.piece_key(0, 0), encode(key, 0, forged))
+    reader = CacheStore(blobs, "tenant-b/run", writes=False)
+    assert reader.lookup(key, 0, 10, dict.fromkeys(range(10), "")) == {}
