@@ -10,7 +10,7 @@ import pytest
 
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.cache.keys import SideKey
-from proctor.cache.setup import task_keys
+from proctor.cache.setup import TaskKeys, task_keys
 from proctor.cache.store import CacheStore, Entry, encode
 from proctor.sdk import load_task
 from proctor.sdk.records import side_record
@@ -33,7 +33,7 @@ def spec(**extra: Any) -> EvalRunSpec:
     )
 
 
-def keys_of(s: EvalRunSpec) -> Any:
+def keys_of(s: EvalRunSpec) -> TaskKeys | None:
     with load_task(s.task, s.compare, 0) as task:
         return task_keys(s, task)
 
@@ -89,7 +89,8 @@ def test_finding_command_task_ref_file_is_in_the_key(tmp_path: Path) -> None:
     before = keys_of(EvalRunSpec.model_validate(base))
     impl.write_text("def solve(case):\n    return None\n")
     after = keys_of(EvalRunSpec.model_validate(base))
-    assert before is not None and after is not None
+    assert before is not None
+    assert after is not None
     assert before.implementations[0] != after.implementations[0]
 
 

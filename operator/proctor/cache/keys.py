@@ -7,7 +7,8 @@ A side's result on a case is reused only when three fingerprints agree (docs/cac
   a command task's: the digest of every file its command names, with the side's role and ref;
 - the **task**: its entrypoint (or command), ``params``, the source digest of the task's own
   module (its checks and relations decide pass and fail), whether outputs are kept and how
-  large, and the version of the record schema and of the cache format;
+  large, ``caseTimeout`` (a pass reached in 30 s is a timeout under a 1 s limit), and the
+  version of the record schema and of the cache format;
 - the **case**: ``(seed, index)`` for a generated case; for a dataset row, the digest of the
   row's content (checked on every hit), found by the dataset's location, seed and index.
 
@@ -92,14 +93,17 @@ def task_fingerprint(
     params: Any,
     code: Mapping[str, str],
     max_output: int | None,
+    case_timeout: float,
 ) -> str:
-    """The task's key part: entrypoint (or command), params, its code, what a record keeps."""
+    """The task's key part: entrypoint (or command), params, its code, what a record keeps,
+    and the case timeout (a result reached in 30 s is a timeout under a 1 s limit)."""
     return digest(
         {
             "entrypoint": entrypoint,
             "params": params or {},
             "code": dict(code),
             "outputs": max_output,
+            "caseTimeout": case_timeout,
             "records": SCHEMA_VERSION,
             "format": FORMAT,
         }

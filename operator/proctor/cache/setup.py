@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
+from proctor.api.quantity import parse_duration
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.cache.keys import (
     SideKey,
@@ -106,7 +107,9 @@ def task_keys(spec: EvalRunSpec, task: LoadedTask) -> TaskKeys | None:
         for c, (role, ref, params) in zip(impl_code, refs, strict=True)
     )
     return TaskKeys(
-        task=task_fingerprint(entry, spec.task.params, code, max_output),
+        task=task_fingerprint(
+            entry, spec.task.params, code, max_output, parse_duration(spec.case_timeout)
+        ),
         implementations=impls,
         roles=tuple(role for role, _, _ in refs),
     )
