@@ -111,3 +111,23 @@ def test_finding_a_forged_piece_is_not_trusted(tmp_path: Path) -> None:
     blobs.put(key.piece_key(0, 0), encode(key, 0, forged))
     reader = CacheStore(blobs, "tenant-b/run", writes=False)
     assert reader.lookup(key, 0, 10, dict.fromkeys(range(10), "")) == {}
+
+
+def test_finding_the_file_a_ref_names_is_in_the_key(tmp_path: Path) -> None:
+    # ``solve = functools.partial(library_fn, k=3)`` resolves to the library's function: the
+    # key held its package version only, so editing ``k=3`` to ``k=5`` kept every hit.
+    impl = tmp_path / "partial_impl.py"
+    impl.write_text(
+        "import functools\nimport json\n\nsolve = functools.partial(json.dumps, indent=2)\n"
+    )
+    base = spec().model_dump(by_alias=True)
+    base["compare"]["candidate"]["ref"] = f"{impl}:solve"
+    before = keys_of(EvalRunSpec.model_validate(base))
+    impl.write_text(
+        "import functools\nimport json\n\nsolve = functools.partial(json.dumps, indent=4)\n"
+    )
+    after = keys_of(EvalRunSpec.model_validate(base))
+    assert before is not None
+    assert after is not None
+    assert before.implementations[0] == after.implementations[0]
+    assert before.implementations[1] != after.implementations[1]

@@ -3,7 +3,8 @@
 A side's result on a case is reused only when three fingerprints agree (docs/cache.md):
 
 - the **implementation**: the digest of the source file of the module that defines it (or,
-  for a module without one, its distribution's name and version), its ``ref`` and ``params``;
+  for a module without one, its distribution's name and version), the digest of the file of
+  the module its ``ref`` names, its ``ref`` and ``params``;
   a command task's: the digest of every file its command names, with the side's role and ref;
 - the **task**: its entrypoint (or command), ``params``, the source digest of the task's own
   module (its checks and relations decide pass and fail), whether outputs are kept and how
@@ -81,6 +82,24 @@ def code_identity(obj: Any) -> dict[str, str]:
     raise UnfingerprintableError(
         f"module {module.__name__} has neither a source file nor a version"
     )
+
+
+def ref_identity(ref: str) -> dict[str, str]:
+    """The digest of the source file of the module ``ref`` names (``module:attr`` or
+    ``file.py:attr``), which may hold what the object alone does not show (a
+    ``functools.partial`` of a library function and its arguments, a wrapper without
+    ``__wrapped__``); empty for a bare name (the task's module, in the task's key) or a
+    module without a source file."""
+    name = ref.rpartition(":")[0]
+    if not name:
+        return {}
+    if name.endswith(".py") or "/" in name:
+        source: str | None = name
+    else:
+        source = getattr(sys.modules.get(name), "__file__", None)
+    if source and source.endswith(".py") and Path(source).is_file():
+        return {"refModule": name, "refSource": file_digest(Path(source))}
+    return {}
 
 
 def implementation_fingerprint(code: Mapping[str, str], ref: str, params: Any) -> str:

@@ -20,6 +20,7 @@ from proctor.cache.keys import (
     command_files,
     generated_space,
     implementation_fingerprint,
+    ref_identity,
     rows_space,
     task_fingerprint,
 )
@@ -92,7 +93,10 @@ def task_keys(spec: EvalRunSpec, task: LoadedTask) -> TaskKeys | None:
                 return None
             code = task_code(task.task)
             entry: str | list[str] = spec.task.entrypoint or ""
-            impl_code = [code_identity(fn) for fn in task.implementations]
+            impl_code = [
+                {**code_identity(fn), **ref_identity(ref)}
+                for fn, (_, ref, _) in zip(task.implementations, refs, strict=True)
+            ]
         elif isinstance(task, CommandTask):
             code = command_files(task.command)
             entry = list(task.command)
