@@ -10,7 +10,7 @@ import pytest
 
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.cache.keys import SideKey
-from proctor.cache.setup import TaskKeys, task_keys
+from proctor.cache.setup import TaskKeys, task_keys, with_cache
 from proctor.cache.store import CacheStore, Entry, encode
 from proctor.sdk import load_task
 from proctor.sdk.records import side_record
@@ -99,8 +99,11 @@ def test_finding_command_task_ref_file_is_in_the_key(tmp_path: Path) -> None:
     reason="pieces are not authenticated: anyone who can write the cache location (another "
     "tenant's run sharing the default proctor-cache/ under the operator's storage, or its "
     "implementation code in the worker, which holds the storage credentials) can compute a "
-    "victim's key from its public spec and source and plant results it then trusts; "
-    "docs/security.md says nothing about the cache",
+    "victim's key from its public spec and source and plant results it then trusts; even "
+    "without raw writes, a run with the victim's source but another image or env (neither "
+    "in the key) writes under the victim's keys. The EvalRun cache's default location is "
+    "shared by every namespace (the suite cache's is per namespace); docs/security.md says "
+    "nothing about the cache and still says a run never reaches another run's results",
 )
 def test_finding_a_forged_piece_is_not_trusted(tmp_path: Path) -> None:
     victim = keys_of(spec())
@@ -131,3 +134,49 @@ def test_finding_the_file_a_ref_names_is_in_the_key(tmp_path: Path) -> None:
     assert after is not None
     assert before.implementations[0] == after.implementations[0]
     assert before.implementations[1] != after.implementations[1]
+
+
+TRANSIENT_TASK = """
+from proctor.sdk import Task
+
+
+class Flaky(Task):
+    def generate(self, seed, index):
+        return index
+
+    def check(self, case, output):
+        return []
+
+    def solve(self, case):
+        raise MemoryError("the worker's memory limit, not the implementation's answer")
+
+
+task = Flaky()
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="an `exception` side is cached whatever raised it: a MemoryError under a small "
+    "spec.resources (not in the key), or a ConnectionError of a service the implementation "
+    "calls, is reused as the implementation's answer by every later run",
+)
+def test_finding_a_resource_or_transient_exception_is_not_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "flaky_task.py").write_text(TRANSIENT_TASK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    s = EvalRunSpec.model_validate(
+        {
+            "image": "x",
+            "task": {"entrypoint": "flaky_task:task"},
+            "cases": {"count": 3},
+            "cache": {"mode": "readWrite"},
+        }
+    )
+    blobs = LocalBlobs(tmp_path / "cache", create=False)
+    with load_task(s.task, s.compare, 0) as task:
+        cached = with_cache(task, s, blobs, run="ns/first")
+        records = list(cached.evaluate_batch(0, 3, 60.0))
+    assert [r["errorType"] for r in records] == ["exception"] * 3
+    assert not list((tmp_path / "cache").rglob("*.arrow.zst"))
