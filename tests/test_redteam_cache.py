@@ -9,11 +9,8 @@ from typing import Any
 import pytest
 
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
-from proctor.cache.keys import SideKey
 from proctor.cache.setup import TaskKeys, task_keys, with_cache
-from proctor.cache.store import CacheStore, Entry, encode
 from proctor.sdk import load_task
-from proctor.sdk.records import side_record
 from proctor.storage import LocalBlobs
 
 
@@ -45,32 +42,16 @@ def test_finding_case_timeout_is_in_the_key() -> None:
     assert keys_of(spec(caseTimeout="60s")) != keys_of(spec(caseTimeout="1s"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="spec.env is not in the key: an implementation or command that reads an env var "
-    "(a model version, a feature flag) gets the results of another setting; docs/cache.md "
-    "does not say so",
-)
 def test_finding_env_is_in_the_key() -> None:
     one = spec(env=[{"name": "MODEL", "value": "v1"}])
     two = spec(env=[{"name": "MODEL", "value": "v2"}])
     assert keys_of(one) != keys_of(two)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="spec.image is not in the key: a new image (other library versions, another "
-    "Python) reuses results of the old one when the implementation's own file is unchanged",
-)
 def test_finding_image_is_in_the_key() -> None:
     assert keys_of(spec(image="team/eval:1")) != keys_of(spec(image="team/eval:2"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a command task's implementation key is the command's files and the ref string; "
-    "the file the ref names (impl.py:solve) is not hashed, so editing it keeps every hit",
-)
 def test_finding_command_task_ref_file_is_in_the_key(tmp_path: Path) -> None:
     harness = tmp_path / "harness.py"
     harness.write_text("import sys\n")
@@ -94,26 +75,17 @@ def test_finding_command_task_ref_file_is_in_the_key(tmp_path: Path) -> None:
     assert before.implementations[0] != after.implementations[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pieces are not authenticated: anyone who can write the cache location (another "
-    "tenant's run sharing the default proctor-cache/ under the operator's storage, or its "
-    "implementation code in the worker, which holds the storage credentials) can compute a "
-    "victim's key from its public spec and source and plant results it then trusts; even "
-    "without raw writes, a run with the victim's source but another image or env (neither "
-    "in the key) writes under the victim's keys. The EvalRun cache's default location is "
-    "shared by every namespace (the suite cache's is per namespace); docs/security.md says "
-    "nothing about the cache and still says a run never reaches another run's results",
-)
-def test_finding_a_forged_piece_is_not_trusted(tmp_path: Path) -> None:
-    victim = keys_of(spec())
-    assert victim is not None
-    key = SideKey(victim.implementations[1], victim.task, "seed-0", "candidate")
-    blobs = LocalBlobs(tmp_path / "cache", create=True)
-    forged = [Entry(i, "", side_record([], None), "tenant-a/evil") for i in range(10)]
-    blobs.put(key.piece_key(0, 0), encode(key, 0, forged))
-    reader = CacheStore(blobs, "tenant-b/run", writes=False)
-    assert reader.lookup(key, 0, 10, dict.fromkeys(range(10), "")) == {}
+def test_finding_a_tenant_cannot_plant_results_in_another_namespaces_default_cache() -> None:
+    # Pieces are not authenticated (docs/security.md: whoever can write a cache is trusted by
+    # every run that reads it), so no two namespaces may share a cache by default: the
+    # operator's default storage is shared by every namespace, and its default cache was too.
+    cache = spec().cache
+    root = "s3://operator-bucket/proctor"
+    assert cache.location(root, "tenant-a") != cache.location(root, "tenant-b")
+    assert cache.location(root, "tenant-a").startswith(root + "/proctor-cache/")
+    assert cache.location(root) == root + "/proctor-cache"  # proctor run: one user
+    named = spec(cache={"mode": "readWrite", "uri": "s3://shared/cache"}).cache
+    assert named.location(root, "tenant-a") == "s3://shared/cache"  # named: the user's choice
 
 
 def test_finding_the_file_a_ref_names_is_in_the_key(tmp_path: Path) -> None:
@@ -155,12 +127,6 @@ task = Flaky()
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an `exception` side is cached whatever raised it: a MemoryError under a small "
-    "spec.resources (not in the key), or a ConnectionError of a service the implementation "
-    "calls, is reused as the implementation's answer by every later run",
-)
 def test_finding_a_resource_or_transient_exception_is_not_cached(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -113,9 +113,12 @@ def task_fingerprint(
     code: Mapping[str, str],
     max_output: int | None,
     case_timeout: float,
+    *,
+    setting: Mapping[str, Any] | None = None,
 ) -> str:
     """The task's key part: entrypoint (or command), params, its code, what a record keeps,
-    and the case timeout (a result reached in 30 s is a timeout under a 1 s limit)."""
+    the case timeout (a result reached in 30 s is a timeout under a 1 s limit) and the run's
+    setting (``setting``: the image and the environment variables the code runs with)."""
     return digest(
         {
             "entrypoint": entrypoint,
@@ -123,6 +126,7 @@ def task_fingerprint(
             "code": dict(code),
             "outputs": max_output,
             "caseTimeout": case_timeout,
+            "setting": dict(setting or {}),
             "records": SCHEMA_VERSION,
             "format": FORMAT,
         }

@@ -76,6 +76,14 @@ def task_code(task: Task) -> dict[str, str]:
     return code
 
 
+def setting(spec: EvalRunSpec) -> dict[str, Any]:
+    """What the code runs with besides its own files: the image (other libraries, another
+    Python) and the environment variables (a model version, a feature flag), as the spec
+    names them (a Secret's variable by its reference, never its value)."""
+    env = [e.model_dump(by_alias=True, exclude_none=True) for e in spec.env or ()]
+    return {"image": spec.image, "env": env}
+
+
 def task_keys(spec: EvalRunSpec, task: LoadedTask) -> TaskKeys | None:
     """The key parts of ``task`` loaded from ``spec``; None when it is not cacheable (a
     ``cacheable = False`` task, or code that cannot be fingerprinted)."""
@@ -100,7 +108,8 @@ def task_keys(spec: EvalRunSpec, task: LoadedTask) -> TaskKeys | None:
         elif isinstance(task, CommandTask):
             code = command_files(task.command)
             entry = list(task.command)
-            impl_code = [code for _ in refs]
+            # The command's files, and the file a ref names (impl.py:solve), if it is one.
+            impl_code = [{**code, **ref_identity(ref)} for _, ref, _ in refs]
         else:
             return None
     except UnfingerprintableError as exc:
@@ -112,7 +121,12 @@ def task_keys(spec: EvalRunSpec, task: LoadedTask) -> TaskKeys | None:
     )
     return TaskKeys(
         task=task_fingerprint(
-            entry, spec.task.params, code, max_output, parse_duration(spec.case_timeout)
+            entry,
+            spec.task.params,
+            code,
+            max_output,
+            parse_duration(spec.case_timeout),
+            setting=setting(spec),
         ),
         implementations=impls,
         roles=tuple(role for role, _, _ in refs),
