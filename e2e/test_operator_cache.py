@@ -31,7 +31,7 @@ def test_a_new_candidate_reuses_every_baseline_result(env: Env) -> None:
             two = env.wait_phase("cache-second", "Succeeded", timeout=180)
         except TimeoutError as exc:
             raise AssertionError(str(exc) + _dump(op)) from exc
-    uri = f"s3://{env.bucket}/runs/proctor-cache"
+    uri = f"s3://{env.bucket}/runs/proctor-cache/{env.namespace}"  # one per namespace
     assert one["cache"] == {
         "hits": 0,
         "misses": 2 * COUNT,

@@ -36,7 +36,7 @@ from proctor.storage import Blobs, LocalBlobs, S3Blobs, StorageError
 
 CODE = {"module": "m", "source": "abc"}
 BASE = implementation_fingerprint(CODE, "baseline:m:f", None)
-TASK = task_fingerprint("m:task", {"k": 5}, CODE, None)
+TASK = task_fingerprint("m:task", {"k": 5}, CODE, None, 60.0)
 
 # Each variation of one input must change the fingerprint; equal inputs must not.
 FINGERPRINTS = {
@@ -63,16 +63,17 @@ def test_implementation_fingerprint(fingerprint: str, same: bool) -> None:
 
 
 TASKS = {
-    "same inputs": (task_fingerprint("m:task", {"k": 5}, CODE, None), True),
-    "params in another order": (task_fingerprint("m:task", {"k": 5}, dict(CODE), None), True),
-    "another entrypoint": (task_fingerprint("m:other", {"k": 5}, CODE, None), False),
-    "another param": (task_fingerprint("m:task", {"k": 6}, CODE, None), False),
+    "same inputs": (task_fingerprint("m:task", {"k": 5}, CODE, None, 60.0), True),
+    "params in another order": (task_fingerprint("m:task", {"k": 5}, dict(CODE), None, 60.0), True),
+    "another entrypoint": (task_fingerprint("m:other", {"k": 5}, CODE, None, 60.0), False),
+    "another param": (task_fingerprint("m:task", {"k": 6}, CODE, None, 60.0), False),
     "the task's source": (
-        task_fingerprint("m:task", {"k": 5}, {**CODE, "source": "x"}, None),
+        task_fingerprint("m:task", {"k": 5}, {**CODE, "source": "x"}, None, 60.0),
         False,
     ),
-    "outputs kept": (task_fingerprint("m:task", {"k": 5}, CODE, 65536), False),
-    "a command": (task_fingerprint(["./t.sh"], {"k": 5}, CODE, None), False),
+    "outputs kept": (task_fingerprint("m:task", {"k": 5}, CODE, 65536, 60.0), False),
+    "a command": (task_fingerprint(["./t.sh"], {"k": 5}, CODE, None, 60.0), False),
+    "another case timeout": (task_fingerprint("m:task", {"k": 5}, CODE, None, 1.0), False),
 }
 
 
@@ -85,7 +86,7 @@ def test_the_record_schema_version_is_in_the_task_fingerprint(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(keys, "SCHEMA_VERSION", "2")
-    assert task_fingerprint("m:task", {"k": 5}, CODE, None) != TASK
+    assert task_fingerprint("m:task", {"k": 5}, CODE, None, 60.0) != TASK
 
 
 @pytest.mark.parametrize(

@@ -105,7 +105,7 @@ def test_status_cache_counts_the_baseline_hits_of_a_second_run(tmp_path: Path) -
         "misses": 80,
         "baseline": {"hits": 0, "misses": 40},
         "candidate": {"hits": 0, "misses": 40},
-        "uri": str(tmp_path / "results" / "proctor-cache"),
+        "uri": str(tmp_path / "results" / "proctor-cache" / "ns"),
     }
     conds = {c["type"]: c for c in status["conditions"]}
     assert conds["CacheReadOnly"]["status"] == "False"

@@ -3,11 +3,13 @@
 A side's result on a case is reused only when three fingerprints agree (docs/cache.md):
 
 - the **implementation**: the digest of the source file of the module that defines it (or,
-  for a module without one, its distribution's name and version), its ``ref`` and ``params``;
+  for a module without one, its distribution's name and version), the digest of the file of
+  the module its ``ref`` names, its ``ref`` and ``params``;
   a command task's: the digest of every file its command names, with the side's role and ref;
 - the **task**: its entrypoint (or command), ``params``, the source digest of the task's own
   module (its checks and relations decide pass and fail), whether outputs are kept and how
-  large, and the version of the record schema and of the cache format;
+  large, ``caseTimeout`` (a pass reached in 30 s is a timeout under a 1 s limit), and the
+  version of the record schema and of the cache format;
 - the **case**: ``(seed, index)`` for a generated case; for a dataset row, the digest of the
   row's content (checked on every hit), found by the dataset's location, seed and index.
 
@@ -82,6 +84,24 @@ def code_identity(obj: Any) -> dict[str, str]:
     )
 
 
+def ref_identity(ref: str) -> dict[str, str]:
+    """The digest of the source file of the module ``ref`` names (``module:attr`` or
+    ``file.py:attr``), which may hold what the object alone does not show (a
+    ``functools.partial`` of a library function and its arguments, a wrapper without
+    ``__wrapped__``); empty for a bare name (the task's module, in the task's key) or a
+    module without a source file."""
+    name = ref.rpartition(":")[0]
+    if not name:
+        return {}
+    if name.endswith(".py") or "/" in name:
+        source: str | None = name
+    else:
+        source = getattr(sys.modules.get(name), "__file__", None)
+    if source and source.endswith(".py") and Path(source).is_file():
+        return {"refModule": name, "refSource": file_digest(Path(source))}
+    return {}
+
+
 def implementation_fingerprint(code: Mapping[str, str], ref: str, params: Any) -> str:
     """The implementation's key part: its code identity, ref and params."""
     return digest({"code": dict(code), "ref": ref, "params": params or {}})
@@ -92,14 +112,21 @@ def task_fingerprint(
     params: Any,
     code: Mapping[str, str],
     max_output: int | None,
+    case_timeout: float,
+    *,
+    setting: Mapping[str, Any] | None = None,
 ) -> str:
-    """The task's key part: entrypoint (or command), params, its code, what a record keeps."""
+    """The task's key part: entrypoint (or command), params, its code, what a record keeps,
+    the case timeout (a result reached in 30 s is a timeout under a 1 s limit) and the run's
+    setting (``setting``: the image and the environment variables the code runs with)."""
     return digest(
         {
             "entrypoint": entrypoint,
             "params": params or {},
             "code": dict(code),
             "outputs": max_output,
+            "caseTimeout": case_timeout,
+            "setting": dict(setting or {}),
             "records": SCHEMA_VERSION,
             "format": FORMAT,
         }

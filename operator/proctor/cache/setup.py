@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
+from proctor.api.quantity import parse_duration
 from proctor.api.v1alpha1.evalrun import EvalRunSpec
 from proctor.cache.keys import (
     SideKey,
@@ -19,6 +20,7 @@ from proctor.cache.keys import (
     command_files,
     generated_space,
     implementation_fingerprint,
+    ref_identity,
     rows_space,
     task_fingerprint,
 )
@@ -74,6 +76,14 @@ def task_code(task: Task) -> dict[str, str]:
     return code
 
 
+def setting(spec: EvalRunSpec) -> dict[str, Any]:
+    """What the code runs with besides its own files: the image (other libraries, another
+    Python) and the environment variables (a model version, a feature flag), as the spec
+    names them (a Secret's variable by its reference, never its value)."""
+    env = [e.model_dump(by_alias=True, exclude_none=True) for e in spec.env or ()]
+    return {"image": spec.image, "env": env}
+
+
 def task_keys(spec: EvalRunSpec, task: LoadedTask) -> TaskKeys | None:
     """The key parts of ``task`` loaded from ``spec``; None when it is not cacheable (a
     ``cacheable = False`` task, or code that cannot be fingerprinted)."""
@@ -91,11 +101,15 @@ def task_keys(spec: EvalRunSpec, task: LoadedTask) -> TaskKeys | None:
                 return None
             code = task_code(task.task)
             entry: str | list[str] = spec.task.entrypoint or ""
-            impl_code = [code_identity(fn) for fn in task.implementations]
+            impl_code = [
+                {**code_identity(fn), **ref_identity(ref)}
+                for fn, (_, ref, _) in zip(task.implementations, refs, strict=True)
+            ]
         elif isinstance(task, CommandTask):
             code = command_files(task.command)
             entry = list(task.command)
-            impl_code = [code for _ in refs]
+            # The command's files, and the file a ref names (impl.py:solve), if it is one.
+            impl_code = [{**code, **ref_identity(ref)} for _, ref, _ in refs]
         else:
             return None
     except UnfingerprintableError as exc:
@@ -106,7 +120,14 @@ def task_keys(spec: EvalRunSpec, task: LoadedTask) -> TaskKeys | None:
         for c, (role, ref, params) in zip(impl_code, refs, strict=True)
     )
     return TaskKeys(
-        task=task_fingerprint(entry, spec.task.params, code, max_output),
+        task=task_fingerprint(
+            entry,
+            spec.task.params,
+            code,
+            max_output,
+            parse_duration(spec.case_timeout),
+            setting=setting(spec),
+        ),
         implementations=impls,
         roles=tuple(role for role, _, _ in refs),
     )

@@ -11,8 +11,8 @@ range touches) and then walks the range in pieces where the same sides hit:
 
 Each record is the same case record either way; a cached side says ``cached: true`` and
 ``cachedFrom`` (:mod:`proctor.sdk.records`). After the batch, the fresh results that are
-results (not a timeout, a crash, a task or input error: :data:`UNCACHED_ERRORS`) are added
-to the cache. Redelivered batches evaluated in isolation (``evaluate_side`` from
+results are added to the cache: a side that passed or broke a property, never one that
+errored (:func:`cacheable_side`). Redelivered batches evaluated in isolation (``evaluate_side`` from
 :mod:`proctor.worker.isolation`) bypass the cache.
 """
 
@@ -29,8 +29,14 @@ from proctor.sdk import LoadedTask, Record, stop_requested
 from proctor.sdk.cases import DatasetRow, RowSource
 from proctor.sdk.records import case_record
 
-UNCACHED_ERRORS = frozenset({"timeout", "crashed", "task", "badInput"})
-"""Error types that are not a result of the implementation on the case: never cached."""
+
+def cacheable_side(side: Record) -> bool:
+    """Whether a side's result is kept: one that passed or broke a property. An errored side
+    never is: a timeout, a crash, a task or input error are not the implementation's answer,
+    and an exception may not be either (a MemoryError under the worker's memory limit, a
+    ConnectionError of a service it calls: neither is in the key), so it is evaluated again."""
+    return side.get("errorType") is None and not side.get("errored")
+
 
 Observe = Callable[[str, int, int], None]
 """``(role, hits, misses)`` after each batch: the worker's metrics."""
@@ -190,7 +196,7 @@ class CachedTask(LoadedTask):
         if row is None:
             return record
         for role, side in enumerate(sides):
-            if (only is None or role == only) and side.get("errorType") not in UNCACHED_ERRORS:
+            if (only is None or role == only) and cacheable_side(side):
                 batch.fresh[role].append(Entry(index, row, _stored(side), self.use.store.run))
         return record
 

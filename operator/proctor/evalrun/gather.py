@@ -275,7 +275,7 @@ def probe_cache(
     if not cache.writes:
         return ""
     if rt.cache_problem is None:
-        uri = cache.location(conn.storage_uri)
+        uri = cache.location(conn.storage_uri, ref.namespace)
         if uri.startswith("s3://"):
             bucket, _, prefix = uri.removeprefix("s3://").partition("/")
             s3 = clients.s3(conn.storage_endpoint, conn.storage_region, conn.storage_credentials)

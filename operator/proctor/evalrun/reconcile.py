@@ -175,7 +175,10 @@ def _advance_queue(
         result = write_summary(spec, storage, ref, snap, made)
     cache_problem = probe_cache(spec, ref, conn, rt, clients)
     cache = cache_status(
-        spec, progress.aggregate, spec.cache.location(conn.storage_uri), cache_problem
+        spec,
+        progress.aggregate,
+        spec.cache.location(conn.storage_uri, ref.namespace),
+        cache_problem,
     )
     return QueueFacts(
         counts=case_counts(snap, depth),

@@ -91,6 +91,13 @@ class WorkerConfig:
             dataset_credentials=credentials_from_env(e.values),
         )
 
+    @property
+    def namespace(self) -> str | None:
+        """The run's namespace on a cluster (``PROCTOR_RUN`` is ``namespace/name``); None
+        for ``proctor run``."""
+        namespace, slash, _ = self.run_name.partition("/")
+        return namespace if slash else None
+
     def env(self) -> dict[str, str]:
         """The inverse of :meth:`from_env`: variables that configure a worker like this one."""
         out = {
@@ -163,7 +170,7 @@ def load_run_task(
     if spec.cache.mode == "off":
         return task
     blobs = open_cache_blobs(
-        spec.cache.location(config.storage_uri),
+        spec.cache.location(config.storage_uri, config.namespace),
         endpoint=config.storage_endpoint,
         region=config.storage_region,
     )

@@ -225,7 +225,8 @@ class CacheSpec(ApiModel):
         default=None,
         description="Where the cache lives: s3://bucket/prefix (read and written with the "
         "run's storage credentials and endpoint) or, for proctor run, a folder. Unset: "
-        f"{CACHE_FOLDER}/ under the run's storage root, shared by every run that stores there.",
+        f"{CACHE_FOLDER}/<namespace>/ under the run's storage root on a cluster (shared by the "
+        f"namespace's runs that store there; {CACHE_FOLDER}/ for proctor run).",
         pattern=r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|file:///.*|[^:]*)$",
         max_length=1024,
     )
@@ -246,9 +247,14 @@ class CacheSpec(ApiModel):
         """Whether new results are added."""
         return self.mode in ("readWrite", "write")
 
-    def location(self, storage_root: str) -> str:
-        """The cache's URI: ``uri``, or its default folder under ``storage_root``."""
-        return self.uri or storage_root.rstrip("/") + "/" + CACHE_FOLDER
+    def location(self, storage_root: str, namespace: str | None = None) -> str:
+        """The cache's URI: ``uri``, or its default folder under ``storage_root``, one per
+        ``namespace`` on a cluster, so that a tenant's runs never read results another
+        namespace's runs wrote (docs/security.md, the result cache)."""
+        if self.uri:
+            return self.uri
+        scope = f"/{namespace}" if namespace else ""
+        return storage_root.rstrip("/") + "/" + CACHE_FOLDER + scope
 
 
 class EarlyStoppingSpec(ApiModel):
