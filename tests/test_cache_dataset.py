@@ -14,6 +14,7 @@ import pytest
 
 from proctor.cli import main
 from proctor.storage import open_storage
+from tests.test_localrun_dataset import ECHO  # the same command task
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -34,17 +35,6 @@ spec:
   batch:
     initialSize: 37
   caseTimeout: 10s
-"""
-
-ECHO = """
-import json, sys
-for line in sys.stdin:
-    req = json.loads(line)
-    x = req["case"]["x"]
-    out = {"index": req["index"], "passed": x % 5 != 0, "violations": [], "output": x * 2}
-    if x % 5 == 0:
-        out["violations"] = ["five"]
-    print(json.dumps(out), flush=True)
 """
 
 

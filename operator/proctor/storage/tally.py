@@ -62,11 +62,11 @@ def _passed(table: pa.Table) -> Aggregate:
 def _count_cached(agg: Aggregate, table: pa.Table) -> Aggregate:
     """The result cache's hits: a side with a ``cached_from`` run was reused, per side where
     the row compares two, else the row's one side (``cached``)."""
-    hits = pc.is_valid(table.column("cached_from"))
     if table.column("cached_from").null_count == table.num_rows and (
         table.column("baseline_cached_from").null_count == table.num_rows
     ):
         return agg  # no hit at all: the common table
+    hits = pc.is_valid(table.column("cached_from"))
     compared = pc.is_valid(table.column("baseline_passed"))
     agg.baseline_cached = _count(
         pc.and_(compared, pc.is_valid(table.column("baseline_cached_from")))
