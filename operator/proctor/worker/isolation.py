@@ -77,10 +77,18 @@ class _SideChild:
         self.pid = pid
         self._fd = read
         self._buf = bytearray()
+        self._status: int | None = None  # the child's wait status once it has ended
         self.last = time.monotonic()
 
     def next(self, limit: float | None, stop: threading.Event) -> Record:
-        """The next side record; raises :class:`_Ended` when the child ends without it."""
+        """The next side record; raises :class:`_Ended` when the child ends without it.
+
+        The child is judged only on an empty pipe: while the parent waited on the other side,
+        this child may have answered (in the pipe, not yet read) or died (a process it forked
+        holding the pipe's write end open, so no end of file comes). ``limit`` counts from
+        when its last record was read, which is never before it began the case it is on, so
+        a child is never timed out early.
+        """
         while True:
             nl = self._buf.find(b"\n")
             if nl >= 0:
@@ -89,22 +97,43 @@ class _SideChild:
                 self.last = time.monotonic()
                 side: Record = json.loads(line)
                 return side
+            if self._status is not None and not self._read(0.0):
+                self.close()
+                raise _Ended(how_it_died(self._status), "crashed")
             if stop.is_set():
                 self.close()
                 raise _Ended("stopped", None)
-            now = time.monotonic()
-            if limit is not None and now - self.last > limit:
+            if self._read(0.1):
+                continue
+            if self._exited():
+                continue  # what it wrote before it ended is read first
+            if limit is not None and time.monotonic() - self.last > limit:
                 self.close()
                 raise _Ended(f"did not stop within {limit:g}s", "timeout")
-            ready, _, _ = select.select([self._fd], [], [], 0.1)
-            if ready:
-                chunk = os.read(self._fd, 1 << 16)
-                if not chunk:
-                    _, status = os.waitpid(self.pid, 0)
-                    self.pid = 0
-                    self.close()
-                    raise _Ended(how_it_died(status), "crashed")
-                self._buf += chunk
+
+    def _read(self, wait: float) -> bool:
+        """Read what the pipe holds, waiting up to ``wait`` seconds for it; False if nothing
+        came. At end of file the child has ended: waits for it."""
+        ready, _, _ = select.select([self._fd], [], [], wait)
+        if not ready:
+            return False
+        chunk = os.read(self._fd, 1 << 16)
+        if chunk:
+            self._buf += chunk
+        elif self._status is None:
+            _, self._status = os.waitpid(self.pid, 0)
+            self.pid = 0
+        return bool(chunk)
+
+    def _exited(self) -> bool:
+        """Whether the child has ended (reaped now, so it is never signalled after)."""
+        if self._status is not None:
+            return True
+        pid, status = os.waitpid(self.pid, os.WNOHANG)
+        if pid == 0:
+            return False
+        self._status, self.pid = status, 0
+        return True
 
     def close(self) -> None:
         if self.pid:
@@ -126,6 +155,10 @@ def _child(
         # The worker's handlers belong to the worker; the parent kills this child when it stops.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # Streams of its own: a lock another thread of the worker held at the fork (a log line
+        # being written) is held for ever here, and the first print would hang the case.
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - the process's
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
         with os.fdopen(fd, "wb", buffering=0) as out:
             for side in task.evaluate_side(start, end, role, case_timeout):
                 try:
