@@ -12,19 +12,22 @@ from pathlib import Path
 import pytest
 
 from e2e.harness.kubeletlogs import (
+    MAX_LINE,
     Query,
     Recorder,
     instance_log,
     parse_time,
     pick,
     rfc3339_nano,
+    split_entries,
 )
 
 SCRIPT = (
     "import sys, time\n"
     "print('one', flush=True)\n"
+    "time.sleep(0.3)\n"  # two pipes, two readers: apart in time, their order is known
     "print('two', file=sys.stderr, flush=True)\n"
-    "time.sleep(0.3)\n"
+    "time.sleep(0.5)\n"
     "print('three', flush=True)\n"
     "sys.stdout.write('no newline')\n"
 )
@@ -53,7 +56,7 @@ def test_times_and_streams_are_recorded_as_a_container_runtime_does(tmp_path: Pa
         (b"stdout", b"P", b"no newline"),
     ]
     stamps = [parse_time(p[0].decode()) for p in parsed]
-    assert before <= stamps[0] <= stamps[1] < stamps[2] <= time.time_ns()
+    assert before <= stamps[0] < stamps[1] < stamps[2] <= stamps[3] <= time.time_ns()
     assert stamps[2] - stamps[1] >= 0.25e9  # the sleep between them
     assert instance_log(tmp_path, 0).with_suffix(".done").exists()
     # What podrunner.read_log reads: each stream's bytes.
@@ -70,6 +73,27 @@ def test_times_and_streams_are_recorded_as_a_container_runtime_does(tmp_path: Pa
     # sinceSeconds counts back from the request's time.
     assert shown("sinceSeconds=1", now_ns=stamps[2] + 10**9 - 1) == b"three\nno newline"
     assert shown("sinceSeconds=1", now_ns=stamps[3] + 2 * 10**9) == b""
+
+
+def test_a_long_line_is_split_into_partial_entries_and_joined_again(tmp_path: Path) -> None:
+    run(tmp_path, 0, "print('x' * 40000 + 'end')")
+    entries = instance_log(tmp_path, 0).read_bytes().splitlines(keepends=True)
+    assert [e.split(b" ", 3)[2] for e in entries] == [b"P", b"P", b"F"]
+    assert Query("", time.time_ns()).render(entries) == b"x" * 40000 + b"end\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "entries", "rest"),
+    [
+        (b"a\nb\nc", [(b"a", True), (b"b", True)], b"c"),
+        (b"a\n", [(b"a", True)], b""),
+        (b"x" * MAX_LINE + b"y\n", [(b"x" * MAX_LINE, False), (b"y", True)], b""),
+        (b"x" * MAX_LINE + b"y", [(b"x" * MAX_LINE, False)], b"y"),
+        (b"x" * MAX_LINE + b"\n", [(b"x" * MAX_LINE, True)], b""),
+    ],
+)
+def test_split_entries(data: bytes, entries: list[tuple[bytes, bool]], rest: bytes) -> None:
+    assert split_entries(data) == (entries, rest)
 
 
 def test_tail_and_since_as_the_kubelet_applies_them() -> None:

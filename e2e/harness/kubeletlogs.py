@@ -41,6 +41,8 @@ POLL_SECONDS = 0.2
 INSTANCES = "containers"
 """The folder, in a pod's folder, of its container instances' logs (``<N>.log``)."""
 CHUNK = 64 * 1024
+MAX_LINE = 16 * 1024
+"""The longest entry; a longer line is split into partial (``P``) entries, as containerd does."""
 
 
 def rfc3339_nano(ns: int) -> str:
@@ -62,6 +64,20 @@ def parse_time(text: str) -> int:
         sign = 1 if zone[0] == "+" else -1
         seconds -= sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
     return seconds * 10**9 + int(((fraction or "") + "000000000")[:9])
+
+
+def split_entries(data: bytes) -> tuple[list[tuple[bytes, bool]], bytes]:
+    """The log entries in ``data`` (text, whether it ends a line), and what is left for the
+    next read: a line longer than :data:`MAX_LINE` goes out in parts, as a runtime splits it
+    (pure)."""
+    *lines, rest = data.split(b"\n")
+    entries: list[tuple[bytes, bool]] = []
+    for line in lines:
+        parts = [line[i : i + MAX_LINE] for i in range(0, len(line), MAX_LINE)] or [b""]
+        entries += [(part, False) for part in parts[:-1]] + [(parts[-1], True)]
+    whole = len(rest) - len(rest) % MAX_LINE
+    entries += [(rest[i : i + MAX_LINE], False) for i in range(0, whole, MAX_LINE)]
+    return entries, rest[whole:]
 
 
 def instance_log(folder: Path, instance: int) -> Path:
@@ -104,8 +120,8 @@ class Recorder:
             while chunk := os.read(pipe.fileno(), CHUNK):
                 out.write(chunk)
                 out.flush()
-                *lines, pending = (pending + chunk).split(b"\n")
-                self._write(stream, [(line, True) for line in lines])
+                entries, pending = split_entries(pending + chunk)
+                self._write(stream, entries)
             if pending:
                 self._write(stream, [(pending, False)])
         pipe.close()
