@@ -16,8 +16,9 @@ kubelet's part with a local process instead of a container:
   then removes the pod (delete with grace 0), as the kubelet does.
 
 kwok's stages (kwok.yaml) exclude marked pods, so the two never fight over
-them. Output goes to ``<state>/pods/<namespace>_<name>/{stdout,stderr}.log``;
-``read_log`` reads it.
+them. Output goes to ``<state>/pods/<namespace>_<name>/{stdout,stderr}.log``
+(``read_log`` reads it) and, line by line with the time it arrived, to the container
+instance's log the kubelet endpoint serves (kubeletlogs.py).
 
 A pod labelled ``e2e.proctor.dev/run=image-<key>`` runs inside the rootfs of
 that e2e/build-image build instead (image mode, imagepod.py and sandbox.py):
@@ -47,9 +48,9 @@ import sys
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
@@ -154,7 +155,7 @@ class Local:
     last_exit: dict[str, Any] | None = None  # a containerStatus `terminated` block
     final: bool = False  # terminal status written
     config_error: str = ""
-    outputs: list[IO[bytes]] = field(default_factory=list)
+    recorder: kubeletlogs.Recorder | None = None  # its stdout and stderr, as they arrive
     delete_sent: float = 0.0  # monotonic time of our last final delete
 
     def running(self) -> bool:
@@ -359,9 +360,6 @@ class Runner:
             return
         directory = local.workdir.parent
         local.workdir.mkdir(parents=True, exist_ok=True)
-        stdout = (directory / "stdout.log").open("ab")
-        stderr = (directory / "stderr.log").open("ab")
-        local.outputs = [stdout, stderr]
         local.term_sent = False
         local.started_at = now_iso()
         try:
@@ -372,16 +370,21 @@ class Runner:
                 cwd=local.workdir,
                 env=base,
                 stdin=subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=stderr,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 start_new_session=True,
             )
         except OSError as err:
             local.popen = None
-            self._close_outputs(local)
             local.last_exit = self._terminated(127, "StartError", f"{argv[0]}: {err}")
             self._after_exit(local, pod, deleting=False)
             return
+        assert local.popen.stdout is not None
+        assert local.popen.stderr is not None
+        # Instance N of the container (N restarts before it), as the kubelet counts them.
+        local.recorder = kubeletlogs.Recorder(
+            directory, local.restart_count, local.popen.stdout, local.popen.stderr
+        )
         (directory / "pid").write_text(str(local.popen.pid))
         log.info("started %s/%s pid %d: %s", local.namespace, local.name, local.popen.pid, argv)
         self._write_running(local, pod)
@@ -455,9 +458,9 @@ class Runner:
             os.killpg(local.popen.pid, signal.SIGKILL)
 
     def _close_outputs(self, local: Local) -> None:
-        for f in local.outputs:
-            f.close()
-        local.outputs = []
+        if local.recorder is not None:
+            local.recorder.close()
+        local.recorder = None
 
     def _on_exit(self, local: Local, pod: Pod, deleting: bool) -> None:
         assert local.popen is not None

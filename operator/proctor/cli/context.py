@@ -55,12 +55,16 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_UNDECIDED, "watch: the run Succeeded undecided (not every case was evaluated)"),
     (EXIT_FAILED, "watch: the run Failed"),
     (EXIT_CANCELLED, "watch: the run was Cancelled"),
-    (EXIT_NOT_FOUND, "no such run in the namespace (logs: no pod of it)"),
+    (
+        EXIT_NOT_FOUND,
+        "no such run in the namespace (logs: no pod of it; logs --previous: none has restarted)",
+    ),
     (EXIT_NO_ACCESS, NO_ACCESS),
     (
         EXIT_STORAGE,
         "the run's storage cannot be read (unreachable, credentials refused, a torn object) "
-        "or holds nothing for it yet; the error names the URI",
+        "or holds nothing for it yet (report: a finished run with no report; a running one "
+        "gets a partial report, exit 0); the error names the URI",
     ),
     (EXIT_TIMEOUT, "--timeout (watch) or --wait's timeout (cancel) elapsed"),
     (EXIT_INTERRUPTED, "interrupted (Ctrl-C); the run goes on"),

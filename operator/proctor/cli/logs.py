@@ -6,6 +6,8 @@ The pods are found by the label the operator puts on every pod of a run,
 not mixed in), and read from their one container, as the operator names it (``worker``,
 ``benchmark``). ``--follow`` streams every pod's log at once, picks up pods the operator starts
 later (scale-up, a replaced worker), and stops when the run has finished and no log is open.
+Which part of each log is read (``--tail``, ``--since``, ``--since-time``, ``--previous``,
+``--timestamps``) is kubectl's, :mod:`proctor.cli.logoptions`.
 """
 
 from __future__ import annotations
@@ -20,16 +22,19 @@ from typing import Any
 from proctor.api.crdgen import Kind
 from proctor.api.names import GROUP, LABEL_RUN_UID, VERSION
 from proctor.cli.context import (
-    ACCESS_CODES,
+    EXIT_NO_ACCESS,
     EXIT_NOT_FOUND,
     EXIT_OK,
+    EXIT_USAGE,
     CommandError,
     Target,
     add_cluster_options,
+    codes,
     connect,
     reported,
     run_command,
 )
+from proctor.cli.logoptions import LogOptions, add_log_options, log_options
 from proctor.cli.lookup import find_run
 from proctor.cli.usage import HelpFormatter, exit_codes
 from proctor.cli.views import FINAL_PHASES
@@ -49,7 +54,13 @@ def add_logs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "benchmark pods) through the API server, each line prefixed with [POD]. Pods are "
         "found by the operator's label proctor.dev/run-uid. Reading logs needs get on "
         "pods/log and list on pods in the namespace (docs/cli.md).",
-        epilog=exit_codes(*ACCESS_CODES, (130, "interrupted (the run goes on)")),
+        epilog=exit_codes(
+            (EXIT_OK, "done"),
+            *codes(EXIT_USAGE),
+            (EXIT_NOT_FOUND, "no such run, no pod of it (--previous: none has restarted)"),
+            *codes(EXIT_NO_ACCESS),
+            (130, "interrupted (the run goes on)"),
+        ),
         formatter_class=HelpFormatter,
     )
     logs.add_argument("name", metavar="NAME", help="the run: NAME or KIND/NAME")
@@ -57,10 +68,7 @@ def add_logs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "-f", "--follow", action="store_true",
         help="stream the logs, with pods started later, until the run has finished",
     )  # fmt: skip
-    logs.add_argument(
-        "--tail", type=int, default=-1, metavar="N",
-        help="the last N lines of each pod's log (default: all)",
-    )  # fmt: skip
+    add_log_options(logs)
     logs.add_argument(
         "--worker", action="append", metavar="POD",
         help="only this pod: its name, or the part after the run's name (repeatable)",
@@ -70,6 +78,9 @@ def add_logs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    options = log_options(
+        args.tail, args.since, args.since_time, previous=args.previous, timestamps=args.timestamps
+    )
     target = connect(args)
     try:
         kind, body = find_run(target, args.name)
@@ -83,11 +94,16 @@ def cmd_logs(args: argparse.Namespace) -> int:
                 "run's pods are gone; a pending one has none yet)",
                 EXIT_NOT_FOUND,
             )
-        if args.follow:
-            Follower(target, kind, body, args).run(pods)
-        else:
-            for pod in pods:
-                print_log(target, pod, args.tail)
+        if args.follow and not options.previous:
+            Follower(target, kind, body, args, options).run(pods)
+        else:  # as kubectl's -p -f: a previous container's log has ended, nothing to follow
+            printed = [print_log(target, pod, options) for pod in pods]
+            if options.previous and not any(printed):
+                raise CommandError(
+                    f"no pod of {kind.kind} {name} has a previous container: none has "
+                    "restarted (read the current logs without --previous)",
+                    EXIT_NOT_FOUND,
+                )
     finally:
         target.api.close()
     return EXIT_OK
@@ -128,38 +144,42 @@ def prefixed(pod: str, lines: Iterable[bytes]) -> Iterator[str]:
 
 
 def _log(
-    target: Target, pod: dict[str, Any], tail: int, *, follow: bool = False
+    target: Target, pod: dict[str, Any], options: LogOptions, *, follow: bool = False
 ) -> Iterator[bytes]:
-    query = {"container": container(pod)}
-    if tail >= 0:
-        query["tailLines"] = str(tail)
-    if follow:
-        query["follow"] = "true"
+    query = options.query(container(pod), follow=follow)
     path = core_path(str(pod["metadata"]["namespace"]), "pods", pod_name(pod)) + "/log"
     return target.api.stream(path, query, read_timeout=None if follow else 60.0)
 
 
-def print_log(target: Target, pod: dict[str, Any], tail: int) -> None:
-    """One pod's log so far; a pod not started yet (or gone) is a note on stderr."""
+def print_log(target: Target, pod: dict[str, Any], options: LogOptions) -> bool:
+    """One pod's log so far; False when it has none to read (a pod not started yet, gone, or
+    with no previous container), said on stderr."""
     name = pod_name(pod)
     try:
         with reported(f"read the log of pod {name}", target.server):
-            for line in prefixed(name, _log(target, pod, tail)):
+            for line in prefixed(name, _log(target, pod, options)):
                 print(line, flush=False)
     except CommandError as exc:
         cause = exc.__cause__
         if not isinstance(cause, KubeApiError) or cause.status not in (400, 404):
             raise
-        print(f"[{name}] no log: {cause.message}", file=sys.stderr)
-    sys.stdout.flush()
+        what = "no previous log" if options.previous else "no log"
+        print(f"[{name}] {what}: {cause.message}", file=sys.stderr)
+        return False
+    finally:
+        sys.stdout.flush()
+    return True
 
 
 class Follower:
     """``--follow``: one thread per started pod, new pods picked up every
     :data:`POLL_SECONDS`, until the run has finished and every log has ended."""
 
-    def __init__(self, target: Target, kind: Kind, body: dict[str, Any], args: Any) -> None:
+    def __init__(
+        self, target: Target, kind: Kind, body: dict[str, Any], args: Any, options: LogOptions
+    ) -> None:
         self.target, self.kind, self.body, self.args = target, kind, body, args
+        self.options = options
         self.name = str(body["metadata"]["name"])
         self.lock = threading.Lock()
         self.threads: dict[str, threading.Thread] = {}
@@ -189,7 +209,7 @@ class Follower:
     def _stream(self, pod: dict[str, Any]) -> None:
         name = pod_name(pod)
         try:
-            for line in prefixed(name, _log(self.target, pod, self.args.tail, follow=True)):
+            for line in prefixed(name, _log(self.target, pod, self.options, follow=True)):
                 with self.lock:
                     print(line, flush=True)
         except KubeApiError as exc:

@@ -6,6 +6,10 @@ The operator writes each finished suite run's report next to its records
 writes the HTML (its plots inline) to a file. ``--run-id`` picks an earlier run of a scheduled
 suite (``status.history``). The storage is read as ``proctor results NAME`` reads it
 (:mod:`proctor.cli.storage_access`).
+
+A run still in progress has no report yet: the command renders one of the repetitions
+recorded so far (the same tables, from the records in the store, without the baseline
+verdicts), its title and a line on stderr marking it partial, with the cells still pending.
 """
 
 from __future__ import annotations
@@ -18,7 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from proctor.api.v1alpha1 import SUITE_KIND
+from proctor.api.v1alpha1.benchmarksuite import BenchmarkSuiteSpec
+from proctor.bench.matrix import cells
+from proctor.bench.report import render_html, render_markdown
 from proctor.bench.store import REPORT_HTML_KEY, REPORT_MD_KEY, SuiteStore
+from proctor.bench.summary import SuiteSummary, summarize_suite
 from proctor.cli.context import (
     ACCESS_CODES,
     EXIT_OK,
@@ -35,6 +43,7 @@ from proctor.cli.lookup import find_run
 from proctor.cli.results import root_before
 from proctor.cli.storage_access import add_storage_options, location, open_store, read_or_fail
 from proctor.cli.usage import HelpFormatter, exit_codes
+from proctor.cli.views import FINAL_PHASES
 
 
 def add_report(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,7 +52,8 @@ def add_report(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="print a BenchmarkSuite's report (Markdown), or write it as HTML",
         description="Read the report of a BenchmarkSuite's latest finished run (or of "
         "--run-id) from the suite's storage: Markdown on stdout, or HTML (with its plots) "
-        "into --html FILE. NAME is a suite, or benchmarksuite/NAME.",
+        "into --html FILE. A run still in progress gets a partial report of the repetitions "
+        "recorded so far, marked as such. NAME is a suite, or benchmarksuite/NAME.",
         epilog=exit_codes(*ACCESS_CODES, *codes(EXIT_STORAGE)),
         formatter_class=HelpFormatter,
     )
@@ -71,6 +81,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         key = REPORT_HTML_KEY if args.html else REPORT_MD_KEY
         uri = store.blobs.uri(store.base + key)
         data = read_or_fail(uri, whose, lambda: store.blobs.get(store.base + key))
+        if data is None and in_progress(body, args.run_id):
+            data = partial_report(store, whose, body, html=bool(args.html))
     finally:
         target.api.close()
     if data is None:
@@ -85,6 +97,70 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(data.decode("utf-8", "replace"))
     return EXIT_OK
+
+
+def in_progress(body: dict[str, Any], run_id: str | None) -> bool:
+    """Whether the run asked for is the suite's current run and it has not finished (pure)."""
+    status = body.get("status") or {}
+    current = status.get("runId")
+    return bool(current) and run_id in (None, current) and status.get("phase") not in FINAL_PHASES
+
+
+def partial_report(store: SuiteStore, whose: str, body: dict[str, Any], *, html: bool) -> bytes:
+    """The report of the repetitions recorded so far by a run in progress, marked partial."""
+    meta, status = body["metadata"], body.get("status") or {}
+    try:
+        spec = BenchmarkSuiteSpec.model_validate(body["spec"])
+    except ValueError as exc:  # a spec of an operator newer than this proctor
+        raise CommandError(
+            f"BenchmarkSuite {meta['name']} has no report yet and this proctor cannot read its "
+            f"spec to build a partial one ({str(exc).splitlines()[0]}); upgrade proctor",
+            EXIT_STORAGE,
+        ) from exc
+    ids = [cell.id for cell in cells(spec)]
+    records = read_or_fail(
+        store.blobs.uri(store.base + "cells/"), whose, lambda: store.all_records(ids)
+    )
+    summary = summarize_suite(spec, records)
+    phase = status.get("phase") or "Pending"
+    title, details = partial_heading(meta["name"], phase, summary)
+    details = {
+        "suite": f"{meta['namespace']}/{meta['name']}",
+        "run": str(status["runId"]),
+        **details,
+    }
+    if spec.baseline is not None:
+        details["baseline"] = "compared when the run has finished"
+    print(
+        f"partial report: BenchmarkSuite {meta['name']} is {phase}, "
+        f"{summary.completed} of {summary.total} repetitions recorded",
+        file=sys.stderr,
+    )
+    if html:
+        return render_html(summary, records, title=title, details=details).encode()
+    return render_markdown(summary, records, title=title, details=details).encode()
+
+
+def partial_heading(name: str, phase: str, summary: SuiteSummary) -> tuple[str, dict[str, str]]:
+    """The title and the lines of a partial report that say what is measured and what is
+    pending (pure)."""
+    title = (
+        f"Benchmark suite {name} (partial: {phase}, {summary.completed} of {summary.total} "
+        "repetitions recorded)"
+    )
+    pending = [
+        f"{c.benchmark}.{c.variant} ({c.completed} of {c.total} recorded)"
+        for c in summary.cells
+        if c.completed < c.total
+    ]
+    measured = [f"{c.benchmark}.{c.variant}" for c in summary.cells if c.completed >= c.total]
+    details = {
+        "partial": "the run has not finished: this report covers the repetitions recorded so "
+        "far; the operator writes the full one when it ends",
+        "measured": ", ".join(measured) or "no cell yet",
+        "pending": ", ".join(pending) or "none (the report is being written)",
+    }
+    return title, details
 
 
 def suite_store(
