@@ -17,6 +17,7 @@ import http.server
 import os
 import threading
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -214,3 +215,26 @@ def test_a_client_used_in_a_forked_child_connects_afresh(moto_url: str, s3_bucke
     child = [c for c in connections if any(p.endswith("/child") for p in c)]
     assert len(child) == 1
     assert not any(p.endswith(("/parent-before", "/parent-after")) for p in child[0])
+
+
+def test_a_child_checkpoints_though_another_thread_held_a_metric_when_it_was_forked(
+    tmp_path: Path,
+) -> None:
+    """A lock another thread held at the fork is held for ever in the child: the child sends
+    its checkpoints to the worker, which counts them once the lock is free, instead of
+    waiting on the metric until the case times out."""
+    metrics = WorkerMetrics(CollectorRegistry())
+    storage = open_storage(str(tmp_path), "run")
+    lock = metrics.checkpoint_bytes._value._lock  # prometheus_client's MutexValue
+    lock.acquire()  # a scrape of /metrics reading the counter, say
+    threading.Timer(0.5, lock.release).start()
+    set_state_store(TaskStateStore(storage, metrics.observe_checkpoint))
+    try:
+        with _task() as task:
+            records = list(isolated_records(task, 0, 2, 1.0, threading.Event()))
+    finally:
+        set_state_store(None)
+    # The baseline's child was forked with the lock held (the candidate's after its answer).
+    assert [[r[side]["errorType"] for side in SIDES] for r in records] == [[None, None]] * 2
+    registry = metrics.registry
+    assert registry.get_sample_value("proctor_worker_checkpoint_duration_seconds_count") == 8
