@@ -7,7 +7,14 @@ side of the case it was on as errored (``crashed``, with how it died); one that 
 ``caseTimeout`` plus :func:`hang_grace` on a case (the task swallowed the interruption) is
 killed and that side is errored (``timeout``). A new child takes the side on from the next case.
 The worker itself runs no implementation on this path, so it records every case exactly once
-and a crash costs one worker, not one per retry. Children touch neither the queue nor storage.
+and a crash costs one worker, not one per retry.
+
+A child touches no queue and records nothing; it reads its cases' dataset rows and a case's
+``save_state``/``load_state`` go to the run's storage as in the worker (a state is stored when
+``save_state`` returns), but never over a connection of the worker's: the clients it
+inherited connect afresh there (:class:`proctor.aws.ProcessClient`). Nor does it update the
+worker's metrics, whose locks another thread may have held at the fork: it sends each
+checkpoint's size and duration back over the pipe, and the worker counts them.
 """
 
 from __future__ import annotations
@@ -21,12 +28,13 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NoReturn
 
-from proctor.sdk import LoadedTask, Record
+from proctor.sdk import LoadedTask, Record, get_state_store, set_state_store
 from proctor.sdk.deadline import timeout_enabled
 from proctor.sdk.records import ErrorType, case_record, side_record
+from proctor.storage import TaskStateStore
 
 CAN_FORK = hasattr(os, "fork")
 """Isolation needs ``os.fork``; without it a crashing case is dead-lettered after its retries."""
@@ -62,7 +70,13 @@ class _SideChild:
     """A forked child evaluating ``work``: side ``role`` of the cases ``[start, end)``, one
     JSON line per case."""
 
-    def __init__(self, task: LoadedTask, work: tuple[int, int, int], case_timeout: float) -> None:
+    def __init__(
+        self,
+        task: LoadedTask,
+        work: tuple[int, int, int],
+        case_timeout: float,
+        on_checkpoint: Callable[[int, float], None] | None = None,
+    ) -> None:
         read, write = os.pipe()
         try:
             pid = os.fork()
@@ -79,6 +93,7 @@ class _SideChild:
         self._buf = bytearray()
         self._status: int | None = None  # the child's wait status once it has ended
         self.last = time.monotonic()
+        self.on_checkpoint = on_checkpoint
 
     def next(self, limit: float | None, stop: threading.Event) -> Record:
         """The next side record; raises :class:`_Ended` when the child ends without it.
@@ -94,9 +109,14 @@ class _SideChild:
             if nl >= 0:
                 line = bytes(self._buf[:nl])
                 del self._buf[: nl + 1]
+                message: Record = json.loads(line)
+                if "checkpoint" in message:  # not an answer: the case's clock runs on
+                    if self.on_checkpoint is not None:
+                        size, seconds = message["checkpoint"]
+                        self.on_checkpoint(int(size), float(seconds))
+                    continue
                 self.last = time.monotonic()
-                side: Record = json.loads(line)
-                return side
+                return message
             if self._status is not None and not self._read(0.0):
                 self.close()
                 raise _Ended(how_it_died(self._status), "crashed")
@@ -146,6 +166,26 @@ class _SideChild:
             self._fd = -1
 
 
+class _Lines:
+    """The child's end of the pipe: one JSON line per message, whole though a thread of the
+    task's writes one too (a ``save_state`` off the evaluating thread)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._lock = threading.Lock()  # made in the child: no thread of the worker holds it
+
+    def send(self, message: Record) -> None:
+        data = memoryview(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+        with self._lock:
+            while data:
+                data = data[os.write(self.fd, data) :]
+
+    def checkpoint(self, size: int, seconds: float) -> None:
+        """A checkpoint written (the worker's metrics count it). Shorter than ``PIPE_BUF``, so
+        written whole or not at all when a case's timeout interrupts it."""
+        self.send({"checkpoint": [size, round(seconds, 6)]})
+
+
 def _child(
     task: LoadedTask, work: tuple[int, int, int], case_timeout: float, fd: int
 ) -> NoReturn:  # pragma: no cover - runs in the forked child
@@ -159,16 +199,19 @@ def _child(
         # being written) is held for ever here, and the first print would hang the case.
         sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - the process's
         sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-        with os.fdopen(fd, "wb", buffering=0) as out:
-            for side in task.evaluate_side(start, end, role, case_timeout):
-                try:
-                    line = json.dumps(side, separators=(",", ":")).encode()
-                except (TypeError, ValueError) as exc:
-                    why = f"the case's result cannot be recorded: {type(exc).__name__}: {exc}"
-                    bad = side_record([], why.encode("utf-8", "backslashreplace").decode())
-                    bad["errorType"] = "unencodable"
-                    line = json.dumps({"index": side["index"], **bad}).encode()
-                out.write(line + b"\n")
+        out = _Lines(fd)
+        store = get_state_store()
+        if isinstance(store, TaskStateStore):
+            # The same storage (its clients connect afresh here), counted by the worker.
+            set_state_store(TaskStateStore(store.storage, out.checkpoint))
+        for side in task.evaluate_side(start, end, role, case_timeout):
+            try:
+                out.send(side)
+            except (TypeError, ValueError) as exc:
+                why = f"the case's result cannot be recorded: {type(exc).__name__}: {exc}"
+                bad = side_record([], why.encode("utf-8", "backslashreplace").decode())
+                bad["errorType"] = "unencodable"
+                out.send({"index": side["index"], **bad})
     except BaseException:
         traceback.print_exc()
         code = _CHILD_FAILED
@@ -216,12 +259,15 @@ class _Sides:
             case_timeout + hang_grace(case_timeout) if timeout_enabled(case_timeout) else None
         )
         self.children: list[_SideChild | None] = [None] * task.sides
+        store = get_state_store()
+        self.on_checkpoint = store.on_put if isinstance(store, TaskStateStore) else None
 
     def next(self, role: int, index: int) -> Record | None:
         """Side ``role`` of case ``index``; None when stopped."""
         child = self.children[role]
         if child is None:
-            child = _SideChild(self.task, (role, index, self.end), self.case_timeout)
+            work = (role, index, self.end)
+            child = _SideChild(self.task, work, self.case_timeout, self.on_checkpoint)
             self.children[role] = child
         try:
             side = child.next(self.limit, self.stop)
