@@ -215,8 +215,10 @@ class PythonTask(LoadedTask):
         # no properties) are skipped: they call the implementation, and find nothing.
         self._generate = task.generate
         self._case_of_row = task.case_of_row
-        self._run = task.run if type(task).run is not Task.run else None
-        self._check = task.check if type(task).check is not Task.check or task.properties else None
+        self._run = None if _inherited(task.run, Task.run) else task.run
+        self._check = (
+            None if _inherited(task.check, Task.check) and not task.properties else task.check
+        )
         self._equivalent = task.equivalent
         self._relations = tuple(task.relations)
         self._watchdog: ThreadGuard | None = None
@@ -442,6 +444,11 @@ class PythonTask(LoadedTask):
             self._watchdog.close()
             self._watchdog = None
         self.task.close()
+
+
+def _inherited(method: Callable[..., Any], base: Callable[..., Any]) -> bool:
+    """Whether the bound ``method`` is the Task base class's own ``base``."""
+    return getattr(method, "__func__", None) is base
 
 
 def _odd_record(

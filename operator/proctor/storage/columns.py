@@ -1,9 +1,10 @@
 """Case records as Arrow columns: the schema of result objects and of exported results.
 
-One row per case. The SDK builds each case's record as a dict (:mod:`proctor.sdk.records`);
+One row per case. The SDK's record of a case is a dict (:mod:`proctor.sdk.records`);
 :func:`to_batch` turns a range's records into one Arrow record batch, column by column, and
-:func:`to_records` turns rows back into the same dicts (the reader's counters and reports read
-dicts). The columns (``docs/datasets.md#results`` documents them for users):
+:func:`batch_of` makes the same batch from the worker's columns (:mod:`proctor.sdk.batch`),
+which hold a dict only for the cases that did not simply pass. :func:`to_records` turns rows
+back into the same dicts (the reader's counters and reports read dicts). The columns (``docs/datasets.md#results`` documents them for users):
 
 =====================  ==================  ===================================================
 column                 type                what
