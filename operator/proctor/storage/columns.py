@@ -4,7 +4,8 @@ One row per case. The SDK's record of a case is a dict (:mod:`proctor.sdk.record
 :func:`to_batch` turns a range's records into one Arrow record batch, column by column, and
 :func:`batch_of` makes the same batch from the worker's columns (:mod:`proctor.sdk.batch`),
 which hold a dict only for the cases that did not simply pass. :func:`to_records` turns rows
-back into the same dicts (the reader's counters and reports read dicts). The columns (``docs/datasets.md#results`` documents them for users):
+back into the same dicts (the reader's counters and reports read dicts). The columns
+(``docs/datasets.md#results`` documents them for users):
 
 =====================  ==================  ===================================================
 column                 type                what
