@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from proctor.api.v1alpha1.evalrun import CompareSpec, TaskSpec
+from proctor.sdk.batch import BatchRecords
 from proctor.sdk.cases import DatasetRow, RowSource
 from proctor.sdk.deadline import (
     CaseTimeout,
@@ -35,7 +36,7 @@ from proctor.sdk.records import (
     violation_names,
     with_output,
 )
-from proctor.sdk.state import CaseInterrupted, set_current_case, stop_requested
+from proctor.sdk.state import CaseInterrupted, case_slots, set_current_case, stop_requested
 from proctor.sdk.task import Task, TaskLoadError, case_rng, resolve_ref
 
 __all__ = ["LoadedTask", "PythonTask", "Record", "describe_error", "load_task", "make_task"]
@@ -57,6 +58,14 @@ class LoadedTask(ABC):
         called :func:`proctor.sdk.request_stop`, the iterator ends early (no record for the
         cases not done) so the worker can hand the rest back to the queue.
         """
+
+    def evaluate_into(self, start: int, end: int, case_timeout: float, out: BatchRecords) -> None:
+        """Evaluate the cases of ``[start, end)`` into ``out`` (whose ``start`` is ``start``):
+        what :meth:`evaluate_batch` yields, kept as columns (:mod:`proctor.sdk.batch`), and
+        ending early the same way once a stop was requested. The worker's path; a task whose
+        loop can append to ``out`` directly overrides it."""
+        for record in self.evaluate_batch(start, end, case_timeout):
+            out.add(record)
 
     @property
     @abstractmethod
@@ -202,11 +211,14 @@ class PythonTask(LoadedTask):
         self._impls: tuple[Callable[..., Any], ...] = (
             tuple(implementations) if implementations is not None else (task.solve,)
         )
-        # Bound once: the per-case path only calls.
+        # Bound once: the per-case path only calls. The Task's own run() and check() (with
+        # no properties) are skipped: they call the implementation, and find nothing.
         self._generate = task.generate
         self._case_of_row = task.case_of_row
-        self._run = task.run
-        self._check = task.check
+        self._run = None if _inherited(task.run, Task.run) else task.run
+        self._check = (
+            None if _inherited(task.check, Task.check) and not task.properties else task.check
+        )
         self._equivalent = task.equivalent
         self._relations = tuple(task.relations)
         self._watchdog: ThreadGuard | None = None
@@ -263,7 +275,7 @@ class PythonTask(LoadedTask):
                         record = self._evaluate(index, guard, row)
                     else:
                         side = self._side(guard, self._impls[role], index, row)
-                        record = {"index": index, **side}
+                        record = {"index": index, **(side or side_record([], None))}
                 except CaseInterrupted:
                     return
                 yield record
@@ -287,9 +299,9 @@ class PythonTask(LoadedTask):
 
     def _side(
         self, guard: Guard, impl: Callable[..., Any], index: int, row: DatasetRow | None
-    ) -> Record:
+    ) -> Record | None:
         """Generate case ``index`` (or take its row), run ``impl`` on it and its follow-ups:
-        the side record."""
+        the side record, or None when the side passed with no output to keep."""
         case: Any = None
         if row is not None:
             case, bad = self._row_case(row, index)
@@ -308,11 +320,13 @@ class PythonTask(LoadedTask):
                 if row is None:
                     case = self._generate(self.seed, index)
                 phase = "exception"
-                output = self._run(impl, case)
-                violations, error = violation_names(self._check(case, output), "check()")
-                if error is not None:
-                    error_type = "unencodable"
-                elif self._relations:
+                output = impl(case) if self._run is None else self._run(impl, case)
+                if self._check is not None:
+                    found = self._check(case, output)
+                    if found.__class__ is not list or found:  # anything but []
+                        violations, error = violation_names(found, "check()")
+                        error_type = "unencodable" if error is not None else None
+                if error is None and self._relations:
                     violations += self._broken_relations(impl, index, case, output)
             finally:
                 timed_out = guard.disarm()
@@ -325,7 +339,9 @@ class PythonTask(LoadedTask):
             return self._kept(side_record([], self._timeout_error, "timeout"), None)
         if error is not None:
             return self._kept(side_record(violations, error, error_type), None)
-        return self._kept(side_record(violations, None), output)
+        if violations or self.max_output is not None:
+            return self._kept(side_record(violations, None), output)
+        return None
 
     def _row_case(self, row: DatasetRow, index: int) -> tuple[Any, str | None]:
         """(the case of a dataset row, None), or (None, why it cannot be one)."""
@@ -349,7 +365,7 @@ class PythonTask(LoadedTask):
                 if rel.uses_rng
                 else rel.transform(case)
             )
-            follow_out = self._run(impl, follow_up)
+            follow_out = impl(follow_up) if self._run is None else self._run(impl, follow_up)
             if rel.relate is None:
                 holds = self._equivalent(output, follow_out)
             elif rel.sees_cases:
@@ -361,16 +377,60 @@ class PythonTask(LoadedTask):
         return broken
 
     def _evaluate(self, index: int, guard: Guard, row: DatasetRow | None) -> Record:
+        t0 = time.perf_counter()
+        sides = [s or side_record([], None) for s in self._sides(index, guard, row)]
+        identity = row.identity() if row is not None else None
+        return case_record(index, sides, (time.perf_counter() - t0) * 1000.0, identity)
+
+    def _sides(self, index: int, guard: Guard, row: DatasetRow | None) -> list[Record | None]:
+        """Each side of case ``index`` (see :meth:`_side`)."""
         # Each side generates its own copy of the case and gets its own deadline, so neither
         # can spoil the other's input or time. A dataset row is read once: a side that changes
         # it in place would spoil the other's.
-        t0 = time.perf_counter()
-        sides = []
-        for impl in self._impls:
-            mine = row if row is None or len(self._impls) == 1 else _copy_row(row)
-            sides.append(self._side(guard, impl, index, mine))
-        identity = row.identity() if row is not None else None
-        return case_record(index, sides, (time.perf_counter() - t0) * 1000.0, identity)
+        if len(self._impls) == 1:
+            return [self._side(guard, self._impls[0], index, row)]
+        return [
+            self._side(guard, impl, index, row if row is None else _copy_row(row))
+            for impl in self._impls
+        ]
+
+    def evaluate_into(self, start: int, end: int, case_timeout: float, out: BatchRecords) -> None:
+        """See :meth:`LoadedTask.evaluate_into`: the same cases as :meth:`evaluate_batch`, a
+        case whose sides all pass appended as its duration alone."""
+        if start < 0 or end < start or out.start != start or len(out):
+            raise ValueError(f"bad batch range [{start}, {end}) for records from {out.start}")
+        guard = self._guard(case_timeout)
+        self._timeout_error = f"case timed out after {case_timeout:g}s"
+        rows = self.rows.rows(start, end) if self.rows is not None else None
+        if rows is not None:
+            out.with_identity()
+        clock, seconds, odd = time.perf_counter, out.seconds, out.odd
+        side, impl, one = self._side, self._impls[0], len(self._impls) == 1
+        context, stop = case_slots()
+        # One clock read a case: a case's time runs from the end of the one before it.
+        t0 = clock()
+        try:
+            for index in range(start, end):
+                if stop.requested:
+                    return
+                row = next(rows) if rows is not None else None
+                context.case = index
+                out.since = t0
+                try:
+                    got = side(guard, impl, index, row) if one else self._sides(index, guard, row)
+                except CaseInterrupted:
+                    return
+                t1 = clock()
+                if row is not None:
+                    out.add_identity(row.id, row.partition)
+                if got is not None and (record := _odd_record(index, got, t1 - t0, row)):
+                    odd[index - start] = record
+                seconds.append(t1 - t0)  # last: the case counts from here (module doc of batch)
+                t0 = t1
+        finally:
+            set_current_case(None)
+            if isinstance(guard, SignalGuard):
+                guard.close()
 
     def identity(self, index: int) -> dict[str, Any]:
         """See :meth:`LoadedTask.identity`."""
@@ -384,6 +444,24 @@ class PythonTask(LoadedTask):
             self._watchdog.close()
             self._watchdog = None
         self.task.close()
+
+
+def _inherited(method: Callable[..., Any], base: Callable[..., Any]) -> bool:
+    """Whether the bound ``method`` is the Task base class's own ``base``."""
+    return getattr(method, "__func__", None) is base
+
+
+def _odd_record(
+    index: int, got: Record | list[Record | None], seconds: float, row: DatasetRow | None
+) -> Record | None:
+    """The record of a case whose sides are ``got`` (one side's result, or each side's), or
+    None when every side passed with nothing more to say."""
+    sides = got if isinstance(got, list) else [got]
+    if all(s is None for s in sides):
+        return None
+    full = [s if s is not None else side_record([], None) for s in sides]
+    identity = row.identity() if row is not None else None
+    return case_record(index, full, seconds * 1000.0, identity)
 
 
 def _copy_row(row: DatasetRow) -> DatasetRow:

@@ -63,9 +63,19 @@ class _Context(threading.local):
     case: int | None = None
 
 
+class _Stop:
+    """Whether the worker asked running cases to stop: a plain attribute (a bool's assignment
+    is atomic), so that an evaluation loop reads it before every case without a call."""
+
+    __slots__ = ("requested",)
+
+    def __init__(self) -> None:
+        self.requested = False
+
+
 _context = _Context()
 _store: StateStore = MemoryStateStore()
-_stop = threading.Event()
+_stop = _Stop()
 
 
 def set_state_store(store: StateStore | None) -> None:
@@ -82,6 +92,13 @@ def get_state_store() -> StateStore:
 def set_current_case(index: int | None) -> None:
     """Scope state keys to case ``index`` in this thread (the evaluation loop calls this)."""
     _context.case = index
+
+
+def case_slots() -> tuple[_Context, _Stop]:
+    """This thread's case slot (``.case``: what :func:`set_current_case` sets) and the stop flag
+    (``.requested``: what :func:`stop_requested` reads), for an evaluation loop that sets and
+    reads them for every case without a call."""
+    return _context, _stop
 
 
 def state_key(key: str) -> str:
@@ -124,15 +141,15 @@ def load_state(key: str) -> Any | None:
 
 def request_stop() -> None:
     """Ask running cases to stop (the worker calls this on SIGTERM); no new case starts."""
-    _stop.set()
+    _stop.requested = True
 
 
 def clear_stop() -> None:
     """Withdraw :func:`request_stop`, for a process that keeps evaluating afterwards."""
-    _stop.clear()
+    _stop.requested = False
 
 
 def stop_requested() -> bool:
     """Whether the worker is shutting down: a long case should save its state and raise
     :class:`CaseInterrupted`."""
-    return _stop.is_set()
+    return _stop.requested

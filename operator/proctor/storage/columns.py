@@ -1,9 +1,11 @@
 """Case records as Arrow columns: the schema of result objects and of exported results.
 
-One row per case. The SDK builds each case's record as a dict (:mod:`proctor.sdk.records`);
+One row per case. The SDK's record of a case is a dict (:mod:`proctor.sdk.records`);
 :func:`to_batch` turns a range's records into one Arrow record batch, column by column, and
-:func:`to_records` turns rows back into the same dicts (the reader's counters and reports read
-dicts). The columns (``docs/datasets.md#results`` documents them for users):
+:func:`batch_of` makes the same batch from the worker's columns (:mod:`proctor.sdk.batch`),
+which hold a dict only for the cases that did not simply pass. :func:`to_records` turns rows
+back into the same dicts (the reader's counters and reports read dicts). The columns
+(``docs/datasets.md#results`` documents them for users):
 
 =====================  ==================  ===================================================
 column                 type                what
@@ -34,11 +36,14 @@ dataset, comparison or outputs writes only the first nine minus ``id``/``partiti
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
+
+from proctor.sdk.batch import BatchRecords
 
 SCHEMA_VERSION = "1"
 _STRINGS = pa.list_(pa.string())
@@ -118,6 +123,74 @@ def to_batch(records: Sequence[Mapping[str, Any]]) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(
         list(cols.values()), schema=pa.schema(fields, metadata=SCHEMA.metadata)
     )
+
+
+def batch_of(batch: BatchRecords) -> pa.RecordBatch:
+    """:func:`to_batch` of ``batch.records()``, built from its columns: a dict is read only
+    for a case that did not pass (:mod:`proctor.sdk.batch`), and the columns of cases that
+    all passed are made once per batch size (Arrow arrays are immutable)."""
+    n = len(batch)
+    odd = batch.odd_records()
+    if not all(batch.columnar(r) for r in odd.values()):
+        return to_batch(batch.records())  # outputs or cached sides: columns of their own
+    cols: dict[str, pa.Array] = {"index": pa.arange(batch.start, batch.start + n)}
+    if batch.ids is not None:
+        cols["id"] = pa.array(batch.ids[:n], pa.string())
+    if batch.partitions is not None:
+        cols["partition"] = pa.array(batch.partitions[:n], pa.string())
+    status = {k: r["status"] for k, r in odd.items()}
+    cols["outcome"] = _filled(n, status, "passed", pa.string()) if odd else _passing(n)[0]
+    cols["seconds"] = pa.array(batch.seconds, pa.float64())
+    if batch.sides == 2:
+        cols |= _side_of(n, {k: r["candidate"] for k, r in odd.items()}, "")
+        cols |= _side_of(n, {k: r["baseline"] for k, r in odd.items()}, "baseline_")
+    else:
+        # A one-side record says whether its side passed by its status.
+        cols |= _side_of(
+            n, {k: {**r, "passed": r["status"] == "passed"} for k, r in odd.items()}, ""
+        )
+    return pa.RecordBatch.from_arrays(list(cols.values()), schema=_schema(tuple(cols)))
+
+
+@functools.lru_cache(maxsize=16)
+def _passing(n: int) -> tuple[pa.Array, ...]:
+    """``outcome`` and the side columns of ``n`` cases that passed."""
+    empty = pa.ListArray.from_arrays(
+        pa.repeat(pa.scalar(0, pa.int32()), n + 1), pa.array([], pa.string())
+    )  # n empty lists: n + 1 zero offsets, no list per case
+    return (
+        pa.repeat(pa.scalar("passed", pa.string()), n),
+        pa.repeat(pa.scalar(True, pa.bool_()), n),
+        pa.nulls(n, pa.string()),
+        pa.nulls(n, pa.string()),
+        empty,
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _schema(names: tuple[str, ...]) -> pa.Schema:
+    return pa.schema([SCHEMA.field(name) for name in names], metadata=SCHEMA.metadata)
+
+
+def _filled(n: int, odd: Mapping[int, Any], value: Any, kind: pa.DataType) -> pa.Array:
+    """``n`` times ``value`` but at the offsets in ``odd`` (their own values there)."""
+    values = [value] * n
+    for k, v in odd.items():
+        values[k] = v
+    return pa.array(values, kind)
+
+
+def _side_of(n: int, odd: Mapping[int, Mapping[str, Any]], prefix: str) -> dict[str, pa.Array]:
+    """The side columns of ``n`` cases whose sides passed but those in ``odd`` (by offset)."""
+    names = [f"{prefix}{name}" for name in ("passed", "error", "errorType", "violations")]
+    if not odd:
+        return dict(zip(names, _passing(n)[1:], strict=True))
+    return {
+        names[0]: _filled(n, {k: bool(s.get("passed")) for k, s in odd.items()}, True, pa.bool_()),
+        names[1]: _filled(n, {k: s.get("error") for k, s in odd.items()}, None, pa.string()),
+        names[2]: _filled(n, {k: s.get("errorType") for k, s in odd.items()}, None, pa.string()),
+        names[3]: _filled(n, {k: s.get("violations") or [] for k, s in odd.items()}, [], _STRINGS),
+    }
 
 
 def warm_up() -> None:

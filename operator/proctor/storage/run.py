@@ -40,6 +40,7 @@ import pyarrow as pa
 import zstandard
 
 from proctor.ranges import Range
+from proctor.sdk.batch import BatchRecords
 from proctor.sdk.records import encodable, unencodable
 from proctor.storage import columns
 from proctor.storage.blobs import Blobs
@@ -159,14 +160,21 @@ class RunStorage:
         rest = key.rsplit("/", 1)[-1][_RANGE_CHARS:]
         return any(rest.startswith(self._tag + kind) for kind in kinds)
 
-    def encode_results(self, records: Sequence[dict[str, Any]]) -> bytes:
-        """The object of ``records``; raises :class:`UnencodableError` when one of them cannot
-        be written (a value of the wrong type, an output JSON cannot hold)."""
+    def encode_results(self, records: Sequence[dict[str, Any]] | BatchRecords) -> bytes:
+        """The object of ``records`` (dicts, or a batch's columns); raises
+        :class:`UnencodableError` when one of them cannot be written (a value of the wrong
+        type, an output JSON cannot hold)."""
         try:
             if self.records == "arrow":
-                raw = columns.write_ipc(columns.to_batch(records))
+                batch = (
+                    columns.batch_of(records)
+                    if isinstance(records, BatchRecords)
+                    else columns.to_batch(records)
+                )
+                raw = columns.write_ipc(batch)
             else:
-                lines = [json.dumps(rec, separators=(",", ":")) + "\n" for rec in records]
+                rows = records.records() if isinstance(records, BatchRecords) else records
+                lines = [json.dumps(rec, separators=(",", ":")) + "\n" for rec in rows]
                 raw = "".join(lines).encode()
         except (TypeError, ValueError, KeyError, pa.ArrowException) as exc:
             raise UnencodableError(f"{type(exc).__name__}: {exc}") from exc
@@ -184,12 +192,16 @@ class RunStorage:
             return unencodable(record, exc.__cause__ or exc)
         return record
 
-    def write_results(self, r: Range, records: Sequence[dict[str, Any]]) -> Written:
+    def write_results(self, r: Range, records: Sequence[dict[str, Any]] | BatchRecords) -> Written:
         """Record the results of ``r`` once: a second write of the same range is a no-op.
 
-        ``records`` must hold exactly one record per index of ``r``, in order.
+        ``records`` must hold exactly one record per index of ``r``, in order: dicts, or the
+        columns of a batch (:mod:`proctor.sdk.batch`, the worker's).
         """
-        if len(records) != len(r) or (
+        if isinstance(records, BatchRecords):
+            if records.start != r.start or records.end != r.end:
+                raise ValueError(f"results of {r} given for [{records.start}, {records.end})")
+        elif len(records) != len(r) or (
             records and (records[0]["index"] != r.start or records[-1]["index"] != r.end - 1)
         ):
             raise ValueError(f"results of {r} need {len(r)} records in index order")

@@ -6,16 +6,89 @@ Each worker owns a registry, so a test or a process running several workers neve
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import math
 import os
+import threading
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from proctor.buildinfo import register_build_info
 
+_le = cast(Callable[[float], str], floatToGoString)  # how Histogram writes its ``le`` labels
 _CASE_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300)
 _BATCH_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+
+
+class BatchHistogram(Collector):
+    """A histogram observed a batch of values at a time: one locked step per batch, where
+    ``prometheus_client``'s :class:`Histogram` takes two per value (a tenth of the engine's
+    time per case on a cheap task, issue 21). It is exposed exactly as that Histogram is:
+    ``_bucket`` per ``le``, ``_count``, ``_sum`` and ``_created`` (unless
+    ``PROMETHEUS_DISABLE_CREATED_SERIES`` is set, as there)."""
+
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._bounds = [float(b) for b in buckets]
+        if self._bounds != sorted(self._bounds) or not self._bounds:
+            raise ValueError(f"{name}: buckets must be given in increasing order")
+        if self._bounds[-1] != math.inf:
+            self._bounds.append(math.inf)
+        self._cumulative = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._created = time.time()
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe(self, value: float) -> None:
+        """One value."""
+        self.observe_all([value])
+
+    def observe_all(self, values: Iterable[float]) -> None:
+        """Each of ``values``, as many observe() calls would."""
+        ordered = sorted(values)
+        below = [bisect.bisect_right(ordered, bound) for bound in self._bounds[:-1]]
+        total = sum(ordered)
+        with self._lock:
+            for i, n in enumerate(below):
+                self._cumulative[i] += n
+            self._cumulative[-1] += len(ordered)
+            self._sum += total
+
+    def _family(self, with_samples: bool) -> HistogramMetricFamily:
+        if not with_samples:
+            return HistogramMetricFamily(self._name, self._documentation)
+        with self._lock:
+            counts, total = list(self._cumulative), self._sum
+        buckets = [(_le(b), n) for b, n in zip(self._bounds, counts, strict=True)]
+        family = HistogramMetricFamily(
+            self._name, self._documentation, buckets=buckets, sum_value=total
+        )
+        if _created_series():
+            family.add_sample(f"{self._name}_created", {}, self._created)
+        return family
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield self._family(with_samples=False)
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        yield self._family(with_samples=True)
+
+
+def _created_series() -> bool:
+    """``prometheus_client``'s own switch for the ``_created`` samples."""
+    value = os.environ.get("PROMETHEUS_DISABLE_CREATED_SERIES", "False")
+    return value.lower() not in ("true", "1", "t")
 
 
 class WorkerMetrics:
@@ -28,11 +101,8 @@ class WorkerMetrics:
         self.cases = Counter(
             "proctor_worker_cases", "Cases evaluated, by outcome.", ["status"], registry=r
         )
-        self.case_duration = Histogram(
-            "proctor_worker_case_duration_seconds",
-            "Time to evaluate one case.",
-            buckets=_CASE_BUCKETS,
-            registry=r,
+        self.case_duration = BatchHistogram(
+            "proctor_worker_case_duration_seconds", "Time to evaluate one case.", _CASE_BUCKETS, r
         )
         self.batch_duration = Histogram(
             "proctor_worker_batch_duration_seconds",

@@ -50,6 +50,7 @@ from proctor.queue import Lease, QueueError, Range, WorkQueue, open_queue, subtr
 from proctor.redact import redact_url
 from proctor.sdk import TaskLoadError, clear_stop, set_state_store
 from proctor.sdk import request_stop as request_task_stop
+from proctor.sdk.batch import BatchRecords
 from proctor.sdk.deadline import timeout_enabled
 from proctor.storage import RunStorage, StorageError, TaskStateStore, UnencodableError, columns
 from proctor.worker.common import (
@@ -151,8 +152,7 @@ class Worker:
         self._lost: set[str] = set()
         self._held_lock = threading.Lock()
         self._gpu: GpuMonitor | None = None
-        self._case_index = -1
-        self._case_since = 0.0
+        self._batch = BatchRecords(-1)  # the batch being evaluated: the hang watch reads it
         self.stop_time: float | None = None
         self.flushed_time: float | None = None
 
@@ -221,7 +221,7 @@ class Worker:
             return False
         sides: int = self._task.sides
         limit = sides * self.case_timeout + hang_grace(self.case_timeout)
-        return time.monotonic() - self._case_since > limit
+        return time.perf_counter() - self._batch.since > limit
 
     def _watch_cases(self) -> None:
         """Exit when a case ignores its timeout: only a new process gets the worker back."""
@@ -229,7 +229,7 @@ class Worker:
             if self._overdue():
                 self.log.error(
                     "a case ignored its timeout; exiting so that it is evaluated in isolation",
-                    index=self._case_index,
+                    index=self._batch.end,
                     case_timeout=self.case_timeout,
                     exit_code=EXIT_HUNG,
                 )
@@ -396,17 +396,18 @@ class Worker:
         or None when the lease was lost (another worker holds the entry now); whether every
         fork succeeded)."""
         start = gap.start
-        chunk: list[dict[str, Any]] = []
+        sides = self._task.sides
+        chunk = BatchRecords(start, sides)
         t0 = time.perf_counter()
         try:
             for record in isolated_records(
                 self._task, gap.start, gap.end, self.case_timeout, self._stop
             ):
-                chunk.append(record)
+                chunk.add(record)
                 if len(chunk) < self.sizer.size and time.perf_counter() - t0 < 5.0:
                     continue
-                start += self._record(Range(start, start + len(chunk)), chunk, 0.0)
-                chunk, t0 = [], time.perf_counter()
+                start += self._record(chunk, 0.0)
+                chunk, t0 = BatchRecords(start, sides), time.perf_counter()
                 if self._lease_lost(lease):
                     self._note_lease_lost(lease)
                     return None, True
@@ -415,8 +416,8 @@ class Worker:
             forked = False
         else:
             forked = True
-        if chunk:
-            start += self._record(Range(start, start + len(chunk)), chunk, 0.0)
+        if len(chunk):
+            start += self._record(chunk, 0.0)
         return start, forked
 
     def _note_lease_lost(self, lease: Lease) -> None:
@@ -448,40 +449,36 @@ class Worker:
 
     def _run_batch(self, batch: Range) -> int:
         """Evaluate and record ``batch``; returns how many cases (a prefix) were recorded."""
-        records: list[dict[str, Any]] = []
+        out = self._batch = BatchRecords(batch.start, self._task.sides)
         t0 = time.perf_counter()
-        self._case_index, self._case_since = batch.start, time.monotonic()
         self._evaluating = True
         try:
-            for record in self._task.evaluate_batch(batch.start, batch.end, self.case_timeout):
-                records.append(record)
-                self._case_index, self._case_since = record["index"] + 1, time.monotonic()
+            self._task.evaluate_into(batch.start, batch.end, self.case_timeout, out)
         except Abandoned:
-            self.log.warning("case abandoned at shutdown", index=batch.start + len(records))
+            self.log.warning("case abandoned at shutdown", index=out.end)
         finally:
             self._evaluating = False
-        if not records:
+        if not len(out):
             return 0
-        done = Range(batch.start, batch.start + len(records))
-        full = len(records) == len(batch)
-        return self._record(done, records, time.perf_counter() - t0 if full else 0.0)
+        full = len(out) == len(batch)
+        return self._record(out, time.perf_counter() - t0 if full else 0.0)
 
-    def _record(self, done: Range, records: list[dict[str, Any]], elapsed: float) -> int:
-        """Write ``records`` of ``done`` as one object; ``elapsed`` > 0 feeds the batch sizer."""
+    def _record(self, records: BatchRecords, elapsed: float) -> int:
+        """Write ``records`` as one object; ``elapsed`` > 0 feeds the batch sizer."""
         t0 = time.perf_counter()
+        done = Range(records.start, records.end)
         try:
             written = self.storage.write_results(done, records)
         except UnencodableError:
             # A result that cannot be written errors its case, never the worker (in a loop).
-            records = [self.storage.recordable(r) for r in records]
+            fixed = [self.storage.recordable(r) for r in records.records()]
+            records = BatchRecords.of(done.start, records.sides, fixed)
             written = self.storage.write_results(done, records)
         self.metrics.result_bytes.inc(written.bytes)
-        statuses = Tally(r["status"] for r in records)
+        statuses = records.statuses()
         for status, n in statuses.items():
             self.metrics.cases.labels(status).inc(n)
-        observe = self.metrics.case_duration.observe
-        for r in records:
-            observe(r["durationMs"] / 1000.0)
+        self.metrics.case_duration.observe_all(records.seconds)
         self.metrics.batch_duration.observe(elapsed + time.perf_counter() - t0)
         self.metrics.batches.labels("created" if written.created else "duplicate").inc()
         self.stats.cases += len(records)
