@@ -35,6 +35,7 @@ from proctor.sdk import (
     set_state_store,
     stop_requested,
 )
+from proctor.sdk.batch import BatchRecords
 from proctor.sdk.state import decode_state, encode_state, set_current_case, state_key
 
 
@@ -365,6 +366,70 @@ def test_state_round_trip_is_compressed_and_scoped_per_case(state_store: MemoryS
     set_current_case(None)
     save_state("shared", 1)
     assert set(state_store.data) == {"cases/3/search", "task/shared"}
+
+
+class Resumable(Task):
+    """A long case that resumes from its checkpoint: the implementations below save their
+    progress after each step and start from what they find."""
+
+    properties = (Property("right", lambda case, out: out == case),)
+
+    def generate(self, seed: int, index: int) -> int:
+        return index
+
+    def solve(self, case: int) -> int:
+        return case
+
+
+def finishes_honestly(case: int) -> int:
+    done = load_state("progress") or 0
+    for step in range(done, 10):
+        save_state("progress", step + 1)
+    return case
+
+
+def trusts_the_checkpoint(case: int) -> int:
+    """Right only if it resumes from its own progress: with another side's, it skips work."""
+    done = load_state("progress") or 0
+    skipped = done
+    for step in range(done, 10):
+        save_state("progress", step + 1)
+    return case + skipped  # wrong (a violation of equivalence) when it found progress
+
+
+def _sides_of(path: str, loaded: PythonTask, end: int) -> list[dict[str, Any]]:
+    if path == "batch":
+        return list(loaded.evaluate_batch(0, end, 0.0))
+    if path == "into":
+        out = BatchRecords(0, loaded.sides)
+        loaded.evaluate_into(0, end, 0.0, out)
+        return out.records()
+    baseline = list(loaded.evaluate_side(0, end, 0, 0.0))
+    candidate = list(loaded.evaluate_side(0, end, 1, 0.0))
+    return [
+        {"index": b["index"], "baseline": b, "candidate": c}
+        for b, c in zip(baseline, candidate, strict=True)
+    ]
+
+
+@pytest.mark.parametrize("path", ["batch", "into", "sides"])
+def test_finding_the_candidate_resumed_from_the_baselines_checkpoint(
+    path: str, state_store: MemoryStateStore
+) -> None:
+    """The two sides of a comparison run the same case: each resumes from its own state only,
+    so one side's saved progress never spoils the other's evaluation (or its verdict)."""
+    loaded = PythonTask(Resumable(), 5, [finishes_honestly, trusts_the_checkpoint])
+    try:
+        got = _sides_of(path, loaded, 3)
+    finally:
+        loaded.close()
+    assert len(got) == 3
+    for record in got:
+        for role in ("baseline", "candidate"):
+            assert record[role]["passed"], (path, record)
+    assert sorted(state_store.data) == sorted(
+        f"cases/{i}/{role}/progress" for i in range(3) for role in ("baseline", "candidate")
+    )
 
 
 @pytest.mark.parametrize("key", ["", "../x", "a/../b", "a b", "x" * 201, "/abs"])

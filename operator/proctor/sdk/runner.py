@@ -36,7 +36,13 @@ from proctor.sdk.records import (
     violation_names,
     with_output,
 )
-from proctor.sdk.state import CaseInterrupted, case_slots, set_current_case, stop_requested
+from proctor.sdk.state import (
+    CaseInterrupted,
+    case_slots,
+    set_current_case,
+    set_current_side,
+    stop_requested,
+)
 from proctor.sdk.task import Task, TaskLoadError, case_rng, resolve_ref
 
 __all__ = ["LoadedTask", "PythonTask", "Record", "describe_error", "load_task", "make_task"]
@@ -264,6 +270,8 @@ class PythonTask(LoadedTask):
         guard = self._guard(case_timeout)
         self._timeout_error = f"case timed out after {case_timeout:g}s"
         rows = self.rows.rows(start, end) if self.rows is not None else None
+        if role is not None and len(self._impls) > 1:
+            set_current_side(_ROLES[role])
         try:
             for index in range(start, end):
                 if stop_requested():
@@ -281,6 +289,7 @@ class PythonTask(LoadedTask):
                 yield record
         finally:
             set_current_case(None)
+            set_current_side(None)
             if isinstance(guard, SignalGuard):
                 guard.close()
 
@@ -387,12 +396,18 @@ class PythonTask(LoadedTask):
         # Each side generates its own copy of the case and gets its own deadline, so neither
         # can spoil the other's input or time. A dataset row is read once: a side that changes
         # it in place would spoil the other's.
+        # Each side's state is its own too (:mod:`proctor.sdk.state`): a side that resumes
+        # from a checkpoint never finds the other's progress.
         if len(self._impls) == 1:
             return [self._side(guard, self._impls[0], index, row)]
-        return [
-            self._side(guard, impl, index, row if row is None else _copy_row(row))
-            for impl in self._impls
-        ]
+        sides: list[Record | None] = []
+        try:
+            for role, impl in zip(_ROLES, self._impls, strict=True):
+                set_current_side(role)
+                sides.append(self._side(guard, impl, index, row if row is None else _copy_row(row)))
+        finally:
+            set_current_side(None)
+        return sides
 
     def evaluate_into(self, start: int, end: int, case_timeout: float, out: BatchRecords) -> None:
         """See :meth:`LoadedTask.evaluate_into`: the same cases as :meth:`evaluate_batch`, a
@@ -444,6 +459,10 @@ class PythonTask(LoadedTask):
             self._watchdog.close()
             self._watchdog = None
         self.task.close()
+
+
+_ROLES = ("baseline", "candidate")
+"""The sides of a comparison, in the order of its implementations."""
 
 
 def _inherited(method: Callable[..., Any], base: Callable[..., Any]) -> bool:

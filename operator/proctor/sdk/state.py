@@ -2,7 +2,8 @@
 
 A long case calls :func:`save_state` every so often and :func:`load_state` when it starts; when
 its worker is preempted the case runs again elsewhere and picks up where the last save left it.
-Keys are scoped to the case being evaluated, so two cases never see each other's state.
+Keys are scoped to the case being evaluated, and in a comparison to its side, so two cases
+(or the baseline and the candidate of one case) never see each other's state.
 
 State is pickled (protocol 5, so numpy arrays and the like work) and zstd-compressed. It is read
 back only from the run's own storage, which the run trusts as it trusts its image.
@@ -61,6 +62,7 @@ class CaseInterrupted(BaseException):
 
 class _Context(threading.local):
     case: int | None = None
+    side: str | None = None  # "baseline" or "candidate" in a comparison
 
 
 class _Stop:
@@ -94,6 +96,12 @@ def set_current_case(index: int | None) -> None:
     _context.case = index
 
 
+def set_current_side(side: str | None) -> None:
+    """Scope state keys to one side of a comparison (``baseline``, ``candidate``) in this
+    thread, or to the case alone (None: a run without compare)."""
+    _context.side = side
+
+
 def case_slots() -> tuple[_Context, _Stop]:
     """This thread's case slot (``.case``: what :func:`set_current_case` sets) and the stop flag
     (``.requested``: what :func:`stop_requested` reads), for an evaluation loop that sets and
@@ -102,15 +110,17 @@ def case_slots() -> tuple[_Context, _Stop]:
 
 
 def state_key(key: str) -> str:
-    """The store key for a task's ``key``: ``cases/<index>/<key>`` inside a case, else
-    ``task/<key>``."""
+    """The store key for a task's ``key``: ``cases/<index>/<key>`` inside a case (one side of
+    a comparison: ``cases/<index>/<side>/<key>``), else ``task/<key>``."""
     if len(key) > 200 or not _KEY.match(key) or ".." in key.split("/"):
         raise ValueError(
             f"state key {key!r} must be 1-200 characters of letters, digits, '.', '_', '-' "
             "and '/' separators"
         )
-    case = _context.case
-    return f"task/{key}" if case is None else f"cases/{case}/{key}"
+    case, side = _context.case, _context.side
+    if case is None:
+        return f"task/{key}"
+    return f"cases/{case}/{key}" if side is None else f"cases/{case}/{side}/{key}"
 
 
 def encode_state(state: Any) -> bytes:
