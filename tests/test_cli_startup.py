@@ -123,3 +123,60 @@ def test_every_command_is_listed_with_its_help() -> None:
     helps = {a.dest: a.help for a in getattr(sub, "_choices_actions", [])}
     assert list(helps) == [name for name, _, _ in COMMANDS]
     assert all(helps.values()), helps
+
+
+def python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "operator"), env.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, *(["-c", code] if code else []), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_exit_at_once_runs_exit_handlers_and_flushes() -> None:
+    done = python(
+        "import atexit, sys\n"
+        "from proctor.cli.main import exit_at_once\n"
+        "atexit.register(lambda: print('handler ran', file=sys.stderr))\n"
+        "sys.stdout.write('unflushed line')\n"
+        "exit_at_once(5)\n"
+        "print('not reached')\n"
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (5, "unflushed line", "handler ran\n")
+
+
+def test_exit_at_once_leaves_the_usual_exit_to_a_running_thread() -> None:
+    done = python(
+        "import threading, time\n"
+        "from proctor.cli.main import exit_at_once\n"
+        "t = threading.Thread(target=time.sleep, args=(0.5,))\n"
+        "t.start()\n"
+        "exit_at_once(5)\n"
+        "print('returned')\n"
+    )
+    assert (done.returncode, done.stdout) == (0, "returned\n")
+
+
+def test_proctor_run_as_the_program_writes_everything_before_it_exits(tmp_path: Path) -> None:
+    manifest = tmp_path / "small.yaml"
+    manifest.write_text(
+        "apiVersion: proctor.dev/v1alpha1\nkind: EvalRun\nmetadata: {name: small}\n"
+        "spec:\n  image: proctor/proctor:0.1.0\n"
+        "  task: {entrypoint: 'proctor.examples.topk:task', params: {maxLength: 20}}\n"
+        "  cases: {count: 300, seed: 1}\n  batch: {initialSize: 50}\n"
+    )
+    results = tmp_path / "results"
+    done = python(
+        "", "-m", "proctor", "run", str(manifest), "--json", "--workers", "2",
+        "--results-dir", str(results),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["completed"] == 300
+    assert json.loads((results / "small" / "summary.json").read_text())["completed"] == 300
+    assert (results / "small" / "results.parquet").stat().st_size > 0
