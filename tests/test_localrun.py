@@ -10,7 +10,13 @@ from typing import Any
 import pytest
 
 from proctor.cli import main
-from proctor.local.run import EXIT_ACCEPT, EXIT_REJECT, EXIT_USAGE
+from proctor.local.run import (
+    EXIT_ACCEPT,
+    EXIT_REJECT,
+    EXIT_USAGE,
+    TAIL_REFRESH_SECONDS,
+    pause,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -136,3 +142,18 @@ def test_invalid_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 def test_unloadable_task(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _ = run(tmp_path, capsys, name="nope", entrypoint="no.such.module:task", count=10)
     assert code == EXIT_USAGE
+
+
+@pytest.mark.parametrize(
+    ("refresh", "tail", "expected"),
+    [
+        (0.25, False, 0.25),
+        (0.25, True, TAIL_REFRESH_SECONDS),
+        (0.01, True, 0.01),  # never slower than asked
+        (0.01, False, 0.01),
+    ],
+)
+def test_the_parent_looks_often_only_at_the_end(
+    refresh: float, tail: bool, expected: float
+) -> None:
+    assert pause(refresh, tail=tail) == expected

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from proctor.cli.main import _peering_priority, build_parser
+from proctor.cli.main import build_parser
+from proctor.cli.operator import peering_priority
 
 
 @pytest.mark.parametrize(
@@ -19,7 +20,7 @@ from proctor.cli.main import _peering_priority, build_parser
 )
 def test_peering_priority(argv: list[str], fixed: int | None) -> None:
     args = build_parser().parse_args(["operator", *argv])
-    drawn = {_peering_priority(args.peering, args.peering_priority) for _ in range(20)}
+    drawn = {peering_priority(args.peering, args.peering_priority) for _ in range(20)}
     if fixed is not None:
         assert drawn == {fixed}
     else:

@@ -3,6 +3,7 @@ under SIGKILL, SIGTERM handback, poison cases, S3 errors and a 1M-case run."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from proctor.api.v1alpha1.evalrun import EvalRunSpec
+from proctor.api.v1alpha1.evalrun import FIRST_BATCH, EvalRunSpec
 from proctor.queue import enqueue_run, open_queue
 from proctor.storage import RunProgress, RunStorage, S3Blobs, open_storage
 from proctor.worker.runtime import BatchSizer, Worker, WorkerConfig
@@ -100,6 +101,28 @@ def test_batch_sizer_moves_toward_target() -> None:
     assert 8 <= sizer.size <= 12
 
 
+@pytest.mark.parametrize(
+    ("initial", "min_size", "first"),
+    [
+        (250, 1, FIRST_BATCH),  # cut short: the first record lands quickly
+        (100, 20, 20),  # never below minSize
+        (5, 1, 5),  # already small
+        (FIRST_BATCH, 1, FIRST_BATCH),
+    ],
+)
+def test_a_workers_first_batch_is_small_and_sizing_then_starts_from_initial_size(
+    initial: int, min_size: int, first: int
+) -> None:
+    spec = make_spec(size=initial, max_size=10_000, target="1s")
+    sizer = BatchSizer(spec.batch.model_copy(update={"min_size": min_size}))
+    assert sizer.size == first
+    sizer.observe(first, first * 10.0)  # a slow warm-up: not held against the next batches
+    if first < initial:
+        assert sizer.size == initial
+    else:
+        assert sizer.size == max(min_size, initial // 2)  # timed as any batch
+
+
 def test_errors_become_records_in_process(tmp_path: Path, run_id: str) -> None:
     spec = make_spec(params={"raise": [3, 41], "fail": [7]}, count=50, size=20)
     worker = Worker(local(tmp_path, run_id, spec))
@@ -165,13 +188,14 @@ def test_sigterm_hands_back_and_flushes_within_2s(
     assert proc.wait(timeout=10) == 0
     elapsed = time.monotonic() - t0
     assert elapsed < 2.0, f"SIGTERM to exit took {elapsed:.2f}s"
-    done = storage.result_ranges()
-    assert len(done) == 1
+    done = storage.result_ranges()  # the first small batch, then the interrupted one's part
     assert done[0].start == 0
-    assert 0 < done[0].end < 200
+    assert all(a.end == b.start for a, b in itertools.pairwise(done))
+    end = done[-1].end
+    assert FIRST_BATCH < end < 200
     depth = queue.depth()
     assert depth.in_flight == 0
-    assert depth.cases == 400 - done[0].end
+    assert depth.cases == 400 - end
     # A second worker finishes the handed-back remainder and the untouched batch.
     assert Worker(config).run() == 0
     assert_exactly_once(storage, 400)
@@ -252,15 +276,17 @@ def test_poison_batch_is_dead_lettered_without_retries(tmp_path: Path, run_id: s
             break
         time.sleep(0.6)
     assert codes == [70, 0], codes
+    # The worker's first batch (FIRST_BATCH cases) was recorded before the crash: the rest of
+    # the entry is set aside.
     (dead,) = storage.dead_letters()
-    assert (dead["start"], dead["end"], dead["deliveries"]) == (0, 50, 1)
+    assert (dead["start"], dead["end"], dead["deliveries"]) == (FIRST_BATCH, 50, 1)
     assert "crashed or stalled the worker" in dead["reason"]
-    assert [(d.range.start, d.range.end) for d in queue.dead_letters()] == [(0, 50)]
-    assert_exactly_once(storage, 100, missing=set(range(50)))
+    assert [(d.range.start, d.range.end) for d in queue.dead_letters()] == [(FIRST_BATCH, 50)]
+    assert_exactly_once(storage, 100, missing=set(range(FIRST_BATCH, 50)))
     progress = RunProgress(storage, 100)
     progress.refresh()
     snap = progress.snapshot()
-    assert (snap.completed, snap.dead_lettered, snap.finished) == (50, 50, True)
+    assert (snap.completed, snap.dead_lettered, snap.finished) == (60, 40, True)
 
 
 def test_s3_errors_during_a_run_lose_nothing(

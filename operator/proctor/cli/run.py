@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from proctor.api.v1alpha1 import EVALRUN_KIND, SUITE_KIND
-from proctor.bench.local import LocalSuiteOptions, run_suite_local
 from proctor.cli.usage import HelpFormatter
 from proctor.local.run import LocalRunOptions, run_local
 from proctor.logging import configure_logging
@@ -141,6 +140,12 @@ def _run_manifest(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     if found and found[0].startswith(f"{SUITE_KIND}/"):
+        # Loaded here: an EvalRun's start-up does not import the suite runner.
+        from proctor.bench.local import (  # noqa: PLC0415 - see above (docs/performance.md)
+            LocalSuiteOptions,
+            run_suite_local,
+        )
+
         return run_suite_local(_options(LocalSuiteOptions, args, manifest, workers))
     return run_local(_options(LocalRunOptions, args, manifest, workers))
 

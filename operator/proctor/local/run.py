@@ -64,7 +64,7 @@ from proctor.queue.enqueue import CHUNK_ENTRIES, Enqueuer
 from proctor.redact import redact_text
 from proctor.sdk.hooks import summarize_with_task
 from proctor.stats.passrates import should_stop_early, summarize
-from proctor.storage import ProgressSnapshot, RunProgress, RunStorage, columns
+from proctor.storage import LocalBlobs, ProgressSnapshot, RunProgress, RunStorage, columns
 from proctor.storage.export import Finished, finish_results
 from proctor.validation import ManifestError, dns_label_error, validate_file
 from proctor.worker.pool import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_USAGE, LocalOptions
@@ -90,6 +90,9 @@ EXIT_REJECT = 1
 LOCAL_LEASE_SECONDS = 5.0
 """Lease for local runs: a crashed local worker's batch is taken over within seconds."""
 CHECKPOINT_SECONDS = 30.0
+TAIL_REFRESH_SECONDS = 0.02
+"""How often the parent looks at a local folder once every entry is claimed: the run's end
+is noticed within this rather than within a whole refresh (it is on the run's wall time)."""
 
 
 class RunError(Exception):
@@ -143,6 +146,10 @@ class _Run:
     fingerprint: str | None = None  # the dataset manifest's
     refresh_seconds: float = 0.25
     cache_read_only: str = ""  # why the cache cannot be written, if it cannot
+
+    @property
+    def storage_is_local(self) -> bool:
+        return isinstance(self.storage.blobs, LocalBlobs)
 
 
 def _paths(options: LocalRunOptions, evalrun: EvalRun) -> tuple[str, str, Path]:
@@ -269,7 +276,8 @@ def _follow(run: _Run, progress: RunProgress, workers: LocalWorkers, bar: Progre
     last_checkpoint = time.monotonic()
     task_id = bar.add_task(run.name, total=run.total, rate="")
     while True:
-        time.sleep(run.refresh_seconds)
+        tail = run.storage_is_local and run.enqueuer.finished
+        time.sleep(pause(run.refresh_seconds, tail=tail and run.queue.depth().waiting == 0))
         progress.refresh()
         if progress.corrupt:
             _redo_corrupt(progress, run)
@@ -300,6 +308,13 @@ def _follow(run: _Run, progress: RunProgress, workers: LocalWorkers, bar: Progre
             if not work_left or not queued or workers.failed(budget):
                 return stopped
             workers.start_missing(budget)
+
+
+def pause(refresh_seconds: float, *, tail: bool) -> float:
+    """The parent's wait before its next look: short in the ``tail`` of a run on a local
+    folder (every entry enqueued and claimed; a listing of a folder is cheap, one of a bucket
+    is not), else the refresh interval."""
+    return min(refresh_seconds, TAIL_REFRESH_SECONDS) if tail else refresh_seconds
 
 
 def _top_up(run: _Run) -> bool:

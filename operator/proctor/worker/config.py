@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from proctor.api.quantity import parse_duration
-from proctor.api.v1alpha1.evalrun import BatchSpec, EvalRun, EvalRunSpec
+from proctor.api.v1alpha1.evalrun import FIRST_BATCH, BatchSpec, EvalRun, EvalRunSpec
 from proctor.cache import MemoRows, open_cache_blobs, with_cache
 from proctor.dataset.run import ENV_PREFIX, credentials_from_env, dataset_location, open_reader
 from proctor.sdk import LoadedTask, load_task
@@ -188,17 +188,27 @@ def load_run_task(
 
 class BatchSizer:
     """Batch size toward a target duration: cases per batch = target / seconds per case,
-    from a moving average, within [min, max] and at most doubling or halving per step."""
+    from a moving average, within [min, max] and at most doubling or halving per step.
+
+    The first batch holds at most ``FIRST_BATCH`` cases (:mod:`proctor.api.v1alpha1.evalrun`);
+    it is not timed (a task's first cases pay its warm-up), and sizing starts from
+    ``batch.initialSize`` after it."""
 
     def __init__(self, batch: BatchSpec) -> None:
-        self.size = batch.initial_size
+        self.initial = batch.initial_size
+        self.size = max(batch.min_size, min(batch.initial_size, FIRST_BATCH))
         self.min = batch.min_size
         self.max = batch.max_size
         self.target = parse_duration(batch.target_duration)
         self._per_case: float | None = None
+        self._first = self.size < self.initial
 
     def observe(self, cases: int, seconds: float) -> None:
         if cases <= 0:
+            return
+        if self._first:
+            self._first = False
+            self.size = self.initial
             return
         per_case = max(seconds / cases, 1e-9)
         self._per_case = (

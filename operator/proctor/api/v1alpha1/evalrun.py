@@ -302,10 +302,21 @@ class WorkersSpec(ApiModel):
     )
 
 
+FIRST_BATCH = 10
+"""The most cases in a worker's first batch (never fewer than ``minSize``): its first record is
+written moments after it starts rather than after a whole ``initialSize`` batch."""
+
+
 class BatchSpec(ApiModel):
     """Cases per batch; the worker adapts the size toward the target duration."""
 
-    initial_size: int = Field(default=100, ge=1, le=1_000_000, description="First batch size.")
+    initial_size: int = Field(
+        default=100,
+        ge=1,
+        le=1_000_000,
+        description="Batch size the adaptive sizing starts from; a worker's very first batch holds "
+        f"at most {FIRST_BATCH} cases, so that its first result is recorded at once.",
+    )
     min_size: int = Field(default=1, ge=1, le=1_000_000, description="Smallest batch size.")
     max_size: int = Field(default=10_000, ge=1, le=1_000_000, description="Largest batch size.")
     target_duration: Duration = Field(
