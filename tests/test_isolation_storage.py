@@ -177,7 +177,9 @@ def test_a_child_saves_state_over_connections_of_its_own(
         storage = open_storage(f"s3://{s3_bucket}/runs", run_id, endpoint=r.url)
         _isolate_recording(storage, metrics, 3, 7)
         connections = r.requests()
-        saved = [storage.get_state(f"cases/{i}/{side}/{side}") for i in range(3, 7) for side in SIDES]
+        saved = [
+            storage.get_state(f"cases/{i}/{side}/{side}") for i in range(3, 7) for side in SIDES
+        ]
         statuses = [rec["status"] for rec in storage.iter_records()]
     paths = [p for c in connections for p in c]
     # The worker: a listing, then a PUT per case; each side: two PUTs and a GET per case.
