@@ -172,7 +172,7 @@ def merge(tables: Iterable[pa.Table], storage: RunStorage, key: str) -> int:
     temporary file and streamed to the store from there. Arrow's buffers come from the system
     allocator (glibc's malloc), not from Arrow's default mimalloc pool, which keeps the
     segments it freed; the heap's free pages go back to the system at the end (glibc's
-    ``malloc_trim``). The operator's RSS after a 1M-case merge: +3 MB, against +11 MB through
+    ``malloc_trim``). The operator's RSS after a 1M-case merge: +3 MB, against +12.5 MB through
     the default pool with dictionary-encoded columns (docs/performance.md)."""
     pool = pa.system_memory_pool()
     try:
