@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,42 @@ def test_injected_s3_errors_are_retried(moto_url: str, s3_bucket: str, run_id: s
         storage.write_results(Range(start, start + 10), _records(Range(start, start + 10)))
     assert failures["seen"] == 12
     assert [r["index"] for r in storage.iter_records()] == list(range(40))
+
+
+@pytest.mark.integration
+def test_put_file_streams_the_whole_file_and_replaces(storage: RunStorage) -> None:
+    body = bytes(range(256)) * 4096  # 1 MiB
+    with tempfile.TemporaryFile() as spool:
+        spool.write(b"old")
+        storage.blobs.put_file("merged/x.parquet", spool)  # read from the start, not the end
+        assert storage.blobs.get("merged/x.parquet") == b"old"
+        spool.seek(0)
+        spool.write(body)
+        storage.blobs.put_file("merged/x.parquet", spool)
+    assert storage.blobs.get("merged/x.parquet") == body
+
+
+@pytest.mark.integration
+def test_put_file_sends_the_whole_file_again_on_a_retry(moto_url: str, s3_bucket: str) -> None:
+    client: Any = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1")
+    failures = {"left": 6}
+
+    def fail_some(**kwargs: Any) -> AWSResponse | None:
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            return AWSResponse(
+                kwargs["request"].url, 503, {}, _Raw(b"<Error><Code>SlowDown</Code></Error>")
+            )
+        return None
+
+    client.meta.events.register("before-send.s3.PutObject", fail_some)
+    blobs = S3Blobs(s3_bucket, "runs", client=client)
+    body = b"0123456789" * 100_000
+    with tempfile.TemporaryFile() as spool:
+        spool.write(body)
+        blobs.put_file("results.parquet", spool)
+    assert failures["left"] == 0
+    assert blobs.get("results.parquet") == body
 
 
 class _Raw:

@@ -1,5 +1,7 @@
-"""The coordinator's RSS over the end-of-run merge: `finish_results` (every result object read
-again from moto S3 and written as the merged results.parquet), in a fresh process.
+"""The operator's RSS over the end-of-run merge: `finish_results` (every result object read
+again from moto S3 and written as the merged results.parquet), in a fresh process set up as
+the operator is (glibc arenas limited, the merge on a pass thread, every object counted once
+before, as the run did).
 
 The run's objects are the quickstart's records (250 evaluated once, repeated with shifted
 indexes) in objects of 250 cases, as a quickstart EvalRun writes them. Prints RSS before and
@@ -33,25 +35,47 @@ from proctor.storage import open_storage
 BUCKET = "bench-merge"
 ENTRY = 250
 
-# The measured process: imports and one listing and GET first, so that only the merge counts.
+# The measured process, set up as the operator is: glibc's arenas limited at start, each pass
+# on a thread of a pool. First what the run itself did (a listing, every object read and
+# counted once as it appeared), so that the heap is the operator's at the run's end and only
+# the merge counts; RSS is sampled every 20 ms during the merge for its peak.
 MERGE = """
-import resource, sys
+import sys, threading, time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from proctor.controller.settings import limit_malloc_arenas
+limit_malloc_arenas()
 from proctor.storage import open_storage
 from proctor.storage.export import finish_results
+from proctor.storage.tally import aggregate_table
 
 def rss():
     line = next(x for x in Path("/proc/self/status").read_text().splitlines() if "VmRSS" in x)
     return int(line.split()[1]) / 1024
 
+def count_all(storage):
+    for table in storage.iter_tables():
+        aggregate_table(table)
+
+def sample(stop, seen):
+    while not stop.is_set():
+        seen.append(rss())
+        stop.wait(0.02)
+
 storage = open_storage(sys.argv[1], "run", endpoint=sys.argv[2], region="us-east-1")
-storage.blobs.get(next(key for _, key in storage.result_keys()))
-before = rss()
-finish_results(storage)
+passes = ThreadPoolExecutor(4, thread_name_prefix="pass")
+passes.submit(count_all, storage).result()
+before, seen, stop = rss(), [], threading.Event()
+sampler = threading.Thread(target=sample, args=(stop, seen))
+sampler.start()
+t0 = time.perf_counter()
+passes.submit(finish_results, storage).result()
+took = time.perf_counter() - t0
+stop.set()
+sampler.join()
 after = rss()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 size = len(storage.blobs.get(storage.merged_key()) or b"")
-print(f"{before:.1f} {after:.1f} {peak:.1f} {size}")
+print(f"{before:.1f} {after:.1f} {max(seen + [after]):.1f} {size} {took:.2f}")
 """
 
 
@@ -84,11 +108,11 @@ def main() -> None:
         )
     if out.returncode:
         raise SystemExit(f"the merge failed:\n{out.stderr[-3000:]}")
-    before, after, peak, size = out.stdout.split()
+    before, after, peak, size, took = out.stdout.split()
     print(
-        f"merge of {args.cases:,} cases in {args.cases // ENTRY} objects: RSS {before} MB "
-        f"before, {after} MB after ({float(after) - float(before):+.1f} MB; peak {peak} MB); "
-        f"results.parquet {int(size) / 1e6:.1f} MB"
+        f"merge of {args.cases:,} cases in {args.cases // ENTRY} objects in {took} s: RSS "
+        f"{before} MB before, {after} MB after ({float(after) - float(before):+.1f} MB; peak "
+        f"{peak} MB, {float(peak) - float(before):+.1f}); results.parquet {int(size) / 1e6:.1f} MB"
     )
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import functools
 import os
 import random
+import shutil
 import stat as statmod
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 import structlog
 
@@ -57,6 +58,11 @@ class Blobs(Protocol):
 
     def put(self, key: str, data: bytes) -> None:
         """Create or replace ``key``."""
+        ...
+
+    def put_file(self, key: str, source: BinaryIO) -> None:
+        """Create or replace ``key`` with ``source``'s bytes from its start, streamed: a large
+        object (a run's merged results) is never held in memory whole."""
         ...
 
     def get(self, key: str) -> bytes | None:
@@ -109,11 +115,14 @@ class LocalBlobs:
             raise StorageError(f"key {key!r} would leave the storage folder {self.root}")
         return path
 
-    def _temp(self, path: Path, data: bytes) -> Path:
+    def _temp(self, path: Path, data: bytes | BinaryIO) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{path.name}.{os.getpid()}.{random.getrandbits(32):08x}.tmp"
         with tmp.open("wb") as f:
-            f.write(data)
+            if isinstance(data, bytes):
+                f.write(data)
+            else:
+                shutil.copyfileobj(data, f)
         return tmp
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
@@ -132,6 +141,11 @@ class LocalBlobs:
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         os.replace(self._temp(path, data), path)
+
+    def put_file(self, key: str, source: BinaryIO) -> None:
+        path = self._path(key)
+        source.seek(0)
+        os.replace(self._temp(path, source), path)
 
     def get(self, key: str) -> bytes | None:
         try:
@@ -307,6 +321,15 @@ class S3Blobs:
             f"put {key}",
             lambda: self.client.put_object(Bucket=self.bucket, Key=full, Body=data),
         )
+
+    def put_file(self, key: str, source: BinaryIO) -> None:
+        full = self.prefix + key
+
+        def send() -> None:
+            source.seek(0)  # from the start again on every try
+            self.client.put_object(Bucket=self.bucket, Key=full, Body=source)
+
+        self._retry(f"put {key}", send)
 
     def get(self, key: str) -> bytes | None:
         full = self.prefix + key

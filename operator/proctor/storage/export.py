@@ -2,7 +2,7 @@
 
 :func:`export` streams a run's result objects (:meth:`RunStorage.iter_tables`, one object in
 memory at a time) into Parquet, JSON lines or CSV, one row per case with the columns of
-:data:`proctor.storage.columns.SCHEMA`. :func:`write_merged` writes the same Parquet beside the
+:data:`proctor.storage.columns.SCHEMA`. :func:`finish_results` writes the same Parquet beside the
 run's objects (``results.parquet``) when a run ends; :func:`write_outputs` writes a
 batch-scoring run's outputs as Parquet in the input's Hive partitions
 (``outputs/year=2025/month=12/day=01/part-00000.parquet``).
@@ -49,20 +49,29 @@ _JSON_COLUMNS = ("output", "baseline_output")
 _LIST_COLUMNS = ("violations", "baseline_violations")
 
 
-def write_parquet(tables: Iterable[pa.Table], sink: str | BinaryIO) -> int:
+def write_parquet(
+    tables: Iterable[pa.Table], sink: str | BinaryIO, *, pool: pa.MemoryPool | None = None
+) -> int:
     """Write ``tables`` as one zstd Parquet file in row groups of about
-    :data:`ROW_GROUP_ROWS`; returns the number of rows."""
+    :data:`ROW_GROUP_ROWS`, Arrow's buffers from ``pool`` (its default if None); returns the
+    number of rows. Memory holds one row group's tables and the file's footer. Columns are
+    plain-encoded: a dictionary-encoded column is held until its row group closes, which
+    cost the merge 5 MB more of peak RSS, and zstd made a smaller file of the plain values."""
     rows = 0
     pending: list[pa.Table] = []
-    with pq.ParquetWriter(sink, SCHEMA, compression="zstd") as writer:
+    held = 0
+    with pq.ParquetWriter(
+        sink, SCHEMA, compression="zstd", use_dictionary=False, memory_pool=pool
+    ) as writer:
         for table in tables:
             pending.append(table)
             rows += table.num_rows
-            if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:
-                writer.write_table(pa.concat_tables(pending))
-                pending = []
+            held += table.num_rows
+            if held >= ROW_GROUP_ROWS:
+                writer.write_table(pa.concat_tables(pending, memory_pool=pool))
+                pending, held = [], 0
         if pending:
-            writer.write_table(pa.concat_tables(pending))
+            writer.write_table(pa.concat_tables(pending, memory_pool=pool))
     return rows
 
 
@@ -145,18 +154,34 @@ def finish_results(storage: RunStorage, *, keep: bool = True) -> Finished:
     if keep and _exists(storage, key):
         has_outputs = _exists(storage, done)
     else:
-        spool_tables = _Seen(storage.iter_tables())
-        with tempfile.TemporaryFile() as spool:
-            write_parquet(spool_tables, spool)
-            spool.seek(0)
-            storage.blobs.put(key, spool.read())
-        has_outputs = spool_tables.outputs and not spool_tables.compare
+        seen = _Seen(storage.iter_tables())
+        merge(seen, storage, key)
+        has_outputs = seen.outputs and not seen.compare
     if not has_outputs:
         return Finished(storage.merged_uri())
     if not _exists(storage, done):
         write_outputs(storage)
         storage.blobs.put(done, b"")
     return Finished(storage.merged_uri(), storage.blobs.uri(storage.outputs_prefix()))
+
+
+def merge(tables: Iterable[pa.Table], storage: RunStorage, key: str) -> int:
+    """Write ``tables`` as Parquet at ``key`` in bounded memory; returns the number of rows.
+
+    One object's table at a time and one row group are in memory; the file is spooled to a
+    temporary file and streamed to the store from there. Arrow's buffers come from the system
+    allocator (glibc's malloc), not from Arrow's default mimalloc pool, which keeps the
+    segments it freed; the heap's free pages go back to the system at the end (glibc's
+    ``malloc_trim``). The operator's RSS after a 1M-case merge: +3 MB, against +12.5 MB through
+    the default pool with dictionary-encoded columns (docs/performance.md)."""
+    pool = pa.system_memory_pool()
+    try:
+        with tempfile.TemporaryFile() as spool:
+            rows = write_parquet(tables, spool, pool=pool)
+            storage.blobs.put_file(key, spool)
+    finally:
+        pool.release_unused()
+    return rows
 
 
 class _Seen:
