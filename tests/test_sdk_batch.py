@@ -14,14 +14,12 @@ import pytest
 
 from proctor.sdk import (
     CaseInterrupted,
-    MemoryStateStore,
     Property,
     PythonTask,
     Relation,
     Task,
     clear_stop,
     request_stop,
-    set_state_store,
 )
 from proctor.sdk.batch import BatchRecords
 from proctor.sdk.cases import DatasetRow
@@ -29,14 +27,8 @@ from proctor.sdk.records import Record, case_record, side_record
 from proctor.storage.columns import batch_of, to_batch
 from tests.test_columns import ROUND_TRIPS, plain
 
-
-@pytest.fixture(autouse=True)
-def fresh_state() -> Iterator[None]:
-    set_state_store(MemoryStateStore())
-    clear_stop()
-    yield
-    clear_stop()
-    set_state_store(None)
+__all__ = ["state_store"]
+from tests.test_sdk import state_store
 
 
 class Mixed(Task):
