@@ -221,9 +221,9 @@ class PythonTask(LoadedTask):
         # no properties) are skipped: they call the implementation, and find nothing.
         self._generate = task.generate
         self._case_of_row = task.case_of_row
-        self._run = None if _inherited(task.run, Task.run) else task.run
+        self._run = None if _inherited(task, task.run, Task.run) else task.run
         self._check = (
-            None if _inherited(task.check, Task.check) and not task.properties else task.check
+            None if _inherited(task, task.check, Task.check) and not task.properties else task.check
         )
         self._equivalent = task.equivalent
         self._relations = tuple(task.relations)
@@ -465,9 +465,10 @@ _ROLES = ("baseline", "candidate")
 """The sides of a comparison, in the order of its implementations."""
 
 
-def _inherited(method: Callable[..., Any], base: Callable[..., Any]) -> bool:
-    """Whether the bound ``method`` is the Task base class's own ``base``."""
-    return getattr(method, "__func__", None) is base
+def _inherited(task: Task, method: Callable[..., Any], base: Callable[..., Any]) -> bool:
+    """Whether ``method`` is the Task base class's own ``base`` bound to ``task`` (one bound
+    to another task, given to this one, checks that task's properties)."""
+    return getattr(method, "__func__", None) is base and getattr(method, "__self__", None) is task
 
 
 def _odd_record(
