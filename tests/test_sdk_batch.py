@@ -183,6 +183,7 @@ def test_an_interrupted_case_ends_the_batch_without_its_record() -> None:
     class Interrupting(Plain):
         def solve(self, case: int) -> int:
             if case == 3:
+                request_stop()  # the worker stops; the case saves its state and says so
                 raise CaseInterrupted
             return case
 

@@ -30,6 +30,7 @@ from proctor.sdk.deadline import (
 from proctor.sdk.records import (
     ErrorType,
     Record,
+    bounded,
     case_record,
     describe_error,
     side_record,
@@ -342,8 +343,8 @@ class PythonTask(LoadedTask):
         except CaseTimeout:
             guard.disarm()
             timed_out = True
-        except (Exception, SystemExit) as exc:
-            error, error_type = describe_error(exc), phase
+        except (CaseInterrupted, Exception, SystemExit) as exc:
+            error, error_type = _error_of(exc), phase
         if timed_out:
             return self._kept(side_record([], self._timeout_error, "timeout"), None)
         if error is not None:
@@ -469,6 +470,16 @@ def _inherited(task: Task, method: Callable[..., Any], base: Callable[..., Any])
     """Whether ``method`` is the Task base class's own ``base`` bound to ``task`` (one bound
     to another task, given to this one, checks that task's properties)."""
     return getattr(method, "__func__", None) is base and getattr(method, "__self__", None) is task
+
+
+def _error_of(exc: BaseException) -> str:
+    """The error of a side that raised ``exc``; a CaseInterrupted is raised again when the
+    worker stops (the case goes back, unjudged), else it would come back for ever."""
+    if isinstance(exc, CaseInterrupted):
+        if stop_requested():
+            raise exc
+        return bounded(f"CaseInterrupted with no stop requested: {describe_error(exc)}")
+    return describe_error(exc)
 
 
 def _odd_record(
