@@ -27,10 +27,11 @@ from proctor.cache.keys import (
     rows_space,
     task_fingerprint,
 )
-from proctor.cache.setup import task_code, task_keys
+from proctor.cache.setup import task_code, task_keys, with_cache
 from proctor.cache.store import CacheStore, Entry, decode, encode
+from proctor.cache.task import CachedTask
 from proctor.examples import topk
-from proctor.sdk import Property, Task, load_task
+from proctor.sdk import Property, Task, clear_stop, load_task, request_stop
 from proctor.sdk.records import side_record
 from proctor.storage import Blobs, LocalBlobs, S3Blobs, StorageError
 
@@ -311,3 +312,43 @@ def test_concurrent_writers_never_put_a_case_in_two_pieces(blobs: Blobs) -> None
 
 def _pieces(blobs: Blobs) -> Iterator[str]:
     return iter(blobs.list(KEY.block_prefix(0)))
+
+
+# -- findings of the review ----------------------------------------------------------------
+
+
+class StopsAtTwo(Task):
+    """Case 2 is running when the worker stops, and returns what a case cut short returns
+    (it caught the worker's Abandoned): -1, which breaks ``non_negative``."""
+
+    properties = (Property("non_negative", lambda case, out: out >= 0),)
+
+    def generate(self, seed: int, index: int) -> int:
+        return index
+
+    def solve(self, case: int) -> int:
+        if case == 2:
+            request_stop()
+            return -1
+        return case
+
+
+def test_finding_the_case_running_when_the_worker_stopped_is_not_cached(tmp_path: Path) -> None:
+    s = EvalRunSpec.model_validate(
+        {
+            "image": "x",
+            "task": {"entrypoint": f"{__name__}:StopsAtTwo"},
+            "cases": {"count": 5},
+            "cache": {"mode": "readWrite"},
+        }
+    )
+    cached = with_cache(load_task(s.task, None, 0), s, LocalBlobs(tmp_path / "c"), run="first")
+    assert isinstance(cached, CachedTask)
+    try:
+        records = list(cached.evaluate_batch(0, 5, 5.0))
+    finally:
+        clear_stop()
+        cached.close()
+    assert [r["index"] for r in records] == [0, 1, 2]  # the batch ends at the stop
+    found = cached.use.store.lookup(cached.use.keys[0], 0, 5, dict.fromkeys(range(5), ""))  # type: ignore[arg-type]
+    assert sorted(found) == [0, 1]  # case 2 may have been cut short: evaluated again later

@@ -183,6 +183,7 @@ def test_an_interrupted_case_ends_the_batch_without_its_record() -> None:
     class Interrupting(Plain):
         def solve(self, case: int) -> int:
             if case == 3:
+                request_stop()  # the worker stops; the case saves its state and says so
                 raise CaseInterrupted
             return case
 
@@ -279,3 +280,33 @@ def test_batches_of_passing_cases_share_their_constant_columns() -> None:
     assert a.column("violations").to_pylist() == [[]] * 5
     assert b.column("index").to_pylist() == list(range(5, 10))
     assert b.column("seconds").to_pylist() == [0.001] * 5
+
+
+# -- findings of the review of the batch path ----------------------------------------------
+
+
+class Strict(Plain):
+    """Every output above 2 violates ``small``."""
+
+    properties = (Property("small", lambda case, out: out <= 2),)
+
+
+class Borrowing(Plain):
+    """No properties of its own: its instance checks with another task's check()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.check = Strict().check  # type: ignore[method-assign]
+
+
+def test_finding_a_check_borrowed_from_another_task_still_runs() -> None:
+    loaded = PythonTask(Borrowing(), 0, None)
+    try:
+        expected = list(loaded.evaluate_batch(0, 5, 1.0))
+        out = BatchRecords(0)
+        loaded.evaluate_into(0, 5, 1.0, out)
+    finally:
+        loaded.close()
+    assert [r["status"] for r in expected] == ["passed"] * 3 + ["failed"] * 2
+    assert out.statuses() == Counter(passed=3, failed=2)
+    assert out.odd[3]["violations"] == ["small"]

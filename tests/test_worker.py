@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,6 +21,7 @@ from botocore.awsrequest import AWSResponse
 
 from proctor.api.v1alpha1.evalrun import FIRST_BATCH, EvalRunSpec
 from proctor.queue import enqueue_run, open_queue
+from proctor.sdk import CaseInterrupted, Property, PythonTask, Task
 from proctor.storage import RunProgress, RunStorage, S3Blobs, open_storage
 from proctor.worker.runtime import BatchSizer, Worker, WorkerConfig
 
@@ -382,3 +384,82 @@ class _Raw:
     def read(self, *_: Any, **__: Any) -> bytes:
         data, self.data = self.data, b""
         return data
+
+
+class _SwallowsTheAbandon(Task):
+    """Case 2 asks its worker to stop and sleeps past the shutdown grace, catching whatever
+    interrupts it (BaseException): it returns -1, which violates ``non_negative``."""
+
+    properties = (Property("non_negative", lambda case, out: out >= 0),)
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def generate(self, seed: int, index: int) -> int:
+        return index
+
+    def solve(self, case: int) -> int:
+        if case != 2:
+            return case
+        self.worker.request_stop("test")
+        try:
+            time.sleep(5.0)
+        except BaseException:
+            return -1
+        return case
+
+
+def test_finding_a_case_abandoned_at_shutdown_is_not_recorded_though_it_swallowed_that(
+    tmp_path: Path, run_id: str
+) -> None:
+    spec = make_spec(count=6, size=6)
+    config = local(tmp_path, run_id, spec, lease=30)
+    config.shutdown_grace = 0.2
+    box: list[Worker] = []
+    worker = Worker(config, loader=lambda spec: PythonTask(_SwallowsTheAbandon(box[0]), 0, None))
+    box.append(worker)
+    enqueue_run(worker.queue, worker.storage, spec)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
+    worker.install_signal_handlers()
+    try:
+        assert worker.run() == 0
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    # Case 2 was cut short by the worker, not judged: it goes back to the queue with the rest.
+    assert [r["index"] for r in worker.storage.iter_records()] == [0, 1]
+    depth = worker.queue.depth()
+    assert (depth.waiting, depth.in_flight, depth.cases) == (1, 0, 4)
+
+
+class _InterruptsWithoutAStop(Task):
+    """Case 2 raises CaseInterrupted though no stop was requested (a task's bug)."""
+
+    def generate(self, seed: int, index: int) -> int:
+        return index
+
+    def solve(self, case: int) -> int:
+        if case == 2:
+            raise CaseInterrupted
+        return case
+
+
+def test_finding_a_case_interrupted_with_no_stop_is_errored_not_handed_back_for_ever(
+    tmp_path: Path, run_id: str
+) -> None:
+    spec = make_spec(count=6, size=6)
+    config = local(tmp_path, run_id, spec, lease=30)
+    worker = Worker(config, loader=lambda spec: PythonTask(_InterruptsWithoutAStop(), 0, None))
+    enqueue_run(worker.queue, worker.storage, spec)
+    timer = threading.Timer(20.0, worker.request_stop, args=("the test's deadline",))
+    timer.start()
+    try:
+        assert worker.run() == 0
+    finally:
+        timer.cancel()
+    assert worker.stats.exit_reason == "no work left"
+    records = list(worker.storage.iter_records())
+    assert [r["index"] for r in records] == list(range(6))
+    assert records[2]["status"] == "errored"
+    assert "CaseInterrupted" in records[2]["error"]

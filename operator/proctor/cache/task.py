@@ -124,6 +124,11 @@ class CachedTask(LoadedTask):
         for record in self._records(start, end, batch):
             done += 1
             yield record
+        if stop_requested():
+            # The case running at the stop may have been cut short (the worker abandons it
+            # after a grace, and a task may catch that and return): never a cached answer.
+            for fresh in batch.fresh:
+                fresh[:] = [e for e in fresh if e.index != start + done - 1]
         for key, hits, fresh in zip(self.use.keys, batch.hits, batch.fresh, strict=True):
             if key is None:
                 continue

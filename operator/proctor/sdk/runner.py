@@ -30,6 +30,7 @@ from proctor.sdk.deadline import (
 from proctor.sdk.records import (
     ErrorType,
     Record,
+    bounded,
     case_record,
     describe_error,
     side_record,
@@ -221,9 +222,9 @@ class PythonTask(LoadedTask):
         # no properties) are skipped: they call the implementation, and find nothing.
         self._generate = task.generate
         self._case_of_row = task.case_of_row
-        self._run = None if _inherited(task.run, Task.run) else task.run
+        self._run = None if _inherited(task, task.run, Task.run) else task.run
         self._check = (
-            None if _inherited(task.check, Task.check) and not task.properties else task.check
+            None if _inherited(task, task.check, Task.check) and not task.properties else task.check
         )
         self._equivalent = task.equivalent
         self._relations = tuple(task.relations)
@@ -342,8 +343,8 @@ class PythonTask(LoadedTask):
         except CaseTimeout:
             guard.disarm()
             timed_out = True
-        except (Exception, SystemExit) as exc:
-            error, error_type = describe_error(exc), phase
+        except (CaseInterrupted, Exception, SystemExit) as exc:
+            error, error_type = _error_of(exc), phase
         if timed_out:
             return self._kept(side_record([], self._timeout_error, "timeout"), None)
         if error is not None:
@@ -465,9 +466,20 @@ _ROLES = ("baseline", "candidate")
 """The sides of a comparison, in the order of its implementations."""
 
 
-def _inherited(method: Callable[..., Any], base: Callable[..., Any]) -> bool:
-    """Whether the bound ``method`` is the Task base class's own ``base``."""
-    return getattr(method, "__func__", None) is base
+def _inherited(task: Task, method: Callable[..., Any], base: Callable[..., Any]) -> bool:
+    """Whether ``method`` is the Task base class's own ``base`` bound to ``task`` (one bound
+    to another task, given to this one, checks that task's properties)."""
+    return getattr(method, "__func__", None) is base and getattr(method, "__self__", None) is task
+
+
+def _error_of(exc: BaseException) -> str:
+    """The error of a side that raised ``exc``; a CaseInterrupted is raised again when the
+    worker stops (the case goes back, unjudged), else it would come back for ever."""
+    if isinstance(exc, CaseInterrupted):
+        if stop_requested():
+            raise exc
+        return bounded(f"CaseInterrupted with no stop requested: {describe_error(exc)}")
+    return describe_error(exc)
 
 
 def _odd_record(

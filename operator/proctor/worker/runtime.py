@@ -148,6 +148,7 @@ class Worker:
         self._done = threading.Event()
         self._stop_reason = ""
         self._evaluating = False
+        self._abandoned_at: int | None = None  # the case in flight when it was abandoned
         self._held: dict[str, Lease] = {}
         self._lost: set[str] = set()
         self._held_lock = threading.Lock()
@@ -177,6 +178,7 @@ class Worker:
 
     def _on_abandon(self, signum: int, frame: FrameType | None) -> None:
         if self._evaluating:
+            self._abandoned_at = self._batch.end
             raise Abandoned
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
@@ -451,13 +453,16 @@ class Worker:
         """Evaluate and record ``batch``; returns how many cases (a prefix) were recorded."""
         out = self._batch = BatchRecords(batch.start, self._task.sides)
         t0 = time.perf_counter()
-        self._evaluating = True
+        self._abandoned_at, self._evaluating = None, True
         try:
-            self._task.evaluate_into(batch.start, batch.end, self.case_timeout, out)
-        except Abandoned:
-            self.log.warning("case abandoned at shutdown", index=out.end)
+            with contextlib.suppress(Abandoned):
+                self._task.evaluate_into(batch.start, batch.end, self.case_timeout, out)
         finally:
             self._evaluating = False
+        if self._abandoned_at is not None:
+            # Cut short, not judged, though the task caught Abandoned and returned: handed back.
+            del out.seconds[self._abandoned_at - out.start :]
+            self.log.warning("case abandoned at shutdown", index=out.end)
         if not len(out):
             return 0
         full = len(out) == len(batch)
