@@ -362,9 +362,9 @@ def test_million_cases_keep_worker_memory_flat(tmp_path: Path, run_id: str) -> N
         except (FileNotFoundError, StopIteration, ProcessLookupError):
             break
         samples.append((len(storage.result_ranges()) * 10_000, rss))
-        time.sleep(0.25)
+        time.sleep(0.1)  # the batch path does 1M no-op cases in seconds: sample often
     assert proc.wait() == 0
-    early = [rss for done, rss in samples if 100_000 <= done <= 200_000]
+    early = [rss for done, rss in samples if 100_000 <= done <= 250_000]
     late = [rss for done, rss in samples if done >= 800_000]
     assert early, samples
     assert late, samples
